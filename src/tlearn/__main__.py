@@ -1,0 +1,3 @@
+from tlearn.cli import main
+
+main()

@@ -1,0 +1,262 @@
+"""The ``tlearn`` command: fit, evaluate, predict, models, demo.
+
+Each command calls the same functions a Python user calls; errors print one clear line
+(``error: ...``) and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Annotated, Any
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from tlearn.exceptions import TlearnError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Transfer learning for image classification.")
+console = Console()
+err_console = Console(stderr=True)
+
+DataArg = Annotated[str, typer.Argument(help="A folder of class sub-folders, a zip of one "
+                                        "(or 'data.zip/train'), or a CSV of path,label.")]
+
+
+def _fail(message: str) -> None:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(2)
+
+
+def _labelled(source: str, max_per_class: int | None, seed: int) -> tuple[Any, np.ndarray]:
+    from tlearn.data import load_dataset
+
+    data = load_dataset(source, max_per_class=max_per_class, random_state=seed) \
+        if not source.lower().endswith((".csv", ".tsv")) else load_dataset(source)
+    if data.target is None:
+        _fail(f"{source!r} has no labels: a CSV for fitting or evaluating needs a label column")
+    names = np.asarray(data.target_names, dtype=object)
+    return data, names[data.target]
+
+
+def _write_skipped(skipped: list[tuple[int, str, str]], beside: str) -> str | None:
+    if not skipped:
+        return None
+    path = str(beside) + ".skipped.csv"
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "reason"])
+        w.writerows((p, r) for _, p, r in skipped)
+    err_console.print(f"[yellow]{len(skipped)} unreadable image(s) skipped[/], listed in {path}:")
+    for _, p, r in skipped[:10]:
+        err_console.print(f"  {p}: {r}", highlight=False)
+    return path
+
+
+@app.command()
+def fit(
+    data: DataArg,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Model file to write.")] = Path(
+        "model.safetensors"),
+    backbone: Annotated[str, typer.Option(help="Backbone name (see `tlearn models`).")] =
+        "efficientnet_lite0",
+    method: Annotated[str, typer.Option(help="Training method: probe.")] = "probe",
+    test: Annotated[str | None, typer.Option(help="Separate labelled test data.")] = None,
+    test_size: Annotated[float, typer.Option(help="Fraction held out for testing when "
+                                             "--test is not given.")] = 0.2,
+    max_per_class: Annotated[int | None, typer.Option(help="Use at most N training images "
+                                                      "per class (random).")] = None,
+    test_max_per_class: Annotated[int | None, typer.Option(help="Use at most N test images "
+                                                           "per class.")] = None,
+    image_size: Annotated[int | None, typer.Option(help="Input size in pixels (default: the "
+                                                   "backbone's).")] = None,
+    weights: Annotated[str, typer.Option(help="'pretrained' or a local weights file.")] =
+        "pretrained",
+    batch_size: int = 64,
+    device: str = "auto",
+    cache_dir: Annotated[str | None, typer.Option(help="Cache features here.")] = None,
+    skip_bad_images: Annotated[bool, typer.Option(help="Skip unreadable images (listed "
+                                                  "beside the output) instead of stopping.")]
+        = False,
+    seed: int = 0,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write test metrics as "
+                                                   "JSON.")] = None,
+) -> None:
+    """Train a classifier on DATA, report test accuracy, and save the model."""
+    from sklearn.model_selection import train_test_split
+
+    from tlearn.evaluation import evaluate
+    from tlearn.persistence import save
+    from tlearn.probe import LinearProbe
+
+    if method != "probe":
+        _fail(f"--method {method!r} is not available; use --method probe")
+    if not out.parent.exists():
+        _fail(f"the output folder {str(out.parent)!r} does not exist; create it first")
+    t0 = time.perf_counter()
+    train, y = _labelled(data, max_per_class, seed)
+    X = train.filenames
+    if test is not None:
+        test_data, y_test = _labelled(test, test_max_per_class, seed)
+        X_test = test_data.filenames
+    else:
+        if not 0 < test_size < 1:
+            _fail(f"--test-size must be between 0 and 1, got {test_size}")
+        X, X_test, y, y_test = train_test_split(X, y, test_size=test_size, stratify=y,
+                                                random_state=seed)
+    console.print(f"training on {len(X)} images in {len(set(y))} classes, testing on "
+                  f"{len(X_test)}; backbone {backbone}")
+    probe = LinearProbe(backbone, weights=weights, image_size=image_size, batch_size=batch_size,
+                        device=device, cache_dir=cache_dir,
+                        on_error="skip" if skip_bad_images else "raise",
+                        random_state=seed, verbose=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # bad files are listed just below
+        probe.fit(X, y)
+    _write_skipped(probe.skipped_, str(out))
+    best = probe.cv_results_["C"].index(probe.C_)
+    val = probe.cv_results_["val_accuracy"][best]
+    console.print(f"chose C={probe.C_:g}" + (f" (validation accuracy {val:.4f})"
+                                              if val is not None else ""))
+    report = evaluate(probe, X_test, y_test, unknown="skip")
+    _write_skipped([(0, f["path"], f["reason"]) for f in report.failed], str(out) + ".test")
+    console.print(report)
+    save(probe, out)
+    if json_path is not None:
+        report.to_json(json_path)
+    console.print(f"[bold]test accuracy: {report.accuracy:.4f}[/] ({report.n_images} images)  "
+                  f"model saved to {out}  ({time.perf_counter() - t0:.0f} s)")
+
+
+@app.command(name="evaluate")
+def evaluate_cmd(
+    model: Annotated[Path, typer.Argument(help="A model file from `tlearn fit`.")],
+    data: DataArg,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write metrics as JSON.")] =
+        None,
+    max_per_class: int | None = None,
+    skip_bad_images: bool = False,
+    skip_unknown_classes: Annotated[bool, typer.Option(help="Evaluate only images whose "
+                                                       "class the model knows.")] = False,
+    seed: int = 0,
+) -> None:
+    """Accuracy, per-class precision/recall/F1 and the confusion matrix of MODEL on DATA."""
+    from tlearn.evaluation import evaluate
+    from tlearn.models import split_model
+    from tlearn.persistence import load
+
+    clf = load(model)
+    split_model(clf).features.on_error = "skip" if skip_bad_images else "raise"
+    ds, y = _labelled(data, max_per_class, seed)
+    report = evaluate(clf, ds.filenames, y, unknown="skip" if skip_unknown_classes else "raise")
+    console.print(report)
+    classes = [str(c) for c in report.classes]
+    cm = Table(title="confusion matrix (rows: true, columns: predicted)")
+    cm.add_column("")
+    for c in classes:
+        cm.add_column(c[:8], justify="right")
+    for c, row in zip(classes, report.confusion_matrix, strict=True):
+        cm.add_row(c, *[str(v) for v in row])
+    console.print(cm)
+    if report.unknown:
+        err_console.print(f"[yellow]{len(report.unknown)} image(s) with unknown classes left "
+                          "out[/]")
+    if report.failed:
+        _write_skipped([(0, f["path"], f["reason"]) for f in report.failed],
+                       str(json_path or model))
+    if json_path is not None:
+        report.to_json(json_path)
+        console.print(f"metrics written to {json_path}")
+    console.print(f"[bold]accuracy: {report.accuracy:.4f}[/] ({report.n_images} images)")
+
+
+@app.command()
+def predict(
+    model: Annotated[Path, typer.Argument(help="A model file from `tlearn fit`.")],
+    inputs: Annotated[list[str], typer.Argument(help="Images, folders, zips, CSVs or globs.")],
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="CSV or JSONL file "
+                                                "(default: print a table).")] = None,
+    top_k: Annotated[int, typer.Option(help="How many labels per image.")] = 1,
+) -> None:
+    """Predict the class of every image in INPUTS; unreadable files get a row with the error."""
+    from tlearn.inference import iter_predictions, write_predictions
+    from tlearn.persistence import load
+
+    clf = load(model)
+    rows = iter_predictions(clf, inputs, top_k=top_k)
+    if output is not None:
+        counts = write_predictions(rows, output, top_k=top_k)
+        console.print(f"{counts['ok']} images predicted, {counts['failed']} failed; "
+                      f"written to {output}")
+    else:
+        table = Table("path", "label", "probability", "error")
+        counts = {"ok": 0, "failed": 0}
+        for row in rows:
+            counts["failed" if row["error"] else "ok"] += 1
+            prob = "" if row["probability"] is None else f"{row['probability']:.3f}"
+            label = ", ".join(map(str, row["top_labels"])) if top_k > 1 else str(
+                row["label"] or "")
+            table.add_row(row["path"], label, prob, row["error"])
+        console.print(table)
+        console.print(f"{counts['ok']} images predicted, {counts['failed']} failed")
+    if counts["ok"] == 0 and counts["failed"] > 0:
+        raise typer.Exit(1)
+
+
+@app.command()
+def models(
+    pattern: Annotated[str | None, typer.Argument(help="Search timm and torchvision names "
+                                                  "containing this text.")] = None,
+    offline: Annotated[bool, typer.Option(help="Only those usable offline.")] = False,
+) -> None:
+    """List backbone names; marks those whose weights are on this machine."""
+    from tlearn.backbones import list_backbones
+
+    rows = list_backbones(pattern)
+    table = Table("name", "weights on this machine")
+    for name, ok in rows:
+        if ok or not offline:
+            table.add_row(name, "[green]yes[/]" if ok else "no (downloads when online)")
+    console.print(table)
+    if pattern is None:
+        console.print("Any timm or torchvision name works too: `tlearn models resnet` searches "
+                      "them.")
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="Folder for the model and sample images.")] =
+        Path("demo-output"),
+    per_class: Annotated[int, typer.Option(help="Training images per class.")] = 100,
+    test_per_class: Annotated[int, typer.Option(help="Test images per class.")] = 50,
+    seed: int = 0,
+) -> None:
+    """Fit the EfficientNet-Lite0 probe on a Fashion-MNIST subset, compare with raw pixels,
+    save the model and predict a few test images."""
+    from tlearn.demo import run_demo
+
+    run_demo(out, per_class=per_class, test_per_class=test_per_class, seed=seed,
+             console=console)
+
+
+def main() -> None:
+    """Entry point: run the app, turning tlearn's errors into one readable line."""
+    try:
+        app()
+    except TlearnError as e:
+        err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except (FileNotFoundError, PermissionError, IsADirectoryError) as e:
+        err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,279 @@
+"""Robust image decoding and the evaluation-time resize + centre crop.
+
+Every image, whatever its mode (grey, palette, RGBA, CMYK, 16-bit), becomes 8-bit RGB;
+EXIF orientation is applied; large JPEGs are decoded at reduced size (libjpeg scaling
+through PIL's ``draft``) when the model needs fewer pixels. Failures raise
+:class:`~tlearn.exceptions.ImageReadError` naming the file and the reason.
+
+Paths may point inside a zip archive: ``"photos.zip/cat/001.jpg"`` reads member
+``cat/001.jpg`` of ``photos.zip`` in place, without extracting.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import threading
+import warnings
+import zipfile
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from tlearn.exceptions import ImageReadError
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "MAX_IMAGE_PIXELS",
+    "Preprocessing",
+    "decode_image",
+    "is_image_name",
+    "load_array_image",
+    "preprocess_image",
+    "read_bytes",
+    "split_zip_path",
+]
+
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
+)
+#: Images with more pixels than this are refused (decompression-bomb guard). Override with
+#: the environment variable ``TLEARN_MAX_IMAGE_PIXELS``.
+MAX_IMAGE_PIXELS = int(os.environ.get("TLEARN_MAX_IMAGE_PIXELS", 178_956_970))
+
+_INTERPOLATIONS = {
+    "bicubic": Image.Resampling.BICUBIC,
+    "bilinear": Image.Resampling.BILINEAR,
+    "nearest": Image.Resampling.NEAREST,
+    "lanczos": Image.Resampling.LANCZOS,
+    "box": Image.Resampling.BOX,
+    "hamming": Image.Resampling.HAMMING,
+}
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How a backbone wants its input: travels with the weights, never hard-coded.
+
+    Parameters
+    ----------
+    input_size : int
+        Side of the square crop fed to the network.
+    mean, std : tuple of 3 floats
+        Per-channel normalisation applied to pixels scaled to [0, 1].
+    interpolation : str
+        Resampling filter for the resize (``"bicubic"``, ``"bilinear"``, ...).
+    crop_pct : float
+        The shorter side is resized to ``floor(input_size / crop_pct)``, then the centre
+        ``input_size`` square is cropped (timm's evaluation transform).
+    """
+
+    input_size: int
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: str = "bicubic"
+    crop_pct: float = 0.875
+
+    def __post_init__(self) -> None:
+        if self.interpolation not in _INTERPOLATIONS:
+            raise ValueError(
+                f"Preprocessing.interpolation must be one of {sorted(_INTERPOLATIONS)}, "
+                f"got {self.interpolation!r}"
+            )
+        if not 0 < self.crop_pct <= 1:
+            raise ValueError(f"Preprocessing.crop_pct must be in (0, 1], got {self.crop_pct}")
+        if self.input_size < 8:
+            raise ValueError(f"Preprocessing.input_size must be at least 8, got {self.input_size}")
+
+    @property
+    def resize_size(self) -> int:
+        return int(math.floor(self.input_size / self.crop_pct))
+
+    def with_size(self, input_size: int | None) -> Preprocessing:
+        """The same preprocessing at another input size (``None`` keeps this one)."""
+        return self if input_size is None else replace(self, input_size=int(input_size))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["mean"], d["std"] = list(self.mean), list(self.std)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Preprocessing:
+        return cls(
+            input_size=int(d["input_size"]),
+            mean=tuple(float(v) for v in d["mean"]),  # type: ignore[arg-type]
+            std=tuple(float(v) for v in d["std"]),  # type: ignore[arg-type]
+            interpolation=str(d.get("interpolation", "bicubic")),
+            crop_pct=float(d.get("crop_pct", 0.875)),
+        )
+
+
+def is_image_name(name: str) -> bool:
+    """Whether a file name has an image extension (case-insensitive)."""
+    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def split_zip_path(path: str) -> tuple[str, str] | None:
+    """Split ``"a/b.zip/c/d.jpg"`` into ``("a/b.zip", "c/d.jpg")``; ``None`` if no zip part."""
+    norm = str(path)
+    lower = norm.lower()
+    start = 0
+    while True:
+        i = lower.find(".zip/", start)
+        if i < 0:
+            return None
+        archive = norm[: i + 4]
+        if os.path.isfile(archive):
+            return archive, norm[i + 5 :]
+        start = i + 5
+
+
+_local = threading.local()
+
+
+def _zip_handle(archive: str) -> zipfile.ZipFile:
+    """One open ZipFile per thread and archive: random access without re-reading the index."""
+    handles: dict[str, zipfile.ZipFile] = getattr(_local, "zips", None) or {}
+    _local.zips = handles
+    zf = handles.get(archive)
+    if zf is None:
+        zf = handles[archive] = zipfile.ZipFile(archive)
+    return zf
+
+
+def read_bytes(path: str) -> bytes:
+    """The raw bytes of an image file, or of a member inside a zip archive."""
+    path = os.fspath(path)
+    if os.path.isfile(path):
+        with open(path, "rb") as f:
+            return f.read()
+    parts = split_zip_path(path)
+    if parts is not None:
+        archive, member = parts
+        try:
+            return _zip_handle(archive).read(member)
+        except KeyError:
+            raise ImageReadError(path, f"no member {member!r} in archive {archive!r}") from None
+        except (zipfile.BadZipFile, OSError) as e:
+            raise ImageReadError(path, f"the archive {archive!r} is damaged ({e})") from e
+    if os.path.isdir(path):
+        raise ImageReadError(path, "this is a folder, not an image file")
+    raise ImageReadError(path, "no such file; check the path (relative paths start from the "
+                         f"current folder, {os.getcwd()!r})")
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL mode -> 8-bit RGB; transparent pixels are composited onto white."""
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        if mode == "F" and arr.size and float(np.nanmax(arr)) <= 1.0:
+            arr = arr * 255.0
+        elif mode != "F" and arr.size and float(arr.max()) > 255:
+            arr = arr / 257.0  # 16-bit range -> 8-bit
+        arr = np.clip(np.nan_to_num(arr), 0, 255).astype(np.uint8)
+        return Image.fromarray(arr).convert("RGB")
+    if mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+        mode = "RGBA"
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def decode_image(data: bytes, path: str = "<bytes>", min_side: int | None = None) -> Image.Image:
+    """Decode image bytes into an upright 8-bit RGB PIL image.
+
+    Parameters
+    ----------
+    data : bytes
+        The encoded file.
+    path : str
+        Used in error messages only.
+    min_side : int, optional
+        The shortest side the caller needs. JPEGs larger than that are decoded at a
+        reduced scale (1/2, 1/4 or 1/8), which is several times faster.
+    """
+    if not data:
+        raise ImageReadError(path, "the file is empty (0 bytes); re-export or remove it")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError:
+        raise ImageReadError(
+            path, "not a recognised image format (is it an image at all?); remove it or "
+            "convert it to JPEG or PNG"
+        ) from None
+    except Image.DecompressionBombError as e:
+        raise ImageReadError(path, f"{e}; resize it first") from None
+    except Exception as e:  # PIL raises many types for broken headers
+        raise ImageReadError(path, f"broken image header ({type(e).__name__}: {e})") from None
+    width, height = img.size
+    if width * height > MAX_IMAGE_PIXELS:
+        raise ImageReadError(
+            path,
+            f"the image is {width}x{height} = {width * height:,} pixels, above the safety "
+            f"limit of {MAX_IMAGE_PIXELS:,}; resize it, or raise the limit with the "
+            "environment variable TLEARN_MAX_IMAGE_PIXELS if you trust the file",
+        )
+    try:
+        if min_side is not None and img.format == "JPEG" and img.mode in ("RGB", "L"):
+            img.draft(img.mode, (min_side, min_side))
+        img.load()
+        img = ImageOps.exif_transpose(img) or img
+        return _to_rgb(img)
+    except ImageReadError:
+        raise
+    except Exception as e:
+        msg = str(e) or type(e).__name__
+        if "truncated" in msg:
+            msg = f"the file is truncated or corrupt ({msg}); re-export or remove it"
+        raise ImageReadError(path, msg) from None
+
+
+def preprocess_image(img: Image.Image, pre: Preprocessing) -> np.ndarray:
+    """Resize the shorter side to ``pre.resize_size`` and centre-crop ``pre.input_size``.
+
+    Returns a ``(input_size, input_size, 3)`` uint8 array. Normalisation happens later,
+    on whole batches.
+    """
+    size, short = pre.input_size, pre.resize_size
+    w, h = img.size
+    if (w, h) != (size, size):
+        if w <= h:
+            new_w, new_h = short, max(short, int(short * h / w))
+        else:
+            new_w, new_h = max(short, int(short * w / h)), short
+        if (new_w, new_h) != (w, h):
+            img = img.resize((new_w, new_h), _INTERPOLATIONS[pre.interpolation])
+        left = int(round((new_w - size) / 2.0))
+        top = int(round((new_h - size) / 2.0))
+        img = img.crop((left, top, left + size, top + size))
+    return np.asarray(img, dtype=np.uint8)
+
+
+def load_array_image(arr: np.ndarray, index: int = 0) -> Image.Image:
+    """One uint8 array image, ``(h, w)`` grey or ``(h, w, 3)`` RGB, as a PIL RGB image."""
+    if arr.dtype != np.uint8:
+        raise ImageReadError(
+            f"X[{index}]", f"array images must be uint8 (0-255), got dtype {arr.dtype}; "
+            "convert with (x * 255).clip(0, 255).astype(np.uint8) if they are floats in [0, 1]"
+        )
+    if arr.ndim == 2:
+        return Image.fromarray(arr).convert("RGB")
+    if arr.ndim == 3 and arr.shape[2] == 3:
+        return Image.fromarray(np.ascontiguousarray(arr))
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        return Image.fromarray(np.ascontiguousarray(arr[:, :, 0])).convert("RGB")
+    raise ImageReadError(
+        f"X[{index}]", f"array images must have shape (h, w) or (h, w, 3), got {arr.shape}"
+    )

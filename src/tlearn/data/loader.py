@@ -1,0 +1,135 @@
+"""The batched, prefetching image loader: decoding runs in threads beside the model.
+
+PIL releases the GIL while it decodes and resizes, so a few threads keep a model on the
+same cores busy. Batches come out in input order; memory stays bounded by ``prefetch``
+batches however many images there are.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from tlearn.data.images import (
+    Preprocessing,
+    decode_image,
+    load_array_image,
+    preprocess_image,
+    read_bytes,
+)
+from tlearn.exceptions import DataError, ImageReadError
+
+__all__ = ["Batch", "ImageInput", "check_images", "iter_batches", "load_preprocessed"]
+
+#: What every estimator accepts as ``X``: image paths, or uint8 images ``(n, h, w[, 3])``.
+ImageInput = Sequence[str] | np.ndarray
+OnError = Literal["raise", "skip"]
+
+
+@dataclass
+class Batch:
+    """``images`` (n_ok, size, size, 3) uint8 for the positions ``indices`` of the input;
+    ``errors`` lists ``(position, path, reason)`` for the images that failed in this batch."""
+
+    indices: np.ndarray
+    images: np.ndarray
+    errors: list[tuple[int, str, str]] = field(default_factory=list)
+
+
+def check_images(X: object) -> ImageInput:
+    """Validate ``X``: a 1-d sequence of paths, or a uint8 array of images."""
+    if isinstance(X, np.ndarray) and X.dtype != object and X.ndim in (3, 4):
+        if X.dtype != np.uint8:
+            raise DataError(
+                f"image arrays must be uint8 with values 0-255, got dtype {X.dtype}; "
+                "convert with (X * 255).clip(0, 255).astype(np.uint8) for floats in [0, 1]"
+            )
+        if X.ndim == 4 and X.shape[3] not in (1, 3):
+            raise DataError(f"image arrays must be (n, h, w) or (n, h, w, 3), got {X.shape}")
+        return X
+    if isinstance(X, (str, os.PathLike)):
+        raise DataError(
+            f"X must be a list of image paths or an array of images, got the single path "
+            f"{os.fspath(X)!r}; use load_image_folder({os.fspath(X)!r}).filenames for a folder"
+        )
+    try:
+        paths = np.asarray(X, dtype=object)
+    except Exception as e:
+        raise DataError(f"X must be a list of image paths or a uint8 image array ({e})") from e
+    if paths.ndim != 1:
+        raise DataError(
+            f"X must be a 1-d list of image paths or a uint8 array (n, h, w[, 3]); got an "
+            f"array of shape {paths.shape} and dtype {paths.dtype}"
+        )
+    bad = [i for i, p in enumerate(paths[:1000]) if not isinstance(p, (str, os.PathLike))]
+    if bad:
+        raise DataError(f"X[{bad[0]}] is {paths[bad[0]]!r}, not an image path")
+    return [os.fspath(p) for p in paths]
+
+
+def load_preprocessed(X: ImageInput, i: int, pre: Preprocessing) -> np.ndarray:
+    """Decode and preprocess image ``i`` of ``X`` into ``(size, size, 3)`` uint8."""
+    if isinstance(X, np.ndarray):
+        return preprocess_image(load_array_image(X[i], i), pre)
+    path = X[i]
+    img = decode_image(read_bytes(path), path, min_side=pre.resize_size)
+    return preprocess_image(img, pre)
+
+
+def _name(X: ImageInput, i: int) -> str:
+    return f"X[{i}]" if isinstance(X, np.ndarray) else str(X[i])
+
+
+def iter_batches(
+    X: ImageInput,
+    pre: Preprocessing,
+    batch_size: int = 64,
+    *,
+    n_workers: int | None = None,
+    prefetch: int = 2,
+    on_error: OnError = "raise",
+) -> Iterator[Batch]:
+    """Yield preprocessed batches of ``X`` in order, decoding ahead in threads.
+
+    With ``on_error="raise"`` the first unreadable image raises
+    :class:`~tlearn.exceptions.ImageReadError`; with ``"skip"`` it is reported in the
+    batch's ``errors`` and every other image is still returned.
+    """
+    n = len(X)
+    if n_workers is None:
+        n_workers = max(1, min(8, os.cpu_count() or 1))
+
+    def work(start: int) -> Batch:
+        idx, imgs, errors = [], [], []
+        for i in range(start, min(start + batch_size, n)):
+            try:
+                imgs.append(load_preprocessed(X, i, pre))
+                idx.append(i)
+            except ImageReadError as e:
+                if on_error == "raise":
+                    raise
+                errors.append((i, _name(X, i), e.reason))
+        size = pre.input_size
+        images = np.stack(imgs) if imgs else np.empty((0, size, size, 3), np.uint8)
+        return Batch(np.asarray(idx, dtype=np.int64), images, errors)
+
+    # One batch per task keeps ordering trivial; several tasks in flight keep the threads busy.
+    starts = iter(range(0, n, batch_size))
+    with ThreadPoolExecutor(max_workers=n_workers, thread_name_prefix="tlearn-decode") as pool:
+        pending: deque[Future[Batch]] = deque()
+        for start in starts:
+            pending.append(pool.submit(work, start))
+            if len(pending) >= max(prefetch, n_workers):
+                break
+        while pending:
+            batch = pending.popleft().result()
+            nxt = next(starts, None)
+            if nxt is not None:
+                pending.append(pool.submit(work, nxt))
+            yield batch

@@ -1,0 +1,261 @@
+"""Model files that are data, not code: one safetensors file holding the weights, with
+everything else (backbone, preprocessing, classes, head settings, library versions) as JSON
+in its header. Loading never unpickles.
+
+Supported models: :class:`~tlearn.LinearProbe`, and scikit-learn ``Pipeline`` objects of
+``PretrainedFeatures`` -> optional ``StandardScaler`` -> ``LogisticRegression``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import tempfile
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+
+from tlearn.backbones import Backbone, build_backbone, state_dict_sha256
+from tlearn.data.images import Preprocessing
+from tlearn.exceptions import ModelFileError
+from tlearn.features import PretrainedFeatures
+from tlearn.probe import LinearProbe
+
+__all__ = ["FORMAT_VERSION", "load", "read_metadata", "save"]
+
+FORMAT_VERSION = 1
+_MAGIC = "tlearn"
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for pkg in ("tlearn", "torch", "timm", "torchvision", "scikit-learn", "numpy"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def _jsonable_classes(classes: np.ndarray) -> tuple[list[Any], str]:
+    if classes.dtype.kind in "iu":
+        return [int(c) for c in classes], "int"
+    if classes.dtype.kind == "b":
+        return [bool(c) for c in classes], "bool"
+    return [str(c) for c in classes], "str"
+
+
+def _classes_from_json(values: list[Any], kind: str) -> np.ndarray:
+    if kind == "int":
+        return np.asarray(values, dtype=np.int64)
+    if kind == "bool":
+        return np.asarray(values, dtype=bool)
+    return np.asarray(values)
+
+
+def _features_meta(features: PretrainedFeatures) -> dict[str, Any]:
+    bb = features.backbone_
+    return {
+        "name": bb.name,
+        "architecture": bb.architecture,
+        "weights_sha256": bb.weights_sha256,
+        "weights_source": bb.weights_source,
+        "n_features": bb.n_features,
+        "preprocessing": bb.preprocessing.to_dict(),
+        "params": {k: features.get_params()[k]
+                   for k in ("image_size", "batch_size", "device", "on_error")},
+    }
+
+
+def _head_tensors(scaler: StandardScaler | None, clf: LogisticRegression) -> dict[str, Any]:
+    t = {"head.coef": clf.coef_, "head.intercept": clf.intercept_}
+    if scaler is not None:
+        t["head.scaler_mean"] = scaler.mean_
+        t["head.scaler_scale"] = scaler.scale_
+        t["head.scaler_var"] = scaler.var_
+    return t
+
+
+def save(model: Any, path: str | os.PathLike[str]) -> str:
+    """Write a fitted model to ``path`` (conventionally ``*.safetensors``), atomically.
+
+    Returns the path. Raises ``TypeError`` for a model this format cannot hold, naming what
+    it can.
+    """
+    from safetensors.torch import save_file
+
+    if isinstance(model, LinearProbe):
+        if not hasattr(model, "classifier_"):
+            raise ModelFileError("the LinearProbe is not fitted yet; call fit first")
+        features, scaler, clf = model.features_, model.scaler_, model.classifier_
+        classes = model.classes_
+        kind = "linear_probe"
+        extra: dict[str, Any] = {"C": model.C_, "cv_results": model.cv_results_,
+                                 "params": {k: v for k, v in model.get_params().items()
+                                            if k in ("validation_size", "max_iter",
+                                                     "random_state")}}
+        steps = None
+    elif isinstance(model, Pipeline):
+        steps = [name for name, _ in model.steps]
+        parts = [est for _, est in model.steps]
+        ok = (len(parts) in (2, 3) and isinstance(parts[0], PretrainedFeatures)
+              and isinstance(parts[-1], LogisticRegression)
+              and (len(parts) == 2 or isinstance(parts[1], StandardScaler)))
+        if not ok:
+            raise TypeError(
+                "tlearn.save handles LinearProbe and Pipeline(PretrainedFeatures, "
+                "[StandardScaler], LogisticRegression); got a Pipeline of "
+                f"{[type(p).__name__ for p in parts]}"
+            )
+        if not hasattr(parts[-1], "coef_"):
+            raise ModelFileError("the Pipeline is not fitted yet; call fit first")
+        features, clf = parts[0], parts[-1]
+        scaler = parts[1] if len(parts) == 3 else None
+        classes = clf.classes_
+        kind = "pipeline"
+        extra = {"C": float(clf.C), "params": {"max_iter": clf.max_iter}}
+    else:
+        raise TypeError(
+            f"tlearn.save handles LinearProbe and Pipeline(PretrainedFeatures, [StandardScaler],"
+            f" LogisticRegression), not {type(model).__name__}"
+        )
+    class_values, class_kind = _jsonable_classes(np.asarray(classes))
+    meta = {
+        "format": _MAGIC,
+        "format_version": FORMAT_VERSION,
+        "kind": kind,
+        "steps": steps,
+        "backbone": _features_meta(features),
+        "classes": class_values,
+        "classes_type": class_kind,
+        "head": {"type": "logistic_regression", "scaler": scaler is not None, **extra},
+        "versions": _versions(),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    tensors = {f"backbone.{k}": v.detach().cpu().contiguous()
+               for k, v in features.backbone_.model.state_dict().items()}
+    for k, v in _head_tensors(scaler, clf).items():
+        tensors[k] = torch.from_numpy(np.ascontiguousarray(v))
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise ModelFileError(f"cannot write {path!r}: the folder {folder!r} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=".tlearn-", suffix=".tmp", dir=folder)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata={_MAGIC: json.dumps(meta)})
+        os.replace(tmp, path)  # a reader never sees a half-written model file
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The JSON part of a model file, validated; raises :class:`ModelFileError`."""
+    from safetensors import safe_open
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ModelFileError(f"no such model file: {path!r}")
+    try:
+        with safe_open(path, framework="pt") as f:
+            raw = (f.metadata() or {}).get(_MAGIC)
+    except Exception as e:
+        raise ModelFileError(
+            f"{path!r} is not a tlearn model file (it is not a readable safetensors file: "
+            f"{e}). Model files are written by `tlearn fit` or tlearn.save"
+        ) from None
+    if raw is None:
+        raise ModelFileError(f"{path!r} is a safetensors file but not a tlearn model "
+                             "(no tlearn metadata); it may hold plain weights")
+    try:
+        meta = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise ModelFileError(f"{path!r} has damaged tlearn metadata ({e})") from None
+    fmt = meta.get("format_version")
+    if not isinstance(fmt, int):
+        raise ModelFileError(f"{path!r} has no valid format_version")
+    if fmt > FORMAT_VERSION:
+        raise ModelFileError(
+            f"{path!r} uses model-file format {fmt}, newer than this tlearn understands "
+            f"({FORMAT_VERSION}); upgrade tlearn (pip install -U tlearn)"
+        )
+    return meta
+
+
+def _load_backbone(meta: dict[str, Any], tensors: dict[str, torch.Tensor], path: str
+                   ) -> Backbone:
+    bmeta = meta["backbone"]
+    state = {k[len("backbone."):]: v for k, v in tensors.items() if k.startswith("backbone.")}
+    bb = build_backbone(bmeta["architecture"], weights=None, alias=bmeta["name"])
+    try:
+        bb.model.load_state_dict(state)
+    except RuntimeError as e:
+        raise ModelFileError(f"{path!r}: the stored weights do not fit "
+                             f"{bmeta['architecture']} ({str(e)[:300]})") from None
+    bb.model.eval()
+    bb.weights_sha256 = state_dict_sha256(bb.model.state_dict())
+    if bb.weights_sha256 != bmeta["weights_sha256"]:
+        raise ModelFileError(f"{path!r} is damaged: its weights do not match their recorded "
+                             "hash")
+    bb.preprocessing = Preprocessing.from_dict(bmeta["preprocessing"])
+    bb.weights_source = f"model file {path}"
+    return bb
+
+
+def load(path: str | os.PathLike[str]) -> Any:
+    """Load a model written by :func:`save`; it predicts exactly what the saved one did."""
+    from safetensors.torch import load_file
+
+    path = os.fspath(path)
+    meta = read_metadata(path)
+    try:
+        tensors = load_file(path)
+    except Exception as e:
+        raise ModelFileError(f"{path!r} is damaged: cannot read its tensors ({e})") from None
+    try:
+        bmeta = meta["backbone"]
+        features = PretrainedFeatures(bmeta["name"], **bmeta["params"])
+        features._set_backbone(_load_backbone(meta, tensors, path))
+        head = meta["head"]
+        classes = _classes_from_json(meta["classes"], meta["classes_type"])
+        clf = LogisticRegression(C=head["C"], max_iter=head["params"].get("max_iter", 1000))
+        clf.coef_ = tensors["head.coef"].numpy()
+        clf.intercept_ = tensors["head.intercept"].numpy()
+        clf.n_features_in_ = clf.coef_.shape[1]
+        clf.n_iter_ = np.zeros(1, dtype=np.int32)
+        scaler = None
+        if head["scaler"]:
+            scaler = StandardScaler()
+            scaler.mean_ = tensors["head.scaler_mean"].numpy()
+            scaler.scale_ = tensors["head.scaler_scale"].numpy()
+            scaler.var_ = tensors["head.scaler_var"].numpy()
+            scaler.n_features_in_ = scaler.mean_.shape[0]
+            scaler.n_samples_seen_ = np.int64(0)
+    except KeyError as e:
+        raise ModelFileError(f"{path!r} is damaged or incomplete: missing {e}") from None
+    if meta["kind"] == "linear_probe":
+        probe = LinearProbe(bmeta["name"], **{k: v for k, v in bmeta["params"].items()},
+                            **head["params"])
+        probe.features_ = features
+        probe.classes_ = classes
+        clf.classes_ = np.arange(len(classes))
+        probe.scaler_, probe.classifier_ = scaler, clf
+        probe.C_, probe.cv_results_ = head["C"], head.get("cv_results", {})
+        probe.skipped_ = []
+        probe.n_features_in_ = clf.n_features_in_
+        return probe
+    if meta["kind"] == "pipeline":
+        clf.classes_ = classes
+        names = meta.get("steps") or ["features", "scaler", "clf"]
+        steps = [features] + ([scaler] if scaler is not None else []) + [clf]
+        return Pipeline(list(zip(names, steps, strict=True)))
+    raise ModelFileError(f"{path!r} holds a model of kind {meta['kind']!r}, which this version "
+                         "of tlearn cannot load; upgrade tlearn")

@@ -1,0 +1,55 @@
+"""Running a backbone with PyTorch: device choice and the batched forward pass."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from tlearn.data.images import Preprocessing
+
+__all__ = ["TorchEngine", "resolve_device"]
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` -> CUDA if available, else Apple MPS, else CPU; anything else as given."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got "
+                         f"{device!r}") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device='cuda' was asked for, but PyTorch sees no CUDA GPU here; "
+                         "use device='auto' or 'cpu'")
+    return dev
+
+
+class TorchEngine:
+    """Normalises uint8 NHWC batches and runs the model in inference mode, channels-last
+    (about 1.3-2x faster than the default layout for convolutional nets on CPU)."""
+
+    def __init__(self, model: nn.Module, pre: Preprocessing, device: torch.device) -> None:
+        self.device = device
+        self.model = model.to(device).eval().to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        self._mean = torch.tensor(pre.mean, device=device).view(1, 3, 1, 1) * 255.0
+        self._std = torch.tensor(pre.std, device=device).view(1, 3, 1, 1) * 255.0
+
+    def to_input(self, images: np.ndarray) -> torch.Tensor:
+        """``(n, h, w, 3)`` uint8 -> normalised float ``(n, 3, h, w)``, channels-last."""
+        x = torch.from_numpy(images).to(self.device, non_blocking=True).permute(0, 3, 1, 2)
+        return ((x.float() - self._mean) / self._std).contiguous(
+            memory_format=torch.channels_last)
+
+    @torch.inference_mode()
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        out = self.model(self.to_input(images))
+        return out.float().cpu().numpy().astype(np.float32, copy=False)
