@@ -7,7 +7,6 @@ Each command calls the same functions a Python user calls; errors print one clea
 from __future__ import annotations
 
 import csv
-import os
 import sys
 import time
 import warnings
@@ -21,13 +20,19 @@ from rich.table import Table
 
 from tlearn.exceptions import TlearnError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
-                  help="Transfer learning for image classification.")
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="Transfer learning for image classification."
+)
 console = Console()
 err_console = Console(stderr=True)
 
-DataArg = Annotated[str, typer.Argument(help="A folder of class sub-folders, a zip of one "
-                                        "(or 'data.zip/train'), or a CSV of path,label.")]
+DataArg = Annotated[
+    str,
+    typer.Argument(
+        help="A folder of class sub-folders, a zip of one "
+        "(or 'data.zip/train'), or a CSV of path,label."
+    ),
+]
 
 
 def _fail(message: str) -> None:
@@ -38,8 +43,11 @@ def _fail(message: str) -> None:
 def _labelled(source: str, max_per_class: int | None, seed: int) -> tuple[Any, np.ndarray]:
     from tlearn.data import load_dataset
 
-    data = load_dataset(source, max_per_class=max_per_class, random_state=seed) \
-        if not source.lower().endswith((".csv", ".tsv")) else load_dataset(source)
+    data = (
+        load_dataset(source, max_per_class=max_per_class, random_state=seed)
+        if not source.lower().endswith((".csv", ".tsv"))
+        else load_dataset(source)
+    )
     if data.target is None:
         _fail(f"{source!r} has no labels: a CSV for fitting or evaluating needs a label column")
     names = np.asarray(data.target_names, dtype=object)
@@ -64,30 +72,39 @@ def _write_skipped(skipped: list[tuple[int, str, str]], beside: str) -> str | No
 def fit(
     data: DataArg,
     out: Annotated[Path, typer.Option("--out", "-o", help="Model file to write.")] = Path(
-        "model.safetensors"),
-    backbone: Annotated[str, typer.Option(help="Backbone name (see `tlearn models`).")] =
-        "efficientnet_lite0",
+        "model.safetensors"
+    ),
+    backbone: Annotated[
+        str, typer.Option(help="Backbone name (see `tlearn models`).")
+    ] = "efficientnet_lite0",
     method: Annotated[str, typer.Option(help="Training method: probe.")] = "probe",
     test: Annotated[str | None, typer.Option(help="Separate labelled test data.")] = None,
-    test_size: Annotated[float, typer.Option(help="Fraction held out for testing when "
-                                             "--test is not given.")] = 0.2,
-    max_per_class: Annotated[int | None, typer.Option(help="Use at most N training images "
-                                                      "per class (random).")] = None,
-    test_max_per_class: Annotated[int | None, typer.Option(help="Use at most N test images "
-                                                           "per class.")] = None,
-    image_size: Annotated[int | None, typer.Option(help="Input size in pixels (default: the "
-                                                   "backbone's).")] = None,
-    weights: Annotated[str, typer.Option(help="'pretrained' or a local weights file.")] =
-        "pretrained",
+    test_size: Annotated[
+        float, typer.Option(help="Fraction held out for testing when --test is not given.")
+    ] = 0.2,
+    max_per_class: Annotated[
+        int | None, typer.Option(help="Use at most N training images per class (random).")
+    ] = None,
+    test_max_per_class: Annotated[
+        int | None, typer.Option(help="Use at most N test images per class.")
+    ] = None,
+    image_size: Annotated[
+        int | None, typer.Option(help="Input size in pixels (default: the backbone's).")
+    ] = None,
+    weights: Annotated[
+        str, typer.Option(help="'pretrained' or a local weights file.")
+    ] = "pretrained",
     batch_size: int = 64,
     device: str = "auto",
     cache_dir: Annotated[str | None, typer.Option(help="Cache features here.")] = None,
-    skip_bad_images: Annotated[bool, typer.Option(help="Skip unreadable images (listed "
-                                                  "beside the output) instead of stopping.")]
-        = False,
+    skip_bad_images: Annotated[
+        bool,
+        typer.Option(help="Skip unreadable images (listed beside the output) instead of stopping."),
+    ] = False,
     seed: int = 0,
-    json_path: Annotated[Path | None, typer.Option("--json", help="Write test metrics as "
-                                                   "JSON.")] = None,
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Write test metrics as JSON.")
+    ] = None,
 ) -> None:
     """Train a classifier on DATA, report test accuracy, and save the model."""
     from sklearn.model_selection import train_test_split
@@ -109,42 +126,55 @@ def fit(
     else:
         if not 0 < test_size < 1:
             _fail(f"--test-size must be between 0 and 1, got {test_size}")
-        X, X_test, y, y_test = train_test_split(X, y, test_size=test_size, stratify=y,
-                                                random_state=seed)
-    console.print(f"training on {len(X)} images in {len(set(y))} classes, testing on "
-                  f"{len(X_test)}; backbone {backbone}")
-    probe = LinearProbe(backbone, weights=weights, image_size=image_size, batch_size=batch_size,
-                        device=device, cache_dir=cache_dir,
-                        on_error="skip" if skip_bad_images else "raise",
-                        random_state=seed, verbose=1)
+        X, X_test, y, y_test = train_test_split(
+            X, y, test_size=test_size, stratify=y, random_state=seed
+        )
+    console.print(
+        f"training on {len(X)} images in {len(set(y))} classes, testing on "
+        f"{len(X_test)}; backbone {backbone}"
+    )
+    probe = LinearProbe(
+        backbone,
+        weights=weights,
+        image_size=image_size,
+        batch_size=batch_size,
+        device=device,
+        cache_dir=cache_dir,
+        on_error="skip" if skip_bad_images else "raise",
+        random_state=seed,
+        verbose=1,
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # bad files are listed just below
         probe.fit(X, y)
     _write_skipped(probe.skipped_, str(out))
     best = probe.cv_results_["C"].index(probe.C_)
     val = probe.cv_results_["val_accuracy"][best]
-    console.print(f"chose C={probe.C_:g}" + (f" (validation accuracy {val:.4f})"
-                                              if val is not None else ""))
+    console.print(
+        f"chose C={probe.C_:g}" + (f" (validation accuracy {val:.4f})" if val is not None else "")
+    )
     report = evaluate(probe, X_test, y_test, unknown="skip")
     _write_skipped([(0, f["path"], f["reason"]) for f in report.failed], str(out) + ".test")
     console.print(report)
     save(probe, out)
     if json_path is not None:
         report.to_json(json_path)
-    console.print(f"[bold]test accuracy: {report.accuracy:.4f}[/] ({report.n_images} images)  "
-                  f"model saved to {out}  ({time.perf_counter() - t0:.0f} s)")
+    console.print(
+        f"[bold]test accuracy: {report.accuracy:.4f}[/] ({report.n_images} images)  "
+        f"model saved to {out}  ({time.perf_counter() - t0:.0f} s)"
+    )
 
 
 @app.command(name="evaluate")
 def evaluate_cmd(
     model: Annotated[Path, typer.Argument(help="A model file from `tlearn fit`.")],
     data: DataArg,
-    json_path: Annotated[Path | None, typer.Option("--json", help="Write metrics as JSON.")] =
-        None,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write metrics as JSON.")] = None,
     max_per_class: int | None = None,
     skip_bad_images: bool = False,
-    skip_unknown_classes: Annotated[bool, typer.Option(help="Evaluate only images whose "
-                                                       "class the model knows.")] = False,
+    skip_unknown_classes: Annotated[
+        bool, typer.Option(help="Evaluate only images whose class the model knows.")
+    ] = False,
     seed: int = 0,
 ) -> None:
     """Accuracy, per-class precision/recall/F1 and the confusion matrix of MODEL on DATA."""
@@ -166,11 +196,13 @@ def evaluate_cmd(
         cm.add_row(c, *[str(v) for v in row])
     console.print(cm)
     if report.unknown:
-        err_console.print(f"[yellow]{len(report.unknown)} image(s) with unknown classes left "
-                          "out[/]")
+        err_console.print(
+            f"[yellow]{len(report.unknown)} image(s) with unknown classes left out[/]"
+        )
     if report.failed:
-        _write_skipped([(0, f["path"], f["reason"]) for f in report.failed],
-                       str(json_path or model))
+        _write_skipped(
+            [(0, f["path"], f["reason"]) for f in report.failed], str(json_path or model)
+        )
     if json_path is not None:
         report.to_json(json_path)
         console.print(f"metrics written to {json_path}")
@@ -181,8 +213,10 @@ def evaluate_cmd(
 def predict(
     model: Annotated[Path, typer.Argument(help="A model file from `tlearn fit`.")],
     inputs: Annotated[list[str], typer.Argument(help="Images, folders, zips, CSVs or globs.")],
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="CSV or JSONL file "
-                                                "(default: print a table).")] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option("--output", "-o", help="CSV or JSONL file (default: print a table)."),
+    ] = None,
     top_k: Annotated[int, typer.Option(help="How many labels per image.")] = 1,
 ) -> None:
     """Predict the class of every image in INPUTS; unreadable files get a row with the error."""
@@ -193,16 +227,16 @@ def predict(
     rows = iter_predictions(clf, inputs, top_k=top_k)
     if output is not None:
         counts = write_predictions(rows, output, top_k=top_k)
-        console.print(f"{counts['ok']} images predicted, {counts['failed']} failed; "
-                      f"written to {output}")
+        console.print(
+            f"{counts['ok']} images predicted, {counts['failed']} failed; written to {output}"
+        )
     else:
         table = Table("path", "label", "probability", "error")
         counts = {"ok": 0, "failed": 0}
         for row in rows:
             counts["failed" if row["error"] else "ok"] += 1
             prob = "" if row["probability"] is None else f"{row['probability']:.3f}"
-            label = ", ".join(map(str, row["top_labels"])) if top_k > 1 else str(
-                row["label"] or "")
+            label = ", ".join(map(str, row["top_labels"])) if top_k > 1 else str(row["label"] or "")
             table.add_row(row["path"], label, prob, row["error"])
         console.print(table)
         console.print(f"{counts['ok']} images predicted, {counts['failed']} failed")
@@ -212,8 +246,9 @@ def predict(
 
 @app.command()
 def models(
-    pattern: Annotated[str | None, typer.Argument(help="Search timm and torchvision names "
-                                                  "containing this text.")] = None,
+    pattern: Annotated[
+        str | None, typer.Argument(help="Search timm and torchvision names containing this text.")
+    ] = None,
     offline: Annotated[bool, typer.Option(help="Only those usable offline.")] = False,
 ) -> None:
     """List backbone names; marks those whose weights are on this machine."""
@@ -226,14 +261,16 @@ def models(
             table.add_row(name, "[green]yes[/]" if ok else "no (downloads when online)")
     console.print(table)
     if pattern is None:
-        console.print("Any timm or torchvision name works too: `tlearn models resnet` searches "
-                      "them.")
+        console.print(
+            "Any timm or torchvision name works too: `tlearn models resnet` searches them."
+        )
 
 
 @app.command()
 def demo(
-    out: Annotated[Path, typer.Option(help="Folder for the model and sample images.")] =
-        Path("demo-output"),
+    out: Annotated[Path, typer.Option(help="Folder for the model and sample images.")] = Path(
+        "demo-output"
+    ),
     per_class: Annotated[int, typer.Option(help="Training images per class.")] = 100,
     test_per_class: Annotated[int, typer.Option(help="Test images per class.")] = 50,
     seed: int = 0,
@@ -242,8 +279,7 @@ def demo(
     save the model and predict a few test images."""
     from tlearn.demo import run_demo
 
-    run_demo(out, per_class=per_class, test_per_class=test_per_class, seed=seed,
-             console=console)
+    run_demo(out, per_class=per_class, test_per_class=test_per_class, seed=seed, console=console)
 
 
 def main() -> None:

@@ -23,8 +23,14 @@ from tlearn.probe import LinearProbe
 __all__ = ["run_demo"]
 
 
-def run_demo(out: Path, *, per_class: int = 100, test_per_class: int = 50, seed: int = 0,
-             console: Console | None = None) -> dict[str, float]:
+def run_demo(
+    out: Path,
+    *,
+    per_class: int = 100,
+    test_per_class: int = 50,
+    seed: int = 0,
+    console: Console | None = None,
+) -> dict[str, float]:
     """Run the demo; returns the two accuracies."""
     console = console or Console()
     out = Path(out)
@@ -35,22 +41,27 @@ def run_demo(out: Path, *, per_class: int = 100, test_per_class: int = 50, seed:
     te = subsample_per_class(test.target, test_per_class, seed)
     X_train, y_train = train.images[tr], names[train.target[tr]]
     X_test, y_test = test.images[te], names[test.target[te]]
-    console.print(f"Fashion-MNIST subset: {len(tr)} training and {len(te)} test images "
-                  f"(28x28 grey), {len(names)} classes")
+    console.print(
+        f"Fashion-MNIST subset: {len(tr)} training and {len(te)} test images "
+        f"(28x28 grey), {len(names)} classes"
+    )
 
     t0 = time.perf_counter()
     raw = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
     raw.fit(X_train.reshape(len(tr), -1).astype(np.float32), y_train)
     raw_acc = float(raw.score(X_test.reshape(len(te), -1).astype(np.float32), y_test))
-    console.print(f"raw-pixel logistic regression: accuracy {raw_acc:.4f} "
-                  f"({time.perf_counter() - t0:.1f} s)")
+    console.print(
+        f"raw-pixel logistic regression: accuracy {raw_acc:.4f} ({time.perf_counter() - t0:.1f} s)"
+    )
 
     t0 = time.perf_counter()
     probe = LinearProbe("efficientnet_lite0", random_state=seed, verbose=1)
     probe.fit(X_train, y_train)
     probe_acc = float(probe.score(X_test, y_test))
-    console.print(f"EfficientNet-Lite0 linear probe (C={probe.C_:g}): accuracy "
-                  f"{probe_acc:.4f} ({time.perf_counter() - t0:.1f} s)")
+    console.print(
+        f"EfficientNet-Lite0 linear probe (C={probe.C_:g}): accuracy "
+        f"{probe_acc:.4f} ({time.perf_counter() - t0:.1f} s)"
+    )
 
     model_path = out / "fashion-mnist-probe.safetensors"
     save(probe, model_path)
@@ -66,7 +77,9 @@ def run_demo(out: Path, *, per_class: int = 100, test_per_class: int = 50, seed:
     for row in iter_predictions(loaded, paths):
         table.add_row(Path(row["path"]).name, str(row["label"]), f"{row['probability']:.3f}")
     console.print(table)
-    console.print(f"[bold]accuracy: probe {probe_acc:.4f} vs raw pixels {raw_acc:.4f}[/]; "
-                  f"model saved to {model_path}")
+    console.print(
+        f"[bold]accuracy: probe {probe_acc:.4f} vs raw pixels {raw_acc:.4f}[/]; "
+        f"model saved to {model_path}"
+    )
     console.print(f"try: tlearn predict {model_path} {samples}")
     return {"probe_accuracy": probe_acc, "raw_pixel_accuracy": raw_acc}

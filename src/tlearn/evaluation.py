@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
 
+from tlearn.data.loader import check_images
 from tlearn.exceptions import DataError, UnknownClassError
 from tlearn.models import split_model
 
@@ -70,8 +71,13 @@ class Report:
         for col in ("class", "precision", "recall", "f1", "support"):
             table.add_column(col, justify="left" if col == "class" else "right")
         for row in self.per_class:
-            table.add_row(str(row["class"]), f"{row['precision']:.3f}", f"{row['recall']:.3f}",
-                          f"{row['f1']:.3f}", str(row["support"]))
+            table.add_row(
+                str(row["class"]),
+                f"{row['precision']:.3f}",
+                f"{row['recall']:.3f}",
+                f"{row['f1']:.3f}",
+                str(row["support"]),
+            )
         return table
 
 
@@ -91,25 +97,25 @@ def evaluate(model: Any, X: object, y: object, *, unknown: str = "raise") -> Rep
         raise ValueError(f"unknown must be 'raise' or 'skip', got {unknown!r}")
     parts = split_model(model)
     y_arr = np.asarray(y)
-    paths = X if isinstance(X, np.ndarray) and X.dtype != object else list(X)  # type: ignore[call-overload]
+    paths = check_images(X)
     if len(y_arr) != len(paths):
         raise DataError(f"X has {len(paths)} images but y has {len(y_arr)} labels")
     known = np.isin(y_arr, parts.classes)
     unknown_rows = []
     if not known.all():
-        labels = sorted({str(v) for v in y_arr[~known]})
+        unknown_labels = sorted({str(v) for v in y_arr[~known]})
         if unknown == "raise":
             raise UnknownClassError(
                 f"{int((~known).sum())} images have labels the model was not trained on: "
-                f"{labels[:10]}; the model knows {[_py(c) for c in parts.classes][:20]}. "
+                f"{unknown_labels[:10]}; the model knows {[_py(c) for c in parts.classes][:20]}. "
                 "Evaluate the known classes only with unknown='skip' (CLI: "
                 "--skip-unknown-classes)"
             )
-        for i in np.flatnonzero(~known):
+        for i in np.flatnonzero(~known).tolist():
             name = f"X[{i}]" if isinstance(paths, np.ndarray) else str(paths[i])
             unknown_rows.append({"path": name, "label": _py(y_arr[i])})
         keep = np.flatnonzero(known)
-        paths = paths[keep] if isinstance(paths, np.ndarray) else [paths[i] for i in keep]
+        paths = paths[keep] if isinstance(paths, np.ndarray) else [paths[i] for i in keep.tolist()]
         y_arr = y_arr[keep]
     pred_idx = np.full(len(y_arr), -1, dtype=np.int64)
     failed: list[dict[str, str]] = []
@@ -122,11 +128,19 @@ def evaluate(model: Any, X: object, y: object, *, unknown: str = "raise") -> Rep
         raise DataError("no image could be evaluated: every image failed to load")
     y_true, y_pred = y_arr[ok], parts.classes[pred_idx[ok]]
     labels = parts.classes
-    prec, rec, f1, sup = precision_recall_fscore_support(y_true, y_pred, labels=labels,
-                                                         zero_division=0)
-    per_class = [{"class": _py(c), "precision": float(p), "recall": float(r), "f1": float(f),
-                  "support": int(s)} for c, p, r, f, s in zip(labels, prec, rec, f1, sup,
-                                                              strict=True)]
+    prec, rec, f1, sup = precision_recall_fscore_support(
+        y_true, y_pred, labels=labels, zero_division=0
+    )
+    per_class = [
+        {
+            "class": _py(c),
+            "precision": float(p),
+            "recall": float(r),
+            "f1": float(f),
+            "support": int(s),
+        }
+        for c, p, r, f, s in zip(labels, prec, rec, f1, sup, strict=True)
+    ]
     return Report(
         accuracy=float(accuracy_score(y_true, y_pred)),
         classes=[_py(c) for c in labels],

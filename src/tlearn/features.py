@@ -23,7 +23,7 @@ __all__ = ["PretrainedFeatures"]
 _ON_ERROR = ("raise", "skip")
 
 
-class PretrainedFeatures(TransformerMixin, BaseEstimator):  # type: ignore[misc]
+class PretrainedFeatures(TransformerMixin, BaseEstimator):
     """Frozen features of a pretrained backbone, for any scikit-learn model.
 
     ``X`` is a list of image paths (files, or members of a zip as ``"data.zip/cat/1.jpg"``)
@@ -97,16 +97,20 @@ class PretrainedFeatures(TransformerMixin, BaseEstimator):  # type: ignore[misc]
 
     def _check_params(self) -> None:
         if self.on_error not in _ON_ERROR:
-            raise ValueError(f"PretrainedFeatures.on_error must be one of {_ON_ERROR}, got "
-                             f"{self.on_error!r}")
+            raise ValueError(
+                f"PretrainedFeatures.on_error must be one of {_ON_ERROR}, got {self.on_error!r}"
+            )
         if not isinstance(self.batch_size, (int, np.integer)) or self.batch_size < 1:
-            raise ValueError(f"PretrainedFeatures.batch_size must be a positive int, got "
-                             f"{self.batch_size!r}")
+            raise ValueError(
+                f"PretrainedFeatures.batch_size must be a positive int, got {self.batch_size!r}"
+            )
         if self.image_size is not None and (
             not isinstance(self.image_size, (int, np.integer)) or self.image_size < 8
         ):
-            raise ValueError(f"PretrainedFeatures.image_size must be None or an int >= 8, "
-                             f"got {self.image_size!r}")
+            raise ValueError(
+                f"PretrainedFeatures.image_size must be None or an int >= 8, "
+                f"got {self.image_size!r}"
+            )
 
     def fit(self, X: object = None, y: object = None) -> PretrainedFeatures:
         """Load the backbone (the network is frozen: ``X`` and ``y`` are not used)."""
@@ -125,14 +129,17 @@ class PretrainedFeatures(TransformerMixin, BaseEstimator):  # type: ignore[misc]
     def _get_engine(self) -> TorchEngine:
         engine = getattr(self, "_engine", None)
         if engine is None:
-            engine = self._engine = TorchEngine(self.backbone_.model, self.preprocessing_,
-                                                resolve_device(self.device))
+            engine = self._engine = TorchEngine(
+                self.backbone_.model, self.preprocessing_, resolve_device(self.device)
+            )
         return engine
 
     def _cache_key(self) -> dict[str, Any]:
-        return {"architecture": self.backbone_.architecture,
-                "weights_sha256": self.backbone_.weights_sha256,
-                "preprocessing": self.preprocessing_.to_dict()}
+        return {
+            "architecture": self.backbone_.architecture,
+            "weights_sha256": self.backbone_.weights_sha256,
+            "preprocessing": self.preprocessing_.to_dict(),
+        }
 
     def iter_features(
         self, X: object
@@ -153,11 +160,12 @@ class PretrainedFeatures(TransformerMixin, BaseEstimator):  # type: ignore[misc]
             hits = cache.get_many(keys, self.n_features_out_)
             hit_idx = np.array([i for i, k in enumerate(keys) if k in hits], dtype=np.int64)
             if len(hit_idx):
-                yield hit_idx, np.stack([hits[keys[i]] for i in hit_idx]), []  # type: ignore[index]
+                yield hit_idx, np.stack([hits[str(keys[i])] for i in hit_idx]), []
             todo = np.array([i for i, k in enumerate(keys) if k not in hits], dtype=np.int64)
             for idx, feats, errors in self._iter_computed(images, todo):
-                cache.put_many((keys[i], f) for i, f in zip(idx, feats, strict=True)
-                               if keys[i] is not None)
+                cache.put_many(
+                    (keys[i], f) for i, f in zip(idx, feats, strict=True) if keys[i] is not None
+                )
                 yield idx, feats, errors
         finally:
             cache.close()
@@ -167,14 +175,23 @@ class PretrainedFeatures(TransformerMixin, BaseEstimator):  # type: ignore[misc]
     ) -> Iterator[tuple[np.ndarray, np.ndarray, list[tuple[int, str, str]]]]:
         if not len(positions):
             return
-        subset: ImageInput = (images[positions] if isinstance(images, np.ndarray)
-                              else [images[i] for i in positions])
+        subset: ImageInput = (
+            images[positions] if isinstance(images, np.ndarray) else [images[i] for i in positions]
+        )
         engine = self._get_engine()
-        for batch in iter_batches(subset, self.preprocessing_, int(self.batch_size),
-                                  n_workers=self.n_workers, on_error=self.on_error):  # type: ignore[arg-type]
+        for batch in iter_batches(
+            subset,
+            self.preprocessing_,
+            int(self.batch_size),
+            n_workers=self.n_workers,
+            on_error=self.on_error,  # type: ignore[arg-type]
+        ):
             errors = [(int(positions[i]), p, r) for i, p, r in batch.errors]
-            feats = (engine(batch.images) if len(batch.indices)
-                     else np.empty((0, self.n_features_out_), np.float32))
+            feats = (
+                engine(batch.images)
+                if len(batch.indices)
+                else np.empty((0, self.n_features_out_), np.float32)
+            )
             yield positions[batch.indices], feats, errors
 
     def transform(self, X: object) -> np.ndarray:
@@ -192,9 +209,12 @@ class PretrainedFeatures(TransformerMixin, BaseEstimator):  # type: ignore[misc]
         if errors:
             listing = "; ".join(f"{p}: {r}" for _, p, r in self.errors_[:5])
             more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
-            warnings.warn(f"{len(errors)} of {n} images could not be read and have NaN "
-                          f"features: {listing}{more}. See .errors_ for the full list.",
-                          UserWarning, stacklevel=2)
+            warnings.warn(
+                f"{len(errors)} of {n} images could not be read and have NaN "
+                f"features: {listing}{more}. See .errors_ for the full list.",
+                UserWarning,
+                stacklevel=2,
+            )
         return out
 
     def get_feature_names_out(self, input_features: object = None) -> np.ndarray:
@@ -238,12 +258,22 @@ class _progress:
     def __enter__(self) -> Any:
         if not self.enabled:
             return lambda k: None
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                   TimeRemainingColumn)
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
 
-        self._bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                             _RateColumn(), TimeRemainingColumn(),
-                             transient=True)
+        self._bar = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            _RateColumn(),
+            TimeRemainingColumn(),
+            transient=True,
+        )
         self._bar.start()
         task = self._bar.add_task(self.label, total=self.total)
         return lambda k: self._bar.advance(task, k)

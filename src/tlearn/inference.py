@@ -18,8 +18,9 @@ from tlearn.models import split_model
 __all__ = ["iter_predictions", "write_predictions"]
 
 
-def iter_predictions(model: Any, inputs: Iterable[str], *, top_k: int = 1,
-                     chunk_size: int = 1024) -> Iterator[dict[str, Any]]:
+def iter_predictions(
+    model: Any, inputs: Iterable[str], *, top_k: int = 1, chunk_size: int = 1024
+) -> Iterator[dict[str, Any]]:
     """Yield one dict per image, in input order: ``path``, ``label``, ``probability``,
     ``top_labels``, ``top_probabilities`` and ``error`` (empty when the image was read).
 
@@ -47,12 +48,23 @@ def iter_predictions(model: Any, inputs: Iterable[str], *, top_k: int = 1,
                     for i, p, t in zip(idx, proba, top, strict=True):
                         labels = [_py(parts.classes[j]) for j in t]
                         probs = [float(p[j]) for j in t]
-                        rows[i] = {"path": chunk[i], "label": labels[0],
-                                   "probability": probs[0], "top_labels": labels,
-                                   "top_probabilities": probs, "error": ""}
+                        rows[i] = {
+                            "path": chunk[i],
+                            "label": labels[0],
+                            "probability": probs[0],
+                            "top_labels": labels,
+                            "top_probabilities": probs,
+                            "error": "",
+                        }
                 for i, p, reason in errors:
-                    rows[i] = {"path": p, "label": None, "probability": None,
-                               "top_labels": [], "top_probabilities": [], "error": reason}
+                    rows[i] = {
+                        "path": p,
+                        "label": None,
+                        "probability": None,
+                        "top_labels": [],
+                        "top_probabilities": [],
+                        "error": reason,
+                    }
             for row in rows:
                 assert row is not None  # every position is either predicted or failed
                 yield row
@@ -64,8 +76,9 @@ def _py(v: Any) -> Any:
     return v.item() if hasattr(v, "item") else v
 
 
-def write_predictions(rows: Iterable[dict[str, Any]], output: str | os.PathLike[str],
-                      top_k: int = 1) -> dict[str, int]:
+def write_predictions(
+    rows: Iterable[dict[str, Any]], output: str | os.PathLike[str], top_k: int = 1
+) -> dict[str, int]:
     """Write rows as CSV (``.csv``) or JSON Lines (``.jsonl``/``.json``), flushing as it goes.
 
     Returns ``{"ok": n, "failed": m}``.
@@ -92,12 +105,17 @@ def write_predictions(rows: Iterable[dict[str, Any]], output: str | os.PathLike[
             writer.writerow([*header, "error"])
             for row in rows:
                 counts["failed" if row["error"] else "ok"] += 1
-                line = [row["path"], row["label"] if row["label"] is not None else "",
-                        f"{row['probability']:.6f}" if row["probability"] is not None else ""]
+                line = [
+                    row["path"],
+                    row["label"] if row["label"] is not None else "",
+                    f"{row['probability']:.6f}" if row["probability"] is not None else "",
+                ]
                 if top_k > 1:
                     for j in range(top_k):
                         has = j < len(row["top_labels"])
-                        line += [row["top_labels"][j] if has else "",
-                                 f"{row['top_probabilities'][j]:.6f}" if has else ""]
+                        line += [
+                            row["top_labels"][j] if has else "",
+                            f"{row['top_probabilities'][j]:.6f}" if has else "",
+                        ]
                 writer.writerow([*line, row["error"]])
     return counts

@@ -68,8 +68,9 @@ def _features_meta(features: PretrainedFeatures) -> dict[str, Any]:
         "weights_source": bb.weights_source,
         "n_features": bb.n_features,
         "preprocessing": bb.preprocessing.to_dict(),
-        "params": {k: features.get_params()[k]
-                   for k in ("image_size", "batch_size", "device", "on_error")},
+        "params": {
+            k: features.get_params()[k] for k in ("image_size", "batch_size", "device", "on_error")
+        },
     }
 
 
@@ -96,17 +97,25 @@ def save(model: Any, path: str | os.PathLike[str]) -> str:
         features, scaler, clf = model.features_, model.scaler_, model.classifier_
         classes = model.classes_
         kind = "linear_probe"
-        extra: dict[str, Any] = {"C": model.C_, "cv_results": model.cv_results_,
-                                 "params": {k: v for k, v in model.get_params().items()
-                                            if k in ("validation_size", "max_iter",
-                                                     "random_state")}}
+        extra: dict[str, Any] = {
+            "C": model.C_,
+            "cv_results": model.cv_results_,
+            "params": {
+                k: v
+                for k, v in model.get_params().items()
+                if k in ("validation_size", "max_iter", "random_state")
+            },
+        }
         steps = None
     elif isinstance(model, Pipeline):
         steps = [name for name, _ in model.steps]
         parts = [est for _, est in model.steps]
-        ok = (len(parts) in (2, 3) and isinstance(parts[0], PretrainedFeatures)
-              and isinstance(parts[-1], LogisticRegression)
-              and (len(parts) == 2 or isinstance(parts[1], StandardScaler)))
+        ok = (
+            len(parts) in (2, 3)
+            and isinstance(parts[0], PretrainedFeatures)
+            and isinstance(parts[-1], LogisticRegression)
+            and (len(parts) == 2 or isinstance(parts[1], StandardScaler))
+        )
         if not ok:
             raise TypeError(
                 "tlearn.save handles LinearProbe and Pipeline(PretrainedFeatures, "
@@ -138,8 +147,10 @@ def save(model: Any, path: str | os.PathLike[str]) -> str:
         "versions": _versions(),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
-    tensors = {f"backbone.{k}": v.detach().cpu().contiguous()
-               for k, v in features.backbone_.model.state_dict().items()}
+    tensors = {
+        f"backbone.{k}": v.detach().cpu().contiguous()
+        for k, v in features.backbone_.model.state_dict().items()
+    }
     for k, v in _head_tensors(scaler, clf).items():
         tensors[k] = torch.from_numpy(np.ascontiguousarray(v))
     path = os.fspath(path)
@@ -173,8 +184,10 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
             f"{e}). Model files are written by `tlearn fit` or tlearn.save"
         ) from None
     if raw is None:
-        raise ModelFileError(f"{path!r} is a safetensors file but not a tlearn model "
-                             "(no tlearn metadata); it may hold plain weights")
+        raise ModelFileError(
+            f"{path!r} is a safetensors file but not a tlearn model "
+            "(no tlearn metadata); it may hold plain weights"
+        )
     try:
         meta = json.loads(raw)
     except json.JSONDecodeError as e:
@@ -190,21 +203,20 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     return meta
 
 
-def _load_backbone(meta: dict[str, Any], tensors: dict[str, torch.Tensor], path: str
-                   ) -> Backbone:
+def _load_backbone(meta: dict[str, Any], tensors: dict[str, torch.Tensor], path: str) -> Backbone:
     bmeta = meta["backbone"]
-    state = {k[len("backbone."):]: v for k, v in tensors.items() if k.startswith("backbone.")}
+    state = {k[len("backbone.") :]: v for k, v in tensors.items() if k.startswith("backbone.")}
     bb = build_backbone(bmeta["architecture"], weights=None, alias=bmeta["name"])
     try:
         bb.model.load_state_dict(state)
     except RuntimeError as e:
-        raise ModelFileError(f"{path!r}: the stored weights do not fit "
-                             f"{bmeta['architecture']} ({str(e)[:300]})") from None
+        raise ModelFileError(
+            f"{path!r}: the stored weights do not fit {bmeta['architecture']} ({str(e)[:300]})"
+        ) from None
     bb.model.eval()
     bb.weights_sha256 = state_dict_sha256(bb.model.state_dict())
     if bb.weights_sha256 != bmeta["weights_sha256"]:
-        raise ModelFileError(f"{path!r} is damaged: its weights do not match their recorded "
-                             "hash")
+        raise ModelFileError(f"{path!r} is damaged: its weights do not match their recorded hash")
     bb.preprocessing = Preprocessing.from_dict(bmeta["preprocessing"])
     bb.weights_source = f"model file {path}"
     return bb
@@ -242,8 +254,9 @@ def load(path: str | os.PathLike[str]) -> Any:
     except KeyError as e:
         raise ModelFileError(f"{path!r} is damaged or incomplete: missing {e}") from None
     if meta["kind"] == "linear_probe":
-        probe = LinearProbe(bmeta["name"], **{k: v for k, v in bmeta["params"].items()},
-                            **head["params"])
+        probe = LinearProbe(
+            bmeta["name"], **{k: v for k, v in bmeta["params"].items()}, **head["params"]
+        )
         probe.features_ = features
         probe.classes_ = classes
         clf.classes_ = np.arange(len(classes))
@@ -257,5 +270,7 @@ def load(path: str | os.PathLike[str]) -> Any:
         names = meta.get("steps") or ["features", "scaler", "clf"]
         steps = [features] + ([scaler] if scaler is not None else []) + [clf]
         return Pipeline(list(zip(names, steps, strict=True)))
-    raise ModelFileError(f"{path!r} holds a model of kind {meta['kind']!r}, which this version "
-                         "of tlearn cannot load; upgrade tlearn")
+    raise ModelFileError(
+        f"{path!r} holds a model of kind {meta['kind']!r}, which this version "
+        "of tlearn cannot load; upgrade tlearn"
+    )

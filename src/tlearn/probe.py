@@ -26,8 +26,9 @@ __all__ = ["DEFAULT_CS", "LinearProbe", "check_labels", "make_probe"]
 DEFAULT_CS = tuple(float(c) for c in np.logspace(-4, 2, 13))
 
 
-def check_labels(y: object, n_samples: int, *, min_per_class: int = 1) -> tuple[np.ndarray,
-                                                                                np.ndarray]:
+def check_labels(
+    y: object, n_samples: int, *, min_per_class: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
     """Validate labels; return ``(classes, encoded y)``. Labels may be strings or ints."""
     if y is None:
         raise DataError("y is required: one label per image")
@@ -54,7 +55,7 @@ def check_labels(y: object, n_samples: int, *, min_per_class: int = 1) -> tuple[
     return classes, encoded.astype(np.int64)
 
 
-class LinearProbe(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
+class LinearProbe(ClassifierMixin, BaseEstimator):
     """Image classifier: pretrained features -> StandardScaler -> LogisticRegression.
 
     ``fit`` computes the features once, holds out ``validation_size`` of the training images
@@ -126,9 +127,15 @@ class LinearProbe(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
 
     def _make_features(self) -> PretrainedFeatures:
         return PretrainedFeatures(
-            self.backbone, weights=self.weights, image_size=self.image_size,
-            batch_size=self.batch_size, device=self.device, n_workers=self.n_workers,
-            cache_dir=self.cache_dir, on_error=self.on_error, verbose=self.verbose,
+            self.backbone,
+            weights=self.weights,
+            image_size=self.image_size,
+            batch_size=self.batch_size,
+            device=self.device,
+            n_workers=self.n_workers,
+            cache_dir=self.cache_dir,
+            on_error=self.on_error,
+            verbose=self.verbose,
         )
 
     def _head(self, C: float) -> tuple[StandardScaler, LogisticRegression]:
@@ -137,8 +144,9 @@ class LinearProbe(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
     def fit(self, X: object, y: object) -> LinearProbe:
         """Compute features, choose ``C`` on held-out data, refit on everything."""
         if not 0 < self.validation_size < 1:
-            raise ValueError(f"LinearProbe.validation_size must be in (0, 1), got "
-                             f"{self.validation_size!r}")
+            raise ValueError(
+                f"LinearProbe.validation_size must be in (0, 1), got {self.validation_size!r}"
+            )
         Cs = DEFAULT_CS if self.Cs is None else tuple(float(c) for c in self.Cs)
         if not Cs or min(Cs) <= 0:
             raise ValueError(f"LinearProbe.Cs must be positive numbers, got {self.Cs!r}")
@@ -156,11 +164,14 @@ class LinearProbe(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
             warnings.warn(
                 f"{len(self.skipped_)} unreadable training image(s) were left out: "
                 + "; ".join(f"{p}: {r}" for _, p, r in self.skipped_[:5]),
-                UserWarning, stacklevel=2,
+                UserWarning,
+                stacklevel=2,
             )
             if len(np.unique(y_enc)) < len(classes):
-                raise DataError("after leaving out unreadable images, some classes have no "
-                                "images left; fix or replace the files listed above")
+                raise DataError(
+                    "after leaving out unreadable images, some classes have no "
+                    "images left; fix or replace the files listed above"
+                )
         self.classes_ = classes
         self.features_ = features
         self.C_, self.cv_results_ = self._choose_C(F, y_enc, Cs)
@@ -169,8 +180,9 @@ class LinearProbe(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
         self.n_features_in_ = F.shape[1]
         return self
 
-    def _choose_C(self, F: np.ndarray, y: np.ndarray, Cs: tuple[float, ...]
-                  ) -> tuple[float, dict[str, Any]]:
+    def _choose_C(
+        self, F: np.ndarray, y: np.ndarray, Cs: tuple[float, ...]
+    ) -> tuple[float, dict[str, Any]]:
         counts = np.bincount(y)
         n_val = int(round(self.validation_size * len(y)))
         if len(Cs) == 1:
@@ -184,7 +196,8 @@ class LinearProbe(ClassifierMixin, BaseEstimator):  # type: ignore[misc]
                 "single C (Cs=[1.0])"
             )
         F_tr, F_val, y_tr, y_val = train_test_split(
-            F, y, test_size=self.validation_size, stratify=y, random_state=self.random_state)
+            F, y, test_size=self.validation_size, stratify=y, random_state=self.random_state
+        )
         accs, losses = [], []
         for C in Cs:
             scaler, clf = self._head(C)

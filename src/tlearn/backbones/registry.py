@@ -28,8 +28,14 @@ from tlearn.backbones.weights import (
 from tlearn.data.images import Preprocessing
 from tlearn.exceptions import BackboneError, UnknownBackboneError, WeightsUnavailableError
 
-__all__ = ["DEFAULT_BACKBONE", "Backbone", "build_backbone", "list_backbones", "load_backbone",
-           "resolve_name"]
+__all__ = [
+    "DEFAULT_BACKBONE",
+    "Backbone",
+    "build_backbone",
+    "list_backbones",
+    "load_backbone",
+    "resolve_name",
+]
 
 DEFAULT_BACKBONE = "efficientnet_lite0"
 PRETRAINED = "pretrained"
@@ -113,8 +119,11 @@ def resolve_name(name: str) -> tuple[str, str]:
             return "torchvision", model
         if lib:
             raise _unknown(name, _torchvision_names(), "torchvision")
-        raise _unknown(name, set(EMBEDDED) | _timm_names() | _torchvision_names(),
-                       "tlearn, timm or torchvision")
+        raise _unknown(
+            name,
+            set(EMBEDDED) | _timm_names() | _torchvision_names(),
+            "tlearn, timm or torchvision",
+        )
     raise UnknownBackboneError(
         f"unknown backbone library {lib!r} in {name!r}; use 'timm:NAME', 'torchvision:NAME' "
         "or a plain name"
@@ -162,8 +171,12 @@ def _timm_pretrained_sources(model_name: str) -> list[tuple[str, Path | None]]:
 
         for filename in ("model.safetensors", "pytorch_model.bin"):
             hit = try_to_load_from_cache(hub_id, filename)
-            sources.append((f"Hugging Face cache {hub_id}/{filename}",
-                            Path(hit) if isinstance(hit, str) else None))
+            sources.append(
+                (
+                    f"Hugging Face cache {hub_id}/{filename}",
+                    Path(hit) if isinstance(hit, str) else None,
+                )
+            )
     return sources
 
 
@@ -221,8 +234,9 @@ def _load_timm_file(model_name: str, path: Path) -> nn.Module:
         return model
     try:
         # timm's own loader: it adapts checkpoints (filter functions, classifier sizes).
-        return timm.create_model(model_name, pretrained=True,
-                                 pretrained_cfg_overlay={"file": str(path)})
+        return timm.create_model(
+            model_name, pretrained=True, pretrained_cfg_overlay={"file": str(path)}
+        )
     except Exception as e:
         raise WeightsUnavailableError(
             f"the weights in {str(path)!r} do not fit timm model {model_name!r} ({e})"
@@ -238,8 +252,13 @@ def _build_torchvision(
     enum = tvm.get_model_weights(model_name).DEFAULT
     t = enum.transforms()
     crop, resize = int(t.crop_size[0]), int(t.resize_size[0])
-    pre = Preprocessing(crop, tuple(t.mean), tuple(t.std), t.interpolation.value,  # type: ignore[arg-type]
-                        min(1.0, crop / resize))
+    pre = Preprocessing(
+        crop,
+        tuple(t.mean),
+        tuple(t.std),
+        t.interpolation.value,
+        min(1.0, crop / resize),
+    )
     if weights is None:
         return model, "random initialisation", pre
     if weights != PRETRAINED:
@@ -247,8 +266,10 @@ def _build_torchvision(
         return model, str(weights), pre
     looked = []
     filename = os.path.basename(enum.url)
-    candidates = [weights_cache_dir() / f"{model_name}.safetensors",
-                  Path(torch.hub.get_dir()) / "checkpoints" / filename]
+    candidates = [
+        weights_cache_dir() / f"{model_name}.safetensors",
+        Path(torch.hub.get_dir()) / "checkpoints" / filename,
+    ]
     for path in candidates:
         looked.append(str(path))
         if path.is_file():
@@ -278,8 +299,13 @@ def _timm_preprocessing(model: nn.Module) -> Preprocessing:
     from timm.data import resolve_data_config
 
     cfg = resolve_data_config({}, model=model)
-    return Preprocessing(int(cfg["input_size"][-1]), tuple(cfg["mean"]), tuple(cfg["std"]),
-                         str(cfg.get("interpolation", "bicubic")), float(cfg.get("crop_pct", 1.0)))
+    return Preprocessing(
+        int(cfg["input_size"][-1]),
+        tuple(cfg["mean"]),
+        tuple(cfg["std"]),
+        str(cfg.get("interpolation", "bicubic")),
+        float(cfg.get("crop_pct", 1.0)),
+    )
 
 
 def build_backbone(
@@ -291,9 +317,9 @@ def build_backbone(
     if library == "timm":
         model, source = _build_timm(model_name, weights)
         pre = _timm_preprocessing(model)
-        classifier = copy.deepcopy(model.get_classifier())
-        model.reset_classifier(0)
-        n_features = int(model.num_features)
+        classifier = copy.deepcopy(model.get_classifier())  # type: ignore[operator]
+        model.reset_classifier(0)  # type: ignore[operator]
+        n_features = int(model.num_features)  # type: ignore[arg-type]
     else:
         model, source, pre = _build_torchvision(model_name, weights)
         path, head = _last_linear(model)
@@ -374,6 +400,7 @@ def list_backbones(pattern: str | None = None) -> list[tuple[str, bool]]:
                 except Exception:
                     fname = ""
                 ok = (weights_cache_dir() / f"{n}.safetensors").is_file() or bool(
-                    fname and (hub / fname).is_file())
+                    fname and (hub / fname).is_file()
+                )
                 rows.append((f"torchvision:{n}", ok))
     return rows

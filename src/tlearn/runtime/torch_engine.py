@@ -25,11 +25,14 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     try:
         dev = torch.device(device)
     except RuntimeError as e:
-        raise ValueError(f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got "
-                         f"{device!r}") from e
+        raise ValueError(
+            f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {device!r}"
+        ) from e
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device='cuda' was asked for, but PyTorch sees no CUDA GPU here; "
-                         "use device='auto' or 'cpu'")
+        raise ValueError(
+            "device='cuda' was asked for, but PyTorch sees no CUDA GPU here; "
+            "use device='auto' or 'cpu'"
+        )
     return dev
 
 
@@ -39,15 +42,14 @@ class TorchEngine:
 
     def __init__(self, model: nn.Module, pre: Preprocessing, device: torch.device) -> None:
         self.device = device
-        self.model = model.to(device).eval().to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        self.model = model.to(device).eval().to(memory_format=torch.channels_last)
         self._mean = torch.tensor(pre.mean, device=device).view(1, 3, 1, 1) * 255.0
         self._std = torch.tensor(pre.std, device=device).view(1, 3, 1, 1) * 255.0
 
     def to_input(self, images: np.ndarray) -> torch.Tensor:
         """``(n, h, w, 3)`` uint8 -> normalised float ``(n, 3, h, w)``, channels-last."""
         x = torch.from_numpy(images).to(self.device, non_blocking=True).permute(0, 3, 1, 2)
-        return ((x.float() - self._mean) / self._std).contiguous(
-            memory_format=torch.channels_last)
+        return ((x.float() - self._mean) / self._std).contiguous(memory_format=torch.channels_last)
 
     @torch.inference_mode()
     def __call__(self, images: np.ndarray) -> np.ndarray:
