@@ -188,7 +188,7 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         if len(Cs) == 1:
             return Cs[0], {"C": list(Cs), "val_accuracy": [None], "val_log_loss": [None]}
         if counts.min() < 2 or n_val < len(counts):
-            need = max(2, int(np.ceil(len(counts) / self.validation_size / len(counts))))
+            need = max(2, int(np.ceil(1 / self.validation_size)))
             raise DataError(
                 f"too few images to hold out a validation split for choosing C: the smallest "
                 f"class has {counts.min()} image(s) and {n_val} validation images cannot "
@@ -225,6 +225,7 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
 
     def predict(self, X: object) -> np.ndarray:
         """The most probable class of each image, as a label from ``classes_``."""
+        check_is_fitted(self, "classifier_")
         return self.classes_[self.predict_proba(X).argmax(axis=1)]
 
     def __sklearn_tags__(self) -> Any:

@@ -340,8 +340,12 @@ def build_backbone(
 
 
 @functools.lru_cache(maxsize=4)
-def _cached_backbone(name: str, weights: str | None) -> Backbone:
+def _cached_backbone(name: str, weights: str | None, _env: tuple[str | None, ...]) -> Backbone:
     return build_backbone(name, weights)
+
+
+# The weights search depends on these; a change of any of them must not hit the cache.
+_ENV_KEYS = ("TLEARN_HOME", "TLEARN_OFFLINE", "HF_HOME", "HF_HUB_CACHE", "TORCH_HOME")
 
 
 def load_backbone(
@@ -377,7 +381,8 @@ def load_backbone(
     (1280, 224)
     """
     key = None if weights is None else os.fspath(weights)
-    return copy.deepcopy(_cached_backbone(name, key))
+    env = tuple(os.environ.get(k) for k in _ENV_KEYS)
+    return copy.deepcopy(_cached_backbone(name, key, env))
 
 
 def list_backbones(pattern: str | None = None) -> list[tuple[str, bool]]:

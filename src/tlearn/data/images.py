@@ -262,7 +262,7 @@ def preprocess_image(img: Image.Image, pre: Preprocessing) -> np.ndarray:
         left = int(round((new_w - size) / 2.0))
         top = int(round((new_h - size) / 2.0))
         img = img.crop((left, top, left + size, top + size))
-    return np.asarray(img, dtype=np.uint8)
+    return np.array(img, dtype=np.uint8)  # writable, so torch.from_numpy may take it
 
 
 def load_array_image(arr: np.ndarray, index: int = 0) -> Image.Image:

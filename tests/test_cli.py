@@ -1,0 +1,128 @@
+"""The real `tlearn` command, run as a user would, on real images."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+TLEARN = [sys.executable, "-m", "tlearn"]
+
+
+def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "COLUMNS": "200"}
+    return subprocess.run(
+        [*TLEARN, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=600
+    )
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, cifar_zip):
+    out = tmp_path_factory.mktemp("cli") / "model.safetensors"
+    r = run(
+        "fit",
+        f"{cifar_zip}/train",
+        "--max-per-class",
+        "12",
+        "--test",
+        f"{cifar_zip}/test",
+        "--test-max-per-class",
+        "5",
+        "--image-size",
+        "64",
+        "--out",
+        str(out),
+        "--json",
+        str(out.with_suffix(".json")),
+    )
+    assert r.returncode == 0, r.stderr
+    return out, r
+
+
+def test_fit_prints_accuracy_and_saves(trained):
+    out, r = trained
+    assert "test accuracy:" in r.stdout and out.is_file()
+    metrics = json.loads(out.with_suffix(".json").read_text())
+    assert metrics["n_images"] == 50 and len(metrics["classes"]) == 10
+    assert f"{metrics['accuracy']:.4f}" in r.stdout
+
+
+def test_evaluate_and_predict(trained, cifar_zip, tmp_path):
+    model, _ = trained
+    r = run(
+        "evaluate",
+        str(model),
+        f"{cifar_zip}/test",
+        "--max-per-class",
+        "3",
+        "--json",
+        str(tmp_path / "m.json"),
+    )
+    assert r.returncode == 0, r.stderr
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert metrics["n_images"] == 30 and len(metrics["confusion_matrix"]) == 10
+    assert "confusion matrix" in r.stdout and "precision" in r.stdout
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff")
+    r = run(
+        "predict",
+        str(model),
+        f"{cifar_zip}/test/cat/0001.jpg",
+        str(broken),
+        "--output",
+        str(tmp_path / "preds.csv"),
+        "--top-k",
+        "3",
+    )
+    assert r.returncode == 0, r.stderr
+    with (tmp_path / "preds.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2 and rows[0]["label"] and rows[0]["label_3"] and not rows[0]["error"]
+    assert rows[1]["error"] and "1 images predicted, 1 failed" in r.stdout
+
+
+def test_skip_bad_images_lists_them(image_folder, tmp_path):
+    (image_folder / "frog" / "zero.jpg").write_bytes(b"")
+    out = tmp_path / "m.safetensors"
+    r = run("fit", str(image_folder), "--image-size", "64", "--test-size", "0.2", "--out", str(out))
+    assert r.returncode == 2 and "zero.jpg" in r.stderr and "empty" in r.stderr
+    assert not out.exists()
+    r = run(
+        "fit",
+        str(image_folder),
+        "--image-size",
+        "64",
+        "--test-size",
+        "0.2",
+        "--out",
+        str(out),
+        "--skip-bad-images",
+    )
+    assert r.returncode == 0, r.stderr
+    skipped = (tmp_path / "m.safetensors.skipped.csv").read_text()
+    skipped += (
+        (tmp_path / "m.safetensors.test.skipped.csv").read_text()
+        if (tmp_path / "m.safetensors.test.skipped.csv").exists()
+        else ""
+    )
+    assert "zero.jpg" in skipped and out.is_file()
+
+
+def test_clear_errors(tmp_path):
+    r = run("fit", str(tmp_path / "nowhere"), "--out", str(tmp_path / "m.safetensors"))
+    assert r.returncode == 2 and "error:" in r.stderr and "nowhere" in r.stderr
+    (tmp_path / "a").mkdir()
+    r = run("fit", str(tmp_path), "--backbone", "resnet05")
+    assert r.returncode == 2 and "error:" in r.stderr
+    r = run("evaluate", str(tmp_path / "nothing.safetensors"), str(tmp_path))
+    assert r.returncode == 2 and "no such model file" in r.stderr
+
+
+def test_models_lists_offline_backbones():
+    r = run("models")
+    assert r.returncode == 0 and "efficientnet_lite0" in r.stdout and "yes" in r.stdout

@@ -1,0 +1,62 @@
+"""evaluate() reports and batch prediction rows, including failures."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from sklearn.metrics import accuracy_score
+
+from tlearn import LinearProbe, UnknownClassError
+from tlearn.evaluation import evaluate
+from tlearn.inference import iter_predictions, write_predictions
+
+
+@pytest.fixture(scope="module")
+def probe(cifar3):
+    return LinearProbe(image_size=64, Cs=[1.0]).fit(cifar3[0], cifar3[1])
+
+
+def test_report_matches_sklearn(probe, cifar3):
+    _, _, X_test, y_test = cifar3
+    report = evaluate(probe, X_test, y_test)
+    assert report.accuracy == pytest.approx(accuracy_score(y_test, probe.predict(X_test)))
+    cm = np.array(report.confusion_matrix)
+    assert cm.shape == (3, 3) and cm.sum() == 30 and np.trace(cm) == round(report.accuracy * 30)
+    assert [r["support"] for r in report.per_class] == [10, 10, 10]
+    assert json.loads(report.to_json())["n_images"] == 30
+
+
+def test_unknown_classes_raise_or_are_left_out(probe, cifar3):
+    _, _, X_test, y_test = cifar3
+    y = np.array(y_test, dtype=object)
+    y[:2] = "dog"
+    with pytest.raises(UnknownClassError, match="dog"):
+        evaluate(probe, X_test, y)
+    report = evaluate(probe, X_test, y, unknown="skip")
+    assert report.n_images == 28 and len(report.unknown) == 2
+
+
+def test_predictions_keep_order_and_report_failures(probe, cifar3, tmp_path):
+    good = list(cifar3[2][:4])
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    inputs = [good[0], str(bad), *good[1:], str(tmp_path / "missing.jpg")]
+    rows = list(iter_predictions(probe, inputs, top_k=2, chunk_size=3))
+    assert [r["path"] for r in rows] == inputs
+    assert rows[1]["error"] and rows[1]["label"] is None
+    assert "no such file" in rows[-1]["error"]
+    expected = probe.predict(good)
+    assert [rows[i]["label"] for i in (0, 2, 3, 4)] == list(expected)
+    assert all(len(r["top_labels"]) == 2 for r in rows if not r["error"])
+    out = tmp_path / "preds.csv"
+    counts = write_predictions(iter(rows), out, top_k=2)
+    assert counts == {"ok": 4, "failed": 2}
+    with out.open() as f:
+        table = list(csv.DictReader(f))
+    assert len(table) == 6 and table[1]["error"] and table[0]["label_2"]
+    jsonl = tmp_path / "preds.jsonl"
+    write_predictions(iter(rows), jsonl)
+    assert len(jsonl.read_text().splitlines()) == 6

@@ -1,0 +1,106 @@
+"""Folders, zips and CSVs of images, in load_files' shape, and their error messages."""
+
+from __future__ import annotations
+
+import shutil
+import zipfile
+
+import numpy as np
+import pytest
+
+from tlearn import DataError, load_image_csv, load_image_folder
+from tlearn.data import iter_image_paths
+from tlearn.data.images import read_bytes
+
+
+def test_folder_like_load_files(image_folder):
+    data = load_image_folder(image_folder)
+    assert data.target_names == ["airplane", "frog", "truck"]
+    assert len(data.filenames) == 18 and data.target.dtype == np.int64
+    for path, t in zip(data.filenames, data.target, strict=True):
+        assert f"/{data.target_names[t]}/" in path
+    assert np.bincount(data.target).tolist() == [6, 6, 6]
+    again = load_image_folder(image_folder)
+    assert list(again.filenames) == list(data.filenames)  # same random_state, same order
+    unshuffled = load_image_folder(image_folder, shuffle=False)
+    assert list(unshuffled.target) == sorted(unshuffled.target)
+
+
+def test_categories_and_max_per_class(image_folder):
+    data = load_image_folder(image_folder, categories=["truck", "frog"], max_per_class=4)
+    assert data.target_names == ["frog", "truck"]
+    assert np.bincount(data.target).tolist() == [4, 4]
+    with pytest.raises(DataError, match="dgo.*available"):
+        load_image_folder(image_folder, categories=["dgo"])
+
+
+def test_zip_read_in_place(image_folder, tmp_path):
+    archive = tmp_path / "photos.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for p in sorted(image_folder.rglob("*.jpg")):
+            zf.write(p, f"photos/{p.relative_to(image_folder)}")  # an extra top-level folder
+    data = load_image_folder(archive)
+    assert data.target_names == ["airplane", "frog", "truck"] and len(data.filenames) == 18
+    assert all(f.startswith(f"{archive}/photos/") for f in data.filenames)
+    inner = load_image_folder(f"{archive}/photos", shuffle=False)
+    on_disk = load_image_folder(image_folder, shuffle=False)
+    assert read_bytes(inner.filenames[0]) == read_bytes(on_disk.filenames[0])
+
+
+def test_real_cifar_zip_subfolder(cifar_zip):
+    data = load_image_folder(f"{cifar_zip}/test", max_per_class=3)
+    assert len(data.target_names) == 10 and len(data.filenames) == 30
+    assert read_bytes(data.filenames[0])[:2] == b"\xff\xd8"  # a JPEG, read from the zip
+
+
+def test_missing_empty_and_imageless(tmp_path, image_folder):
+    with pytest.raises(DataError, match="no such folder"):
+        load_image_folder(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no class sub-folders"):
+        load_image_folder(tmp_path / "empty")
+    (image_folder / "bird").mkdir()
+    (image_folder / "bird" / "notes.txt").write_text("no images here")
+    with pytest.raises(DataError, match=r"\['bird'\].*contain no image files"):
+        load_image_folder(image_folder)
+
+
+def test_non_image_files_are_reported_not_silently_dropped(image_folder):
+    (image_folder / "frog" / "readme.txt").write_text("hello")
+    with pytest.warns(UserWarning, match="1 file.*not images"):
+        data = load_image_folder(image_folder)
+    assert data.ignored == [f"{image_folder}/frog/readme.txt"]
+    assert len(data.filenames) == 18
+
+
+def test_csv_with_relative_paths(image_folder, tmp_path):
+    files = sorted(image_folder.rglob("*.jpg"))
+    csv_path = image_folder.parent / "labels.csv"
+    lines = ["filename,class"] + [
+        f"{p.relative_to(csv_path.parent)},{p.parent.name}" for p in files
+    ]
+    csv_path.write_text("\n".join(lines) + "\n")
+    data = load_image_csv(csv_path)
+    assert data.target_names == ["airplane", "frog", "truck"]
+    assert data.filenames[0] == str(files[0])
+    assert data.target_names[data.target[0]] == files[0].parent.name
+    unlabelled = tmp_path / "paths.csv"
+    unlabelled.write_text("path\n" + "\n".join(str(p) for p in files) + "\n")
+    assert load_image_csv(unlabelled).target is None
+    bad = tmp_path / "bad.csv"
+    bad.write_text("path,label\na.jpg,\n")
+    with pytest.raises(DataError, match="empty 'label' on line 2"):
+        load_image_csv(bad)
+
+
+def test_iter_image_paths_expands_folders_zips_globs(image_folder, cifar_zip):
+    from_folder = list(iter_image_paths([str(image_folder)]))
+    assert len(from_folder) == 18
+    from_glob = list(iter_image_paths([f"{image_folder}/frog/*.jpg"]))
+    assert len(from_glob) == 6
+    shutil.make_archive(str(image_folder.parent / "pack"), "zip", image_folder)
+    from_zip = list(iter_image_paths([str(image_folder.parent / "pack.zip")]))
+    assert len(from_zip) == 18
+    with pytest.raises(DataError, match="matches no files"):
+        list(iter_image_paths([f"{image_folder}/*.png"]))
+    assert list(iter_image_paths(["missing.jpg"])) == ["missing.jpg"]  # kept: gets an error row
