@@ -123,6 +123,16 @@ def test_clear_errors(tmp_path):
     assert r.returncode == 2 and "no such model file" in r.stderr
 
 
+def test_test_classes_unknown_to_training_are_refused_before_training(image_folder, tmp_path):
+    other = tmp_path / "other"
+    (other / "bird").mkdir(parents=True)
+    (other / "bird" / "b.jpg").write_bytes(
+        (image_folder / "frog").glob("*.jpg").__next__().read_bytes()
+    )
+    r = run("fit", str(image_folder), "--test", str(other), "--out", str(tmp_path / "m.st"))
+    assert r.returncode == 2 and "['bird']" in r.stderr and "lacks" in r.stderr
+
+
 def test_models_lists_offline_backbones():
     r = run("models")
     assert r.returncode == 0 and "efficientnet_lite0" in r.stdout and "yes" in r.stdout

@@ -123,6 +123,13 @@ def fit(
     if test is not None:
         test_data, y_test = _labelled(test, test_max_per_class, seed)
         X_test = test_data.filenames
+        unseen = sorted(set(y_test) - set(y))
+        if unseen:
+            _fail(
+                f"the test data {test!r} has classes the training data lacks: {unseen}; "
+                f"the training classes are {sorted(set(y))}. Use test data with the same "
+                "class folders"
+            )
     else:
         if not 0 < test_size < 1:
             _fail(f"--test-size must be between 0 and 1, got {test_size}")
