@@ -136,3 +136,13 @@ def test_test_classes_unknown_to_training_are_refused_before_training(image_fold
 def test_models_lists_offline_backbones():
     r = run("models")
     assert r.returncode == 0 and "efficientnet_lite0" in r.stdout and "yes" in r.stdout
+
+
+def test_demo_runs_end_to_end_on_a_small_subset(tmp_path):
+    from tlearn.demo import run_demo
+
+    result = run_demo(tmp_path, per_class=6, test_per_class=2)
+    assert 0.0 <= result["raw_pixel_accuracy"] <= 1.0
+    assert result["probe_accuracy"] > 0.3  # 10 Fashion-MNIST classes; chance is 0.1
+    assert (tmp_path / "fashion-mnist-probe.safetensors").is_file()
+    assert len(list((tmp_path / "samples").glob("*.png"))) == 8

@@ -44,7 +44,7 @@ class PretrainedFeatures(TransformerMixin, BaseEstimator):
     device : str, default="auto"
         ``"auto"`` (CUDA, then MPS, then CPU), ``"cpu"``, ``"cuda"``...
     n_workers : int, optional
-        Decoding threads; default the number of cores (at most 8).
+        Decoding threads; default one less than the number of cores (at least 1, at most 8).
     cache_dir : path, optional
         Cache features on disk there, keyed by backbone, weights hash, preprocessing and
         each image's content: a second pass over the same images skips the network.
