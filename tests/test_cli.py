@@ -146,3 +146,19 @@ def test_demo_runs_end_to_end_on_a_small_subset(tmp_path):
     assert result["probe_accuracy"] > 0.3  # 10 Fashion-MNIST classes; chance is 0.1
     assert (tmp_path / "fashion-mnist-probe.safetensors").is_file()
     assert len(list((tmp_path / "samples").glob("*.png"))) == 8
+
+
+def test_predict_with_the_backbones_own_imagenet_head(tmp_path):
+    skimage_data = pytest.importorskip("skimage.data")
+    from PIL import Image
+
+    photo = tmp_path / "coffee.jpg"
+    Image.fromarray(skimage_data.coffee()).save(photo)
+    out = tmp_path / "imagenet.jsonl"
+    r = run(
+        "predict", "imagenet:efficientnet_lite0", str(photo), "--top-k", "3", "--output", str(out)
+    )
+    assert r.returncode == 0, r.stderr
+    row = json.loads(out.read_text())
+    assert row["label"] == "espresso" and row["probability"] > 0.5
+    assert len(row["top_labels"]) == 3

@@ -218,7 +218,13 @@ def evaluate_cmd(
 
 @app.command()
 def predict(
-    model: Annotated[Path, typer.Argument(help="A model file from `tlearn fit`.")],
+    model: Annotated[
+        str,
+        typer.Argument(
+            help="A model file from `tlearn fit`, or "
+            "imagenet:BACKBONE for the backbone's ImageNet head."
+        ),
+    ],
     inputs: Annotated[list[str], typer.Argument(help="Images, folders, zips, CSVs or globs.")],
     output: Annotated[
         Path | None,
@@ -230,7 +236,9 @@ def predict(
     from tlearn.inference import iter_predictions, write_predictions
     from tlearn.persistence import load
 
-    clf = load(model)
+    from tlearn.models import IMAGENET_PREFIX, imagenet_model
+
+    clf = imagenet_model(model) if model.startswith(IMAGENET_PREFIX) else load(model)
     rows = iter_predictions(clf, inputs, top_k=top_k)
     if output is not None:
         counts = write_predictions(rows, output, top_k=top_k)

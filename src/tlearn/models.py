@@ -13,7 +13,9 @@ from sklearn.pipeline import Pipeline
 from tlearn.features import PretrainedFeatures
 from tlearn.probe import LinearProbe
 
-__all__ = ["ModelParts", "split_model"]
+__all__ = ["IMAGENET_PREFIX", "ModelParts", "imagenet_model", "split_model"]
+
+IMAGENET_PREFIX = "imagenet:"
 
 
 @dataclass
@@ -23,9 +25,32 @@ class ModelParts:
     classes: np.ndarray
 
 
+def imagenet_model(name: str) -> ModelParts:
+    """The backbone's own ImageNet-1k head, with readable class names (from timm), so a
+    backbone can be checked on a photo before anything is trained: ``imagenet:NAME``."""
+    import torch
+    from timm.data import ImageNetInfo
+
+    features = PretrainedFeatures(name.removeprefix(IMAGENET_PREFIX)).fit()
+    head = features.backbone_.classifier
+    if head is None or head.out_features != 1000:
+        raise TypeError(f"{name!r} has no ImageNet-1k classifier head to predict with")
+    info = ImageNetInfo()
+    classes = np.array([info.index_to_description(i) for i in range(1000)], dtype=object)
+
+    def predict_proba(F: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            logits = head(torch.from_numpy(np.ascontiguousarray(F, dtype=np.float32)))
+        return logits.softmax(dim=1).numpy()
+
+    return ModelParts(features, predict_proba, classes)
+
+
 def split_model(model: Any) -> ModelParts:
     """Split a fitted LinearProbe or Pipeline(PretrainedFeatures, ...) into its parts, so
     that features can be streamed batch by batch and errors kept per image."""
+    if isinstance(model, ModelParts):
+        return model
     if isinstance(model, LinearProbe):
         return ModelParts(model.features_, model.predict_proba_features, model.classes_)
     if isinstance(model, Pipeline) and isinstance(model.steps[0][1], PretrainedFeatures):
