@@ -234,9 +234,8 @@ def predict(
 ) -> None:
     """Predict the class of every image in INPUTS; unreadable files get a row with the error."""
     from tlearn.inference import iter_predictions, write_predictions
-    from tlearn.persistence import load
-
     from tlearn.models import IMAGENET_PREFIX, imagenet_model
+    from tlearn.persistence import load
 
     clf = imagenet_model(model) if model.startswith(IMAGENET_PREFIX) else load(model)
     rows = iter_predictions(clf, inputs, top_k=top_k)
