@@ -43,11 +43,7 @@ def _fail(message: str) -> None:
 def _labelled(source: str, max_per_class: int | None, seed: int) -> tuple[Any, np.ndarray]:
     from tlearn.data import load_dataset
 
-    data = (
-        load_dataset(source, max_per_class=max_per_class, random_state=seed)
-        if not source.lower().endswith((".csv", ".tsv"))
-        else load_dataset(source)
-    )
+    data = load_dataset(source, max_per_class=max_per_class, random_state=seed)
     if data.target is None:
         _fail(f"{source!r} has no labels: a CSV for fitting or evaluating needs a label column")
     names = np.asarray(data.target_names, dtype=object)

@@ -13,6 +13,7 @@ from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_f
 
 from tlearn.data.loader import check_images
 from tlearn.exceptions import DataError, UnknownClassError
+from tlearn.models import python_value as _py
 from tlearn.models import split_model
 
 __all__ = ["Report", "evaluate"]
@@ -79,10 +80,6 @@ class Report:
                 str(row["support"]),
             )
         return table
-
-
-def _py(v: Any) -> Any:
-    return v.item() if hasattr(v, "item") else v
 
 
 def evaluate(model: Any, X: object, y: object, *, unknown: str = "raise") -> Report:

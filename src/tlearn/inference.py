@@ -13,6 +13,7 @@ import numpy as np
 
 from tlearn.data.sources import iter_image_paths
 from tlearn.exceptions import DataError
+from tlearn.models import python_value as _py
 from tlearn.models import split_model
 
 __all__ = ["iter_predictions", "write_predictions"]
@@ -70,10 +71,6 @@ def iter_predictions(
                 yield row
     finally:
         features.on_error = saved
-
-
-def _py(v: Any) -> Any:
-    return v.item() if hasattr(v, "item") else v
 
 
 def write_predictions(

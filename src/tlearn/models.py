@@ -13,7 +13,7 @@ from sklearn.pipeline import Pipeline
 from tlearn.features import PretrainedFeatures
 from tlearn.probe import LinearProbe
 
-__all__ = ["IMAGENET_PREFIX", "ModelParts", "imagenet_model", "split_model"]
+__all__ = ["IMAGENET_PREFIX", "ModelParts", "imagenet_model", "python_value", "split_model"]
 
 IMAGENET_PREFIX = "imagenet:"
 
@@ -23,6 +23,11 @@ class ModelParts:
     features: PretrainedFeatures
     predict_proba: Callable[[np.ndarray], np.ndarray]
     classes: np.ndarray
+
+
+def python_value(v: Any) -> Any:
+    """A numpy scalar as the plain Python value (for JSON and CSV output)."""
+    return v.item() if hasattr(v, "item") else v
 
 
 def imagenet_model(name: str) -> ModelParts:

@@ -258,14 +258,23 @@ def load_image_csv(
     )
 
 
-def load_dataset(source: str | os.PathLike[str], **kwargs: object) -> Bunch:
+def load_dataset(
+    source: str | os.PathLike[str],
+    *,
+    max_per_class: int | None = None,
+    random_state: int | None = 0,
+) -> Bunch:
     """A folder, zip (or folder inside one) or CSV, whichever ``source`` is."""
     source = os.fspath(source)
     if source.lower().endswith((".csv", ".tsv")):
-        return load_image_csv(source)
+        data = load_image_csv(source)
+        if max_per_class is not None and data.target is not None:
+            keep = subsample_per_class(data.target, max_per_class, random_state)
+            data.filenames, data.target = data.filenames[keep], data.target[keep]
+        return data
     if not os.path.exists(source) and split_zip_path(source) is None:
         raise DataError(f"no such folder, zip archive or CSV file: {source!r}")
-    return load_image_folder(source, **kwargs)  # type: ignore[arg-type]
+    return load_image_folder(source, max_per_class=max_per_class, random_state=random_state)
 
 
 def iter_image_paths(inputs: Iterable[str]) -> Iterator[str]:
