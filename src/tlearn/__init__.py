@@ -24,6 +24,7 @@ from tlearn.exceptions import (
     WeightsUnavailableError,
 )
 from tlearn.features import PretrainedFeatures
+from tlearn.finetune import FineTuneClassifier
 from tlearn.persistence import load, save
 from tlearn.probe import LinearProbe, make_probe
 
@@ -34,6 +35,7 @@ __all__ = [
     "BackboneError",
     "DataError",
     "DatasetUnavailableError",
+    "FineTuneClassifier",
     "ImageReadError",
     "LinearProbe",
     "ModelFileError",

@@ -7,6 +7,7 @@ Each command calls the same functions a Python user calls; errors print one clea
 from __future__ import annotations
 
 import csv
+import os
 import sys
 import time
 import warnings
@@ -64,8 +65,50 @@ def _write_skipped(skipped: list[tuple[int, str, str]], beside: str) -> str | No
     return path
 
 
+_FINETUNE_FLAGS = (
+    "strategy",
+    "unfreeze_stages",
+    "head_epochs",
+    "optimizer",
+    "lr",
+    "backbone_lr_ratio",
+    "momentum",
+    "weight_decay",
+    "schedule",
+    "warmup_epochs",
+    "label_smoothing",
+    "class_weight",
+    "augmentation",
+    "epochs",
+    "precision",
+    "validation_size",
+    "patience",
+)
+
+
+def _read_config(path: Path | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    import tomllib
+
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        _fail(f"no such config file: {str(path)!r}")
+    except tomllib.TOMLDecodeError as e:
+        _fail(f"the config file {str(path)!r} is not valid TOML ({e})")
+    table = data.get("fit", data)
+    return {k.replace("-", "_"): v for k, v in table.items()}
+
+
+def _is_main_process() -> bool:
+    return os.environ.get("RANK", "0") == "0"
+
+
 @app.command()
 def fit(
+    ctx: typer.Context,
     data: DataArg,
     out: Annotated[Path, typer.Option("--out", "-o", help="Model file to write.")] = Path(
         "model.safetensors"
@@ -73,7 +116,9 @@ def fit(
     backbone: Annotated[
         str, typer.Option(help="Backbone name (see `tlearn models`).")
     ] = "efficientnet_lite0",
-    method: Annotated[str, typer.Option(help="Training method: probe.")] = "probe",
+    method: Annotated[
+        str, typer.Option(help="probe (frozen features + logistic regression), finetune, or lp-ft.")
+    ] = "probe",
     test: Annotated[str | None, typer.Option(help="Separate labelled test data.")] = None,
     test_size: Annotated[
         float, typer.Option(help="Fraction held out for testing when --test is not given.")
@@ -90,9 +135,12 @@ def fit(
     weights: Annotated[
         str, typer.Option(help="'pretrained' or a local weights file.")
     ] = "pretrained",
-    batch_size: int = 64,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(help="Images per batch (default 64 for probe, 32 for fine-tuning)."),
+    ] = None,
     device: str = "auto",
-    cache_dir: Annotated[str | None, typer.Option(help="Cache features here.")] = None,
+    cache_dir: Annotated[str | None, typer.Option(help="Cache features here (probe).")] = None,
     skip_bad_images: Annotated[
         bool,
         typer.Option(help="Skip unreadable images (listed beside the output) instead of stopping."),
@@ -101,70 +149,158 @@ def fit(
     json_path: Annotated[
         Path | None, typer.Option("--json", help="Write test metrics as JSON.")
     ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            help="TOML file of settings (a [fit] table or top-level keys, named like the flags)."
+        ),
+    ] = None,
+    strategy: Annotated[str, typer.Option(help="finetune: full, head, partial.")] = "full",
+    unfreeze_stages: Annotated[int, typer.Option(help="partial: last N stages.")] = 2,
+    head_epochs: Annotated[int, typer.Option(help="lp-ft: epochs of head-only training.")] = 1,
+    optimizer: Annotated[str, typer.Option(help="adamw or sgd.")] = "adamw",
+    lr: Annotated[float, typer.Option(help="Head learning rate.")] = 1e-3,
+    backbone_lr_ratio: Annotated[float, typer.Option(help="Backbone lr = lr x this.")] = 0.1,
+    momentum: Annotated[float, typer.Option(help="SGD momentum.")] = 0.9,
+    weight_decay: float = 0.01,
+    schedule: Annotated[str, typer.Option(help="cosine or constant.")] = "cosine",
+    warmup_epochs: float = 0.5,
+    label_smoothing: float = 0.1,
+    class_weight: Annotated[str | None, typer.Option(help="balanced, or unset.")] = None,
+    augmentation: Annotated[
+        str, typer.Option(help="flip_crop, flip, none, trivialaugment, randaugment.")
+    ] = "flip_crop",
+    epochs: int = 10,
+    precision: Annotated[str, typer.Option(help="auto, fp32, bf16, fp16.")] = "auto",
+    validation_size: float = 0.1,
+    patience: Annotated[int | None, typer.Option(help="Early-stopping patience in epochs.")] = 3,
+    checkpoint_dir: Annotated[
+        Path | None,
+        typer.Option(help="Checkpoints, history.csv and curves.png (default: OUT.run/)."),
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option(help="Continue from the checkpoint in --checkpoint-dir.")
+    ] = False,
 ) -> None:
-    """Train a classifier on DATA, report test accuracy, and save the model."""
+    """Train a classifier on DATA, report test loss and accuracy, and save the model.
+
+    --method probe fits a tuned linear probe on frozen features; --method finetune trains a
+    new linear head and the backbone (--strategy full/head/partial); --method lp-ft trains the
+    head first, then everything. Under `torchrun --nproc_per_node N -m tlearn fit ...` the
+    fine-tuning runs with DistributedDataParallel.
+    """
+    import json
+
     from sklearn.model_selection import train_test_split
 
     from tlearn.evaluation import evaluate
+    from tlearn.finetune import FineTuneClassifier
     from tlearn.persistence import save
     from tlearn.probe import LinearProbe
 
-    if method != "probe":
-        _fail(f"--method {method!r} is not available; use --method probe")
+    settings = {name: ctx.params[name] for name in ctx.params if name != "config"}
+    from_file = _read_config(config)
+    unknown = sorted(set(from_file) - set(settings))
+    if unknown:
+        _fail(
+            f"unknown settings in {str(config)!r}: {unknown}; use the flag names "
+            "(e.g. lr, epochs, optimizer)"
+        )
+    for key, value in from_file.items():  # the file fills what the command line left unset
+        source = ctx.get_parameter_source(key)
+        if source is None or source.name == "DEFAULT":
+            settings[key] = value
+    s = settings
+    if s["method"] not in ("probe", "finetune", "lp-ft"):
+        _fail(f"--method must be probe, finetune or lp-ft, got {s['method']!r}")
+    out = Path(s["out"])
     if not out.parent.exists():
         _fail(f"the output folder {str(out.parent)!r} does not exist; create it first")
+    main_process = _is_main_process()
+    say = console.print if main_process else (lambda *a, **k: None)
     t0 = time.perf_counter()
-    train, y = _labelled(data, max_per_class, seed)
+    train, y = _labelled(s["data"], s["max_per_class"], s["seed"])
     X = train.filenames
-    if test is not None:
-        test_data, y_test = _labelled(test, test_max_per_class, seed)
+    if s["test"] is not None:
+        test_data, y_test = _labelled(s["test"], s["test_max_per_class"], s["seed"])
         X_test = test_data.filenames
         unseen = sorted(set(y_test) - set(y))
         if unseen:
             _fail(
-                f"the test data {test!r} has classes the training data lacks: {unseen}; "
+                f"the test data {s['test']!r} has classes the training data lacks: {unseen}; "
                 f"the training classes are {sorted(set(y))}. Use test data with the same "
                 "class folders"
             )
     else:
-        if not 0 < test_size < 1:
-            _fail(f"--test-size must be between 0 and 1, got {test_size}")
+        if not 0 < s["test_size"] < 1:
+            _fail(f"--test-size must be between 0 and 1, got {s['test_size']}")
         X, X_test, y, y_test = train_test_split(
-            X, y, test_size=test_size, stratify=y, random_state=seed
+            X, y, test_size=s["test_size"], stratify=y, random_state=s["seed"]
         )
-    console.print(
-        f"training on {len(X)} images in {len(set(y))} classes, testing on "
-        f"{len(X_test)}; backbone {backbone}"
+    say(
+        f"training on {len(X)} images in {len(set(y))} classes, testing on {len(X_test)}; "
+        f"backbone {s['backbone']}, method {s['method']}"
     )
-    probe = LinearProbe(
-        backbone,
-        weights=weights,
-        image_size=image_size,
-        batch_size=batch_size,
-        device=device,
-        cache_dir=cache_dir,
-        on_error="skip" if skip_bad_images else "raise",
-        random_state=seed,
-        verbose=1,
-    )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # bad files are listed just below
-        probe.fit(X, y)
-    _write_skipped(probe.skipped_, str(out))
-    best = probe.cv_results_["C"].index(probe.C_)
-    val = probe.cv_results_["val_accuracy"][best]
-    console.print(
-        f"chose C={probe.C_:g}" + (f" (validation accuracy {val:.4f})" if val is not None else "")
-    )
-    report = evaluate(probe, X_test, y_test, unknown="skip")
+    on_error = "skip" if s["skip_bad_images"] else "raise"
+    if s["method"] == "probe":
+        model: Any = LinearProbe(
+            s["backbone"],
+            weights=s["weights"],
+            image_size=s["image_size"],
+            batch_size=s["batch_size"] or 64,
+            device=s["device"],
+            cache_dir=s["cache_dir"],
+            on_error=on_error,
+            random_state=s["seed"],
+            verbose=1,
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # bad files are listed just below
+            model.fit(X, y)
+        best = model.cv_results_["C"].index(model.C_)
+        val = model.cv_results_["val_accuracy"][best]
+        say(
+            f"chose C={model.C_:g}"
+            + (f" (validation accuracy {val:.4f})" if val is not None else "")
+        )
+    else:
+        run_dir = Path(s["checkpoint_dir"] or str(out.with_suffix("")) + ".run")
+        overrides: dict[str, Any] = {k: s[k] for k in _FINETUNE_FLAGS}
+        if s["method"] == "lp-ft":
+            overrides["strategy"] = "lp-ft"
+        model = FineTuneClassifier(
+            s["backbone"],
+            weights=s["weights"],
+            **overrides,
+            image_size=s["image_size"],
+            batch_size=s["batch_size"] or 32,
+            device=s["device"],
+            checkpoint_dir=run_dir,
+            on_error=on_error,
+            random_state=s["seed"],
+            verbose=1,
+        )
+        model.fit(X, y, resume=s["resume"])
+        say(
+            f"best epoch {model.best_epoch_} of {len(model.history_)}; history and curves in "
+            f"{run_dir}"
+        )
+    if not main_process:
+        return
+    _write_skipped(model.skipped_, str(out))
+    report = evaluate(model, X_test, y_test, unknown="skip")
     _write_skipped([(0, f["path"], f["reason"]) for f in report.failed], str(out) + ".test")
     console.print(report)
-    save(probe, out)
-    if json_path is not None:
-        report.to_json(json_path)
+    save(model, out)
+    resolved = {k: (str(v) if isinstance(v, Path) else v) for k, v in s.items()}
+    with open(str(out) + ".settings.json", "w", encoding="utf-8") as f:
+        json.dump(resolved, f, indent=2)
+    if s["json_path"] is not None:
+        report.to_json(s["json_path"])
     console.print(
-        f"[bold]test accuracy: {report.accuracy:.4f}[/] ({report.n_images} images)  "
-        f"model saved to {out}  ({time.perf_counter() - t0:.0f} s)"
+        f"[bold]test loss: {report.log_loss:.4f}  test accuracy: "
+        f"{report.accuracy:.4f}[/] ({report.n_images} images)  model saved to {out} "
+        f"({time.perf_counter() - t0:.0f} s)"
     )
 
 

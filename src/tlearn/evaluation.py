@@ -9,7 +9,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import accuracy_score, confusion_matrix, precision_recall_fscore_support
+from sklearn.metrics import (
+    accuracy_score,
+    confusion_matrix,
+    log_loss,
+    precision_recall_fscore_support,
+)
 
 from tlearn.data.loader import check_images
 from tlearn.exceptions import DataError, UnknownClassError
@@ -26,6 +31,8 @@ class Report:
     Attributes
     ----------
     accuracy : float
+    log_loss : float
+        Mean cross-entropy of the predicted probabilities (the "test loss").
     classes : list
     per_class : list of dict
         ``class``, ``precision``, ``recall``, ``f1``, ``support`` for each class.
@@ -40,6 +47,7 @@ class Report:
     """
 
     accuracy: float
+    log_loss: float
     classes: list[Any]
     per_class: list[dict[str, Any]]
     confusion_matrix: list[list[int]]
@@ -50,6 +58,7 @@ class Report:
     def to_dict(self) -> dict[str, Any]:
         return {
             "accuracy": self.accuracy,
+            "log_loss": self.log_loss,
             "n_images": self.n_images,
             "classes": self.classes,
             "per_class": self.per_class,
@@ -68,7 +77,10 @@ class Report:
     def __rich__(self) -> Any:
         from rich.table import Table
 
-        table = Table(title=f"accuracy {self.accuracy:.4f} on {self.n_images} images")
+        table = Table(
+            title=f"accuracy {self.accuracy:.4f}, loss {self.log_loss:.4f}, on "
+            f"{self.n_images} images"
+        )
         for col in ("class", "precision", "recall", "f1", "support"):
             table.add_column(col, justify="left" if col == "class" else "right")
         for row in self.per_class:
@@ -114,13 +126,14 @@ def evaluate(model: Any, X: object, y: object, *, unknown: str = "raise") -> Rep
         keep = np.flatnonzero(known)
         paths = paths[keep] if isinstance(paths, np.ndarray) else [paths[i] for i in keep.tolist()]
         y_arr = y_arr[keep]
-    pred_idx = np.full(len(y_arr), -1, dtype=np.int64)
+    proba = np.full((len(y_arr), len(parts.classes)), np.nan, dtype=np.float64)
     failed: list[dict[str, str]] = []
     for idx, feats, errors in parts.features.iter_features(paths):
         if len(idx):
-            pred_idx[idx] = parts.predict_proba(feats).argmax(axis=1)
+            proba[idx] = parts.predict_proba(feats)
         failed.extend({"path": p, "reason": r} for _, p, r in errors)
-    ok = pred_idx >= 0
+    ok = ~np.isnan(proba[:, 0])
+    pred_idx = proba.argmax(axis=1)
     if not ok.any():
         raise DataError("no image could be evaluated: every image failed to load")
     y_true, y_pred = y_arr[ok], parts.classes[pred_idx[ok]]
@@ -140,6 +153,10 @@ def evaluate(model: Any, X: object, y: object, *, unknown: str = "raise") -> Rep
     ]
     return Report(
         accuracy=float(accuracy_score(y_true, y_pred)),
+        # float32 heads sum to 1 only to ~1e-7; renormalise in float64 for log_loss's check
+        log_loss=float(
+            log_loss(y_true, proba[ok] / proba[ok].sum(1, keepdims=True), labels=labels)
+        ),
         classes=[_py(c) for c in labels],
         per_class=per_class,
         confusion_matrix=confusion_matrix(y_true, y_pred, labels=labels).tolist(),

@@ -11,6 +11,7 @@ import numpy as np
 from sklearn.pipeline import Pipeline
 
 from tlearn.features import PretrainedFeatures
+from tlearn.finetune import FineTuneClassifier
 from tlearn.probe import LinearProbe
 
 __all__ = ["IMAGENET_PREFIX", "ModelParts", "imagenet_model", "python_value", "split_model"]
@@ -56,7 +57,7 @@ def split_model(model: Any) -> ModelParts:
     that features can be streamed batch by batch and errors kept per image."""
     if isinstance(model, ModelParts):
         return model
-    if isinstance(model, LinearProbe):
+    if isinstance(model, (LinearProbe, FineTuneClassifier)):
         return ModelParts(model.features_, model.predict_proba_features, model.classes_)
     if isinstance(model, Pipeline) and isinstance(model.steps[0][1], PretrainedFeatures):
         head = model[1:]

@@ -2,8 +2,9 @@
 everything else (backbone, preprocessing, classes, head settings, library versions) as JSON
 in its header. Loading never unpickles.
 
-Supported models: :class:`~tlearn.LinearProbe`, and scikit-learn ``Pipeline`` objects of
-``PretrainedFeatures`` -> optional ``StandardScaler`` -> ``LogisticRegression``.
+Supported models: :class:`~tlearn.LinearProbe`, :class:`~tlearn.FineTuneClassifier`, and
+scikit-learn ``Pipeline`` objects of ``PretrainedFeatures`` -> optional ``StandardScaler`` ->
+``LogisticRegression``.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
-import tempfile
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -21,10 +21,12 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
+from tlearn._io import write_safetensors_atomic
 from tlearn.backbones import Backbone, build_backbone, state_dict_sha256
 from tlearn.data.images import Preprocessing
 from tlearn.exceptions import ModelFileError
 from tlearn.features import PretrainedFeatures
+from tlearn.finetune import FineTuneClassifier
 from tlearn.probe import LinearProbe
 
 __all__ = ["FORMAT_VERSION", "load", "read_metadata", "save"]
@@ -89,8 +91,6 @@ def save(model: Any, path: str | os.PathLike[str]) -> str:
     Returns the path. Raises ``TypeError`` for a model this format cannot hold, naming what
     it can.
     """
-    from safetensors.torch import save_file
-
     if isinstance(model, LinearProbe):
         if not hasattr(model, "classifier_"):
             raise ModelFileError("the LinearProbe is not fitted yet; call fit first")
@@ -107,6 +107,8 @@ def save(model: Any, path: str | os.PathLike[str]) -> str:
             },
         }
         steps = None
+    elif isinstance(model, FineTuneClassifier):
+        return _save_finetuned(model, path)
     elif isinstance(model, Pipeline):
         steps = [name for name, _ in model.steps]
         parts = [est for _, est in model.steps]
@@ -154,18 +156,65 @@ def save(model: Any, path: str | os.PathLike[str]) -> str:
     for k, v in _head_tensors(scaler, clf).items():
         tensors[k] = torch.from_numpy(np.ascontiguousarray(v))
     path = os.fspath(path)
+    _check_folder(path)
+    write_safetensors_atomic(path, tensors, meta, key=_MAGIC)
+    return path
+
+
+def _check_folder(path: str) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise ModelFileError(f"cannot write {path!r}: the folder {folder!r} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=".tlearn-", suffix=".tmp", dir=folder)
-    os.close(fd)
+
+
+def _save_finetuned(model: FineTuneClassifier, path: str | os.PathLike[str]) -> str:
+    if not hasattr(model, "head_weight_"):
+        raise ModelFileError("the FineTuneClassifier is not fitted yet; call fit first")
+    class_values, class_kind = _jsonable_classes(np.asarray(model.classes_))
+    params = {
+        k: (None if v is None else (v if isinstance(v, (int, float, str, bool)) else str(v)))
+        for k, v in model.get_params().items()
+    }
+    meta = {
+        "format": _MAGIC,
+        "format_version": FORMAT_VERSION,
+        "kind": "finetune",
+        "backbone": _features_meta(model.features_),
+        "classes": class_values,
+        "classes_type": class_kind,
+        "head": {"type": "linear"},
+        "params": params,
+        "history": model.history_,
+        "best_epoch": model.best_epoch_,
+        "versions": _versions(),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    tensors = {f"backbone.{k}": v for k, v in model.features_.backbone_.model.state_dict().items()}
+    tensors["head.weight"] = torch.from_numpy(np.ascontiguousarray(model.head_weight_))
+    tensors["head.bias"] = torch.from_numpy(np.ascontiguousarray(model.head_bias_))
+    path = os.fspath(path)
+    _check_folder(path)
+    return write_safetensors_atomic(path, tensors, meta, key=_MAGIC)
+
+
+def _load_finetuned(
+    meta: dict[str, Any], tensors: dict[str, torch.Tensor], path: str
+) -> FineTuneClassifier:
     try:
-        save_file(tensors, tmp, metadata={_MAGIC: json.dumps(meta)})
-        os.replace(tmp, path)  # a reader never sees a half-written model file
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+        model = FineTuneClassifier(**meta["params"])
+        model._install(
+            _load_backbone(meta, tensors, path),
+            _classes_from_json(meta["classes"], meta["classes_type"]),
+            tensors["head.weight"].numpy(),
+            tensors["head.bias"].numpy(),
+        )
+    except (KeyError, TypeError) as e:
+        raise ModelFileError(f"{path!r} is damaged or incomplete ({e})") from None
+    model.history_ = meta.get("history", [])
+    model.best_epoch_ = meta.get("best_epoch", -1)
+    model.stopped_early_ = False
+    model.skipped_ = []
+    return model
 
 
 def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -232,6 +281,8 @@ def load(path: str | os.PathLike[str]) -> Any:
         tensors = load_file(path)
     except Exception as e:
         raise ModelFileError(f"{path!r} is damaged: cannot read its tensors ({e})") from None
+    if meta.get("kind") == "finetune":
+        return _load_finetuned(meta, tensors, path)
     try:
         bmeta = meta["backbone"]
         features = PretrainedFeatures(bmeta["name"], **bmeta["params"])

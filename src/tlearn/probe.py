@@ -47,7 +47,7 @@ def check_labels(
     counts = np.bincount(encoded)
     small = [(classes[i], int(c)) for i, c in enumerate(counts) if c < min_per_class]
     if small:
-        names = ", ".join(f"{c!r} ({n})" for c, n in small[:10])
+        names = ", ".join(f"{str(c)!r} ({n})" for c, n in small[:10])
         raise DataError(
             f"class(es) with fewer than {min_per_class} images: {names}. Add images (at least "
             f"{min_per_class} per class) or remove the class"

@@ -1,0 +1,59 @@
+"""DistributedDataParallel under ``torchrun``: gloo on CPU, NCCL on CUDA.
+
+Every process reads its own shard of each epoch's (shared, seeded) permutation; gradients
+are averaged across processes, so ``batch_size`` is the global batch as in one process. Only
+rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+__all__ = ["DistInfo", "all_reduce_sum", "dist_info", "maybe_wrap"]
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def dist_info(device: torch.device) -> DistInfo:
+    """Read torchrun's environment and join the process group (once)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return DistInfo(rank, world, local)
+
+
+def maybe_wrap(net: nn.Module, info: DistInfo, device: torch.device) -> nn.Module:
+    """DDP around ``net`` when distributed and something is trainable."""
+    if not info.enabled or not any(p.requires_grad for p in net.parameters()):
+        return net
+    ids = [device.index] if device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(net, device_ids=ids)
+
+
+def all_reduce_sum(values: list[float], info: DistInfo) -> list[float]:
+    if not info.enabled:
+        return values
+    t = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(t)
+    return t.tolist()

@@ -1,0 +1,156 @@
+"""FineTuneClassifier: strategies, optimiser groups, schedule, validation, bad input."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
+
+from tlearn import DataError, FineTuneClassifier, ImageReadError, load, load_backbone, save
+from tlearn.finetune.loop import Classifier, _train_mode
+from tlearn.finetune.optim import lr_factor, make_optimizer, set_trainable, stage_modules
+
+
+@pytest.fixture(scope="module")
+def head_model(cifar3, tmp_path_factory):
+    X, y, _, _ = cifar3
+    run = tmp_path_factory.mktemp("ft-run")
+    model = FineTuneClassifier(
+        strategy="head",
+        image_size=64,
+        epochs=4,
+        lr=0.01,
+        batch_size=16,
+        augmentation="flip",
+        validation_size=0.2,
+        checkpoint_dir=run,
+        verbose=0,
+    )
+    return model.fit(X, y), run
+
+
+def test_head_only_training_learns_and_writes_history(head_model, cifar3):
+    model, run = head_model
+    _, _, X_test, y_test = cifar3
+    assert list(model.classes_) == ["airplane", "frog", "truck"]
+    assert len(model.history_) == 4 and 1 <= model.best_epoch_ <= 4
+    assert model.score(X_test, y_test) >= 0.7  # 3 classes; chance is 0.33
+    assert (run / "checkpoint.safetensors").is_file() and (run / "curves.png").is_file()
+    assert (run / "history.csv").read_text().count("\n") == 5  # header + 4 epochs
+    losses = [h["train_loss"] for h in model.history_]
+    assert losses[-1] < losses[0]
+
+
+def test_head_strategy_leaves_the_backbone_untouched(head_model):
+    model, _ = head_model
+    original = load_backbone("efficientnet_lite0")
+    assert model.features_.backbone_.weights_sha256 == original.weights_sha256
+
+
+def test_fine_tuned_model_file_round_trip(head_model, cifar3, tmp_path):
+    model, _ = head_model
+    save(model, tmp_path / "ft.safetensors")
+    loaded = load(tmp_path / "ft.safetensors")
+    X_test = cifar3[2]
+    assert np.array_equal(loaded.predict_proba(X_test), model.predict_proba(X_test))
+    assert loaded.history_ == model.history_ and loaded.get_params()["strategy"] == "head"
+
+
+def test_contract_and_parameter_errors(cifar3):
+    est = FineTuneClassifier(epochs=2, image_size=64)
+    assert clone(est).get_params() == est.get_params()
+    with pytest.raises(NotFittedError):
+        est.predict(list(cifar3[0][:2]))
+    X, y = cifar3[0], cifar3[1]
+    for params, message in [
+        ({"lr": 0.0}, r"lr must be a number in \[1e-07, 10.0\]"),
+        ({"epochs": 0}, "epochs must be an int"),
+        ({"strategy": "everything"}, "strategy must be one of"),
+        ({"optimizer": "adam"}, "optimizer must be one of"),
+        ({"precision": "fp16", "device": "cpu"}, "needs a CUDA GPU"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            FineTuneClassifier(image_size=64, verbose=0, **params).fit(X, y)
+
+
+def test_data_errors_come_before_training(cifar3, tmp_path):
+    X, y = cifar3[0], cifar3[1]
+    with pytest.raises(DataError, match="at least 2 classes"):
+        FineTuneClassifier(image_size=64).fit(X[:4], ["a"] * 4)
+    with pytest.raises(DataError, match=r"'b' \(2\).*at least 10 images per class"):
+        FineTuneClassifier(image_size=64).fit(X[:12], ["a"] * 10 + ["b"] * 2)
+    bad = tmp_path / "cut.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0\x00\x10JFIF")
+    X2, y2 = np.append(X, str(bad)), np.append(y, "frog")
+    with pytest.raises(ImageReadError, match="cut.jpg"):
+        FineTuneClassifier(image_size=64, verbose=0).fit(X2, y2)
+    model = FineTuneClassifier(
+        strategy="head", image_size=32, epochs=1, on_error="skip", validation_size=0, verbose=0
+    ).fit(X2, y2)
+    assert [p for _, p, _ in model.skipped_] == [str(bad)]
+
+
+def test_image_size_the_backbone_cannot_take(cifar3):
+    with pytest.raises(DataError, match="image_size=64 does not fit"):
+        FineTuneClassifier("timm:vit_tiny_patch16_224", weights=None, image_size=64, verbose=0).fit(
+            cifar3[0], cifar3[1]
+        )
+
+
+def test_partial_unfreezing_and_frozen_batchnorm():
+    bb = load_backbone("efficientnet_lite0")
+    net = Classifier(bb.model, bb.n_features, 3)
+    stages = stage_modules(net.backbone)
+    assert len(stages) == 7  # EfficientNet's 7 block stages
+    set_trainable(net.backbone, net.head, "partial", 2)
+    assert not net.backbone.conv_stem.weight.requires_grad
+    assert not any(p.requires_grad for p in stages[4].parameters())
+    assert all(p.requires_grad for p in stages[5].parameters())
+    assert net.backbone.conv_head.weight.requires_grad and net.head.weight.requires_grad
+    _train_mode(net)
+    assert not stages[0][0].bn1.training and stages[6][0].bn1.training
+    set_trainable(net.backbone, net.head, "head")
+    _train_mode(net)
+    assert not net.backbone.training and net.head.training
+
+
+def test_optimizer_groups_and_schedule():
+    bb = load_backbone("efficientnet_lite0")
+    net = Classifier(bb.model, bb.n_features, 3)
+    opt = make_optimizer(
+        net.backbone,
+        net.head,
+        optimizer="sgd",
+        lr=0.1,
+        backbone_lr_ratio=0.1,
+        weight_decay=0.05,
+        momentum=0.9,
+    )
+    groups = opt.param_groups
+    assert [g["lr"] for g in groups] == pytest.approx([0.01, 0.01, 0.1, 0.1])
+    assert [g["weight_decay"] for g in groups] == [0.05, 0.0, 0.05, 0.0]
+    assert all(p.ndim <= 1 for p in groups[1]["params"] + groups[3]["params"])
+    assert groups[3]["params"][0] is net.head.bias
+    assert lr_factor(0, 100, 10, "cosine") == pytest.approx(0.1)
+    assert lr_factor(9, 100, 10, "cosine") == pytest.approx(1.0)
+    assert lr_factor(55, 100, 10, "cosine") == pytest.approx(0.5)
+    assert lr_factor(100, 100, 10, "cosine") == pytest.approx(0.0)
+    assert lr_factor(50, 100, 0, "constant") == 1.0
+
+
+def test_lp_ft_trains_head_then_backbone(cifar3):
+    X, y = cifar3[0], cifar3[1]
+    before = load_backbone("efficientnet_lite0").weights_sha256
+    model = FineTuneClassifier(
+        strategy="lp-ft",
+        head_epochs=1,
+        image_size=32,
+        epochs=2,
+        batch_size=16,
+        validation_size=0,
+        verbose=0,
+    ).fit(X, y)
+    assert model.features_.backbone_.weights_sha256 != before  # the backbone moved
+    assert torch.isfinite(torch.from_numpy(model.head_weight_)).all()
