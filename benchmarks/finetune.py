@@ -35,14 +35,22 @@ def main() -> None:
     names = np.asarray(train.target_names, dtype=object)
     y, y_test = names[train.target], names[test.target]
     bf16 = torch.cpu._is_avx512_bf16_supported()
-    print(f"{len(y)} training / {len(y_test)} test CIFAR-10 images at {args.image_size} px, "
-          f"{args.epochs} epochs; torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"native CPU bf16: {bf16}")
+    print(
+        f"{len(y)} training / {len(y_test)} test CIFAR-10 images at {args.image_size} px, "
+        f"{args.epochs} epochs; torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"native CPU bf16: {bf16}"
+    )
     base = None
     for precision, channels_last in CONFIGS:
-        model = FineTuneClassifier(strategy="full", image_size=args.image_size,
-                                   epochs=args.epochs, precision=precision,
-                                   channels_last=channels_last, validation_size=0, verbose=0)
+        model = FineTuneClassifier(
+            strategy="full",
+            image_size=args.image_size,
+            epochs=args.epochs,
+            precision=precision,
+            channels_last=channels_last,
+            validation_size=0,
+            verbose=0,
+        )
         t0 = time.perf_counter()
         model.fit(train.filenames, y)
         wall = time.perf_counter() - t0
@@ -50,8 +58,11 @@ def main() -> None:
         base = base or rate
         acc = model.score(test.filenames, y_test)
         layout = "channels_last" if channels_last else "contiguous"
-        print(f"{precision:<5} {layout:<14} {rate:7.1f} train images/s  {rate / base:4.2f}x  "
-              f"test accuracy {acc:.4f}  ({wall:.0f} s)", flush=True)
+        print(
+            f"{precision:<5} {layout:<14} {rate:7.1f} train images/s  {rate / base:4.2f}x  "
+            f"test accuracy {acc:.4f}  ({wall:.0f} s)",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -38,25 +38,38 @@ def main() -> None:
     test = load_image_folder(f"{args.zip}/test")
     names = np.asarray(train.target_names, dtype=object)
     y, y_test = names[train.target], names[test.target]
-    print(f"CIFAR-10: {len(y)} training images, {len(y_test)} test; torch "
-          f"{torch.__version__}, {torch.get_num_threads()} threads", flush=True)
+    print(
+        f"CIFAR-10: {len(y)} training images, {len(y_test)} test; torch "
+        f"{torch.__version__}, {torch.get_num_threads()} threads",
+        flush=True,
+    )
     if not args.skip_probe:
         t0 = time.perf_counter()
         probe = LinearProbe(cache_dir=args.cache_dir).fit(train.filenames, y)
         r = evaluate(probe, test.filenames, y_test)
-        print(f"linear probe (224 px, C={probe.C_:g}): test accuracy {r.accuracy:.4f}, loss "
-              f"{r.log_loss:.4f}, {time.perf_counter() - t0:.0f} s", flush=True)
+        print(
+            f"linear probe (224 px, C={probe.C_:g}): test accuracy {r.accuracy:.4f}, loss "
+            f"{r.log_loss:.4f}, {time.perf_counter() - t0:.0f} s",
+            flush=True,
+        )
     t0 = time.perf_counter()
-    ft = FineTuneClassifier(image_size=args.image_size, epochs=args.epochs,
-                            precision=args.precision, checkpoint_dir=args.run_dir)
+    ft = FineTuneClassifier(
+        image_size=args.image_size,
+        epochs=args.epochs,
+        precision=args.precision,
+        checkpoint_dir=args.run_dir,
+    )
     ft.fit(train.filenames, y)
     t_fit = time.perf_counter() - t0
     r = evaluate(ft, test.filenames, y_test)
     rates = [h["images_per_second"] for h in ft.history_]
-    print(f"fine-tuned lp-ft ({args.image_size} px, {len(ft.history_)} epochs, best "
-          f"{ft.best_epoch_}): test accuracy {r.accuracy:.4f}, loss {r.log_loss:.4f}, train "
-          f"{t_fit:.0f} s ({np.mean(rates):.0f} images/s), total "
-          f"{time.perf_counter() - t0:.0f} s", flush=True)
+    print(
+        f"fine-tuned lp-ft ({args.image_size} px, {len(ft.history_)} epochs, best "
+        f"{ft.best_epoch_}): test accuracy {r.accuracy:.4f}, loss {r.log_loss:.4f}, train "
+        f"{t_fit:.0f} s ({np.mean(rates):.0f} images/s), total "
+        f"{time.perf_counter() - t0:.0f} s",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":
