@@ -154,3 +154,31 @@ def test_lp_ft_trains_head_then_backbone(cifar3):
     ).fit(X, y)
     assert model.features_.backbone_.weights_sha256 != before  # the backbone moved
     assert torch.isfinite(torch.from_numpy(model.head_weight_)).all()
+
+
+@pytest.mark.parametrize("policy", ["none", "flip", "flip_crop", "trivialaugment", "randaugment"])
+def test_augmentation_policies_are_seeded_and_sized(policy):
+    from tlearn.finetune.augment import augment_batch
+
+    images = torch.randint(0, 256, (4, 3, 40, 40), dtype=torch.uint8)
+    torch.manual_seed(1)
+    a = augment_batch(images, policy, 32)
+    torch.manual_seed(1)
+    b = augment_batch(images, policy, 32)
+    assert a.shape == (4, 3, 32, 32) and a.dtype == torch.uint8 and torch.equal(a, b)
+    if policy == "none":
+        assert torch.equal(a, images[:, :, 4:36, 4:36])  # a centre crop, nothing else
+
+
+def test_out_of_memory_suggests_a_smaller_batch(cifar3, monkeypatch):
+    from tlearn import TlearnError
+    from tlearn.finetune import loop
+
+    def oom(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(loop, "train_step", oom)
+    with pytest.raises(TlearnError, match="batch_size=16.*--batch-size 8"):
+        FineTuneClassifier(
+            image_size=32, epochs=1, batch_size=16, validation_size=0, verbose=0
+        ).fit(cifar3[0], cifar3[1])
