@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.tlearn-installed
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: setup demo test lint typecheck pytest bench clean data
+.PHONY: setup demo test lint typecheck pytest bench clean data browser
 
 setup: $(STAMP) data
 
@@ -18,14 +18,22 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e ".[dev]" 2>&1 | grep -v "is ignored" || true
 	$(PY) -c "import tlearn, torch, timm, sklearn" && touch $(STAMP)
 
-# Fashion-MNIST for the demo: Debian ships the original files; without apt the
-# library downloads them on first use (and says so when offline).
-data:
-	@if [ ! -f $(FMNIST) ] && command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || \
-		{ apt-get update -q >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1; } || \
-		echo "note: could not install dataset-fashion-mnist with apt; tlearn will download it"; \
+# Debian packages: Fashion-MNIST for the demo (without apt the library downloads it on
+# first use), and Chromium, in which the tests render the HTML report.
+APT_INSTALL = DEBIAN_FRONTEND=noninteractive apt-get install -y -q
+define apt_ensure
+	@if [ ! -e $(1) ] && command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+		$(APT_INSTALL) $(2) >/dev/null 2>&1 || \
+		{ apt-get update -q >/dev/null 2>&1 && $(APT_INSTALL) $(2) >/dev/null 2>&1; } || \
+		echo "note: could not install $(2) with apt"; \
 	fi
+endef
+
+data:
+	$(call apt_ensure,$(FMNIST),dataset-fashion-mnist)
+
+browser:
+	$(call apt_ensure,/usr/bin/chromium,chromium)
 
 demo: setup
 	$(VENV)/bin/tlearn demo --out demo-output
@@ -37,7 +45,7 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
-pytest: setup
+pytest: setup browser
 	$(PY) -m pytest
 
 test: setup lint typecheck pytest

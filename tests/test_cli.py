@@ -62,11 +62,15 @@ def test_evaluate_and_predict(trained, cifar_zip, tmp_path):
         "3",
         "--json",
         str(tmp_path / "m.json"),
+        "--report",
+        str(tmp_path / "report"),
     )
     assert r.returncode == 0, r.stderr
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert metrics["n_images"] == 30 and len(metrics["confusion_matrix"]) == 10
     assert "confusion matrix" in r.stdout and "precision" in r.stdout
+    assert (tmp_path / "report" / "report.html").is_file()
+    assert json.loads((tmp_path / "report" / "metrics.json").read_text())["n_images"] == 30
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"\xff\xd8\xff")
     r = run(

@@ -309,6 +309,10 @@ def evaluate_cmd(
     model: Annotated[Path, typer.Argument(help="A model file from `tlearn fit`.")],
     data: DataArg,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write metrics as JSON.")] = None,
+    report_dir: Annotated[
+        Path | None,
+        typer.Option("--report", help="Write metrics.json, plots and report.html here."),
+    ] = None,
     max_per_class: int | None = None,
     skip_bad_images: bool = False,
     skip_unknown_classes: Annotated[
@@ -316,7 +320,8 @@ def evaluate_cmd(
     ] = False,
     seed: int = 0,
 ) -> None:
-    """Accuracy, per-class precision/recall/F1 and the confusion matrix of MODEL on DATA."""
+    """Accuracy, per-class precision/recall/F1 and the confusion matrix of MODEL on DATA;
+    --report DIR adds plots and a self-contained report.html."""
     from tlearn.evaluation import evaluate
     from tlearn.models import split_model
     from tlearn.persistence import load
@@ -345,6 +350,9 @@ def evaluate_cmd(
     if json_path is not None:
         report.to_json(json_path)
         console.print(f"metrics written to {json_path}")
+    if report_dir is not None:
+        paths = report.save(report_dir, title=f"{model.name} on {data}")
+        console.print(f"report written to {paths['html']}")
     console.print(f"[bold]accuracy: {report.accuracy:.4f}[/] ({report.n_images} images)")
 
 

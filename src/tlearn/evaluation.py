@@ -1,5 +1,6 @@
-"""Evaluation: accuracy, per-class precision/recall/F1 and the confusion matrix, as a
-:class:`Report` you can print, save as JSON, or inspect in Python."""
+"""Evaluation: accuracy, balanced accuracy, F1, top-k, log loss, calibration, per-class
+precision/recall/F1, the confusion matrix, the most confused pairs and the most confidently
+wrong images, as a :class:`Report` to print, save as JSON/PNG/HTML, or inspect in Python."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ from typing import Any
 import numpy as np
 from sklearn.metrics import (
     accuracy_score,
+    balanced_accuracy_score,
     confusion_matrix,
+    f1_score,
     log_loss,
     precision_recall_fscore_support,
 )
@@ -54,18 +57,53 @@ class Report:
     n_images: int
     failed: list[dict[str, str]] = field(default_factory=list)
     unknown: list[dict[str, Any]] = field(default_factory=list)
+    balanced_accuracy: float = float("nan")
+    macro_f1: float = float("nan")
+    weighted_f1: float = float("nan")
+    top_k: int = 1
+    top_k_accuracy: float = float("nan")
+    expected_calibration_error: float = float("nan")
+    reliability: list[dict[str, float]] = field(default_factory=list)
+    confused_pairs: list[dict[str, Any]] = field(default_factory=list)
+    confident_mistakes: list[dict[str, Any]] = field(default_factory=list)
+    history: list[dict[str, float]] = field(default_factory=list)
+    images: Any = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "accuracy": self.accuracy,
+            "balanced_accuracy": self.balanced_accuracy,
+            "macro_f1": self.macro_f1,
+            "weighted_f1": self.weighted_f1,
+            f"top_{self.top_k}_accuracy": self.top_k_accuracy,
             "log_loss": self.log_loss,
+            "expected_calibration_error": self.expected_calibration_error,
             "n_images": self.n_images,
+            "n_failed": len(self.failed),
             "classes": self.classes,
             "per_class": self.per_class,
             "confusion_matrix": self.confusion_matrix,
+            "confused_pairs": self.confused_pairs,
+            "confident_mistakes": self.confident_mistakes,
+            "reliability": self.reliability,
             "failed": self.failed,
             "unknown_labels": self.unknown,
         }
+
+    def to_html(self, title: str = "tlearn evaluation report") -> str:
+        """One self-contained HTML page (plots and thumbnails embedded), readable offline."""
+        from tlearn.report import render_html
+
+        return render_html(self, title)
+
+    def save(
+        self, folder: str | os.PathLike[str], title: str = "tlearn evaluation report"
+    ) -> dict[str, str]:
+        """Write metrics.json, confusion.png, reliability.png, curves.png (when there is a
+        training history) and report.html into ``folder``; returns their paths."""
+        from tlearn.report import save_report
+
+        return save_report(self, folder, title)
 
     def to_json(self, path: str | os.PathLike[str] | None = None, indent: int = 2) -> str:
         text = json.dumps(self.to_dict(), indent=indent)
@@ -133,11 +171,31 @@ def evaluate(model: Any, X: object, y: object, *, unknown: str = "raise") -> Rep
             proba[idx] = parts.predict_proba(feats)
         failed.extend({"path": p, "reason": r} for _, p, r in errors)
     ok = ~np.isnan(proba[:, 0])
-    pred_idx = proba.argmax(axis=1)
     if not ok.any():
         raise DataError("no image could be evaluated: every image failed to load")
-    y_true, y_pred = y_arr[ok], parts.classes[pred_idx[ok]]
-    labels = parts.classes
+    names = np.array(
+        [f"X[{i}]" for i in range(len(y_arr))] if isinstance(paths, np.ndarray) else list(paths),
+        dtype=object,
+    )
+    report = _metrics(parts.classes, y_arr[ok], proba[ok], names[ok])
+    report.failed, report.unknown = failed, unknown_rows
+    report.history = list(getattr(model, "history_", []) or [])
+    report.images = paths[ok] if isinstance(paths, np.ndarray) else None
+    return report
+
+
+def _metrics(
+    labels: np.ndarray,
+    y_true: np.ndarray,
+    proba: np.ndarray,
+    names: np.ndarray,
+    n_bins: int = 15,
+    n_mistakes: int = 24,
+) -> Report:
+    proba = proba / proba.sum(1, keepdims=True)  # float32 heads sum to 1 only to ~1e-7
+    true_idx = np.searchsorted(labels, y_true)  # labels are sorted (np.unique)
+    pred_idx = proba.argmax(axis=1)
+    y_pred = labels[pred_idx]
     prec, rec, f1, sup = precision_recall_fscore_support(
         y_true, y_pred, labels=labels, zero_division=0
     )
@@ -151,16 +209,62 @@ def evaluate(model: Any, X: object, y: object, *, unknown: str = "raise") -> Rep
         }
         for c, p, r, f, s in zip(labels, prec, rec, f1, sup, strict=True)
     ]
+    cm = confusion_matrix(y_true, y_pred, labels=labels)
+    k = min(5, len(labels) - 1) if len(labels) > 2 else 1
+    topk = np.argsort(-proba, axis=1)[:, :k]
+    conf = proba.max(axis=1)
+    correct = pred_idx == true_idx
+    bins, ece = [], 0.0
+    edges = np.linspace(0, 1, n_bins + 1)
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+        m = (conf > lo) & (conf <= hi)
+        if m.any():
+            acc, c = float(correct[m].mean()), float(conf[m].mean())
+            ece += m.mean() * abs(acc - c)
+            bins.append(
+                {
+                    "low": float(lo),
+                    "high": float(hi),
+                    "confidence": c,
+                    "accuracy": acc,
+                    "count": int(m.sum()),
+                }
+            )
+    off = cm.copy()
+    np.fill_diagonal(off, 0)
+    pairs = [
+        {"true": _py(labels[i]), "predicted": _py(labels[j]), "count": int(off[i, j])}
+        for i, j in zip(*np.unravel_index(np.argsort(-off, axis=None)[:10], off.shape), strict=True)
+        if off[i, j] > 0
+    ]
+    wrong = np.flatnonzero(~correct)
+    wrong = wrong[np.argsort(-conf[wrong])][:n_mistakes]
+    mistakes = [
+        {
+            "path": str(names[i]),
+            "index": int(i),
+            "true": _py(y_true[i]),
+            "predicted": _py(y_pred[i]),
+            "probability": float(conf[i]),
+        }
+        for i in wrong
+    ]
     return Report(
         accuracy=float(accuracy_score(y_true, y_pred)),
-        # float32 heads sum to 1 only to ~1e-7; renormalise in float64 for log_loss's check
-        log_loss=float(
-            log_loss(y_true, proba[ok] / proba[ok].sum(1, keepdims=True), labels=labels)
-        ),
+        log_loss=float(log_loss(y_true, proba, labels=labels)),
         classes=[_py(c) for c in labels],
         per_class=per_class,
-        confusion_matrix=confusion_matrix(y_true, y_pred, labels=labels).tolist(),
-        n_images=int(ok.sum()),
-        failed=failed,
-        unknown=unknown_rows,
+        confusion_matrix=cm.tolist(),
+        n_images=len(y_true),
+        balanced_accuracy=float(balanced_accuracy_score(y_true, y_pred)),
+        macro_f1=float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
+        weighted_f1=float(
+            f1_score(y_true, y_pred, labels=labels, average="weighted", zero_division=0)
+        ),
+        top_k=k,
+        top_k_accuracy=float((topk == true_idx[:, None]).any(axis=1).mean()),
+        expected_calibration_error=float(ece),
+        reliability=bins,
+        confused_pairs=pairs,
+        confident_mistakes=mistakes,
     )

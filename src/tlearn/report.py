@@ -1,0 +1,232 @@
+"""Reports people can look at: the confusion matrix and reliability diagram as PNG, the
+training curves, and one self-contained HTML page with a gallery of the most confidently
+wrong images (thumbnails embedded, so it opens offline, anywhere)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from PIL import Image
+
+from tlearn.data.images import decode_image, load_array_image, read_bytes
+from tlearn.exceptions import ImageReadError
+
+if TYPE_CHECKING:
+    from tlearn.evaluation import Report
+
+__all__ = ["plot_confusion", "plot_reliability", "render_html", "save_report"]
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_confusion(report: Report, path: str | os.PathLike[str]) -> None:
+    """Row-normalised confusion matrix; annotated up to 20 classes, readable up to ~100."""
+    plt = _pyplot()
+    cm = np.asarray(report.confusion_matrix, dtype=float)
+    norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    n = len(report.classes)
+    side = min(22.0, max(5.0, 0.45 * n + 2))
+    fig, ax = plt.subplots(figsize=(side, side * 0.9))
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    names = [str(c) for c in report.classes]
+    font = max(4, min(10, int(300 / max(n, 1))))
+    ax.set_xticks(range(n), names, rotation=90, fontsize=font)
+    ax.set_yticks(range(n), names, fontsize=font)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if n <= 20:
+        for i in range(n):
+            for j in range(n):
+                if norm[i, j] >= 0.005:
+                    ax.text(
+                        j,
+                        i,
+                        f"{norm[i, j]:.2f}",
+                        ha="center",
+                        va="center",
+                        fontsize=font,
+                        color="white" if norm[i, j] > 0.5 else "black",
+                    )
+    ax.set_title(f"confusion matrix (rows normalised), accuracy {report.accuracy:.3f}")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_reliability(report: Report, path: str | os.PathLike[str]) -> None:
+    """Accuracy against confidence per bin, with the expected calibration error."""
+    plt = _pyplot()
+    fig, (ax, hist) = plt.subplots(2, 1, figsize=(5, 6), height_ratios=[3, 1], sharex=True)
+    bins = report.reliability
+    centers = [(b["low"] + b["high"]) / 2 for b in bins]
+    width = 1.0 / 15
+    ax.bar(centers, [b["accuracy"] for b in bins], width=width * 0.9, color="C0", label="accuracy")
+    ax.bar(
+        centers,
+        [abs(b["confidence"] - b["accuracy"]) for b in bins],
+        bottom=[min(b["accuracy"], b["confidence"]) for b in bins],
+        width=width * 0.9,
+        color="C3",
+        alpha=0.4,
+        label="gap to confidence",
+    )
+    ax.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"reliability (ECE {report.expected_calibration_error:.3f})")
+    ax.legend(loc="upper left", fontsize=8)
+    hist.bar(centers, [b["count"] for b in bins], width=width * 0.9, color="grey")
+    hist.set_xlabel("confidence (top-1 probability)")
+    hist.set_ylabel("images")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _png_data_uri(path: str | os.PathLike[str]) -> str:
+    return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode()
+
+
+def _thumbnail(report: Report, mistake: dict[str, Any], size: int = 96) -> str:
+    try:
+        if report.images is not None:
+            img = load_array_image(report.images[mistake["index"]])
+        else:
+            img = decode_image(read_bytes(mistake["path"]), mistake["path"], min_side=size)
+    except ImageReadError:
+        return ""
+    img = img.copy()
+    img.thumbnail((size, size), Image.Resampling.LANCZOS)
+    if max(img.size) < size:  # tiny images (CIFAR's 32 px) are shown enlarged, pixelated
+        scale = size // max(img.size)
+        img = img.resize((img.width * scale, img.height * scale), Image.Resampling.NEAREST)
+    buf = io.BytesIO()
+    img.save(buf, format="JPEG", quality=85)
+    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#222}
+h1{font-size:22px}h2{font-size:18px;margin-top:28px;border-bottom:1px solid #ddd}
+.cards{display:flex;flex-wrap:wrap;gap:12px}.card{background:#f4f6fa;border-radius:8px;
+padding:10px 14px;min-width:120px}.card b{display:block;font-size:20px}
+table{border-collapse:collapse;font-size:13px}td,th{padding:4px 10px;border-bottom:1px solid #eee;
+text-align:right}td:first-child,th:first-child{text-align:left}
+.plots img{max-width:48%;margin-right:1%;vertical-align:top}
+.gallery{display:flex;flex-wrap:wrap;gap:10px}.item{width:140px;font-size:12px;
+background:#fafafa;border:1px solid #eee;border-radius:6px;padding:6px}
+.item img{width:128px;height:128px;object-fit:contain;image-rendering:pixelated;
+background:#fff}.bad{color:#b00}.good{color:#070}.small{color:#777;font-size:11px;
+word-break:break-all}
+"""
+
+
+def render_html(report: Report, title: str, plots: dict[str, str] | None = None) -> str:
+    """The report as one HTML page; ``plots`` maps names to PNG files to embed (made in a
+    temporary folder when not given)."""
+    if plots is None:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            return render_html(report, title, _write_plots(report, tmp))
+    e = html.escape
+    cards = [
+        ("accuracy", report.accuracy),
+        ("balanced accuracy", report.balanced_accuracy),
+        ("macro F1", report.macro_f1),
+        (f"top-{report.top_k} accuracy", report.top_k_accuracy),
+        ("log loss", report.log_loss),
+        ("calibration error (ECE)", report.expected_calibration_error),
+    ]
+    out = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}</title>"
+        f"<style>{_CSS}</style></head><body><h1>{e(title)}</h1>",
+        f"<p>{report.n_images} images evaluated in {len(report.classes)} classes"
+        + (
+            f"; <span class='bad'>{len(report.failed)} could not be read</span>"
+            if report.failed
+            else ""
+        )
+        + (f"; {len(report.unknown)} with unknown classes left out" if report.unknown else "")
+        + ".</p><div class='cards'>",
+    ]
+    out += [f"<div class='card'>{e(name)}<b>{value:.4f}</b></div>" for name, value in cards]
+    out.append("</div><h2>Plots</h2><div class='plots'>")
+    for name, path in plots.items():
+        out.append(f"<img alt='{e(name)}' src='{_png_data_uri(path)}'>")
+    out.append(
+        "</div><h2>Per class</h2><table><tr><th>class</th><th>precision</th>"
+        "<th>recall</th><th>F1</th><th>support</th></tr>"
+    )
+    for row in sorted(report.per_class, key=lambda r: r["f1"]):
+        out.append(
+            f"<tr><td>{e(str(row['class']))}</td><td>{row['precision']:.3f}</td>"
+            f"<td>{row['recall']:.3f}</td><td>{row['f1']:.3f}</td>"
+            f"<td>{row['support']}</td></tr>"
+        )
+    out.append(
+        "</table><h2>Most confused pairs</h2><table><tr><th>true</th>"
+        "<th>predicted as</th><th>images</th></tr>"
+    )
+    for p in report.confused_pairs:
+        out.append(
+            f"<tr><td>{e(str(p['true']))}</td><td>{e(str(p['predicted']))}</td>"
+            f"<td>{p['count']}</td></tr>"
+        )
+    out.append("</table><h2>Most confidently wrong</h2><div class='gallery'>")
+    for m in report.confident_mistakes:
+        src = _thumbnail(report, m)
+        out.append(
+            f"<div class='item'><img alt='{e(m['path'])}' src='{src}'><br>"
+            f"true <span class='good'>{e(str(m['true']))}</span><br>"
+            f"predicted <span class='bad'>{e(str(m['predicted']))}</span> "
+            f"({m['probability']:.2f})<div class='small'>{e(m['path'])}</div></div>"
+        )
+    out.append("</div>")
+    if report.failed:
+        out.append(
+            "<h2>Images that could not be read</h2><table><tr><th>path</th><th>reason</th></tr>"
+        )
+        out += [f"<tr><td>{e(f['path'])}</td><td>{e(f['reason'])}</td></tr>" for f in report.failed]
+        out.append("</table>")
+    out.append("</body></html>")
+    return "\n".join(out)
+
+
+def _write_plots(report: Report, folder: str | os.PathLike[str]) -> dict[str, str]:
+    folder = Path(folder)
+    plots = {
+        "confusion matrix": str(folder / "confusion.png"),
+        "reliability": str(folder / "reliability.png"),
+    }
+    plot_confusion(report, plots["confusion matrix"])
+    plot_reliability(report, plots["reliability"])
+    if report.history:
+        from tlearn.finetune.loop import plot_history
+
+        plots["training curves"] = str(folder / "curves.png")
+        plot_history(report.history, plots["training curves"])
+    return plots
+
+
+def save_report(report: Report, folder: str | os.PathLike[str], title: str) -> dict[str, str]:
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = _write_plots(report, folder)
+    (folder / "metrics.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+    (folder / "report.html").write_text(render_html(report, title, paths), encoding="utf-8")
+    return {**paths, "metrics": str(folder / "metrics.json"), "html": str(folder / "report.html")}
