@@ -361,33 +361,53 @@ def predict(
     model: Annotated[
         str,
         typer.Argument(
-            help="A model file from `tlearn fit`, or "
-            "imagenet:BACKBONE for the backbone's ImageNet head."
+            help="A model file from `tlearn fit`, or imagenet:BACKBONE for the backbone's "
+            "ImageNet head."
         ),
     ],
     inputs: Annotated[list[str], typer.Argument(help="Images, folders, zips, CSVs or globs.")],
     output: Annotated[
         Path | None,
-        typer.Option("--output", "-o", help="CSV or JSONL file (default: print a table)."),
+        typer.Option("--output", "-o", help="CSV, JSONL or Parquet file (default: a table)."),
     ] = None,
     top_k: Annotated[int, typer.Option(help="How many labels per image.")] = 1,
+    tta: Annotated[bool, typer.Option(help="Average over a horizontal flip.")] = False,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            help="Continue an interrupted run into OUTPUT, skipping the images it already has."
+        ),
+    ] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace OUTPUT if it exists.")] = False,
 ) -> None:
-    """Predict the class of every image in INPUTS; unreadable files get a row with the error."""
-    from tlearn.inference import iter_predictions, write_predictions
+    """Predict the class of every image in INPUTS; unreadable files get a row with the error.
+
+    Streams: memory stays flat however many images, rows are written as they come."""
+    from tlearn.inference import iter_predictions, predict_to_file
     from tlearn.models import IMAGENET_PREFIX, imagenet_model
     from tlearn.persistence import load
 
     clf = imagenet_model(model) if model.startswith(IMAGENET_PREFIX) else load(model)
-    rows = iter_predictions(clf, inputs, top_k=top_k)
     if output is not None:
-        counts = write_predictions(rows, output, top_k=top_k)
+        with _row_progress() as on_row:
+            counts = predict_to_file(
+                clf,
+                inputs,
+                output,
+                top_k=top_k,
+                tta=tta,
+                resume=resume,
+                overwrite=overwrite,
+                on_row=on_row,
+            )
+        done = f"; {counts['skipped']} were already done" if counts["skipped"] else ""
         console.print(
-            f"{counts['ok']} images predicted, {counts['failed']} failed; written to {output}"
+            f"{counts['ok']} images predicted, {counts['failed']} failed{done}; written to {output}"
         )
     else:
         table = Table("path", "label", "probability", "error")
         counts = {"ok": 0, "failed": 0}
-        for row in rows:
+        for row in iter_predictions(clf, inputs, top_k=top_k, tta=tta):
             counts["failed" if row["error"] else "ok"] += 1
             prob = "" if row["probability"] is None else f"{row['probability']:.3f}"
             label = ", ".join(map(str, row["top_labels"])) if top_k > 1 else str(row["label"] or "")
@@ -396,6 +416,34 @@ def predict(
         console.print(f"{counts['ok']} images predicted, {counts['failed']} failed")
     if counts["ok"] == 0 and counts["failed"] > 0:
         raise typer.Exit(1)
+
+
+class _row_progress:
+    """A progress line (images done, images per second) on a terminal; silent otherwise."""
+
+    def __enter__(self) -> Any:
+        if not err_console.is_terminal:
+            self.bar = None
+            return None
+        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        from tlearn.features import _RateColumn
+
+        self.bar = Progress(
+            SpinnerColumn(),
+            TextColumn("{task.completed} images"),
+            _RateColumn(),
+            TimeElapsedColumn(),
+            console=err_console,
+            transient=True,
+        )
+        self.bar.start()
+        task = self.bar.add_task("predict", total=None)
+        return lambda row: self.bar.advance(task) if self.bar else None
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.stop()
 
 
 @app.command()

@@ -142,17 +142,18 @@ class PretrainedFeatures(TransformerMixin, BaseEstimator):
         }
 
     def iter_features(
-        self, X: object
+        self, X: object, *, hflip: bool = False
     ) -> Iterator[tuple[np.ndarray, np.ndarray, list[tuple[int, str, str]]]]:
         """Stream ``(indices, features (k, n_features), errors)`` over ``X`` in order.
 
         Memory stays bounded whatever the number of images; used by :meth:`transform` and
-        by batch prediction.
+        by batch prediction. ``hflip=True`` gives the features of the mirrored images (for
+        test-time augmentation; not cached).
         """
         check_is_fitted(self, "backbone_")
         images = check_images(X)
-        if self.cache_dir is None:
-            yield from self._iter_computed(images, np.arange(len(images)))
+        if self.cache_dir is None or hflip:
+            yield from self._iter_computed(images, np.arange(len(images)), hflip)
             return
         cache = FeatureCache(self.cache_dir, self._cache_key())
         try:
@@ -171,7 +172,7 @@ class PretrainedFeatures(TransformerMixin, BaseEstimator):
             cache.close()
 
     def _iter_computed(
-        self, images: ImageInput, positions: np.ndarray
+        self, images: ImageInput, positions: np.ndarray, hflip: bool = False
     ) -> Iterator[tuple[np.ndarray, np.ndarray, list[tuple[int, str, str]]]]:
         if not len(positions):
             return
@@ -187,8 +188,9 @@ class PretrainedFeatures(TransformerMixin, BaseEstimator):
             on_error=self.on_error,  # type: ignore[arg-type]
         ):
             errors = [(int(positions[i]), p, r) for i, p, r in batch.errors]
+            pixels = np.ascontiguousarray(batch.images[:, :, ::-1]) if hflip else batch.images
             feats = (
-                engine(batch.images)
+                engine(pixels)
                 if len(batch.indices)
                 else np.empty((0, self.n_features_out_), np.float32)
             )
