@@ -60,3 +60,45 @@ def test_predictions_keep_order_and_report_failures(probe, cifar3, tmp_path):
     jsonl = tmp_path / "preds.jsonl"
     write_predictions(iter(rows), jsonl)
     assert len(jsonl.read_text().splitlines()) == 6
+
+
+def test_predict_to_file_outputs_and_refusals(probe, cifar3, tmp_path):
+    import pyarrow.parquet as pq
+
+    from tlearn import DataError
+    from tlearn.inference import predict_to_file
+
+    paths = list(cifar3[2][:6])
+    out = tmp_path / "p.csv"
+    assert predict_to_file(probe, paths, out) == {"ok": 6, "failed": 0, "skipped": 0}
+    with pytest.raises(DataError, match="exists.*--overwrite.*--resume"):
+        predict_to_file(probe, paths, out)
+    assert predict_to_file(probe, paths, out, overwrite=True)["ok"] == 6
+    assert predict_to_file(probe, paths + [cifar3[2][6]], out, resume=True) == {
+        "ok": 1,
+        "failed": 0,
+        "skipped": 6,
+    }
+    with pytest.raises(DataError, match="does not exist"):
+        predict_to_file(probe, paths, tmp_path / "missing" / "p.csv")
+    with pytest.raises(DataError, match="unknown output format"):
+        predict_to_file(probe, paths, tmp_path / "p.xlsx")
+    table = (
+        pq.read_table(tmp_path / "p.parquet")
+        if predict_to_file(probe, paths, tmp_path / "p.parquet", top_k=2)
+        else None
+    )
+    assert table is not None and table.num_rows == 6
+    assert table.column("top_labels").to_pylist()[0][0] == table.column("label").to_pylist()[0]
+
+
+def test_tta_averages_the_mirror_image(probe, cifar3):
+    paths = list(cifar3[2][:4])
+    plain = [r["top_probabilities"] for r in iter_predictions(probe, paths, top_k=3)]
+    tta = [r["top_probabilities"] for r in iter_predictions(probe, paths, top_k=3, tta=True)]
+    mirrored = probe.features_
+    flipped = np.concatenate([f for _, f, _ in mirrored.iter_features(paths, hflip=True)])
+    expected = (probe.predict_proba(paths) + probe.predict_proba_features(flipped)) / 2
+    got = np.array([sorted(t, reverse=True) for t in tta])
+    assert np.allclose(got, -np.sort(-expected, axis=1), atol=1e-6)
+    assert not np.allclose(np.array(plain), got)

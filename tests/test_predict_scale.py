@@ -1,0 +1,102 @@
+"""Batch prediction at scale, through the real command: 20,000 CIFAR-10 images from the zip,
+flat peak memory, and a run killed with SIGKILL that resumes without redoing or losing rows."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tlearn import LinearProbe, save
+
+# Runs the CLI and reports the process's own peak RSS (KiB on Linux) on stderr at exit.
+WRAPPER = (
+    "import atexit, resource, sys\n"
+    "atexit.register(lambda: print('MAXRSS', resource.getrusage(resource.RUSAGE_SELF)"
+    ".ru_maxrss, file=sys.stderr))\n"
+    "sys.argv = ['tlearn', *sys.argv[1:]]\n"
+    "from tlearn.cli import main\nmain()\n"
+)
+CLASSES = ["airplane", "automobile"]
+
+
+@pytest.fixture(scope="module")
+def model(cifar3, tmp_path_factory):
+    path = tmp_path_factory.mktemp("scale") / "p32.safetensors"
+    save(LinearProbe(image_size=32, Cs=[1.0]).fit(cifar3[0], cifar3[1]), path)
+    return path
+
+
+def inputs(cifar_zip, n_train_classes: int) -> list[str]:
+    return [f"{cifar_zip}/test"] + [f"{cifar_zip}/train/{c}" for c in CLASSES[:n_train_classes]]
+
+
+def predict(model, args: list[str]) -> tuple[subprocess.CompletedProcess[str], int]:
+    r = subprocess.run(
+        [sys.executable, "-c", WRAPPER, "predict", str(model), *args],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    rss = int(r.stderr.rsplit("MAXRSS", 1)[1].split()[0])
+    return r, rss
+
+
+def test_memory_stays_flat_from_2000_to_20000_images(model, cifar_zip, tmp_path):
+    small, rss_small = predict(
+        model,
+        [
+            f"{cifar_zip}/test/cat",
+            f"{cifar_zip}/test/dog",
+            "--output",
+            str(tmp_path / "small.jsonl"),
+        ],
+    )
+    assert small.returncode == 0, small.stderr
+    big, rss_big = predict(
+        model, [*inputs(cifar_zip, 2), "--output", str(tmp_path / "big.csv"), "--top-k", "2"]
+    )
+    assert big.returncode == 0, big.stderr
+    assert "20000 images predicted, 0 failed" in big.stdout
+    with open(tmp_path / "big.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 20_000 and len({r["path"] for r in rows}) == 20_000
+    assert all(r["label"] and r["label_2"] for r in rows)
+    print(
+        f"peak RSS: {rss_small / 1024:.0f} MiB for 2,000 images, "
+        f"{rss_big / 1024:.0f} MiB for 20,000"
+    )
+    assert rss_big < rss_small * 1.15 + 64 * 1024  # KiB: ten times the images, ~same memory
+
+
+def test_killed_prediction_resumes_without_redoing(model, cifar_zip, tmp_path):
+    out = tmp_path / "preds.jsonl"
+    args = [*inputs(cifar_zip, 2), "--output", str(out)]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tlearn", "predict", str(model), *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        if out.exists() and out.stat().st_size > 600_000:  # a few thousand rows written
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, "prediction ended before it could be killed"
+    refused, _ = predict(model, args)
+    assert refused.returncode == 2 and "--resume" in refused.stderr
+    resumed, _ = predict(model, [*args, "--resume"])
+    assert resumed.returncode == 0, resumed.stderr
+    done_before = int(resumed.stdout.split("; ")[1].split()[0])
+    assert done_before > 1000
+    lines = out.read_text().splitlines()
+    paths = [json.loads(line)["path"] for line in lines]
+    assert len(paths) == 20_000 and len(set(paths)) == 20_000
