@@ -147,7 +147,7 @@ def save(model: Any, path: str | os.PathLike[str]) -> str:
         "classes_type": class_kind,
         "head": {"type": "logistic_regression", "scaler": scaler is not None, **extra},
         "versions": _versions(),
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
     tensors = {
         f"backbone.{k}": v.detach().cpu().contiguous()
@@ -187,7 +187,7 @@ def _save_finetuned(model: FineTuneClassifier, path: str | os.PathLike[str]) -> 
         "history": model.history_,
         "best_epoch": model.best_epoch_,
         "versions": _versions(),
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
     tensors = {f"backbone.{k}": v for k, v in model.features_.backbone_.model.state_dict().items()}
     tensors["head.weight"] = torch.from_numpy(np.ascontiguousarray(model.head_weight_))
