@@ -51,6 +51,29 @@ def _labelled(source: str, max_per_class: int | None, seed: int) -> tuple[Any, n
     return data, names[data.target]
 
 
+EngineOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Inference engine: torch, torch-bf16, onnxruntime or auto (default: the "
+        "model's own, torch)."
+    ),
+]
+
+
+def _use_engine(model: Any, engine: str | None) -> None:
+    """Run a loaded model's feature extractor on another engine."""
+    if engine is None:
+        return
+    from tlearn.models import split_model
+    from tlearn.runtime.engines import ENGINES
+
+    if engine not in ENGINES:
+        _fail(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    features = split_model(model).features
+    features.set_params(engine=engine, verbose=1)
+    features._engine = None
+
+
 def _write_skipped(skipped: list[tuple[int, str, str]], beside: str) -> str | None:
     if not skipped:
         return None
@@ -181,6 +204,7 @@ def fit(
     resume: Annotated[
         bool, typer.Option(help="Continue from the checkpoint in --checkpoint-dir.")
     ] = False,
+    engine: EngineOpt = None,
 ) -> None:
     """Train a classifier on DATA, report test loss and accuracy, and save the model.
 
@@ -251,6 +275,7 @@ def fit(
             device=s["device"],
             cache_dir=s["cache_dir"],
             on_error=on_error,
+            engine=s["engine"] or "torch",
             random_state=s["seed"],
             verbose=1,
         )
@@ -319,6 +344,7 @@ def evaluate_cmd(
         bool, typer.Option(help="Evaluate only images whose class the model knows.")
     ] = False,
     seed: int = 0,
+    engine: EngineOpt = None,
 ) -> None:
     """Accuracy, per-class precision/recall/F1 and the confusion matrix of MODEL on DATA;
     --report DIR adds plots and a self-contained report.html."""
@@ -327,6 +353,7 @@ def evaluate_cmd(
     from tlearn.persistence import load
 
     clf = load(model)
+    _use_engine(clf, engine)
     split_model(clf).features.on_error = "skip" if skip_bad_images else "raise"
     ds, y = _labelled(data, max_per_class, seed)
     report = evaluate(clf, ds.filenames, y, unknown="skip" if skip_unknown_classes else "raise")
@@ -379,6 +406,7 @@ def predict(
         ),
     ] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace OUTPUT if it exists.")] = False,
+    engine: EngineOpt = None,
 ) -> None:
     """Predict the class of every image in INPUTS; unreadable files get a row with the error.
 
@@ -388,6 +416,7 @@ def predict(
     from tlearn.persistence import load
 
     clf = imagenet_model(model) if model.startswith(IMAGENET_PREFIX) else load(model)
+    _use_engine(clf, engine)
     if output is not None:
         with _row_progress() as on_row:
             counts = predict_to_file(

@@ -15,8 +15,9 @@ from sklearn.utils.validation import check_is_fitted
 from tlearn.backbones import DEFAULT_BACKBONE, Backbone, load_backbone
 from tlearn.data.images import Preprocessing
 from tlearn.data.loader import ImageInput, check_images, iter_batches
-from tlearn.runtime import FeatureCache, TorchEngine, resolve_device
+from tlearn.runtime import FeatureCache, resolve_device
 from tlearn.runtime.cache import content_key
+from tlearn.runtime.engines import ENGINES, Engine, make_engine
 
 __all__ = ["PretrainedFeatures"]
 
@@ -51,6 +52,10 @@ class PretrainedFeatures(TransformerMixin, BaseEstimator):
     on_error : {"raise", "skip"}, default="raise"
         ``"skip"``: unreadable images give a row of NaN, are warned about, and are listed
         in ``errors_`` as ``(index, path, reason)``; every other image is still processed.
+    engine : {"torch", "torch-bf16", "onnxruntime", "auto"}, default="torch"
+        What runs the network (see :mod:`tlearn.runtime.engines`); ``auto`` takes the
+        fastest available engine whose features agree with fp32 torch (cosine >= 0.999 on
+        the first batch) and records its choice in ``engine_``.
     verbose : int, default=0
         Show a progress bar when > 0 and there are many images.
 
@@ -83,6 +88,7 @@ class PretrainedFeatures(TransformerMixin, BaseEstimator):
         n_workers: int | None = None,
         cache_dir: str | os.PathLike[str] | None = None,
         on_error: str = "raise",
+        engine: str = "torch",
         verbose: int = 0,
     ) -> None:
         self.backbone = backbone
@@ -93,9 +99,14 @@ class PretrainedFeatures(TransformerMixin, BaseEstimator):
         self.n_workers = n_workers
         self.cache_dir = cache_dir
         self.on_error = on_error
+        self.engine = engine
         self.verbose = verbose
 
     def _check_params(self) -> None:
+        if self.engine not in ENGINES:
+            raise ValueError(
+                f"PretrainedFeatures.engine must be one of {ENGINES}, got {self.engine!r}"
+            )
         if self.on_error not in _ON_ERROR:
             raise ValueError(
                 f"PretrainedFeatures.on_error must be one of {_ON_ERROR}, got {self.on_error!r}"
@@ -124,18 +135,27 @@ class PretrainedFeatures(TransformerMixin, BaseEstimator):
         self.preprocessing_: Preprocessing = backbone.preprocessing.with_size(self.image_size)
         self.n_features_out_ = backbone.n_features
         self.errors_: list[tuple[int, str, str]] = []
-        self._engine: TorchEngine | None = None
+        self._engine: Engine | None = None
 
-    def _get_engine(self) -> TorchEngine:
+    def _get_engine(self, calibration: np.ndarray | None = None) -> Engine:
         engine = getattr(self, "_engine", None)
         if engine is None:
-            engine = self._engine = TorchEngine(
-                self.backbone_.model, self.preprocessing_, resolve_device(self.device)
+            engine, why = make_engine(
+                self.engine,
+                self.backbone_.model,
+                self.preprocessing_,
+                resolve_device(self.device),
+                self._cache_key(),
+                calibration,
             )
+            self._engine, self.engine_ = engine, why
+            if self.verbose and self.engine == "auto":
+                print(f"tlearn: {why}", file=sys.stderr)
         return engine
 
     def _cache_key(self) -> dict[str, Any]:
         return {
+            "engine": self.engine,
             "architecture": self.backbone_.architecture,
             "weights_sha256": self.backbone_.weights_sha256,
             "preprocessing": self.preprocessing_.to_dict(),
@@ -179,7 +199,7 @@ class PretrainedFeatures(TransformerMixin, BaseEstimator):
         subset: ImageInput = (
             images[positions] if isinstance(images, np.ndarray) else [images[i] for i in positions]
         )
-        engine = self._get_engine()
+        engine = getattr(self, "_engine", None)
         for batch in iter_batches(
             subset,
             self.preprocessing_,
@@ -189,9 +209,11 @@ class PretrainedFeatures(TransformerMixin, BaseEstimator):
         ):
             errors = [(int(positions[i]), p, r) for i, p, r in batch.errors]
             pixels = np.ascontiguousarray(batch.images[:, :, ::-1]) if hflip else batch.images
+            if engine is None and len(pixels):
+                engine = self._get_engine(calibration=pixels[:16])
             feats = (
                 engine(pixels)
-                if len(batch.indices)
+                if engine is not None and len(batch.indices)
                 else np.empty((0, self.n_features_out_), np.float32)
             )
             yield positions[batch.indices], feats, errors

@@ -71,7 +71,8 @@ def _features_meta(features: PretrainedFeatures) -> dict[str, Any]:
         "n_features": bb.n_features,
         "preprocessing": bb.preprocessing.to_dict(),
         "params": {
-            k: features.get_params()[k] for k in ("image_size", "batch_size", "device", "on_error")
+            k: features.get_params()[k]
+            for k in ("image_size", "batch_size", "device", "on_error", "engine")
         },
     }
 

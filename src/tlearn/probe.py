@@ -64,7 +64,7 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
 
     Parameters
     ----------
-    backbone, weights, image_size, batch_size, device, n_workers, cache_dir, on_error
+    backbone, weights, image_size, batch_size, device, n_workers, cache_dir, on_error, engine
         Passed to :class:`PretrainedFeatures`. With ``on_error="skip"`` unreadable training
         images are left out (and listed in ``skipped_``).
     Cs : sequence of float, optional
@@ -108,6 +108,7 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         n_workers: int | None = None,
         cache_dir: str | os.PathLike[str] | None = None,
         on_error: str = "raise",
+        engine: str = "torch",
         random_state: int | None = 0,
         verbose: int = 0,
     ) -> None:
@@ -122,6 +123,7 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         self.n_workers = n_workers
         self.cache_dir = cache_dir
         self.on_error = on_error
+        self.engine = engine
         self.random_state = random_state
         self.verbose = verbose
 
@@ -135,6 +137,7 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
             n_workers=self.n_workers,
             cache_dir=self.cache_dir,
             on_error=self.on_error,
+            engine=self.engine,
             verbose=self.verbose,
         )
 
