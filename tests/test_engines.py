@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -65,3 +69,36 @@ def test_auto_without_onnxruntime_and_unknown_engines(reference, monkeypatch):
     assert "onnxruntime" not in engines.available_engines(torch.device("cpu"))
     with pytest.raises(ValueError, match="engine must be one of"):
         PretrainedFeatures(engine="tensorrt").fit()
+
+
+def test_bench_command_prints_every_engine_beside_the_naive_loop(cifar_zip):
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tlearn",
+            "bench",
+            f"{cifar_zip}/test/cat",
+            "--n",
+            "24",
+            "--image-size",
+            "32",
+            "--batch-size",
+            "8",
+            "--engine",
+            "torch",
+            "--engine",
+            "onnxruntime",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert any(line.startswith("naive loop") for line in lines)
+    for engine in ("torch", "onnxruntime"):
+        row = next(line for line in lines if line.startswith(engine + " "))
+        assert row.count("/s") == 2 and "x" in row
+    assert "GFLOP/image" in r.stdout

@@ -498,6 +498,31 @@ def models(
 
 
 @app.command()
+def bench(
+    data: Annotated[str, typer.Argument(help="Images to read: a folder, zip, CSV or glob.")],
+    backbone: str = "efficientnet_lite0",
+    engine: Annotated[
+        list[str] | None,
+        typer.Option(help="Engines to measure (repeat the flag); default: all available."),
+    ] = None,
+    n: Annotated[int, typer.Option(help="How many images.")] = 1000,
+    batch_size: int = 32,
+    image_size: int | None = None,
+    device: str = "auto",
+) -> None:
+    """Images per second end to end and model-only for each engine, beside the naive loop."""
+    from itertools import islice
+
+    from tlearn.bench import run_bench
+    from tlearn.data import iter_image_paths
+
+    paths = list(islice(iter_image_paths([data]), n))
+    if not paths:
+        _fail(f"no images found in {data!r}")
+    run_bench(paths, backbone, engine, batch_size, image_size, device, report=console.print)
+
+
+@app.command()
 def demo(
     out: Annotated[Path, typer.Option(help="Folder for the model and sample images.")] = Path(
         "demo-output"

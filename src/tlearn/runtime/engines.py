@@ -23,7 +23,7 @@ import torch
 
 from tlearn.data.images import Preprocessing
 from tlearn.exceptions import TlearnError
-from tlearn.runtime.torch_engine import TorchEngine
+from tlearn.runtime.torch_engine import TorchEngine, cpu_micro_batch
 
 __all__ = ["ENGINES", "Engine", "EngineError", "available_engines", "make_engine"]
 
@@ -139,9 +139,16 @@ class OnnxRuntimeEngine:
             tmp.unlink(missing_ok=True)
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
-        x = (images.transpose(0, 3, 1, 2).astype(np.float32) - self._mean) / self._std
-        out = self.session.run(None, {"images": np.ascontiguousarray(x)})[0]
-        return np.asarray(out, dtype=np.float32)
+        step = cpu_micro_batch(torch.device("cpu"), images.shape[1], 8) if len(images) else 1
+        outs = []
+        for i in range(0, len(images), step):
+            x = images[i : i + step].transpose(0, 3, 1, 2).astype(np.float32) - self._mean
+            outs.append(self.session.run(None, {"images": np.ascontiguousarray(x / self._std)})[0])
+        return (
+            np.concatenate(outs).astype(np.float32, copy=False)
+            if outs
+            else np.empty((0, 0), np.float32)
+        )
 
 
 def _build(

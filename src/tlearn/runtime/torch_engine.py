@@ -8,7 +8,7 @@ from torch import nn
 
 from tlearn.data.images import Preprocessing
 
-__all__ = ["TorchEngine", "resolve_device"]
+__all__ = ["TorchEngine", "cpu_micro_batch", "resolve_device"]
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -34,6 +34,19 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
             "use device='auto' or 'cpu'"
         )
     return dev
+
+
+def cpu_micro_batch(device: torch.device, input_size: int, base: int) -> int:
+    """How many images one forward pass takes.
+
+    On CPU, small passes keep the activations in cache: EfficientNet-Lite0 at 224 px on
+    2 Zen 4 cores ran 99 images/s in passes of 4 but 45 in passes of 64 (channels-last,
+    fp32 torch); ONNX Runtime peaked at 8 (136 vs 108 at 32). Scale that sweet spot by the
+    input area; GPUs take the whole batch.
+    """
+    if device.type != "cpu":
+        return 1 << 30
+    return max(1, int(base * (224 * 224) / (input_size * input_size)))
 
 
 class TorchEngine:
@@ -63,15 +76,7 @@ class TorchEngine:
         return ((x.float() - self._mean) / self._std).contiguous(memory_format=torch.channels_last)
 
     def micro_batch(self, input_size: int) -> int:
-        """How many images one forward pass takes.
-
-        On CPU, small passes keep the activations in cache: EfficientNet-Lite0 at 224 px on
-        2 Zen 4 cores ran 99 images/s in passes of 4 but 45 in passes of 64 (channels-last,
-        fp32). Scale that sweet spot by the input area; GPUs take the whole batch.
-        """
-        if self.device.type != "cpu":
-            return 1 << 30
-        return max(1, int(4 * (224 * 224) / (input_size * input_size)))
+        return cpu_micro_batch(self.device, input_size, 4 if self.autocast is None else 8)
 
     @torch.inference_mode()
     def __call__(self, images: np.ndarray) -> np.ndarray:

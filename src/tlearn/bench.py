@@ -1,0 +1,137 @@
+"""``tlearn bench``: images per second for each available engine, end to end (files on
+disk to features) and model-only, beside the naive loop (open, resize and run one image at a
+time in eager PyTorch), with the ratios, the achieved GFLOP/s and the process's peak memory,
+all in one run so the ratios hold on a shared, noisy machine."""
+
+from __future__ import annotations
+
+import io
+import resource
+import time
+from collections.abc import Callable, Sequence
+from functools import partial
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from tlearn.backbones import load_backbone
+from tlearn.data.images import read_bytes
+from tlearn.features import PretrainedFeatures
+from tlearn.runtime import resolve_device
+from tlearn.runtime.engines import available_engines, make_engine
+
+__all__ = ["count_gflops", "run_bench"]
+
+
+def count_gflops(model: torch.nn.Module, size: int) -> float:
+    """Forward GFLOPs of one image (multiply-adds counted as 2), by torch's FLOP counter."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model.eval()(torch.zeros(1, 3, size, size))
+    return counter.get_total_flops() / 1e9
+
+
+def _peak_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _repeat(engine: Callable[[np.ndarray], np.ndarray], batch: np.ndarray, k: int) -> None:
+    for _ in range(k):
+        engine(batch)
+
+
+def _timed(fn: Callable[[], Any], n: int) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return n / (time.perf_counter() - t0)
+
+
+def naive_loop(backbone: str, paths: Sequence[str]) -> None:
+    """What hand-written scripts do: one image at a time through timm's eval transform."""
+    from timm.data import create_transform
+
+    bb = load_backbone(backbone)
+    pre = bb.preprocessing
+    transform = create_transform(
+        input_size=pre.input_size,
+        interpolation=pre.interpolation,
+        mean=pre.mean,
+        std=pre.std,
+        crop_pct=pre.crop_pct,
+    )
+    with torch.no_grad():
+        for p in paths:
+            img = Image.open(io.BytesIO(read_bytes(p))).convert("RGB")
+            bb.model(transform(img)[None])
+
+
+def run_bench(
+    paths: Sequence[str],
+    backbone: str = "efficientnet_lite0",
+    engines: Sequence[str] | None = None,
+    batch_size: int = 32,
+    image_size: int | None = None,
+    device: str = "auto",
+    report: Callable[[str], None] = print,
+) -> list[dict[str, Any]]:
+    """Measure and print; returns one dict per row."""
+    dev = resolve_device(device)
+    bb = load_backbone(backbone)
+    pre = bb.preprocessing.with_size(image_size)
+    gflops = count_gflops(bb.model, pre.input_size)
+    names = list(engines or available_engines(dev))
+    report(
+        f"{len(paths)} images, backbone {backbone} at {pre.input_size} px "
+        f"({gflops:.2f} GFLOP/image), device {dev}, {torch.get_num_threads()} threads"
+    )
+    rows: list[dict[str, Any]] = []
+    naive = _timed(lambda: naive_loop(backbone, paths), len(paths))
+    rows.append({"engine": "naive loop", "end_to_end": naive, "model_only": float("nan")})
+    report(
+        f"{'engine':<16}{'end to end':>12}{'vs naive':>10}{'model only':>12}"
+        f"{'GFLOP/s':>9}{'peak MiB':>10}"
+    )
+    report(
+        f"{'naive loop':<16}{naive:>10.1f}/s{1.0:>9.1f}x{'':>12}{naive * gflops:>9.1f}"
+        f"{_peak_mib():>10.0f}"
+    )
+    batch = np.random.default_rng(0).integers(
+        0, 256, (batch_size, pre.input_size, pre.input_size, 3), dtype=np.uint8
+    )
+    for name in names:
+        engine, _ = make_engine(
+            name,
+            bb.model,
+            pre,
+            dev,
+            {
+                "architecture": bb.architecture,
+                "weights_sha256": bb.weights_sha256,
+                "preprocessing": pre.to_dict(),
+                "engine": name,
+            },
+        )
+        engine(batch)  # warm-up: kernel selection, first allocations
+        model_only = _timed(partial(_repeat, engine, batch, 3), 3 * batch_size)
+        est = PretrainedFeatures(
+            backbone, image_size=image_size, batch_size=batch_size, device=device, engine=name
+        ).fit()
+        est.transform(list(paths[:batch_size]))
+        e2e = _timed(partial(est.transform, list(paths)), len(paths))
+        rows.append(
+            {
+                "engine": name,
+                "end_to_end": e2e,
+                "model_only": model_only,
+                "ratio": e2e / naive,
+                "gflops": model_only * gflops,
+            }
+        )
+        report(
+            f"{name:<16}{e2e:>10.1f}/s{e2e / naive:>9.1f}x{model_only:>10.1f}/s"
+            f"{model_only * gflops:>9.1f}{_peak_mib():>10.0f}"
+        )
+    return rows
