@@ -42,6 +42,9 @@ def main() -> None:
     ap.add_argument("--per-class", type=int, default=200)
     ap.add_argument("--backbone", default="efficientnet_lite0")
     ap.add_argument("--cache-dir", default=str(ROOT / "bench-output" / "feature-cache"))
+    ap.add_argument(
+        "--engine", default="torch", help="torch, torch-bf16, onnxruntime, openvino or auto"
+    )
     args = ap.parse_args()
     train = load_image_folder(f"{args.zip}/train", max_per_class=args.per_class)
     test = load_image_folder(f"{args.zip}/test")
@@ -59,7 +62,9 @@ def main() -> None:
     )
 
     t0 = time.perf_counter()
-    features = PretrainedFeatures(args.backbone, cache_dir=args.cache_dir, verbose=1).fit()
+    features = PretrainedFeatures(
+        args.backbone, cache_dir=args.cache_dir, engine=args.engine, verbose=1
+    ).fit()
     F, F_test = features.transform(train.filenames), features.transform(test.filenames)
     t_feat = time.perf_counter() - t0
     print(
@@ -72,7 +77,8 @@ def main() -> None:
     print(f"features + default-C pipeline      accuracy {plain_acc:.4f}")
 
     t0 = time.perf_counter()
-    probe = LinearProbe(args.backbone, cache_dir=args.cache_dir).fit(train.filenames, y)
+    probe = LinearProbe(args.backbone, cache_dir=args.cache_dir, engine=args.engine)
+    probe.fit(train.filenames, y)
     probe_acc = probe.score(test.filenames, y_test)
     print(
         f"tlearn LinearProbe (C={probe.C_:g})     accuracy {probe_acc:.4f}  "

@@ -24,7 +24,9 @@ def reference(cifar3):
     return paths, PretrainedFeatures(image_size=64).fit().transform(paths)
 
 
-@pytest.mark.parametrize(("engine", "min_cos"), [("torch-bf16", 0.99), ("onnxruntime", 0.99999)])
+@pytest.mark.parametrize(
+    ("engine", "min_cos"), [("torch-bf16", 0.99), ("onnxruntime", 0.99999), ("openvino", 0.9999)]
+)
 def test_engines_agree_with_fp32_torch(engine, min_cos, reference):
     paths, expected = reference
     est = PretrainedFeatures(image_size=64, engine=engine).fit()
@@ -102,3 +104,16 @@ def test_bench_command_prints_every_engine_beside_the_naive_loop(cifar_zip):
         row = next(line for line in lines if line.startswith(engine + " "))
         assert row.count("/s") == 2 and "x" in row
     assert "GFLOP/image" in r.stdout
+
+
+def test_openvino_engine_is_cached_and_a_corrupt_cache_rebuilt(reference, tmp_path, monkeypatch):
+    monkeypatch.setenv("TLEARN_HOME", str(tmp_path))
+    paths, expected = reference
+    est = PretrainedFeatures(image_size=64, engine="openvino").fit()
+    assert cosine(est.transform(paths), expected) >= 0.9999
+    xml = list((tmp_path / "engines").glob("*.xml"))
+    assert len(xml) == 1 and xml[0].with_suffix(".bin").is_file()
+    xml[0].write_text("<broken")
+    again = PretrainedFeatures(image_size=64, engine="openvino").fit()
+    with pytest.warns(UserWarning, match="unreadable and is rebuilt"):
+        assert cosine(again.transform(paths), expected) >= 0.9999
