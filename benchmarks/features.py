@@ -15,40 +15,17 @@ agree (cosine similarity), since these machines are shared and only ratios are m
 from __future__ import annotations
 
 import argparse
-import io
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from tlearn import PretrainedFeatures, load_backbone, load_image_folder
-from tlearn.data.images import read_bytes
+from tlearn.bench import naive_loop
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def naive_loop(backbone_name: str, paths: list[str]) -> np.ndarray:
-    from timm.data import create_transform
-
-    bb = load_backbone(backbone_name)
-    pre = bb.preprocessing
-    transform = create_transform(
-        input_size=pre.input_size,
-        interpolation=pre.interpolation,
-        mean=pre.mean,
-        std=pre.std,
-        crop_pct=pre.crop_pct,
-    )
-    model = bb.model.eval()
-    out = []
-    with torch.no_grad():
-        for p in paths:
-            img = Image.open(io.BytesIO(read_bytes(p))).convert("RGB")
-            out.append(model(transform(img)[None])[0].numpy())
-    return np.stack(out)
 
 
 def timed(label: str, fn, n: int, baseline: float | None = None):

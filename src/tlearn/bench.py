@@ -49,8 +49,9 @@ def _timed(fn: Callable[[], Any], n: int) -> float:
     return n / (time.perf_counter() - t0)
 
 
-def naive_loop(backbone: str, paths: Sequence[str]) -> None:
-    """What hand-written scripts do: one image at a time through timm's eval transform."""
+def naive_loop(backbone: str, paths: Sequence[str]) -> np.ndarray:
+    """What hand-written scripts do: one image at a time through timm's eval transform,
+    eager PyTorch. Returns the features ``(n, n_features)``."""
     from timm.data import create_transform
 
     bb = load_backbone(backbone)
@@ -62,10 +63,12 @@ def naive_loop(backbone: str, paths: Sequence[str]) -> None:
         std=pre.std,
         crop_pct=pre.crop_pct,
     )
+    out = []
     with torch.no_grad():
         for p in paths:
             img = Image.open(io.BytesIO(read_bytes(p))).convert("RGB")
-            bb.model(transform(img)[None])
+            out.append(bb.model(transform(img)[None])[0].numpy())
+    return np.stack(out)
 
 
 def run_bench(

@@ -16,8 +16,9 @@ from __future__ import annotations
 import hashlib
 import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -34,6 +35,7 @@ ENGINES = ("auto", "torch", "torch-bf16", "onnxruntime", "openvino")
 #: from PyTorch, latency hint) 242, ONNX Runtime 141, torch bf16 84, torch fp32 79.
 AUTO_ORDER = ("openvino", "onnxruntime", "torch-bf16", "torch")
 MIN_COSINE = 0.999
+T = TypeVar("T")
 
 
 class EngineError(TlearnError):
@@ -92,6 +94,27 @@ def _cache_path(key: dict[str, Any], suffix: str) -> Path:
     return _cache_dir() / f"{key['architecture'].replace(':', '-')}-{digest}{suffix}"
 
 
+def _cached(paths: list[Path], build: Callable[[], None], load: Callable[[], T], what: str) -> T:
+    """Load a compiled model from its cache files, building them first when missing; a
+    stale or corrupt cache is detected (loading fails), deleted and rebuilt once."""
+    for attempt in (1, 2):
+        if not all(p.is_file() for p in paths):
+            build()
+        try:
+            return load()
+        except Exception as e:
+            for p in paths:
+                p.unlink(missing_ok=True)
+            if attempt == 2:
+                raise EngineError(f"cannot run the {what} ({str(e)[:200]})") from None
+            warnings.warn(
+                f"the cached {what} ({paths[0]}) was unreadable and is rebuilt",
+                UserWarning,
+                stacklevel=3,
+            )
+    raise AssertionError("unreachable")
+
+
 class OpenVinoEngine:
     """The backbone converted by OpenVINO from PyTorch (cached on disk as IR), fp32, tuned
     for latency: one request at a time uses every core, which suits batched featurising."""
@@ -111,24 +134,12 @@ class OpenVinoEngine:
         self._std = (np.array(pre.std, np.float32) * 255).reshape(1, 3, 1, 1)
         core = ov.Core()
         config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
-        for attempt in (1, 2):
-            if not path.is_file() or not path.with_suffix(".bin").is_file():
-                self._convert(model, pre, path)
-            try:
-                compiled = core.compile_model(core.read_model(str(path)), "CPU", config)
-                break
-            except Exception as e:  # a stale or corrupt cached model: rebuild it once
-                path.unlink(missing_ok=True)
-                path.with_suffix(".bin").unlink(missing_ok=True)
-                if attempt == 2:
-                    raise EngineError(
-                        f"OpenVINO cannot run {key['architecture']} ({str(e)[:200]})"
-                    ) from None
-                warnings.warn(
-                    f"the cached OpenVINO model {path} was unreadable and is rebuilt",
-                    UserWarning,
-                    stacklevel=2,
-                )
+        compiled = _cached(
+            [path, path.with_suffix(".bin")],
+            build=lambda: self._convert(model, pre, path),
+            load=lambda: core.compile_model(core.read_model(str(path)), "CPU", config),
+            what=f"OpenVINO model of {key['architecture']}",
+        )
         self.request = compiled.create_infer_request()
 
     @staticmethod
@@ -181,25 +192,14 @@ class OnnxRuntimeEngine:
         self._std = (np.array(pre.std, np.float32) * 255).reshape(1, 3, 1, 1)
         options = ort.SessionOptions()
         options.intra_op_num_threads = os.cpu_count() or 1
-        for attempt in (1, 2):
-            if not path.is_file():
-                self._export(model, pre, path)
-            try:
-                self.session = ort.InferenceSession(
-                    str(path), options, providers=["CPUExecutionProvider"]
-                )
-                break
-            except Exception as e:  # a stale or corrupt cached export: rebuild it once
-                path.unlink(missing_ok=True)
-                if attempt == 2:
-                    raise EngineError(
-                        f"ONNX Runtime cannot run {key['architecture']} ({str(e)[:200]})"
-                    ) from None
-                warnings.warn(
-                    f"the cached ONNX model {path} was unreadable and is rebuilt",
-                    UserWarning,
-                    stacklevel=2,
-                )
+        self.session = _cached(
+            [path],
+            build=lambda: self._export(model, pre, path),
+            load=lambda: ort.InferenceSession(
+                str(path), options, providers=["CPUExecutionProvider"]
+            ),
+            what=f"ONNX model of {key['architecture']}",
+        )
 
     @staticmethod
     def _export(model: torch.nn.Module, pre: Preprocessing, path: Path) -> None:
