@@ -153,7 +153,7 @@ def test_demo_runs_end_to_end_on_a_small_subset(tmp_path):
 
 
 def test_predict_with_the_backbones_own_imagenet_head(tmp_path):
-    skimage_data = pytest.importorskip("skimage.data")
+    import skimage.data as skimage_data
     from PIL import Image
 
     photo = tmp_path / "coffee.jpg"
