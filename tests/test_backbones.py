@@ -26,6 +26,7 @@ def _imagenet_top(bb, img: Image.Image) -> int:
 
 def test_embedded_lite0_says_espresso():
     import skimage.data as skimage_data
+
     bb = load_backbone("efficientnet_lite0")
     assert bb.architecture == "timm:tf_efficientnet_lite0"
     assert bb.n_features == 1280
