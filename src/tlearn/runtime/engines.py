@@ -115,7 +115,19 @@ def _cached(paths: list[Path], build: Callable[[], None], load: Callable[[], T],
     raise AssertionError("unreachable")
 
 
-class OpenVinoEngine:
+class _NumpyNormalise:
+    """uint8 NHWC batches -> normalised float32 NCHW arrays, for the exported engines."""
+
+    def __init__(self, pre: Preprocessing) -> None:
+        self._mean = (np.array(pre.mean, np.float32) * 255).reshape(1, 3, 1, 1)
+        self._std = (np.array(pre.std, np.float32) * 255).reshape(1, 3, 1, 1)
+
+    def normalise(self, images: np.ndarray) -> np.ndarray:
+        x = images.transpose(0, 3, 1, 2).astype(np.float32)
+        return np.ascontiguousarray((x - self._mean) / self._std)
+
+
+class OpenVinoEngine(_NumpyNormalise):
     """The backbone converted by OpenVINO from PyTorch (cached on disk as IR), fp32, tuned
     for latency: one request at a time uses every core, which suits batched featurising."""
 
@@ -130,8 +142,7 @@ class OpenVinoEngine:
             ) from None
         path = _cache_path(key, ".xml")
         self.path = path
-        self._mean = (np.array(pre.mean, np.float32) * 255).reshape(1, 3, 1, 1)
-        self._std = (np.array(pre.std, np.float32) * 255).reshape(1, 3, 1, 1)
+        super().__init__(pre)
         core = ov.Core()
         config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
         compiled = _cached(
@@ -169,12 +180,11 @@ class OpenVinoEngine:
     def __call__(self, images: np.ndarray) -> np.ndarray:
         if not len(images):
             return np.empty((0, 0), np.float32)
-        x = (images.transpose(0, 3, 1, 2).astype(np.float32) - self._mean) / self._std
-        out = self.request.infer({0: np.ascontiguousarray(x)})[0]
+        out = self.request.infer({0: self.normalise(images)})[0]
         return np.array(out, dtype=np.float32)
 
 
-class OnnxRuntimeEngine:
+class OnnxRuntimeEngine(_NumpyNormalise):
     """The backbone exported to ONNX (cached on disk) and run by ONNX Runtime on CPU."""
 
     name = "onnxruntime"
@@ -188,8 +198,7 @@ class OnnxRuntimeEngine:
             ) from None
         path = _cache_path(key, ".onnx")
         self.path = path
-        self._mean = (np.array(pre.mean, np.float32) * 255).reshape(1, 3, 1, 1)
-        self._std = (np.array(pre.std, np.float32) * 255).reshape(1, 3, 1, 1)
+        super().__init__(pre)
         options = ort.SessionOptions()
         options.intra_op_num_threads = os.cpu_count() or 1
         self.session = _cached(
@@ -229,8 +238,8 @@ class OnnxRuntimeEngine:
         step = cpu_micro_batch(torch.device("cpu"), images.shape[1], 8) if len(images) else 1
         outs = []
         for i in range(0, len(images), step):
-            x = images[i : i + step].transpose(0, 3, 1, 2).astype(np.float32) - self._mean
-            outs.append(self.session.run(None, {"images": np.ascontiguousarray(x / self._std)})[0])
+            batch = self.normalise(images[i : i + step])
+            outs.append(self.session.run(None, {"images": batch})[0])
         return (
             np.concatenate(outs).astype(np.float32, copy=False)
             if outs
