@@ -415,7 +415,14 @@ def predict(
     from tlearn.models import IMAGENET_PREFIX, imagenet_model
     from tlearn.persistence import load
 
-    clf = imagenet_model(model) if model.startswith(IMAGENET_PREFIX) else load(model)
+    if model.startswith(IMAGENET_PREFIX):
+        clf: Any = imagenet_model(model)
+    elif model.lower().endswith((".onnx", ".xml")):
+        from tlearn.export import load_exported
+
+        clf = load_exported(model)
+    else:
+        clf = load(model)
     _use_engine(clf, engine)
     if output is not None:
         with _row_progress() as on_row:
@@ -495,6 +502,23 @@ def models(
         console.print(
             "Any timm or torchvision name works too: `tlearn models resnet` searches them."
         )
+
+
+@app.command()
+def export(
+    model: Annotated[Path, typer.Argument(help="A model file from `tlearn fit`.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write (.onnx or .xml).")],
+    format: Annotated[str, typer.Option(help="onnx or openvino.")] = "onnx",
+) -> None:
+    """Write the whole classifier (backbone + head, probabilities out) as ONNX or OpenVINO IR,
+    with a JSON sidecar of classes and preprocessing; `tlearn predict` runs it directly."""
+    from tlearn.export import FORMATS, export_model
+    from tlearn.persistence import load
+
+    if format not in FORMATS:
+        _fail(f"--format must be one of {', '.join(FORMATS)}, got {format!r}")
+    path = export_model(load(model), out, format)
+    console.print(f"exported to {path} (classes and preprocessing in {path}.json)")
 
 
 @app.command()

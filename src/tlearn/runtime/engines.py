@@ -134,24 +134,35 @@ class OpenVinoEngine(_NumpyNormalise):
     name = "openvino"
 
     def __init__(self, model: torch.nn.Module, pre: Preprocessing, key: dict[str, Any]) -> None:
+        super().__init__(pre)
+        path = _cache_path(key, ".xml")
+        self.path = path
+        self.request = _cached(
+            [path, path.with_suffix(".bin")],
+            build=lambda: self._convert(model, pre, path),
+            load=lambda: self._open(path),
+            what=f"OpenVINO model of {key['architecture']}",
+        )
+
+    @staticmethod
+    def _open(path: Path) -> Any:
         try:
             import openvino as ov
         except ImportError:
             raise EngineError(
                 "engine='openvino' needs OpenVINO: pip install 'tlearn[openvino]'"
             ) from None
-        path = _cache_path(key, ".xml")
-        self.path = path
-        super().__init__(pre)
         core = ov.Core()
         config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
-        compiled = _cached(
-            [path, path.with_suffix(".bin")],
-            build=lambda: self._convert(model, pre, path),
-            load=lambda: core.compile_model(core.read_model(str(path)), "CPU", config),
-            what=f"OpenVINO model of {key['architecture']}",
-        )
-        self.request = compiled.create_infer_request()
+        return core.compile_model(core.read_model(str(path)), "CPU", config).create_infer_request()
+
+    @classmethod
+    def from_file(cls, path: Path, pre: Preprocessing) -> OpenVinoEngine:
+        """Run an existing IR file (an export), no conversion."""
+        engine = cls.__new__(cls)
+        _NumpyNormalise.__init__(engine, pre)
+        engine.path, engine.request = path, cls._open(path)
+        return engine
 
     @staticmethod
     def _convert(model: torch.nn.Module, pre: Preprocessing, path: Path) -> None:
@@ -190,25 +201,35 @@ class OnnxRuntimeEngine(_NumpyNormalise):
     name = "onnxruntime"
 
     def __init__(self, model: torch.nn.Module, pre: Preprocessing, key: dict[str, Any]) -> None:
+        super().__init__(pre)
+        path = _cache_path(key, ".onnx")
+        self.path = path
+        self.session = _cached(
+            [path],
+            build=lambda: self._export(model, pre, path),
+            load=lambda: self._open(path),
+            what=f"ONNX model of {key['architecture']}",
+        )
+
+    @staticmethod
+    def _open(path: Path) -> Any:
         try:
             import onnxruntime as ort
         except ImportError:
             raise EngineError(
                 "engine='onnxruntime' needs ONNX Runtime: pip install 'tlearn[onnx]'"
             ) from None
-        path = _cache_path(key, ".onnx")
-        self.path = path
-        super().__init__(pre)
         options = ort.SessionOptions()
         options.intra_op_num_threads = os.cpu_count() or 1
-        self.session = _cached(
-            [path],
-            build=lambda: self._export(model, pre, path),
-            load=lambda: ort.InferenceSession(
-                str(path), options, providers=["CPUExecutionProvider"]
-            ),
-            what=f"ONNX model of {key['architecture']}",
-        )
+        return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    @classmethod
+    def from_file(cls, path: Path, pre: Preprocessing) -> OnnxRuntimeEngine:
+        """Run an existing ONNX file (an export), no conversion."""
+        engine = cls.__new__(cls)
+        _NumpyNormalise.__init__(engine, pre)
+        engine.path, engine.session = path, cls._open(path)
+        return engine
 
     @staticmethod
     def _export(model: torch.nn.Module, pre: Preprocessing, path: Path) -> None:

@@ -1,0 +1,104 @@
+"""tlearn export: the classifier as ONNX / OpenVINO IR, predicting what the model predicts."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tlearn import LinearProbe, save
+from tlearn.export import _linear_head, export_model, load_exported
+from tlearn.inference import iter_predictions
+
+
+@pytest.fixture(scope="module")
+def probe(cifar3):
+    return LinearProbe(image_size=64, Cs=[1.0]).fit(cifar3[0], cifar3[1])
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "openvino"])
+def test_exported_classifier_matches_the_model(fmt, probe, cifar3, tmp_path):
+    path = export_model(probe, tmp_path / "clf", fmt)
+    meta = json.loads(Path(path + ".json").read_text())
+    assert meta["classes"] == ["airplane", "frog", "truck"]
+    assert meta["preprocessing"]["input_size"] == 64
+    paths = list(cifar3[2])
+    rows = list(iter_predictions(load_exported(path), paths, top_k=3))
+    expected = probe.predict_proba(paths)
+    got = np.array(
+        [
+            [
+                dict(zip(r["top_labels"], r["top_probabilities"], strict=True))[c]
+                for c in probe.classes_
+            ]
+            for r in rows
+        ]
+    )
+    # ONNX Runtime agrees to ~1e-6; OpenVINO's CPU kernels differed by up to ~4e-3 here
+    assert np.abs(got - expected).max() < (1e-4 if fmt == "onnx" else 1e-2)
+    assert [r["label"] for r in rows] == list(probe.predict(paths))
+
+
+def test_two_class_logistic_head_folds_into_two_logits(cifar3):
+    X, y = cifar3[0][:30], cifar3[1][:30]
+    keep = y != "truck"
+    binary = LinearProbe(image_size=32, Cs=[1.0]).fit(X[keep], y[keep])
+    W, b = _linear_head(binary)
+    F = binary.features_.transform(list(X[keep]))
+    logits = F @ W.T + b
+    proba = np.exp(logits - logits.max(1, keepdims=True))
+    proba /= proba.sum(1, keepdims=True)
+    assert np.allclose(proba, binary.predict_proba_features(F), atol=1e-5)
+
+
+def test_cli_export_then_predict(probe, cifar_zip, tmp_path):
+    model = tmp_path / "m.safetensors"
+    save(probe, model)
+    env = {**os.environ, "COLUMNS": "200"}
+    r = subprocess.run(
+        [sys.executable, "-m", "tlearn", "export", str(model), "--out", str(tmp_path / "m.onnx")],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert r.returncode == 0, r.stderr
+    out = tmp_path / "p.csv"
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tlearn",
+            "predict",
+            str(tmp_path / "m.onnx"),
+            f"{cifar_zip}/test/frog/0001.jpg",
+            "--output",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "1 images predicted, 0 failed" in r.stdout
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tlearn",
+            "export",
+            str(model),
+            "--out",
+            str(tmp_path / "m.x"),
+            "--format",
+            "tflite",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert r.returncode == 2 and "--format must be one of" in r.stderr
