@@ -36,6 +36,7 @@ ENGINES = ("auto", "torch", "torch-bf16", "onnxruntime", "openvino")
 AUTO_ORDER = ("openvino", "onnxruntime", "torch-bf16", "torch")
 MIN_COSINE = 0.999
 T = TypeVar("T")
+E = TypeVar("E", bound="_CompiledEngine")
 
 
 class EngineError(TlearnError):
@@ -127,7 +128,26 @@ class _NumpyNormalise:
         return np.ascontiguousarray((x - self._mean) / self._std)
 
 
-class OpenVinoEngine(_NumpyNormalise):
+class _CompiledEngine(_NumpyNormalise):
+    """An engine that runs a compiled file: ``_open(path)`` gives the runtime's handle."""
+
+    path: Path
+    _handle: Any
+
+    @staticmethod
+    def _open(path: Path) -> Any:
+        raise TypeError("subclasses say how their runtime opens a file")
+
+    @classmethod
+    def from_file(cls: type[E], path: Path, pre: Preprocessing) -> E:
+        """Run an existing compiled file (an export) as it is, without converting."""
+        engine = cls.__new__(cls)
+        _NumpyNormalise.__init__(engine, pre)
+        engine.path, engine._handle = path, cls._open(path)
+        return engine
+
+
+class OpenVinoEngine(_CompiledEngine):
     """The backbone converted by OpenVINO from PyTorch (cached on disk as IR), fp32, tuned
     for latency: one request at a time uses every core, which suits batched featurising."""
 
@@ -137,7 +157,7 @@ class OpenVinoEngine(_NumpyNormalise):
         super().__init__(pre)
         path = _cache_path(key, ".xml")
         self.path = path
-        self.request = _cached(
+        self._handle = _cached(
             [path, path.with_suffix(".bin")],
             build=lambda: self._convert(model, pre, path),
             load=lambda: self._open(path),
@@ -155,14 +175,6 @@ class OpenVinoEngine(_NumpyNormalise):
         core = ov.Core()
         config = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"}
         return core.compile_model(core.read_model(str(path)), "CPU", config).create_infer_request()
-
-    @classmethod
-    def from_file(cls, path: Path, pre: Preprocessing) -> OpenVinoEngine:
-        """Run an existing IR file (an export), no conversion."""
-        engine = cls.__new__(cls)
-        _NumpyNormalise.__init__(engine, pre)
-        engine.path, engine.request = path, cls._open(path)
-        return engine
 
     @staticmethod
     def _convert(model: torch.nn.Module, pre: Preprocessing, path: Path) -> None:
@@ -191,11 +203,11 @@ class OpenVinoEngine(_NumpyNormalise):
     def __call__(self, images: np.ndarray) -> np.ndarray:
         if not len(images):
             return np.empty((0, 0), np.float32)
-        out = self.request.infer({0: self.normalise(images)})[0]
+        out = self._handle.infer({0: self.normalise(images)})[0]
         return np.array(out, dtype=np.float32)
 
 
-class OnnxRuntimeEngine(_NumpyNormalise):
+class OnnxRuntimeEngine(_CompiledEngine):
     """The backbone exported to ONNX (cached on disk) and run by ONNX Runtime on CPU."""
 
     name = "onnxruntime"
@@ -204,7 +216,7 @@ class OnnxRuntimeEngine(_NumpyNormalise):
         super().__init__(pre)
         path = _cache_path(key, ".onnx")
         self.path = path
-        self.session = _cached(
+        self._handle = _cached(
             [path],
             build=lambda: self._export(model, pre, path),
             load=lambda: self._open(path),
@@ -222,14 +234,6 @@ class OnnxRuntimeEngine(_NumpyNormalise):
         options = ort.SessionOptions()
         options.intra_op_num_threads = os.cpu_count() or 1
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-    @classmethod
-    def from_file(cls, path: Path, pre: Preprocessing) -> OnnxRuntimeEngine:
-        """Run an existing ONNX file (an export), no conversion."""
-        engine = cls.__new__(cls)
-        _NumpyNormalise.__init__(engine, pre)
-        engine.path, engine.session = path, cls._open(path)
-        return engine
 
     @staticmethod
     def _export(model: torch.nn.Module, pre: Preprocessing, path: Path) -> None:
@@ -260,7 +264,7 @@ class OnnxRuntimeEngine(_NumpyNormalise):
         outs = []
         for i in range(0, len(images), step):
             batch = self.normalise(images[i : i + step])
-            outs.append(self.session.run(None, {"images": batch})[0])
+            outs.append(self._handle.run(None, {"images": batch})[0])
         return (
             np.concatenate(outs).astype(np.float32, copy=False)
             if outs
