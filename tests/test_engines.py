@@ -25,7 +25,8 @@ def reference(cifar3):
 
 
 @pytest.mark.parametrize(
-    ("engine", "min_cos"), [("torch-bf16", 0.99), ("onnxruntime", 0.99999), ("openvino", 0.9999)]
+    ("engine", "min_cos"),
+    [("torch-bf16", 0.99), ("onnxruntime", 0.99999), ("openvino", 0.9999), ("openvino-bf16", 0.95)],
 )
 def test_engines_agree_with_fp32_torch(engine, min_cos, reference):
     paths, expected = reference
@@ -52,15 +53,14 @@ def test_onnx_export_is_cached_and_a_corrupt_cache_rebuilt(reference, tmp_path, 
 
 def test_auto_takes_the_first_engine_that_agrees(reference, monkeypatch):
     paths, expected = reference
-    est = PretrainedFeatures(image_size=64, engine="auto").fit()
+    est = PretrainedFeatures(image_size=64, engine="auto").fit()  # no X: no int8
     got = est.transform(paths)
-    first = engines.available_engines(
-        est._engine.device if hasattr(est._engine, "device") else __import__("torch").device("cpu")
-    )[0]
-    assert est.engine_.startswith(f"engine {first}")
+    first = [e for e in engines.available_engines(torch.device("cpu")) if e != "openvino-int8"]
+    assert est.engine_.startswith(f"engine {first[0]} (")
     assert cosine(got, expected) >= engines.MIN_COSINE
     # when no faster engine agrees closely enough, auto says so and keeps fp32 torch
     monkeypatch.setattr(engines, "MIN_COSINE", 1.5)
+    monkeypatch.setattr(engines, "MIN_MEAN_COSINE_REDUCED", 1.5)
     strict = PretrainedFeatures(image_size=64, engine="auto").fit()
     assert np.allclose(strict.transform(paths), expected, atol=1e-5)
     assert strict.engine_.startswith("engine torch (") and "disagrees" in strict.engine_
@@ -117,3 +117,79 @@ def test_openvino_engine_is_cached_and_a_corrupt_cache_rebuilt(reference, tmp_pa
     again = PretrainedFeatures(image_size=64, engine="openvino").fit()
     with pytest.warns(UserWarning, match="unreadable and is rebuilt"):
         assert cosine(again.transform(paths), expected) >= 0.9999
+
+
+@pytest.fixture(scope="module")
+def calibration_set(cifar_zip):
+    """120 training JPEGs of 3 classes (enough to calibrate int8) and 12 test JPEGs."""
+    from tlearn import load_image_folder
+
+    train = load_image_folder(
+        f"{cifar_zip}/train", categories=["cat", "ship", "truck"], max_per_class=40
+    )
+    names = np.asarray(train.target_names, dtype=object)
+    return list(train.filenames), names[train.target]
+
+
+def test_openvino_int8_calibrates_on_fit_images_and_keeps_the_features(
+    calibration_set, reference, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("TLEARN_HOME", str(tmp_path))
+    X, _ = calibration_set
+    paths, expected = reference
+    est = PretrainedFeatures(image_size=64, engine="openvino-int8").fit(X)
+    got = est.transform(paths)
+    cos = (got * expected).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(expected, axis=1)
+    # int8 is not bit-faithful: every image still points the same way, and on average closely
+    assert cos.min() > 0.9 and cos.mean() >= engines.MIN_MEAN_COSINE_REDUCED
+    assert est.engine_ == "engine openvino-int8" and est._engine.precision == "int8"
+    # the quantised model is cached, keyed by the calibration images: other images, new file
+    assert len(list((tmp_path / "engines").glob("*.xml"))) == 1
+    PretrainedFeatures(image_size=64, engine="openvino-int8").fit(X[::-1])
+    assert len(list((tmp_path / "engines").glob("*.xml"))) == 2
+    PretrainedFeatures(image_size=64, engine="openvino-int8").fit(X)
+    assert len(list((tmp_path / "engines").glob("*.xml"))) == 2
+
+
+def test_int8_with_too_few_images_says_how_many_are_needed(calibration_set):
+    X, _ = calibration_set
+    with pytest.raises(engines.EngineError, match="at least 100 readable images.*got 50"):
+        PretrainedFeatures(image_size=64, engine="openvino-int8").fit(X[:50])
+    with pytest.raises(engines.EngineError, match="call fit\\(X\\) with at least 100"):
+        PretrainedFeatures(image_size=64, engine="openvino-int8").fit()
+    # auto passes over int8 then, and takes the next engine that agrees
+    est = PretrainedFeatures(image_size=64, engine="auto").fit(X[:50])
+    assert est.engine_.startswith("engine openvino (agrees with fp32 torch: cosine ")
+
+
+def test_auto_takes_int8_when_fit_gives_enough_images(calibration_set, reference):
+    X, _ = calibration_set
+    paths, expected = reference
+    est = PretrainedFeatures(image_size=64, engine="auto").fit(X)
+    assert est.engine_.startswith("engine openvino-int8 (agrees with fp32 torch: mean cosine")
+    got = est.transform(paths)
+    ok, figure = engines.agreement("openvino-int8", got, expected)
+    assert ok, figure
+
+
+def test_a_saved_int8_model_carries_its_calibrated_engine(calibration_set, tmp_path, monkeypatch):
+    import tlearn
+    from tlearn import LinearProbe
+
+    X, y = calibration_set
+    probe = LinearProbe(image_size=64, engine="openvino-int8", Cs=[0.1]).fit(X, y)
+    expected = probe.predict_proba(X[:16])
+    tlearn.save(probe, tmp_path / "m.safetensors")
+    # a fresh cache, as on another machine: the calibration images are not needed again
+    monkeypatch.setenv("TLEARN_HOME", str(tmp_path / "elsewhere"))
+    loaded = tlearn.load(tmp_path / "m.safetensors")
+    assert loaded.features_.engine_ == "engine openvino-int8 (from the model file)"
+    np.testing.assert_array_equal(loaded.predict_proba(X[:16]), expected)
+    # where OpenVINO cannot run it, the model still predicts, with fp32 torch, and says so
+    monkeypatch.setattr(
+        engines.OpenVinoEngine, "_open", staticmethod(lambda *a: (_ for _ in ()).throw(OSError))
+    )
+    with pytest.warns(UserWarning, match="predicting with fp32 torch instead"):
+        fallback = tlearn.load(tmp_path / "m.safetensors")
+    assert fallback.features_.engine == "torch"
+    assert (fallback.predict(X[:16]) == probe.predict(X[:16])).mean() >= 0.8

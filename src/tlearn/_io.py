@@ -11,7 +11,20 @@ from typing import Any
 
 import torch
 
-__all__ = ["read_safetensors", "write_safetensors_atomic"]
+__all__ = ["read_safetensors", "write_atomic", "write_safetensors_atomic"]
+
+
+def write_atomic(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in the same folder."""
+    path = os.fspath(path)
+    fd, tmp = tempfile.mkstemp(prefix=".tlearn-", suffix=".tmp", dir=os.path.dirname(path))
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 def write_safetensors_atomic(

@@ -20,7 +20,7 @@ from tlearn.backbones import load_backbone
 from tlearn.data.images import read_bytes
 from tlearn.features import PretrainedFeatures
 from tlearn.runtime import resolve_device
-from tlearn.runtime.engines import available_engines, make_engine
+from tlearn.runtime.engines import EngineError, available_engines
 
 __all__ = ["count_gflops", "run_bench"]
 
@@ -85,7 +85,7 @@ def run_bench(
     bb = load_backbone(backbone)
     pre = bb.preprocessing.with_size(image_size)
     gflops = count_gflops(bb.model, pre.input_size)
-    names = list(engines or available_engines(dev))
+    names = list(engines or ["auto", *available_engines(dev)])
     report(
         f"{len(paths)} images, backbone {backbone} at {pre.input_size} px "
         f"({gflops:.2f} GFLOP/image), device {dev}, {torch.get_num_threads()} threads"
@@ -94,39 +94,34 @@ def run_bench(
     naive = _timed(lambda: naive_loop(backbone, paths), len(paths))
     rows.append({"engine": "naive loop", "end_to_end": naive, "model_only": float("nan")})
     report(
-        f"{'engine':<16}{'end to end':>12}{'vs naive':>10}{'model only':>12}"
+        f"{'engine':<22}{'end to end':>12}{'vs naive':>10}{'model only':>12}"
         f"{'GFLOP/s':>9}{'peak MiB':>10}"
     )
     report(
-        f"{'naive loop':<16}{naive:>10.1f}/s{1.0:>9.1f}x{'':>12}{naive * gflops:>9.1f}"
+        f"{'naive loop':<22}{naive:>10.1f}/s{1.0:>9.1f}x{'':>12}{naive * gflops:>9.1f}"
         f"{_peak_mib():>10.0f}"
     )
     batch = np.random.default_rng(0).integers(
         0, 256, (batch_size, pre.input_size, pre.input_size, 3), dtype=np.uint8
     )
     for name in names:
-        engine, _ = make_engine(
-            name,
-            bb.model,
-            pre,
-            dev,
-            {
-                "architecture": bb.architecture,
-                "weights_sha256": bb.weights_sha256,
-                "preprocessing": pre.to_dict(),
-                "engine": name,
-            },
-        )
-        engine(batch)  # warm-up: kernel selection, first allocations
-        model_only = _timed(partial(_repeat, engine, batch, 3), 3 * batch_size)
         est = PretrainedFeatures(
             backbone, image_size=image_size, batch_size=batch_size, device=device, engine=name
-        ).fit()
-        est.transform(list(paths[:batch_size]))
+        )
+        try:
+            est.fit(list(paths))  # int8 (and auto) calibrate on these images
+            est.transform(list(paths[:batch_size]))  # warm-up: kernels, first allocations
+        except EngineError as e:
+            report(f"{name:<22}cannot run: {e}")
+            continue
+        engine = est._get_engine()
+        model_only = _timed(partial(_repeat, engine, batch, 3), 3 * batch_size)
         e2e = _timed(partial(est.transform, list(paths)), len(paths))
+        label = name if name != "auto" else f"auto={engine.name}"
         rows.append(
             {
-                "engine": name,
+                "engine": label,
+                "choice": est.engine_,
                 "end_to_end": e2e,
                 "model_only": model_only,
                 "ratio": e2e / naive,
@@ -134,7 +129,9 @@ def run_bench(
             }
         )
         report(
-            f"{name:<16}{e2e:>10.1f}/s{e2e / naive:>9.1f}x{model_only:>10.1f}/s"
+            f"{label:<22}{e2e:>10.1f}/s{e2e / naive:>9.1f}x{model_only:>10.1f}/s"
             f"{model_only * gflops:>9.1f}{_peak_mib():>10.0f}"
         )
+        if name == "auto":
+            report(f"  auto chose {est.engine_}")
     return rows

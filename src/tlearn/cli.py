@@ -54,8 +54,9 @@ def _labelled(source: str, max_per_class: int | None, seed: int) -> tuple[Any, n
 EngineOpt = Annotated[
     str | None,
     typer.Option(
-        help="Inference engine: torch, torch-bf16, onnxruntime or auto (default: the "
-        "model's own, torch)."
+        help="Inference engine: torch, torch-bf16, onnxruntime, openvino, openvino-bf16, "
+        "openvino-int8 (calibrated on the training images) or auto (default: the model's "
+        "own, torch)."
     ),
 ]
 
@@ -70,6 +71,15 @@ def _use_engine(model: Any, engine: str | None) -> None:
     if engine not in ENGINES:
         _fail(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     features = split_model(model).features
+    current = getattr(features, "_engine", None)
+    if engine == "openvino-int8":
+        if current is not None and current.name == engine:
+            return  # the model file carries its calibrated engine
+        _fail(
+            "--engine openvino-int8 calibrates on training images, so it is chosen at fit "
+            "time: tlearn fit ... --engine openvino-int8 (or auto) keeps the calibrated "
+            "engine in the model file"
+        )
     features.set_params(engine=engine, verbose=1)
     features._engine = None
 
@@ -527,7 +537,9 @@ def bench(
     backbone: str = "efficientnet_lite0",
     engine: Annotated[
         list[str] | None,
-        typer.Option(help="Engines to measure (repeat the flag); default: all available."),
+        typer.Option(
+            help="Engines to measure (repeat the flag); default: auto, then each available."
+        ),
     ] = None,
     n: Annotated[int, typer.Option(help="How many images.")] = 1000,
     batch_size: int = 32,

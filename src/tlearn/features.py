@@ -14,10 +14,17 @@ from sklearn.utils.validation import check_is_fitted
 
 from tlearn.backbones import DEFAULT_BACKBONE, Backbone, load_backbone
 from tlearn.data.images import Preprocessing
-from tlearn.data.loader import ImageInput, check_images, iter_batches
+from tlearn.data.loader import ImageInput, check_images, iter_batches, sample_indices
 from tlearn.runtime import FeatureCache, resolve_device
 from tlearn.runtime.cache import content_key
-from tlearn.runtime.engines import ENGINES, Engine, make_engine
+from tlearn.runtime.engines import (
+    CALIBRATION_IMAGES,
+    ENGINES,
+    MIN_CALIBRATION_IMAGES,
+    Engine,
+    EngineError,
+    make_engine,
+)
 
 __all__ = ["PretrainedFeatures"]
 
@@ -52,10 +59,14 @@ class PretrainedFeatures(TransformerMixin, BaseEstimator):
     on_error : {"raise", "skip"}, default="raise"
         ``"skip"``: unreadable images give a row of NaN, are warned about, and are listed
         in ``errors_`` as ``(index, path, reason)``; every other image is still processed.
-    engine : {"torch", "torch-bf16", "onnxruntime", "auto"}, default="torch"
-        What runs the network (see :mod:`tlearn.runtime.engines`); ``auto`` takes the
-        fastest available engine whose features agree with fp32 torch (cosine >= 0.999 on
-        the first batch) and records its choice in ``engine_``.
+    engine : str, default="torch"
+        What runs the network (see :mod:`tlearn.runtime.engines`): ``"torch"`` (fp32),
+        ``"torch-bf16"``, ``"onnxruntime"``, ``"openvino"`` (fp32), ``"openvino-bf16"``,
+        ``"openvino-int8"`` (quantised on the images given to ``fit``) or ``"auto"``: the
+        fastest available engine whose features agree with fp32 torch on the calibration
+        images (cosine >= 0.999 for fp32 engines, mean cosine >= 0.98 for bf16 and int8),
+        which records its choice in ``engine_``. ``auto`` and ``openvino-int8`` use ``X``
+        from ``fit(X)``; without it, ``auto`` checks on the first batch and skips int8.
     verbose : int, default=0
         Show a progress bar when > 0 and there are many images.
 
@@ -124,10 +135,38 @@ class PretrainedFeatures(TransformerMixin, BaseEstimator):
             )
 
     def fit(self, X: object = None, y: object = None) -> PretrainedFeatures:
-        """Load the backbone (the network is frozen: ``X`` and ``y`` are not used)."""
+        """Load the backbone. The network stays frozen (``y`` is not used).
+
+        ``X`` calibrates the engines that need it: ``openvino-int8`` (and ``auto``, which
+        may choose it) quantises on up to 300 images spread over ``X`` and needs at least
+        100. Other engines ignore ``X``.
+        """
         self._check_params()
         self._set_backbone(load_backbone(self.backbone, self.weights))
+        if self.engine == "openvino-int8" and X is None:
+            raise EngineError(
+                "engine='openvino-int8' calibrates on your images: call fit(X) with at least "
+                f"{MIN_CALIBRATION_IMAGES} of them (a Pipeline or LinearProbe does this)"
+            )
+        if X is not None and self.engine in ("auto", "openvino-int8"):
+            self._get_engine(self._calibration_images(check_images(X)))
         return self
+
+    def _calibration_images(self, images: ImageInput) -> np.ndarray | None:
+        """Up to :data:`CALIBRATION_IMAGES` readable images spread over ``images``,
+        preprocessed: ``(n, size, size, 3)`` uint8."""
+        idx = sample_indices(len(images), CALIBRATION_IMAGES)
+        subset: ImageInput = (
+            images[idx] if isinstance(images, np.ndarray) else [images[i] for i in idx]
+        )
+        arrays = [
+            b.images
+            for b in iter_batches(
+                subset, self.preprocessing_, 64, n_workers=self.n_workers, on_error="skip"
+            )
+            if len(b.images)
+        ]
+        return np.concatenate(arrays) if arrays else None
 
     def _set_backbone(self, backbone: Backbone) -> None:
         """Install a ready backbone (used by ``fit`` and when loading a model file)."""

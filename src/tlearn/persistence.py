@@ -10,8 +10,10 @@ scikit-learn ``Pipeline`` objects of ``PretrainedFeatures`` -> optional ``Standa
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 import os
+import warnings
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -21,13 +23,14 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from tlearn._io import write_safetensors_atomic
+from tlearn._io import write_atomic, write_safetensors_atomic
 from tlearn.backbones import Backbone, build_backbone, state_dict_sha256
 from tlearn.data.images import Preprocessing
 from tlearn.exceptions import ModelFileError
 from tlearn.features import PretrainedFeatures
 from tlearn.finetune import FineTuneClassifier
 from tlearn.probe import LinearProbe
+from tlearn.runtime.engines import OpenVinoEngine, engine_cache_dir
 
 __all__ = ["FORMAT_VERSION", "load", "read_metadata", "save"]
 
@@ -156,10 +159,51 @@ def save(model: Any, path: str | os.PathLike[str]) -> str:
     }
     for k, v in _head_tensors(scaler, clf).items():
         tensors[k] = torch.from_numpy(np.ascontiguousarray(v))
+    meta["engine"] = _engine_files(features, tensors)
     path = os.fspath(path)
     _check_folder(path)
     write_safetensors_atomic(path, tensors, meta, key=_MAGIC)
     return path
+
+
+def _engine_files(features: PretrainedFeatures, tensors: dict[str, Any]) -> str | None:
+    """An int8 engine was calibrated on the training images, which are gone at load time:
+    its compiled files travel in the model file (as bytes) so a loaded model predicts the
+    same. Returns the engine's name, or None when there is nothing to keep."""
+    engine = getattr(features, "_engine", None)
+    if not isinstance(engine, OpenVinoEngine) or engine.precision != "int8":
+        return None
+    for part, suffix in (("xml", ".xml"), ("bin", ".bin")):
+        data = bytearray(engine.path.with_suffix(suffix).read_bytes())
+        tensors[f"engine.{part}"] = torch.frombuffer(data, dtype=torch.uint8)
+    return engine.name
+
+
+def _restore_engine(
+    features: PretrainedFeatures, name: str, tensors: dict[str, torch.Tensor], path: str
+) -> None:
+    """Run the stored int8 engine; without OpenVINO here, fall back to fp32 torch, warning."""
+    xml, bin_ = tensors["engine.xml"].numpy().tobytes(), tensors["engine.bin"].numpy().tobytes()
+    digest = hashlib.sha256(xml + bin_).hexdigest()[:16]
+    target = engine_cache_dir() / f"model-file-{digest}.xml"
+    try:
+        if not (target.is_file() and target.with_suffix(".bin").is_file()):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(target.with_suffix(".bin"), bin_)
+            write_atomic(target, xml)
+        engine = OpenVinoEngine.from_file(target, features.preprocessing_)
+    except Exception as e:
+        warnings.warn(
+            f"{path!r} carries an {name} engine calibrated on its training images, which "
+            f"cannot run here ({str(e)[:160]}); predicting with fp32 torch instead, so "
+            "probabilities may differ slightly. pip install 'tlearn[openvino]' to use it",
+            UserWarning,
+            stacklevel=3,
+        )
+        features.set_params(engine="torch")
+        return
+    engine.name, engine.precision = name, "int8"
+    features._engine, features.engine_ = engine, f"engine {name} (from the model file)"
 
 
 def _check_folder(path: str) -> None:
@@ -305,6 +349,8 @@ def load(path: str | os.PathLike[str]) -> Any:
             scaler.n_samples_seen_ = np.int64(0)
     except KeyError as e:
         raise ModelFileError(f"{path!r} is damaged or incomplete: missing {e}") from None
+    if meta.get("engine"):
+        _restore_engine(features, meta["engine"], tensors, path)
     if meta["kind"] == "linear_probe":
         probe = LinearProbe(
             bmeta["name"], **{k: v for k, v in bmeta["params"].items()}, **head["params"]

@@ -156,7 +156,7 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         features = self._make_features()
         n = len(check_images(X))
         classes, y_enc = check_labels(y, n)
-        features.fit()
+        features.fit(X)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # bad images are reported below
             F = features.transform(X)

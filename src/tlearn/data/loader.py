@@ -25,7 +25,14 @@ from tlearn.data.images import (
 )
 from tlearn.exceptions import DataError, ImageReadError
 
-__all__ = ["Batch", "ImageInput", "check_images", "iter_batches", "load_preprocessed"]
+__all__ = [
+    "Batch",
+    "ImageInput",
+    "check_images",
+    "iter_batches",
+    "load_preprocessed",
+    "sample_indices",
+]
 
 #: What every estimator accepts as ``X``: image paths, or uint8 images ``(n, h, w[, 3])``.
 ImageInput = Sequence[str] | np.ndarray
@@ -80,6 +87,14 @@ def load_preprocessed(X: ImageInput, i: int, pre: Preprocessing) -> np.ndarray:
     path = X[i]
     img = decode_image(read_bytes(path), path, min_side=pre.resize_size)
     return preprocess_image(img, pre)
+
+
+def sample_indices(n: int, k: int) -> np.ndarray:
+    """``min(n, k)`` positions spread evenly over ``range(n)``: a deterministic sample that
+    sees every part of a folder listing (which is grouped by class)."""
+    if n <= k:
+        return np.arange(n)
+    return np.linspace(0, n - 1, k).round().astype(np.int64)
 
 
 def _name(X: ImageInput, i: int) -> str:
