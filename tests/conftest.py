@@ -50,6 +50,18 @@ def cifar3(cifar_zip: Path):
     return train.filenames, names[train.target], test.filenames, names[test.target]
 
 
+@pytest.fixture(scope="session")
+def calibration_set(cifar_zip):
+    """120 training JPEGs of 3 classes (enough to calibrate int8) and 12 test JPEGs."""
+    from tlearn import load_image_folder
+
+    train = load_image_folder(
+        f"{cifar_zip}/train", categories=["cat", "ship", "truck"], max_per_class=40
+    )
+    names = np.asarray(train.target_names, dtype=object)
+    return list(train.filenames), names[train.target]
+
+
 def extract_members(zip_path: Path, members: list[str], dest: Path) -> list[Path]:
     out = []
     with zipfile.ZipFile(zip_path) as zf:

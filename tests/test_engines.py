@@ -119,18 +119,6 @@ def test_openvino_engine_is_cached_and_a_corrupt_cache_rebuilt(reference, tmp_pa
         assert cosine(again.transform(paths), expected) >= 0.9999
 
 
-@pytest.fixture(scope="module")
-def calibration_set(cifar_zip):
-    """120 training JPEGs of 3 classes (enough to calibrate int8) and 12 test JPEGs."""
-    from tlearn import load_image_folder
-
-    train = load_image_folder(
-        f"{cifar_zip}/train", categories=["cat", "ship", "truck"], max_per_class=40
-    )
-    names = np.asarray(train.target_names, dtype=object)
-    return list(train.filenames), names[train.target]
-
-
 def test_openvino_int8_calibrates_on_fit_images_and_keeps_the_features(
     calibration_set, reference, tmp_path, monkeypatch
 ):

