@@ -181,3 +181,20 @@ def test_a_saved_int8_model_carries_its_calibrated_engine(calibration_set, tmp_p
         fallback = tlearn.load(tmp_path / "m.safetensors")
     assert fallback.features_.engine == "torch"
     assert (fallback.predict(X[:16]) == probe.predict(X[:16])).mean() >= 0.8
+
+
+def test_auto_warns_and_falls_back_when_an_engine_cannot_run_the_backbone(reference, monkeypatch):
+    paths, expected = reference
+
+    def cannot(*args, **kwargs):
+        raise engines.EngineError("OpenVINO cannot convert this backbone (unsupported op)")
+
+    monkeypatch.setattr(engines, "OpenVinoEngine", cannot)
+    est = PretrainedFeatures(image_size=64, engine="auto").fit()
+    with pytest.warns(UserWarning, match="openvino cannot run this backbone.*unsupported op"):
+        got = est.transform(paths)
+    assert est.engine_.startswith("engine onnxruntime (")
+    assert cosine(got, expected) >= engines.MIN_COSINE
+    # asked for explicitly, the same failure is an error, not a fallback
+    with pytest.raises(engines.EngineError, match="unsupported op"):
+        PretrainedFeatures(image_size=64, engine="openvino").fit().transform(paths)

@@ -49,12 +49,14 @@ def _timed(fn: Callable[[], Any], n: int) -> float:
     return n / (time.perf_counter() - t0)
 
 
-def naive_loop(backbone: str, paths: Sequence[str]) -> np.ndarray:
+def naive_loop(
+    backbone: str, paths: Sequence[str], weights: str | None = "pretrained"
+) -> np.ndarray:
     """What hand-written scripts do: one image at a time through timm's eval transform,
     eager PyTorch. Returns the features ``(n, n_features)``."""
     from timm.data import create_transform
 
-    bb = load_backbone(backbone)
+    bb = load_backbone(backbone, weights)
     pre = bb.preprocessing
     transform = create_transform(
         input_size=pre.input_size,
@@ -79,10 +81,12 @@ def run_bench(
     image_size: int | None = None,
     device: str = "auto",
     report: Callable[[str], None] = print,
+    weights: str | None = "pretrained",
 ) -> list[dict[str, Any]]:
-    """Measure and print; returns one dict per row."""
+    """Measure and print; returns one dict per row. ``weights=None``: random weights, for
+    speed alone (no download needed)."""
     dev = resolve_device(device)
-    bb = load_backbone(backbone)
+    bb = load_backbone(backbone, weights)
     pre = bb.preprocessing.with_size(image_size)
     gflops = count_gflops(bb.model, pre.input_size)
     names = list(engines or ["auto", *available_engines(dev)])
@@ -91,7 +95,7 @@ def run_bench(
         f"({gflops:.2f} GFLOP/image), device {dev}, {torch.get_num_threads()} threads"
     )
     rows: list[dict[str, Any]] = []
-    naive = _timed(lambda: naive_loop(backbone, paths), len(paths))
+    naive = _timed(lambda: naive_loop(backbone, paths, weights), len(paths))
     rows.append({"engine": "naive loop", "end_to_end": naive, "model_only": float("nan")})
     report(
         f"{'engine':<22}{'end to end':>12}{'vs naive':>10}{'model only':>12}"
@@ -106,7 +110,12 @@ def run_bench(
     )
     for name in names:
         est = PretrainedFeatures(
-            backbone, image_size=image_size, batch_size=batch_size, device=device, engine=name
+            backbone,
+            weights=weights,
+            image_size=image_size,
+            batch_size=batch_size,
+            device=device,
+            engine=name,
         )
         try:
             est.fit(list(paths))  # int8 (and auto) calibrate on these images

@@ -545,6 +545,10 @@ def bench(
     batch_size: int = 32,
     image_size: int | None = None,
     device: str = "auto",
+    weights: Annotated[
+        str,
+        typer.Option(help="'pretrained', a local weights file, or 'none' (random, speed only)."),
+    ] = "pretrained",
 ) -> None:
     """Images per second end to end and model-only for each engine, beside the naive loop."""
     from itertools import islice
@@ -555,7 +559,16 @@ def bench(
     paths = list(islice(iter_image_paths([data]), n))
     if not paths:
         _fail(f"no images found in {data!r}")
-    run_bench(paths, backbone, engine, batch_size, image_size, device, report=console.print)
+    run_bench(
+        paths,
+        backbone,
+        engine,
+        batch_size,
+        image_size,
+        device,
+        report=console.print,
+        weights=None if weights == "none" else weights,
+    )
 
 
 @app.command()

@@ -525,6 +525,12 @@ def make_engine(
             ok, figure = agreement(candidate, engine(check), expected)
         except (EngineError, RuntimeError) as e:
             notes.append(f"{candidate} unusable: {str(e)[:120]}")
+            warnings.warn(
+                f"engine='auto': {candidate} cannot run this backbone ({str(e)[:200]}); "
+                "trying the next engine",
+                UserWarning,
+                stacklevel=3,
+            )
             continue
         if ok:
             return engine, f"engine {candidate} (agrees with fp32 torch: {figure})"
