@@ -71,6 +71,12 @@ def test_auto_without_onnxruntime_and_unknown_engines(reference, monkeypatch):
     assert "onnxruntime" not in engines.available_engines(torch.device("cpu"))
     with pytest.raises(ValueError, match="engine must be one of"):
         PretrainedFeatures(engine="tensorrt").fit()
+    # fp16 autocast is for CUDA; on CPU it is never offered and, asked for, says what to use
+    assert "torch-fp16" not in engines.available_engines(torch.device("cpu"))
+    with pytest.raises(engines.EngineError, match="runs on CUDA GPUs; on CPU use torch-bf16"):
+        PretrainedFeatures(image_size=32, device="cpu", engine="torch-fp16").fit().transform(
+            reference[0][:2]
+        )
 
 
 def test_bench_command_prints_every_engine_beside_the_naive_loop(cifar_zip):

@@ -54,7 +54,8 @@ def _labelled(source: str, max_per_class: int | None, seed: int) -> tuple[Any, n
 EngineOpt = Annotated[
     str | None,
     typer.Option(
-        help="Inference engine: torch, torch-bf16, onnxruntime, openvino, openvino-bf16, "
+        help="Inference engine: torch, torch-bf16, torch-fp16 (CUDA), onnxruntime, openvino, "
+        "openvino-bf16, "
         "openvino-int8 (calibrated on the training images) or auto (default: the model's "
         "own, torch)."
     ),

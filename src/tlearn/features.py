@@ -61,12 +61,13 @@ class PretrainedFeatures(TransformerMixin, BaseEstimator):
         in ``errors_`` as ``(index, path, reason)``; every other image is still processed.
     engine : str, default="torch"
         What runs the network (see :mod:`tlearn.runtime.engines`): ``"torch"`` (fp32),
-        ``"torch-bf16"``, ``"onnxruntime"``, ``"openvino"`` (fp32), ``"openvino-bf16"``,
-        ``"openvino-int8"`` (quantised on the images given to ``fit``) or ``"auto"``: the
-        fastest available engine whose features agree with fp32 torch on the calibration
-        images (cosine >= 0.999 for fp32 engines, mean cosine >= 0.98 for bf16 and int8),
-        which records its choice in ``engine_``. ``auto`` and ``openvino-int8`` use ``X``
-        from ``fit(X)``; without it, ``auto`` checks on the first batch and skips int8.
+        ``"torch-bf16"``, ``"torch-fp16"`` (CUDA), ``"onnxruntime"``, ``"openvino"``
+        (fp32), ``"openvino-bf16"``, ``"openvino-int8"`` (quantised on the images given to
+        ``fit``) or ``"auto"``: the fastest available engine whose features agree with fp32
+        torch on the calibration images (cosine >= 0.999 for fp32 engines, mean cosine >=
+        0.98 for bf16 and int8), which records its choice in ``engine_``. ``auto`` and
+        ``openvino-int8`` use ``X`` from ``fit(X)``; without it, ``auto`` checks on the
+        first batch and skips int8.
     verbose : int, default=0
         Show a progress bar when > 0 and there are many images.
 

@@ -1,5 +1,6 @@
 """Inference engines behind one parameter: ``torch`` (fp32, channels-last), ``torch-bf16``
-(autocast, where the CPU or GPU has native bf16), ``onnxruntime``, ``openvino`` (fp32),
+(autocast, where the CPU or GPU has native bf16), ``torch-fp16`` (autocast, CUDA),
+``onnxruntime``, ``openvino`` (fp32),
 ``openvino-bf16`` and ``openvino-int8`` (quantised by NNCF on the user's own images; the
 ONNX Runtime and OpenVINO engines are optional extras), and ``auto``, which takes the first
 available engine in a fixed order of measured speed whose features agree with fp32 PyTorch
@@ -54,6 +55,7 @@ ENGINES = (
     "auto",
     "torch",
     "torch-bf16",
+    "torch-fp16",
     "onnxruntime",
     "openvino",
     "openvino-bf16",
@@ -63,9 +65,18 @@ ENGINES = (
 #: EfficientNet-Lite0 at 224 px, batch 32, on 2 Zen 4 cores (AVX512-BF16, no AMX):
 #: OpenVINO int8 550-600, OpenVINO fp32 (latency hint) 233, ONNX Runtime 141, OpenVINO
 #: bf16 160, torch bf16 84, torch fp32 79.
-AUTO_ORDER = ("openvino-int8", "openvino", "onnxruntime", "openvino-bf16", "torch-bf16", "torch")
+#: On CUDA only the torch engines run: bf16 where the GPU has it, else fp16, else fp32.
+AUTO_ORDER = (
+    "openvino-int8",
+    "openvino",
+    "onnxruntime",
+    "openvino-bf16",
+    "torch-bf16",
+    "torch-fp16",
+    "torch",
+)
 #: Engines that compute in reduced precision, held to the mean-cosine threshold.
-REDUCED_PRECISION = frozenset({"torch-bf16", "openvino-bf16", "openvino-int8"})
+REDUCED_PRECISION = frozenset({"torch-bf16", "torch-fp16", "openvino-bf16", "openvino-int8"})
 MIN_COSINE = 0.999
 MIN_MEAN_COSINE_REDUCED = 0.98
 #: int8 calibration: NNCF's default subset is 300 images; fewer than 100 gives activation
@@ -127,6 +138,8 @@ def available_engines(device: torch.device) -> list[str]:
         if name == "openvino-int8" and not _has_nncf():
             continue
         if name.endswith("bf16") and not _bf16_native(device):
+            continue
+        if name == "torch-fp16" and device.type != "cuda":
             continue
         out.append(name)
     return out
@@ -485,6 +498,12 @@ def _build(
         return TorchEngine(model, pre, device)
     if name == "torch-bf16":
         return TorchEngine(model, pre, device, autocast=torch.bfloat16)
+    if name == "torch-fp16":
+        if device.type != "cuda":
+            raise EngineError(
+                "engine='torch-fp16' runs on CUDA GPUs; on CPU use torch-bf16 or openvino-int8"
+            )
+        return TorchEngine(model, pre, device, autocast=torch.float16)
     if name.startswith("openvino"):
         if device.type != "cpu":
             raise EngineError(f"engine={name!r} runs on CPU here; use device='cpu'")
