@@ -38,9 +38,14 @@ def _peak_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _repeat(engine: Callable[[np.ndarray], np.ndarray], batch: np.ndarray, k: int) -> None:
-    for _ in range(k):
+def _model_only(engine: Callable[[np.ndarray], np.ndarray], batch: np.ndarray) -> float:
+    """Images/s of ``engine`` on ``batch``, run again and again for at least 2 s (a few
+    passes alone are too short to measure on a shared machine)."""
+    t0, n = time.perf_counter(), 0
+    while n < 3 * len(batch) or time.perf_counter() - t0 < 2.0:
         engine(batch)
+        n += len(batch)
+    return n / (time.perf_counter() - t0)
 
 
 def _timed(fn: Callable[[], Any], n: int) -> float:
@@ -124,7 +129,7 @@ def run_bench(
             report(f"{name:<22}cannot run: {e}")
             continue
         engine = est._get_engine()
-        model_only = _timed(partial(_repeat, engine, batch, 3), 3 * batch_size)
+        model_only = _model_only(engine, batch)
         e2e = _timed(partial(est.transform, list(paths)), len(paths))
         label = name if name != "auto" else f"auto={engine.name}"
         rows.append(
