@@ -179,6 +179,11 @@ def test_a_saved_int8_model_carries_its_calibrated_engine(calibration_set, tmp_p
     loaded = tlearn.load(tmp_path / "m.safetensors")
     assert loaded.features_.engine_ == "engine openvino-int8 (from the model file)"
     np.testing.assert_array_equal(loaded.predict_proba(X[:16]), expected)
+    # an engine whose cached files were deleted cannot be saved, and the error says why
+    probe.features_._engine.path.with_suffix(".bin").unlink()
+    with pytest.raises(tlearn.ModelFileError, match="int8 engine's file .* is gone"):
+        tlearn.save(probe, tmp_path / "again.safetensors")
+    assert not (tmp_path / "again.safetensors").exists()
     # where OpenVINO cannot run it, the model still predicts, with fp32 torch, and says so
     monkeypatch.setattr(
         engines.OpenVinoEngine, "_open", staticmethod(lambda *a: (_ for _ in ()).throw(OSError))

@@ -174,7 +174,14 @@ def _engine_files(features: PretrainedFeatures, tensors: dict[str, Any]) -> str 
     if not isinstance(engine, OpenVinoEngine) or engine.precision != "int8":
         return None
     for part, suffix in (("xml", ".xml"), ("bin", ".bin")):
-        data = bytearray(engine.path.with_suffix(suffix).read_bytes())
+        try:
+            data = bytearray(engine.path.with_suffix(suffix).read_bytes())
+        except OSError as e:
+            raise ModelFileError(
+                f"the calibrated int8 engine's file {engine.path.with_suffix(suffix)} is gone "
+                f"({e.strerror}); was the engine cache cleared? Fit the model again to save "
+                "it, or save it with engine='openvino' (fp32)"
+            ) from None
         tensors[f"engine.{part}"] = torch.frombuffer(data, dtype=torch.uint8)
     return engine.name
 
