@@ -55,9 +55,8 @@ EngineOpt = Annotated[
     str | None,
     typer.Option(
         help="Inference engine: torch, torch-bf16, torch-fp16 (CUDA), onnxruntime, openvino, "
-        "openvino-bf16, "
-        "openvino-int8 (calibrated on the training images) or auto (default: the model's "
-        "own, torch)."
+        "openvino-bf16, openvino-int8 (calibrated on the training images) or auto (default: "
+        "the model's own, torch)."
     ),
 ]
 

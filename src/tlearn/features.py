@@ -23,6 +23,7 @@ from tlearn.runtime.engines import (
     MIN_CALIBRATION_IMAGES,
     Engine,
     EngineError,
+    available_engines,
     make_engine,
 )
 
@@ -150,13 +151,19 @@ class PretrainedFeatures(TransformerMixin, BaseEstimator):
                 f"{MIN_CALIBRATION_IMAGES} of them (a Pipeline or LinearProbe does this)"
             )
         if X is not None and self.engine in ("auto", "openvino-int8"):
-            self._get_engine(self._calibration_images(check_images(X)))
+            # auto only needs the 32 images of its agreement check unless int8 is possible
+            int8 = self.engine == "openvino-int8" or "openvino-int8" in available_engines(
+                resolve_device(self.device)
+            )
+            self._get_engine(
+                self._calibration_images(check_images(X), CALIBRATION_IMAGES if int8 else 32)
+            )
         return self
 
-    def _calibration_images(self, images: ImageInput) -> np.ndarray | None:
-        """Up to :data:`CALIBRATION_IMAGES` readable images spread over ``images``,
-        preprocessed: ``(n, size, size, 3)`` uint8."""
-        idx = sample_indices(len(images), CALIBRATION_IMAGES)
+    def _calibration_images(self, images: ImageInput, k: int) -> np.ndarray | None:
+        """Up to ``k`` readable images spread over ``images``, preprocessed:
+        ``(n, size, size, 3)`` uint8."""
+        idx = sample_indices(len(images), k)
         subset: ImageInput = (
             images[idx] if isinstance(images, np.ndarray) else [images[i] for i in idx]
         )

@@ -77,6 +77,8 @@ AUTO_ORDER = (
 )
 #: Engines that compute in reduced precision, held to the mean-cosine threshold.
 REDUCED_PRECISION = frozenset({"torch-bf16", "torch-fp16", "openvino-bf16", "openvino-int8"})
+#: The OpenVINO engines and the precision each compiles for.
+OPENVINO_PRECISIONS = {"openvino": "f32", "openvino-bf16": "bf16", "openvino-int8": "int8"}
 MIN_COSINE = 0.999
 MIN_MEAN_COSINE_REDUCED = 0.98
 #: int8 calibration: NNCF's default subset is 300 images; fewer than 100 gives activation
@@ -236,7 +238,7 @@ class OpenVinoEngine(_CompiledEngine):
         calibration: np.ndarray | None = None,
     ) -> None:
         super().__init__(pre)
-        self.name = {"f32": "openvino", "bf16": "openvino-bf16", "int8": "openvino-int8"}[precision]
+        self.name = next(n for n, p in OPENVINO_PRECISIONS.items() if p == precision)
         self.precision = precision
         key = {
             **key,
@@ -507,8 +509,7 @@ def _build(
     if name.startswith("openvino"):
         if device.type != "cpu":
             raise EngineError(f"engine={name!r} runs on CPU here; use device='cpu'")
-        precision = {"openvino": "f32", "openvino-bf16": "bf16", "openvino-int8": "int8"}[name]
-        return OpenVinoEngine(model, pre, key, precision, calibration)
+        return OpenVinoEngine(model, pre, key, OPENVINO_PRECISIONS[name], calibration)
     if name == "onnxruntime":
         if device.type != "cpu":
             raise EngineError("engine='onnxruntime' runs on CPU here; use device='cpu'")
