@@ -72,7 +72,9 @@ def main() -> None:
     t0 = time.perf_counter()
     auto = PretrainedFeatures(args.backbone, engine=args.engine).fit(X)
     setup = time.perf_counter() - t0
-    print(f"auto: {auto.engine_} (set up in {setup:.1f} s, calibrating on the training images)")
+    print(
+        f"auto: {auto.engine_reason_} (set up in {setup:.1f} s, calibrating on the training images)"
+    )
     t0 = time.perf_counter()
     F_test_auto = auto.transform(X_test)
     e2e = len(X_test) / (time.perf_counter() - t0)
@@ -100,7 +102,7 @@ def main() -> None:
     print(f"auto - fp32 torch: {diff:+.2f} points (goal: within 0.3)")
 
     # 3. model-only of the chosen engine, batch 32 at the backbone's size
-    engine = auto._get_engine()
+    engine = auto._engine
     size = auto.preprocessing_.input_size
     batch = np.random.default_rng(0).integers(0, 256, (32, size, size, 3), dtype=np.uint8)
     engine(batch)

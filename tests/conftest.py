@@ -1,4 +1,7 @@
-"""Shared fixtures: real CIFAR-10 JPEGs from ../shared/data, small files in tmp_path.
+"""Shared fixtures. Unit and contract tests are hermetic: they write small real image files
+(coloured shapes, :mod:`tests.synthetic`) into temporary folders and zips. Only the accuracy
+tests marked ``needs_data`` read the CIFAR-10 JPEG zip from ../shared/data, and they skip,
+saying why, when it is absent.
 
 The suite keeps one warm backbone per session (load_backbone caches the build) and small
 input sizes, so it stays within a few minutes on 2 cores.
@@ -13,17 +16,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.synthetic import SHAPES, make_folder, make_zip
+
 ROOT = Path(__file__).resolve().parents[1]
 CIFAR_ZIP = Path(os.environ.get("TLEARN_CIFAR_ZIP", ROOT.parent / "shared/data/cifar10-jpeg.zip"))
-CLASSES3 = ["airplane", "frog", "truck"]
-
-
-def pytest_sessionstart(session: pytest.Session) -> None:
-    if not CIFAR_ZIP.is_file():
-        raise pytest.UsageError(
-            f"the test data {CIFAR_ZIP} is missing: tests read the CIFAR-10 JPEG zip from "
-            "../shared/data (or set TLEARN_CIFAR_ZIP)"
-        )
+CLASSES3 = list(SHAPES)
 
 
 @pytest.fixture(autouse=True)
@@ -36,55 +33,54 @@ def _isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest
 
 @pytest.fixture(scope="session")
 def cifar_zip() -> Path:
+    """The real CIFAR-10 JPEG zip, for the accuracy tests (marked ``needs_data``)."""
+    if not CIFAR_ZIP.is_file():
+        pytest.skip(
+            f"accuracy test on real data: the CIFAR-10 JPEG zip is not at {CIFAR_ZIP} "
+            "(tests read ../shared/data/cifar10-jpeg.zip, or set TLEARN_CIFAR_ZIP)"
+        )
     return CIFAR_ZIP
 
 
 @pytest.fixture(scope="session")
-def cifar3(cifar_zip: Path):
-    """20 train and 10 test images of 3 CIFAR classes, as paths inside the zip."""
-    from tlearn import load_image_folder
+def shapes_zip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A zip laid out like the CIFAR-10 one: train/<class>/ (40 each), test/<class>/ (10),
+    64 px crops of three photos."""
+    root = tmp_path_factory.mktemp("shapes")
+    return make_zip(root / "shapes.zip", {"train": 40, "test": 10}, seed=0, size=64)
 
-    train = load_image_folder(f"{cifar_zip}/train", categories=CLASSES3, max_per_class=20)
-    test = load_image_folder(f"{cifar_zip}/test", categories=CLASSES3, max_per_class=10)
-    names = np.asarray(CLASSES3, dtype=object)
-    return train.filenames, names[train.target], test.filenames, names[test.target]
+
+def _split(zip_path: Path, split: str, n: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    with zipfile.ZipFile(zip_path) as zf:
+        names = sorted(m for m in zf.namelist() if m.startswith(f"{split}/"))
+    by_class: dict[str, list[str]] = {}
+    for m in names:
+        by_class.setdefault(m.split("/")[1], []).append(m)
+    members = [m for c in sorted(by_class) for m in by_class[c][:n]]
+    order = np.random.default_rng(0).permutation(len(members))  # mixed, like load_files
+    members = [members[i] for i in order]
+    paths = np.array([f"{zip_path}/{m}" for m in members], dtype=object)
+    return paths, np.array([m.split("/")[1] for m in members], dtype=object)
 
 
 @pytest.fixture(scope="session")
-def calibration_set(cifar_zip):
-    """120 training JPEGs of 3 classes (enough to calibrate int8) and 12 test JPEGs."""
-    from tlearn import load_image_folder
-
-    train = load_image_folder(
-        f"{cifar_zip}/train", categories=["cat", "ship", "truck"], max_per_class=40
-    )
-    names = np.asarray(train.target_names, dtype=object)
-    return list(train.filenames), names[train.target]
+def shapes3(shapes_zip: Path):
+    """20 train and 10 test images of 3 classes, as paths inside the zip (like CIFAR's)."""
+    X, y = _split(shapes_zip, "train", 20)
+    X_test, y_test = _split(shapes_zip, "test", 10)
+    return X, y, X_test, y_test
 
 
-def extract_members(zip_path: Path, members: list[str], dest: Path) -> list[Path]:
-    out = []
-    with zipfile.ZipFile(zip_path) as zf:
-        for m in members:
-            target = dest / m
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(zf.read(m))
-            out.append(target)
-    return out
+@pytest.fixture(scope="session")
+def calibration_set(shapes_zip: Path):
+    """120 training images of 3 classes: enough to calibrate int8."""
+    return _split(shapes_zip, "train", 40)
 
 
 @pytest.fixture
-def image_folder(tmp_path: Path, cifar_zip: Path) -> Path:
-    """A real folder of class sub-folders: 6 CIFAR JPEGs for each of 3 classes."""
-    with zipfile.ZipFile(cifar_zip) as zf:
-        names = zf.namelist()
-    members = []
-    for cls in CLASSES3:
-        members += sorted(n for n in names if n.startswith(f"train/{cls}/") and n.endswith(".jpg"))[
-            :6
-        ]
-    extract_members(cifar_zip, members, tmp_path)
-    return tmp_path / "train"
+def image_folder(tmp_path: Path) -> Path:
+    """A real folder of class sub-folders: 6 JPEGs for each of 3 classes."""
+    return make_folder(tmp_path / "train", 6, seed=3)
 
 
 @pytest.fixture(scope="session")

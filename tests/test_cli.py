@@ -22,15 +22,15 @@ def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, cifar_zip):
+def trained(tmp_path_factory, shapes_zip):
     out = tmp_path_factory.mktemp("cli") / "model.safetensors"
     r = run(
         "fit",
-        f"{cifar_zip}/train",
+        f"{shapes_zip}/train",
         "--max-per-class",
         "12",
         "--test",
-        f"{cifar_zip}/test",
+        f"{shapes_zip}/test",
         "--test-max-per-class",
         "5",
         "--image-size",
@@ -48,16 +48,16 @@ def test_fit_prints_accuracy_and_saves(trained):
     out, r = trained
     assert "test accuracy:" in r.stdout and out.is_file()
     metrics = json.loads(out.with_suffix(".json").read_text())
-    assert metrics["n_images"] == 50 and len(metrics["classes"]) == 10
+    assert metrics["n_images"] == 15 and len(metrics["classes"]) == 3
     assert f"{metrics['accuracy']:.4f}" in r.stdout
 
 
-def test_evaluate_and_predict(trained, cifar_zip, tmp_path):
+def test_evaluate_and_predict(trained, shapes_zip, tmp_path):
     model, _ = trained
     r = run(
         "evaluate",
         str(model),
-        f"{cifar_zip}/test",
+        f"{shapes_zip}/test",
         "--max-per-class",
         "3",
         "--json",
@@ -67,16 +67,16 @@ def test_evaluate_and_predict(trained, cifar_zip, tmp_path):
     )
     assert r.returncode == 0, r.stderr
     metrics = json.loads((tmp_path / "m.json").read_text())
-    assert metrics["n_images"] == 30 and len(metrics["confusion_matrix"]) == 10
+    assert metrics["n_images"] == 9 and len(metrics["confusion_matrix"]) == 3
     assert "confusion matrix" in r.stdout and "precision" in r.stdout
     assert (tmp_path / "report" / "report.html").is_file()
-    assert json.loads((tmp_path / "report" / "metrics.json").read_text())["n_images"] == 30
+    assert json.loads((tmp_path / "report" / "metrics.json").read_text())["n_images"] == 9
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"\xff\xd8\xff")
     r = run(
         "predict",
         str(model),
-        f"{cifar_zip}/test/cat/0001.jpg",
+        f"{shapes_zip}/test/coffee/00001.jpg",
         str(broken),
         "--output",
         str(tmp_path / "preds.csv"),
@@ -91,7 +91,7 @@ def test_evaluate_and_predict(trained, cifar_zip, tmp_path):
 
 
 def test_skip_bad_images_lists_them(image_folder, tmp_path):
-    (image_folder / "frog" / "zero.jpg").write_bytes(b"")
+    (image_folder / "coffee" / "zero.jpg").write_bytes(b"")
     out = tmp_path / "m.safetensors"
     r = run("fit", str(image_folder), "--image-size", "64", "--test-size", "0.2", "--out", str(out))
     assert r.returncode == 2 and "zero.jpg" in r.stderr and "empty" in r.stderr
@@ -131,7 +131,7 @@ def test_test_classes_unknown_to_training_are_refused_before_training(image_fold
     other = tmp_path / "other"
     (other / "bird").mkdir(parents=True)
     (other / "bird" / "b.jpg").write_bytes(
-        (image_folder / "frog").glob("*.jpg").__next__().read_bytes()
+        (image_folder / "coffee").glob("*.jpg").__next__().read_bytes()
     )
     r = run("fit", str(image_folder), "--test", str(other), "--out", str(tmp_path / "m.st"))
     assert r.returncode == 2 and "['bird']" in r.stderr and "lacks" in r.stderr
@@ -166,3 +166,21 @@ def test_predict_with_the_backbones_own_imagenet_head(tmp_path):
     row = json.loads(out.read_text())
     assert row["label"] == "espresso" and row["probability"] > 0.5
     assert len(row["top_labels"]) == 3
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--method", "finetune", "--optimizer", "adam"], "Did you mean 'adamw'"),
+        (["--device", "cuda"], "sees no CUDA GPU"),
+        (["--engine", "nope"], "'engine' parameter of LinearProbe must be one of"),
+        (["--epochs", "3"], "--epochs applies to --method finetune, not probe"),
+        (["--method", "nearest"], "'method' parameter of train must be one of"),
+    ],
+)
+def test_user_errors_are_one_line_and_exit_2(image_folder, tmp_path, flags, message):
+    r = run("fit", str(image_folder), "--out", str(tmp_path / "m.safetensors"), *flags)
+    assert r.returncode == 2, r.stderr
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "m.safetensors").exists()

@@ -59,7 +59,18 @@ def test_cifar10_refuses_code_in_pickles(tmp_path):
         fetch_cifar10("test", path=archive)
 
 
-def test_cifar10_jpeg_zip(cifar_zip):
+def test_cifar10_jpeg_zip_layout(tmp_path):
+    from tests.synthetic import make_zip
+
+    classes = ("airplane", "automobile", "bird")
+    archive = make_zip(tmp_path / "c.zip", {"train": 3, "test": 2}, classes=classes)
+    test = fetch_cifar10("test", path=archive)
+    assert len(test.filenames) == 6 and test.target_names == list(classes)
+    assert np.bincount(test.target).tolist() == [2, 2, 2]
+
+
+@pytest.mark.needs_data
+def test_the_real_cifar10_jpeg_zip(cifar_zip):
     test = fetch_cifar10("test", path=cifar_zip)
     assert len(test.filenames) == 10_000
     assert np.bincount(test.target).tolist() == [1000] * 10

@@ -15,12 +15,12 @@ from tlearn.inference import iter_predictions, write_predictions
 
 
 @pytest.fixture(scope="module")
-def probe(cifar3):
-    return LinearProbe(image_size=64, Cs=[1.0]).fit(cifar3[0], cifar3[1])
+def probe(shapes3):
+    return LinearProbe(image_size=64, Cs=[1.0]).fit(shapes3[0], shapes3[1])
 
 
-def test_report_matches_sklearn(probe, cifar3):
-    _, _, X_test, y_test = cifar3
+def test_report_matches_sklearn(probe, shapes3):
+    _, _, X_test, y_test = shapes3
     report = evaluate(probe, X_test, y_test)
     assert report.accuracy == pytest.approx(accuracy_score(y_test, probe.predict(X_test)))
     cm = np.array(report.confusion_matrix)
@@ -29,8 +29,8 @@ def test_report_matches_sklearn(probe, cifar3):
     assert json.loads(report.to_json())["n_images"] == 30
 
 
-def test_unknown_classes_raise_or_are_left_out(probe, cifar3):
-    _, _, X_test, y_test = cifar3
+def test_unknown_classes_raise_or_are_left_out(probe, shapes3):
+    _, _, X_test, y_test = shapes3
     y = np.array(y_test, dtype=object)
     y[:2] = "dog"
     with pytest.raises(UnknownClassError, match="dog"):
@@ -39,8 +39,8 @@ def test_unknown_classes_raise_or_are_left_out(probe, cifar3):
     assert report.n_images == 28 and len(report.unknown) == 2
 
 
-def test_predictions_keep_order_and_report_failures(probe, cifar3, tmp_path):
-    good = list(cifar3[2][:4])
+def test_predictions_keep_order_and_report_failures(probe, shapes3, tmp_path):
+    good = list(shapes3[2][:4])
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n broken")
     inputs = [good[0], str(bad), *good[1:], str(tmp_path / "missing.jpg")]
@@ -62,19 +62,19 @@ def test_predictions_keep_order_and_report_failures(probe, cifar3, tmp_path):
     assert len(jsonl.read_text().splitlines()) == 6
 
 
-def test_predict_to_file_outputs_and_refusals(probe, cifar3, tmp_path):
+def test_predict_to_file_outputs_and_refusals(probe, shapes3, tmp_path):
     import pyarrow.parquet as pq
 
     from tlearn import DataError
     from tlearn.inference import predict_to_file
 
-    paths = list(cifar3[2][:6])
+    paths = list(shapes3[2][:6])
     out = tmp_path / "p.csv"
     assert predict_to_file(probe, paths, out) == {"ok": 6, "failed": 0, "skipped": 0}
     with pytest.raises(DataError, match="exists.*--overwrite.*--resume"):
         predict_to_file(probe, paths, out)
     assert predict_to_file(probe, paths, out, overwrite=True)["ok"] == 6
-    assert predict_to_file(probe, paths + [cifar3[2][6]], out, resume=True) == {
+    assert predict_to_file(probe, paths + [shapes3[2][6]], out, resume=True) == {
         "ok": 1,
         "failed": 0,
         "skipped": 6,
@@ -92,8 +92,8 @@ def test_predict_to_file_outputs_and_refusals(probe, cifar3, tmp_path):
     assert table.column("top_labels").to_pylist()[0][0] == table.column("label").to_pylist()[0]
 
 
-def test_tta_averages_the_mirror_image(probe, cifar3):
-    paths = list(cifar3[2][:4])
+def test_tta_averages_the_mirror_image(probe, shapes3):
+    paths = list(shapes3[2][:4])
     plain = [r["top_probabilities"] for r in iter_predictions(probe, paths, top_k=3)]
     tta = [r["top_probabilities"] for r in iter_predictions(probe, paths, top_k=3, tta=True)]
     mirrored = probe.features_

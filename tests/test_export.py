@@ -12,22 +12,23 @@ import numpy as np
 import pytest
 
 from tlearn import LinearProbe, save
-from tlearn.export import _linear_head, export_model, load_exported
+from tlearn.export import export_model, load_exported
 from tlearn.inference import iter_predictions
+from tlearn.models import model_kind
 
 
 @pytest.fixture(scope="module")
-def probe(cifar3):
-    return LinearProbe(image_size=64, Cs=[1.0]).fit(cifar3[0], cifar3[1])
+def probe(shapes3):
+    return LinearProbe(image_size=64, Cs=[1.0]).fit(shapes3[0], shapes3[1])
 
 
 @pytest.mark.parametrize("fmt", ["onnx", "openvino"])
-def test_exported_classifier_matches_the_model(fmt, probe, cifar3, tmp_path):
+def test_exported_classifier_matches_the_model(fmt, probe, shapes3, tmp_path):
     path = export_model(probe, tmp_path / "clf", fmt)
     meta = json.loads(Path(path + ".json").read_text())
-    assert meta["classes"] == ["airplane", "frog", "truck"]
+    assert meta["classes"] == ["astronaut", "coffee", "rocket"]
     assert meta["preprocessing"]["input_size"] == 64
-    paths = list(cifar3[2])
+    paths = list(shapes3[2])
     rows = list(iter_predictions(load_exported(path), paths, top_k=3))
     expected = probe.predict_proba(paths)
     got = np.array(
@@ -44,11 +45,11 @@ def test_exported_classifier_matches_the_model(fmt, probe, cifar3, tmp_path):
     assert [r["label"] for r in rows] == list(probe.predict(paths))
 
 
-def test_two_class_logistic_head_folds_into_two_logits(cifar3):
-    X, y = cifar3[0][:30], cifar3[1][:30]
-    keep = y != "truck"
+def test_two_class_logistic_head_folds_into_two_logits(shapes3):
+    X, y = shapes3[0][:30], shapes3[1][:30]
+    keep = y != "rocket"
     binary = LinearProbe(image_size=32, Cs=[1.0]).fit(X[keep], y[keep])
-    W, b = _linear_head(binary)
+    W, b = model_kind(binary).linear_head(binary)
     F = binary.features_.transform(list(X[keep]))
     logits = F @ W.T + b
     proba = np.exp(logits - logits.max(1, keepdims=True))
@@ -56,7 +57,7 @@ def test_two_class_logistic_head_folds_into_two_logits(cifar3):
     assert np.allclose(proba, binary.predict_proba_features(F), atol=1e-5)
 
 
-def test_cli_export_then_predict(probe, cifar_zip, tmp_path):
+def test_cli_export_then_predict(probe, shapes3, tmp_path):
     model = tmp_path / "m.safetensors"
     save(probe, model)
     env = {**os.environ, "COLUMNS": "200"}
@@ -75,7 +76,7 @@ def test_cli_export_then_predict(probe, cifar_zip, tmp_path):
             "tlearn",
             "predict",
             str(tmp_path / "m.onnx"),
-            f"{cifar_zip}/test/frog/0001.jpg",
+            shapes3[2][0],
             "--output",
             str(out),
         ],
@@ -101,7 +102,7 @@ def test_cli_export_then_predict(probe, cifar_zip, tmp_path):
         text=True,
         env=env,
     )
-    assert r.returncode == 2 and "--format must be one of" in r.stderr
+    assert r.returncode == 2 and "'format' parameter of export_model must be one of" in r.stderr
 
 
 def test_an_int8_model_exports_its_calibrated_engine(calibration_set, tmp_path):

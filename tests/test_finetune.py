@@ -8,20 +8,29 @@ import torch
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 
-from tlearn import DataError, FineTuneClassifier, ImageReadError, load, load_backbone, save
-from tlearn.finetune.loop import Classifier, _train_mode
+from tlearn import (
+    DataError,
+    FineTuneClassifier,
+    ImageReadError,
+    InvalidParameterError,
+    load,
+    load_backbone,
+    save,
+)
+from tlearn.finetune.callbacks import _train_mode
+from tlearn.finetune.loop import Classifier, LoopConfig
 from tlearn.finetune.optim import lr_factor, make_optimizer, set_trainable, stage_modules
 
 
 @pytest.fixture(scope="module")
-def head_model(cifar3, tmp_path_factory):
-    X, y, _, _ = cifar3
+def head_model(shapes3, tmp_path_factory):
+    X, y, _, _ = shapes3
     run = tmp_path_factory.mktemp("ft-run")
     model = FineTuneClassifier(
         strategy="head",
         image_size=64,
         epochs=4,
-        lr=0.01,
+        lr=0.001,
         batch_size=16,
         augmentation="flip",
         validation_size=0.2,
@@ -31,10 +40,10 @@ def head_model(cifar3, tmp_path_factory):
     return model.fit(X, y), run
 
 
-def test_head_only_training_learns_and_writes_history(head_model, cifar3):
+def test_head_only_training_learns_and_writes_history(head_model, shapes3):
     model, run = head_model
-    _, _, X_test, y_test = cifar3
-    assert list(model.classes_) == ["airplane", "frog", "truck"]
+    _, _, X_test, y_test = shapes3
+    assert list(model.classes_) == ["astronaut", "coffee", "rocket"]
     assert len(model.history_) == 4 and 1 <= model.best_epoch_ <= 4
     assert model.score(X_test, y_test) >= 0.7  # 3 classes; chance is 0.33
     assert (run / "checkpoint.safetensors").is_file() and (run / "curves.png").is_file()
@@ -49,41 +58,42 @@ def test_head_strategy_leaves_the_backbone_untouched(head_model):
     assert model.features_.backbone_.weights_sha256 == original.weights_sha256
 
 
-def test_fine_tuned_model_file_round_trip(head_model, cifar3, tmp_path):
+def test_fine_tuned_model_file_round_trip(head_model, shapes3, tmp_path):
     model, _ = head_model
     save(model, tmp_path / "ft.safetensors")
     loaded = load(tmp_path / "ft.safetensors")
-    X_test = cifar3[2]
+    X_test = shapes3[2]
     assert np.array_equal(loaded.predict_proba(X_test), model.predict_proba(X_test))
     assert loaded.history_ == model.history_ and loaded.get_params()["strategy"] == "head"
 
 
-def test_contract_and_parameter_errors(cifar3):
+def test_contract_and_parameter_errors(shapes3):
     est = FineTuneClassifier(epochs=2, image_size=64)
     assert clone(est).get_params() == est.get_params()
     with pytest.raises(NotFittedError):
-        est.predict(list(cifar3[0][:2]))
-    X, y = cifar3[0], cifar3[1]
+        est.predict(list(shapes3[0][:2]))
+    X, y = shapes3[0], shapes3[1]
     for params, message in [
-        ({"lr": 0.0}, r"lr must be a number in \[1e-07, 10.0\]"),
-        ({"epochs": 0}, "epochs must be an int"),
-        ({"strategy": "everything"}, "strategy must be one of"),
-        ({"optimizer": "adam"}, "optimizer must be one of"),
+        ({"lr": 0.0}, r"'lr' parameter of FineTuneClassifier must be a float in the range \[1e-07"),
+        ({"epochs": 0}, r"'epochs' parameter .* must be an int in the range \[1, 10000\]"),
+        ({"strategy": "everything"}, "'strategy' parameter .* must be one of"),
+        ({"optimizer": "adam"}, "one of 'adamw', 'sgd'. Got 'adam' instead. Did you mean 'adamw'"),
         ({"precision": "fp16", "device": "cpu"}, "needs a CUDA GPU"),
+        ({"head_epochs": 5, "epochs": 2}, "must not exceed epochs"),
     ]:
-        with pytest.raises(ValueError, match=message):
+        with pytest.raises(InvalidParameterError, match=message):
             FineTuneClassifier(image_size=64, verbose=0, **params).fit(X, y)
 
 
-def test_data_errors_come_before_training(cifar3, tmp_path):
-    X, y = cifar3[0], cifar3[1]
+def test_data_errors_come_before_training(shapes3, tmp_path):
+    X, y = shapes3[0], shapes3[1]
     with pytest.raises(DataError, match="at least 2 classes"):
         FineTuneClassifier(image_size=64).fit(X[:4], ["a"] * 4)
     with pytest.raises(DataError, match=r"'b' \(2\).*at least 10 images per class"):
         FineTuneClassifier(image_size=64).fit(X[:12], ["a"] * 10 + ["b"] * 2)
     bad = tmp_path / "cut.jpg"
     bad.write_bytes(b"\xff\xd8\xff\xe0\x00\x10JFIF")
-    X2, y2 = np.append(X, str(bad)), np.append(y, "frog")
+    X2, y2 = np.append(X, str(bad)), np.append(y, "coffee")
     with pytest.raises(ImageReadError, match="cut.jpg"):
         FineTuneClassifier(image_size=64, verbose=0).fit(X2, y2)
     model = FineTuneClassifier(
@@ -92,10 +102,10 @@ def test_data_errors_come_before_training(cifar3, tmp_path):
     assert [p for _, p, _ in model.skipped_] == [str(bad)]
 
 
-def test_image_size_the_backbone_cannot_take(cifar3):
+def test_image_size_the_backbone_cannot_take(shapes3):
     with pytest.raises(DataError, match="image_size=64 does not fit"):
         FineTuneClassifier("timm:vit_tiny_patch16_224", weights=None, image_size=64, verbose=0).fit(
-            cifar3[0], cifar3[1]
+            shapes3[0], shapes3[1]
         )
 
 
@@ -119,15 +129,8 @@ def test_partial_unfreezing_and_frozen_batchnorm():
 def test_optimizer_groups_and_schedule():
     bb = load_backbone("efficientnet_lite0")
     net = Classifier(bb.model, bb.n_features, 3)
-    opt = make_optimizer(
-        net.backbone,
-        net.head,
-        optimizer="sgd",
-        lr=0.1,
-        backbone_lr_ratio=0.1,
-        weight_decay=0.05,
-        momentum=0.9,
-    )
+    cfg = LoopConfig(optimizer="sgd", lr=0.1, backbone_lr_ratio=0.1, weight_decay=0.05)
+    opt = make_optimizer(net, cfg)
     groups = opt.param_groups
     assert [g["lr"] for g in groups] == pytest.approx([0.01, 0.01, 0.1, 0.1])
     assert [g["weight_decay"] for g in groups] == [0.05, 0.0, 0.05, 0.0]
@@ -140,8 +143,8 @@ def test_optimizer_groups_and_schedule():
     assert lr_factor(50, 100, 0, "constant") == 1.0
 
 
-def test_lp_ft_trains_head_then_backbone(cifar3):
-    X, y = cifar3[0], cifar3[1]
+def test_lp_ft_trains_head_then_backbone(shapes3):
+    X, y = shapes3[0], shapes3[1]
     before = load_backbone("efficientnet_lite0").weights_sha256
     model = FineTuneClassifier(
         strategy="lp-ft",
@@ -170,7 +173,7 @@ def test_augmentation_policies_are_seeded_and_sized(policy):
         assert torch.equal(a, images[:, :, 4:36, 4:36])  # a centre crop, nothing else
 
 
-def test_out_of_memory_suggests_a_smaller_batch(cifar3, monkeypatch):
+def test_out_of_memory_suggests_a_smaller_batch(shapes3, monkeypatch):
     from tlearn import TlearnError
     from tlearn.finetune import loop
 
@@ -181,4 +184,4 @@ def test_out_of_memory_suggests_a_smaller_batch(cifar3, monkeypatch):
     with pytest.raises(TlearnError, match="batch_size=16.*--batch-size 8"):
         FineTuneClassifier(
             image_size=32, epochs=1, batch_size=16, validation_size=0, verbose=0
-        ).fit(cifar3[0], cifar3[1])
+        ).fit(shapes3[0], shapes3[1])

@@ -53,21 +53,10 @@ def run(args: list[str]) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory, cifar_zip) -> Path:
-    import zipfile
+def data(tmp_path_factory) -> Path:
+    from tests.synthetic import make_folder
 
-    from tests.conftest import CLASSES3, extract_members
-
-    root = tmp_path_factory.mktemp("ftdata")
-    with zipfile.ZipFile(cifar_zip) as zf:
-        names = zf.namelist()
-    members = []
-    for cls in CLASSES3:
-        members += sorted(n for n in names if n.startswith(f"train/{cls}/") and n.endswith(".jpg"))[
-            :20
-        ]
-    extract_members(cifar_zip, members, root)
-    return root / "train"
+    return make_folder(tmp_path_factory.mktemp("ftdata") / "train", 20, size=48, seed=5)
 
 
 @pytest.fixture(scope="module")

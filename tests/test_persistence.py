@@ -17,8 +17,8 @@ from tlearn.persistence import FORMAT_VERSION, read_metadata
 
 
 @pytest.fixture(scope="module")
-def fitted_probe(cifar3):
-    return LinearProbe(image_size=64, Cs=[0.1, 1.0]).fit(cifar3[0], cifar3[1])
+def fitted_probe(shapes3):
+    return LinearProbe(image_size=64, Cs=[0.1, 1.0]).fit(shapes3[0], shapes3[1])
 
 
 def _forbid_pickle(monkeypatch):
@@ -30,12 +30,12 @@ def _forbid_pickle(monkeypatch):
     monkeypatch.setattr(pickle, "Unpickler", refuse)
 
 
-def test_probe_round_trip_is_exact(fitted_probe, cifar3, tmp_path, monkeypatch):
+def test_probe_round_trip_is_exact(fitted_probe, shapes3, tmp_path, monkeypatch):
     path = tmp_path / "probe.safetensors"
     save(fitted_probe, path)
     _forbid_pickle(monkeypatch)
     loaded = load(path)
-    X_test = cifar3[2]
+    X_test = shapes3[2]
     assert np.array_equal(loaded.predict_proba(X_test), fitted_probe.predict_proba(X_test))
     assert list(loaded.classes_) == list(fitted_probe.classes_)
     assert loaded.C_ == fitted_probe.C_ and loaded.get_params()["image_size"] == 64
@@ -43,22 +43,22 @@ def test_probe_round_trip_is_exact(fitted_probe, cifar3, tmp_path, monkeypatch):
     assert meta["backbone"]["architecture"] == "timm:tf_efficientnet_lite0"
     assert meta["backbone"]["weights_sha256"] == fitted_probe.features_.backbone_.weights_sha256
     assert meta["backbone"]["preprocessing"]["mean"] == [0.5, 0.5, 0.5]
-    assert meta["classes"] == ["airplane", "frog", "truck"]
+    assert meta["classes"] == ["astronaut", "coffee", "rocket"]
     assert {"torch", "timm", "scikit-learn"} <= set(meta["versions"])
 
 
-def test_pipeline_round_trip(cifar3, tmp_path):
+def test_pipeline_round_trip(shapes3, tmp_path):
     pipe = Pipeline(
         [
             ("features", PretrainedFeatures(image_size=64)),
             ("scaler", StandardScaler()),
             ("clf", LogisticRegression(max_iter=500)),
         ]
-    ).fit(cifar3[0], cifar3[1])
+    ).fit(shapes3[0], shapes3[1])
     save(pipe, tmp_path / "pipe.safetensors")
     loaded = load(tmp_path / "pipe.safetensors")
     assert [n for n, _ in loaded.steps] == ["features", "scaler", "clf"]
-    assert np.array_equal(loaded.predict(cifar3[2]), pipe.predict(cifar3[2]))
+    assert np.array_equal(loaded.predict(shapes3[2]), pipe.predict(shapes3[2]))
 
 
 def test_file_is_safetensors_with_json_header(fitted_probe, tmp_path):
@@ -100,7 +100,7 @@ def test_damaged_foreign_and_future_files(fitted_probe, tmp_path):
 
 
 def test_unsupported_or_unfitted_models_and_bad_destinations(fitted_probe, tmp_path):
-    with pytest.raises(TypeError, match="LinearProbe and Pipeline"):
+    with pytest.raises(TypeError, match="LinearProbe, FineTuneClassifier, Pipeline"):
         save(LogisticRegression(), tmp_path / "x.safetensors")
     with pytest.raises(ModelFileError, match="not fitted"):
         save(LinearProbe(), tmp_path / "x.safetensors")

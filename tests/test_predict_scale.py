@@ -1,4 +1,4 @@
-"""Batch prediction at scale, through the real command: 20,000 CIFAR-10 images from the zip,
+"""Batch prediction at scale, through the real command: 20,000 small JPEGs from a zip,
 flat peak memory, and a run killed with SIGKILL that resumes without redoing or losing rows."""
 
 from __future__ import annotations
@@ -23,18 +23,22 @@ WRAPPER = (
     "sys.argv = ['tlearn', *sys.argv[1:]]\n"
     "from tlearn.cli import main\nmain()\n"
 )
-CLASSES = ["airplane", "automobile"]
 
 
 @pytest.fixture(scope="module")
-def model(cifar3, tmp_path_factory):
+def model(shapes3, tmp_path_factory):
     path = tmp_path_factory.mktemp("scale") / "p32.safetensors"
-    save(LinearProbe(image_size=32, Cs=[1.0]).fit(cifar3[0], cifar3[1]), path)
+    save(LinearProbe(image_size=32, Cs=[1.0]).fit(shapes3[0], shapes3[1]), path)
     return path
 
 
-def inputs(cifar_zip, n_train_classes: int) -> list[str]:
-    return [f"{cifar_zip}/test"] + [f"{cifar_zip}/train/{c}" for c in CLASSES[:n_train_classes]]
+@pytest.fixture(scope="module")
+def big_zip(tmp_path_factory):
+    """20,000 JPEGs of 32 px in ten folders of 2,000 (four shapes, 500 each)."""
+    from tests.synthetic import GEOMETRY, make_zip
+
+    path = tmp_path_factory.mktemp("big") / "big.zip"
+    return make_zip(path, {f"part{i}": 500 for i in range(10)}, classes=GEOMETRY, size=32)
 
 
 def predict(model, args: list[str]) -> tuple[subprocess.CompletedProcess[str], int]:
@@ -49,19 +53,14 @@ def predict(model, args: list[str]) -> tuple[subprocess.CompletedProcess[str], i
     return r, rss
 
 
-def test_memory_stays_flat_from_2000_to_20000_images(model, cifar_zip, tmp_path):
+def test_memory_stays_flat_from_2000_to_20000_images(model, big_zip, tmp_path):
     small, rss_small = predict(
-        model,
-        [
-            f"{cifar_zip}/test/cat",
-            f"{cifar_zip}/test/dog",
-            "--output",
-            str(tmp_path / "small.jsonl"),
-        ],
+        model, [f"{big_zip}/part0", "--output", str(tmp_path / "small.jsonl")]
     )
     assert small.returncode == 0, small.stderr
+    assert "2000 images predicted, 0 failed" in small.stdout
     big, rss_big = predict(
-        model, [*inputs(cifar_zip, 2), "--output", str(tmp_path / "big.csv"), "--top-k", "2"]
+        model, [str(big_zip), "--output", str(tmp_path / "big.csv"), "--top-k", "2"]
     )
     assert big.returncode == 0, big.stderr
     assert "20000 images predicted, 0 failed" in big.stdout
@@ -76,9 +75,9 @@ def test_memory_stays_flat_from_2000_to_20000_images(model, cifar_zip, tmp_path)
     assert rss_big < rss_small * 1.15 + 64 * 1024  # KiB: ten times the images, ~same memory
 
 
-def test_killed_prediction_resumes_without_redoing(model, cifar_zip, tmp_path):
+def test_killed_prediction_resumes_without_redoing(model, big_zip, tmp_path):
     out = tmp_path / "preds.jsonl"
-    args = [*inputs(cifar_zip, 2), "--output", str(out)]
+    args = [str(big_zip), "--output", str(out)]
     proc = subprocess.Popen(
         [sys.executable, "-m", "tlearn", "predict", str(model), *args],
         stdout=subprocess.DEVNULL,

@@ -15,8 +15,8 @@ from tlearn.evaluation import evaluate
 
 
 @pytest.fixture(scope="module")
-def report(cifar3):
-    X, y, X_test, y_test = cifar3
+def report(shapes3):
+    X, y, X_test, y_test = shapes3
     probe = LinearProbe(image_size=32, Cs=[1.0]).fit(X, y)
     return evaluate(probe, X_test, y_test)
 
@@ -93,8 +93,8 @@ def test_report_folder_and_html_render_in_chromium(report, tmp_path):
     assert dark > 5000, "no text rendered"
 
 
-def test_fine_tuned_report_has_training_curves(cifar3, tmp_path):
-    X, y, X_test, y_test = cifar3
+def test_fine_tuned_report_has_training_curves(shapes3, tmp_path):
+    X, y, X_test, y_test = shapes3
     model = FineTuneClassifier(
         strategy="head", image_size=32, epochs=2, validation_size=0.2, verbose=0
     ).fit(X, y)
@@ -102,10 +102,10 @@ def test_fine_tuned_report_has_training_curves(cifar3, tmp_path):
     assert "training curves" in paths and (tmp_path / "r" / "curves.png").is_file()
 
 
-def test_array_inputs_get_thumbnails_too(cifar3, tmp_path):
+def test_array_inputs_get_thumbnails_too(shapes3, tmp_path):
     from tlearn.data.images import decode_image, read_bytes
 
-    X, y, X_test, y_test = cifar3
+    X, y, X_test, y_test = shapes3
     arrays = np.stack([np.asarray(decode_image(read_bytes(p))) for p in X_test])
     probe = LinearProbe(image_size=32, Cs=[1.0]).fit(X, y)
     rep = evaluate(probe, arrays, y_test)

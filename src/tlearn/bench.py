@@ -128,14 +128,14 @@ def run_bench(
         except EngineError as e:
             report(f"{name:<22}cannot run: {e}")
             continue
-        engine = est._get_engine()
+        engine = est._engine
         model_only = _model_only(engine, batch)
         e2e = _timed(partial(est.transform, list(paths)), len(paths))
-        label = name if name != "auto" else f"auto={engine.name}"
+        label = name if name != "auto" else f"auto={est.engine_}"
         rows.append(
             {
                 "engine": label,
-                "choice": est.engine_,
+                "choice": est.engine_reason_,
                 "end_to_end": e2e,
                 "model_only": model_only,
                 "ratio": e2e / naive,
@@ -147,5 +147,5 @@ def run_bench(
             f"{model_only * gflops:>9.1f}{_peak_mib():>10.0f}"
         )
         if name == "auto":
-            report(f"  auto chose {est.engine_}")
+            report(f"  auto chose {est.engine_reason_}")
     return rows

@@ -3,25 +3,36 @@
 Every message says which input, what is wrong, and what to do about it::
 
     TlearnError
+    ├── InvalidParameterError      (also a ValueError) a parameter outside its constraints
     ├── DataError                  (also a ValueError)
     │   ├── ImageReadError         one image file could not be decoded
     │   └── UnknownClassError      labels the model has never seen
     ├── BackboneError
-    │   ├── UnknownBackboneError   (also a KeyError-free ValueError) name not found
+    │   ├── UnknownBackboneError   (also a ValueError) name not found
     │   └── WeightsUnavailableError  weights not found locally and not downloadable
-    ├── ModelFileError             a model file that is damaged, too new or not a model
+    ├── EngineError                an inference engine not installed or unable to run
+    ├── ModelFileError             (also a ValueError) a damaged, too new or foreign file
+    ├── CheckpointError            a training checkpoint that cannot be resumed from
+    ├── TrainingError              training failed (out of memory, ...)
     └── DatasetUnavailableError    a dataset not found locally and not downloadable
+
+The command line prints any of them as one line and exits with status 2; the server turns
+them into a JSON 4xx.
 """
 
 from __future__ import annotations
 
 __all__ = [
     "BackboneError",
+    "CheckpointError",
     "DataError",
     "DatasetUnavailableError",
+    "EngineError",
     "ImageReadError",
+    "InvalidParameterError",
     "ModelFileError",
     "TlearnError",
+    "TrainingError",
     "UnknownBackboneError",
     "UnknownClassError",
     "WeightsUnavailableError",
@@ -30,6 +41,11 @@ __all__ = [
 
 class TlearnError(Exception):
     """Base class of every error tlearn raises on purpose."""
+
+
+class InvalidParameterError(TlearnError, ValueError):
+    """A parameter value outside its documented constraints (which object, which parameter,
+    what is allowed, what was given)."""
 
 
 class DataError(TlearnError, ValueError):
@@ -43,6 +59,9 @@ class ImageReadError(DataError):
         self.path = path
         self.reason = reason
         super().__init__(f"cannot read image {path!r}: {reason}")
+
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:
+        return (type(self), (self.path, self.reason))
 
 
 class UnknownClassError(DataError):
@@ -61,8 +80,20 @@ class WeightsUnavailableError(BackboneError):
     """Pretrained weights are not available locally and could not be downloaded."""
 
 
+class EngineError(TlearnError):
+    """An inference engine that is not installed or cannot run this backbone."""
+
+
 class ModelFileError(TlearnError, ValueError):
     """A model file is damaged, from a newer format version, or not a tlearn model."""
+
+
+class CheckpointError(TlearnError):
+    """A training checkpoint that cannot be resumed from."""
+
+
+class TrainingError(TlearnError):
+    """Training could not go on (for example, out of memory)."""
 
 
 class DatasetUnavailableError(TlearnError):

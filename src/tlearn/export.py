@@ -1,11 +1,12 @@
 """``tlearn export``: the whole classifier (backbone + head, probabilities out) as ONNX or
 OpenVINO IR for deployment, with a JSON sidecar holding the classes and the preprocessing;
-:func:`load_exported` runs such a file again, for ``tlearn predict``.
+:func:`load_exported` runs such a file again (``tlearn predict``, the predictor).
 
-The head is folded into one linear layer: for a probe, the scaler and the logistic
-regression become ``W = coef / scale``, ``b = intercept - (mean / scale) @ coef.T``.
-A model fitted on ``openvino-int8`` exports to OpenVINO as its calibrated int8 backbone plus
-that head (taking uint8 NHWC pixels); every other export is fp32 (normalised NCHW input).
+The head comes from the model's kind (:data:`tlearn.models.MODEL_KINDS`) as one linear
+layer. A model fitted on ``openvino-int8`` exports to OpenVINO as its calibrated int8
+backbone plus that head (taking uint8 NHWC pixels); every other export is fp32 (normalised
+NCHW input). The conversions are the engines' own (:func:`export_onnx`,
+:func:`convert_openvino`).
 """
 
 from __future__ import annotations
@@ -19,14 +20,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from tlearn.backbones import Backbone
+from tlearn._validation import check_option
 from tlearn.data.images import Preprocessing
 from tlearn.exceptions import ModelFileError
-from tlearn.features import PretrainedFeatures
-from tlearn.finetune import FineTuneClassifier
-from tlearn.models import ModelParts, python_value, split_model
-from tlearn.probe import LinearProbe
-from tlearn.runtime.engines import OnnxRuntimeEngine, OpenVinoEngine
+from tlearn.models import ModelParts, model_kind, python_value, split_model
+from tlearn.runtime.onnx_engine import OnnxRuntimeEngine, export_onnx
+from tlearn.runtime.openvino_engine import OpenVinoEngine, convert_openvino
 
 __all__ = ["FORMATS", "export_model", "load_exported"]
 
@@ -48,35 +47,13 @@ class _Classifier(nn.Module):
         return self.head(self.backbone(x)).softmax(dim=1)
 
 
-def _linear_head(model: Any) -> tuple[np.ndarray, np.ndarray]:
-    """The model's head as one linear layer over the backbone's features (2-class logistic
-    regression becomes the logits [0, z])."""
-    if isinstance(model, FineTuneClassifier):
-        return model.head_weight_, model.head_bias_
-    if isinstance(model, LinearProbe):
-        scaler, clf = model.scaler_, model.classifier_
-    else:  # a Pipeline(PretrainedFeatures, [StandardScaler], LogisticRegression)
-        steps = [est for _, est in model.steps]
-        scaler, clf = (steps[1] if len(steps) == 3 else None), steps[-1]
-    coef, intercept = clf.coef_.astype(np.float64), clf.intercept_.astype(np.float64)
-    if scaler is not None:
-        intercept = intercept - (scaler.mean_ / scaler.scale_) @ coef.T
-        coef = coef / scaler.scale_
-    if coef.shape[0] == 1:
-        coef = np.vstack([np.zeros_like(coef), coef])
-        intercept = np.concatenate([[0.0], intercept])
-    return coef, intercept
-
-
 def export_model(model: Any, path: str | os.PathLike[str], format: str = "onnx") -> str:
     """Write ``model`` as ``path`` (``.onnx`` or ``.xml`` + ``.bin``) and ``path.json``."""
-    if format not in FORMATS:
-        raise ValueError(f"format must be one of {sorted(FORMATS)}, got {format!r}")
+    check_option("export_model", "format", format, FORMATS)
     parts = split_model(model)
-    bb = parts.features.backbone_
-    pre = parts.features.preprocessing_
-    weight, bias = _linear_head(model)
-    net = _Classifier(bb.model, weight, bias).eval()
+    assert parts.features is not None
+    bb, pre = parts.features.backbone_, parts.preprocessing
+    weight, bias = model_kind(model).linear_head(model)
     path = Path(path)
     if path.suffix != FORMATS[format]:
         path = path.with_suffix(FORMATS[format])
@@ -84,21 +61,21 @@ def export_model(model: Any, path: str | os.PathLike[str], format: str = "onnx")
         raise ModelFileError(
             f"cannot write {str(path)!r}: the folder {str(path.parent)!r} does not exist"
         )
-    engine = getattr(parts.features, "_engine", None)
-    int8 = isinstance(engine, OpenVinoEngine) and engine.precision == "int8"
+    ir = getattr(parts.engine, "ir", None)
+    int8 = format == "openvino" and ir is not None
     if format == "onnx":
-        OnnxRuntimeEngine._export(net, pre, path)
+        export_onnx(_Classifier(bb.model, weight, bias).eval(), pre, path)
     elif int8:
-        _append_head(engine.path, weight, bias, path)  # type: ignore[union-attr]
+        _append_head(ir, weight, bias, path)
     else:
-        OpenVinoEngine._convert(net, pre, path)
+        convert_openvino(_Classifier(bb.model, weight, bias).eval(), pre, path)
     sidecar = {
         "format": "tlearn-export",
         "format_version": 1,
-        "precision": "int8" if int8 and format == "openvino" else "fp32",
+        "precision": "int8" if int8 else "fp32",
         "inputs": (
             "uint8 NHWC pixels (normalised inside)"
-            if int8 and format == "openvino"
+            if int8
             else "float32 NCHW, normalised with the preprocessing's mean and std"
         ),
         "outputs": "probabilities",
@@ -111,14 +88,14 @@ def export_model(model: Any, path: str | os.PathLike[str], format: str = "onnx")
     return str(path)
 
 
-def _append_head(backbone_xml: Path, weight: np.ndarray, bias: np.ndarray, path: Path) -> None:
+def _append_head(ir: Any, weight: np.ndarray, bias: np.ndarray, path: Path) -> None:
     """The calibrated int8 backbone (uint8 pixels in, features out) with the folded linear
     head and a softmax appended, saved as ``path``: the deployed model is the one the
     fitted model ran."""
     import openvino as ov
     import openvino.opset13 as ops
 
-    model = ov.Core().read_model(str(backbone_xml))
+    model = ov.Core().read_model(ir[0], ov.Tensor(np.frombuffer(ir[1], np.uint8).copy()))
     features = model.get_results()[0].input_value(0)
     logits = ops.add(
         ops.matmul(features, ops.constant(np.asarray(weight, np.float32).T), False, False),
@@ -128,8 +105,13 @@ def _append_head(backbone_xml: Path, weight: np.ndarray, bias: np.ndarray, path:
     ov.save_model(classifier, str(path), compress_to_fp16=False)
 
 
+def _identity(probabilities: np.ndarray) -> np.ndarray:
+    return probabilities
+
+
 def load_exported(path: str | os.PathLike[str]) -> ModelParts:
-    """An exported classifier ready for :func:`tlearn.inference.iter_predictions`."""
+    """An exported classifier as :class:`~tlearn.models.ModelParts`, its engine holding the
+    file's bytes (so it pickles and runs anywhere the runtime is installed)."""
     path = Path(path)
     meta_path = Path(str(path) + ".json")
     if not path.is_file() or not meta_path.is_file():
@@ -137,25 +119,23 @@ def load_exported(path: str | os.PathLike[str]) -> ModelParts:
             f"{str(path)!r} needs its sidecar {meta_path.name!r} (written by "
             "tlearn export) beside it"
         )
-    meta = json.loads(meta_path.read_text())
-    pre = Preprocessing.from_dict(meta["preprocessing"])
-    classes = np.asarray(meta["classes"])
-    engine: Any = (
-        OnnxRuntimeEngine.from_file(path, pre)
-        if path.suffix == ".onnx"
-        else OpenVinoEngine.from_file(path, pre)
-    )
-    features = PretrainedFeatures(meta["backbone"], image_size=pre.input_size)
-    features._set_backbone(
-        Backbone(
-            name=path.name,
-            architecture=meta["backbone"],
-            model=nn.Identity(),
-            n_features=len(classes),
-            preprocessing=pre,
-            weights_sha256=meta["weights_sha256"],
-            weights_source=str(path),
+    try:
+        meta = json.loads(meta_path.read_text())
+        pre = Preprocessing.from_dict(meta["preprocessing"])
+        classes = np.asarray(meta["classes"])
+    except (ValueError, KeyError, TypeError) as e:
+        raise ModelFileError(f"the sidecar {str(meta_path)!r} is damaged ({e})") from None
+    engine: Any
+    if path.suffix == ".onnx":
+        engine = OnnxRuntimeEngine.from_bytes(path.read_bytes(), pre)
+    else:
+        engine = OpenVinoEngine.from_ir(
+            path.read_bytes(), path.with_suffix(".bin").read_bytes(), pre
         )
-    )
-    features._engine, features.engine_ = engine, f"exported {path.suffix[1:]} model"
-    return ModelParts(features, lambda probabilities: probabilities, classes)
+    info = {
+        "kind": "export",
+        "format": path.suffix[1:],
+        "backbone": meta.get("backbone"),
+        "precision": meta.get("precision", "fp32"),
+    }
+    return ModelParts(pre, engine, _identity, classes, None, info)

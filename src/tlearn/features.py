@@ -6,15 +6,19 @@ import os
 import sys
 import warnings
 from collections.abc import Iterator
+from numbers import Integral
 from typing import Any
 
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
+from tlearn._log import ensure_handler, logger
+from tlearn._validation import Interval, Options, validate_params
 from tlearn.backbones import DEFAULT_BACKBONE, Backbone, load_backbone
 from tlearn.data.images import Preprocessing
 from tlearn.data.loader import ImageInput, check_images, iter_batches, sample_indices
+from tlearn.exceptions import EngineError, InvalidParameterError
 from tlearn.runtime import FeatureCache, resolve_device
 from tlearn.runtime.cache import content_key
 from tlearn.runtime.engines import (
@@ -22,14 +26,80 @@ from tlearn.runtime.engines import (
     ENGINES,
     MIN_CALIBRATION_IMAGES,
     Engine,
-    EngineError,
     available_engines,
     make_engine,
 )
 
-__all__ = ["PretrainedFeatures"]
+__all__ = [
+    "FINE_TUNED",
+    "iter_engine",
+    "FeatureErrors",
+    "ForwardsFeatureParams",
+    "PretrainedFeatures",
+    "synthetic_check_images",
+]
 
-_ON_ERROR = ("raise", "skip")
+#: ``weights`` of a feature extractor whose weights were trained by tlearn: they live in
+#: the fitted model (and its file), not in any package or cache.
+FINE_TUNED = "fine-tuned"
+#: ``(position in X, path, reason)`` of each image that could not be read.
+FeatureErrors = list[tuple[int, str, str]]
+#: Parameters that change how features are computed, not what they are: after ``fit`` they
+#: take effect at once (the engine is rebuilt when ``engine`` or ``device`` change).
+RUNTIME_PARAMS = ("batch_size", "device", "n_workers", "cache_dir", "on_error", "engine", "verbose")
+
+
+def synthetic_check_images(size: int, n: int = 16, seed: int = 0) -> np.ndarray:
+    """``n`` deterministic uint8 pictures (colour gradients with soft blobs), on which
+    ``auto`` checks an engine against fp32 torch when ``fit`` was given no images: enough
+    to catch a conversion bug, whatever the data."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / max(1, size - 1)
+    out = np.empty((n, size, size, 3), np.uint8)
+    for i in range(n):
+        img = np.stack([(a * xx + b * yy + c) for a, b, c in rng.uniform(-1, 1, (3, 3))], -1)
+        for _ in range(3):
+            cx, cy, r = rng.uniform(0.1, 0.9), rng.uniform(0.1, 0.9), rng.uniform(0.05, 0.3)
+            blob = np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * r * r))
+            img += blob[..., None] * rng.uniform(-1, 1, 3)
+        img = (img - img.min()) / max(1e-6, float(img.max() - img.min()))
+        out[i] = (img * 255).astype(np.uint8)
+    return out
+
+
+def iter_engine(
+    images: ImageInput,
+    pre: Preprocessing,
+    engine: Engine,
+    batch_size: int,
+    *,
+    positions: np.ndarray | None = None,
+    n_workers: int | None = None,
+    on_error: str = "raise",
+    hflip: bool = False,
+) -> Iterator[tuple[np.ndarray, np.ndarray, FeatureErrors]]:
+    """Decode ``images`` (at ``positions``, default all) in threads, run ``engine`` batch by
+    batch, and yield ``(positions, outputs, errors)`` in order. ``hflip``: mirror first."""
+    if positions is None:
+        positions = np.arange(len(images))
+    if not len(positions):
+        return
+    subset: ImageInput = (
+        images[positions] if isinstance(images, np.ndarray) else [images[int(i)] for i in positions]
+    )
+    for batch in iter_batches(
+        subset,
+        pre,
+        batch_size,
+        n_workers=n_workers,
+        on_error=on_error,  # type: ignore[arg-type]
+    ):
+        errors = [(int(positions[i]), p, r) for i, p, r in batch.errors]
+        if not len(batch.indices):
+            yield positions[batch.indices], np.empty((0, 0), np.float32), errors
+            continue
+        pixels = np.ascontiguousarray(batch.images[:, :, ::-1]) if hflip else batch.images
+        yield positions[batch.indices], engine(pixels), errors
 
 
 class PretrainedFeatures(TransformerMixin, BaseEstimator):
@@ -40,45 +110,51 @@ class PretrainedFeatures(TransformerMixin, BaseEstimator):
     the network; preprocessing (size, mean/std, interpolation, crop) comes from the
     backbone's pretrained configuration.
 
+    ``fit`` loads the backbone and builds (and warms up) the engine; ``transform`` changes
+    nothing on the estimator, so one fitted instance may be used from many threads.
+
     Parameters
     ----------
     backbone : str, default="efficientnet_lite0"
         A name for :func:`tlearn.load_backbone`: ``"efficientnet_lite0"``, ``"resnet50"``,
         ``"timm:convnext_tiny"``, ``"torchvision:resnet18"``...
     weights : "pretrained", path or None, default="pretrained"
-        Where the weights come from (``None``: random, for speed tests only).
+        Where the weights come from (``None``: random, for speed tests only;
+        ``"fine-tuned"``: the weights a FineTuneClassifier trained, kept in its model).
     image_size : int, optional
         Input side in pixels; default the backbone's own (224 for EfficientNet-Lite0).
     batch_size : int, default=64
+        Images decoded and run together.
     device : str, default="auto"
         ``"auto"`` (CUDA, then MPS, then CPU), ``"cpu"``, ``"cuda"``...
     n_workers : int, optional
         Decoding threads; default one less than the number of cores (at least 1, at most 8).
     cache_dir : path, optional
-        Cache features on disk there, keyed by backbone, weights hash, preprocessing and
-        each image's content: a second pass over the same images skips the network.
+        Cache features on disk there, keyed by backbone, weights hash, preprocessing, the
+        engine that ran and each image's content: a second pass skips the network.
     on_error : {"raise", "skip"}, default="raise"
-        ``"skip"``: unreadable images give a row of NaN, are warned about, and are listed
-        in ``errors_`` as ``(index, path, reason)``; every other image is still processed.
+        ``"skip"``: unreadable images give a row of NaN and are warned about; every other
+        image is still processed (:meth:`extract` returns the list).
     engine : str, default="torch"
         What runs the network (see :mod:`tlearn.runtime.engines`): ``"torch"`` (fp32),
         ``"torch-bf16"``, ``"torch-fp16"`` (CUDA), ``"onnxruntime"``, ``"openvino"``
         (fp32), ``"openvino-bf16"``, ``"openvino-int8"`` (quantised on the images given to
         ``fit``) or ``"auto"``: the fastest available engine whose features agree with fp32
-        torch on the calibration images (cosine >= 0.999 for fp32 engines, mean cosine >=
-        0.98 for bf16 and int8), which records its choice in ``engine_``. ``auto`` and
-        ``openvino-int8`` use ``X`` from ``fit(X)``; without it, ``auto`` checks on the
-        first batch and skips int8.
+        torch (cosine >= 0.999 for fp32 engines, mean cosine >= 0.98 for bf16 and int8),
+        checked on the images given to ``fit`` (or on synthetic pictures without them).
+        The engine that ran is recorded in ``engine_``.
     verbose : int, default=0
-        Show a progress bar when > 0 and there are many images.
+        Log the engine chosen and show a progress bar when > 0 and there are many images.
 
     Attributes
     ----------
     backbone_ : Backbone
     preprocessing_ : Preprocessing
     n_features_out_ : int
-    errors_ : list of (int, str, str)
-        Images that failed in the last ``transform`` (only with ``on_error="skip"``).
+    engine_ : str
+        The engine that runs (what ``auto`` chose, or the one asked for).
+    engine_reason_ : str
+        Why (for ``auto``: the agreement figure).
 
     Examples
     --------
@@ -89,6 +165,19 @@ class PretrainedFeatures(TransformerMixin, BaseEstimator):
     ...                     LogisticRegression(max_iter=1000))  # doctest: +SKIP
     >>> clf.fit(paths, labels).score(test_paths, test_labels)  # doctest: +SKIP
     """
+
+    _parameter_constraints: dict[str, list[Any]] = {
+        "backbone": ["str"],
+        "weights": ["path", None],
+        "image_size": [Interval(Integral, 8, 4096), None],
+        "batch_size": [Interval(Integral, 1, 1 << 16)],
+        "device": ["str"],
+        "n_workers": [Interval(Integral, 1, 256), None],
+        "cache_dir": ["path", None],
+        "on_error": [Options(("raise", "skip"))],
+        "engine": [Options(ENGINES)],
+        "verbose": [Interval(Integral, 0, None), "boolean"],
+    }
 
     def __init__(
         self,
@@ -115,52 +204,51 @@ class PretrainedFeatures(TransformerMixin, BaseEstimator):
         self.engine = engine
         self.verbose = verbose
 
-    def _check_params(self) -> None:
-        if self.engine not in ENGINES:
-            raise ValueError(
-                f"PretrainedFeatures.engine must be one of {ENGINES}, got {self.engine!r}"
-            )
-        if self.on_error not in _ON_ERROR:
-            raise ValueError(
-                f"PretrainedFeatures.on_error must be one of {_ON_ERROR}, got {self.on_error!r}"
-            )
-        if not isinstance(self.batch_size, (int, np.integer)) or self.batch_size < 1:
-            raise ValueError(
-                f"PretrainedFeatures.batch_size must be a positive int, got {self.batch_size!r}"
-            )
-        if self.image_size is not None and (
-            not isinstance(self.image_size, (int, np.integer)) or self.image_size < 8
-        ):
-            raise ValueError(
-                f"PretrainedFeatures.image_size must be None or an int >= 8, "
-                f"got {self.image_size!r}"
-            )
-
+    # -- fitting ------------------------------------------------------------------------
     def fit(self, X: object = None, y: object = None) -> PretrainedFeatures:
-        """Load the backbone. The network stays frozen (``y`` is not used).
+        """Load the backbone and build the engine (the network stays frozen; ``y`` is not
+        used).
 
         ``X`` calibrates the engines that need it: ``openvino-int8`` (and ``auto``, which
         may choose it) quantises on up to 300 images spread over ``X`` and needs at least
-        100. Other engines ignore ``X``.
+        100; ``auto`` checks agreement on the first 32. Other engines ignore ``X``.
         """
-        self._check_params()
-        self._set_backbone(load_backbone(self.backbone, self.weights))
+        device = self._validate_params()
         if self.engine == "openvino-int8" and X is None:
             raise EngineError(
                 "engine='openvino-int8' calibrates on your images: call fit(X) with at least "
                 f"{MIN_CALIBRATION_IMAGES} of them (a Pipeline or LinearProbe does this)"
             )
+        backbone = self._load_backbone()
+        pre = backbone.preprocessing.with_size(self.image_size)
+        calibration = None
         if X is not None and self.engine in ("auto", "openvino-int8"):
-            # auto only needs the 32 images of its agreement check unless int8 is possible
-            int8 = self.engine == "openvino-int8" or "openvino-int8" in available_engines(
-                resolve_device(self.device)
+            # auto only needs the 32 images of its agreement check unless int8 may run
+            int8 = self.engine == "openvino-int8" or "openvino-int8" in available_engines(device)
+            calibration = self._calibration_images(
+                check_images(X), pre, CALIBRATION_IMAGES if int8 else 32
             )
-            self._get_engine(
-                self._calibration_images(check_images(X), CALIBRATION_IMAGES if int8 else 32)
-            )
+        self._install(backbone, calibration=calibration)
         return self
 
-    def _calibration_images(self, images: ImageInput, k: int) -> np.ndarray | None:
+    def _validate_params(self) -> Any:
+        """Check every parameter (and that the device is there); returns the device."""
+        validate_params(type(self).__name__, self.get_params(), self._parameter_constraints)
+        return resolve_device(self.device)
+
+    def _load_backbone(self) -> Backbone:
+        if self.weights != FINE_TUNED:
+            return load_backbone(self.backbone, self.weights)
+        fitted: Backbone | None = getattr(self, "backbone_", None)
+        if fitted is None:
+            raise InvalidParameterError(
+                "weights='fine-tuned' names weights that live only inside the fitted model "
+                "that trained them; save that model and load it (tlearn.load), or use "
+                "weights='pretrained'"
+            )
+        return fitted
+
+    def _calibration_images(self, images: ImageInput, pre: Preprocessing, k: int) -> np.ndarray:
         """Up to ``k`` readable images spread over ``images``, preprocessed:
         ``(n, size, size, 3)`` uint8."""
         idx = sample_indices(len(images), k)
@@ -169,58 +257,114 @@ class PretrainedFeatures(TransformerMixin, BaseEstimator):
         )
         arrays = [
             b.images
-            for b in iter_batches(
-                subset, self.preprocessing_, 64, n_workers=self.n_workers, on_error="skip"
-            )
+            for b in iter_batches(subset, pre, 64, n_workers=self.n_workers, on_error="skip")
             if len(b.images)
         ]
-        return np.concatenate(arrays) if arrays else None
+        if not arrays:
+            return np.empty((0, pre.input_size, pre.input_size, 3), np.uint8)
+        return np.concatenate(arrays)
 
-    def _set_backbone(self, backbone: Backbone) -> None:
-        """Install a ready backbone (used by ``fit`` and when loading a model file)."""
+    def _install(
+        self,
+        backbone: Backbone,
+        *,
+        calibration: np.ndarray | None = None,
+        engine_name: str | None = None,
+        engine: Engine | None = None,
+    ) -> None:
+        """Set the fitted state: backbone, preprocessing and a warmed-up engine (``fit``
+        and loading a model file use it). ``engine_name`` overrides the parameter (a model
+        file records what ``auto`` chose); ``engine`` installs a ready one."""
         self.backbone_ = backbone
         self.preprocessing_: Preprocessing = backbone.preprocessing.with_size(self.image_size)
         self.n_features_out_ = backbone.n_features
-        self.errors_: list[tuple[int, str, str]] = []
-        self._engine: Engine | None = None
-
-    def _get_engine(self, calibration: np.ndarray | None = None) -> Engine:
-        engine = getattr(self, "_engine", None)
         if engine is None:
-            engine, why = make_engine(
-                self.engine,
-                self.backbone_.model,
+            name = engine_name or self.engine
+            if calibration is None or not len(calibration):
+                calibration = (
+                    synthetic_check_images(self.preprocessing_.input_size)
+                    if name == "auto"
+                    else calibration
+                )
+            engine, reason = make_engine(
+                name,
+                backbone.model,
                 self.preprocessing_,
-                resolve_device(self.device),
-                self._cache_key(),
+                self.device,
+                self._model_key(),
                 calibration,
             )
-            self._engine, self.engine_ = engine, why
-            if self.verbose and self.engine == "auto":
-                print(f"tlearn: {why}", file=sys.stderr)
-        return engine
+        else:
+            reason = f"engine {engine.name} (from the model file)"
+        engine(
+            np.zeros(
+                (1, self.preprocessing_.input_size, self.preprocessing_.input_size, 3), np.uint8
+            )
+        )
+        self._engine, self.engine_, self.engine_reason_ = engine, engine.name, reason
+        if self.verbose and self.engine == "auto":
+            ensure_handler()
+            logger.info("tlearn: %s", reason)
 
-    def _cache_key(self) -> dict[str, Any]:
+    def set_params(self, **params: Any) -> PretrainedFeatures:
+        """Set parameters; on a fitted instance a new ``engine`` or ``device`` takes effect
+        at once (the engine is rebuilt and warmed up)."""
+        before = (self.engine, self.device)
+        super().set_params(**params)
+        if hasattr(self, "backbone_") and (self.engine, self.device) != before:
+            self._rebuild_engine()
+        return self
+
+    def _rebuild_engine(self) -> None:
+        self._validate_params()
+        current = getattr(self, "_engine", None)
+        if self.engine == "openvino-int8":
+            if current is not None and current.name == "openvino-int8":
+                return  # the engine calibrated at fit (or carried by the model file)
+            raise EngineError(
+                "engine='openvino-int8' calibrates on training images, so it is chosen at fit "
+                "time: fit with engine='openvino-int8' (CLI: tlearn fit ... --engine "
+                "openvino-int8) and the calibrated engine is kept in the model file"
+            )
+        self._install(self.backbone_)
+
+    def _model_key(self) -> dict[str, Any]:
         return {
-            "engine": self.engine,
             "architecture": self.backbone_.architecture,
             "weights_sha256": self.backbone_.weights_sha256,
             "preprocessing": self.preprocessing_.to_dict(),
         }
 
+    def _cache_key(self) -> dict[str, Any]:
+        """What features depend on: the model and the engine that actually ran."""
+        key = {**self._model_key(), "engine": self.engine_}
+        ir = getattr(self._engine, "ir", None)
+        if ir is not None:  # a calibrated engine: its own quantisation
+            import hashlib
+
+            key["engine_sha256"] = hashlib.sha256(ir[0] + ir[1]).hexdigest()[:16]
+        return key
+
+    # -- transforming -------------------------------------------------------------------
     def iter_features(
-        self, X: object, *, hflip: bool = False
-    ) -> Iterator[tuple[np.ndarray, np.ndarray, list[tuple[int, str, str]]]]:
+        self,
+        X: object,
+        *,
+        on_error: str | None = None,
+        hflip: bool = False,
+        batch_size: int | None = None,
+    ) -> Iterator[tuple[np.ndarray, np.ndarray, FeatureErrors]]:
         """Stream ``(indices, features (k, n_features), errors)`` over ``X`` in order.
 
-        Memory stays bounded whatever the number of images; used by :meth:`transform` and
-        by batch prediction. ``hflip=True`` gives the features of the mirrored images (for
-        test-time augmentation; not cached).
+        Memory stays bounded whatever the number of images. ``on_error`` overrides the
+        parameter for this call; ``hflip=True`` gives the features of the mirrored images
+        (test-time augmentation; not cached).
         """
         check_is_fitted(self, "backbone_")
         images = check_images(X)
+        on_error = self.on_error if on_error is None else on_error
         if self.cache_dir is None or hflip:
-            yield from self._iter_computed(images, np.arange(len(images)), hflip)
+            yield from self._iter_computed(images, None, on_error, hflip, batch_size)
             return
         cache = FeatureCache(self.cache_dir, self._cache_key())
         try:
@@ -230,7 +374,9 @@ class PretrainedFeatures(TransformerMixin, BaseEstimator):
             if len(hit_idx):
                 yield hit_idx, np.stack([hits[str(keys[i])] for i in hit_idx]), []
             todo = np.array([i for i, k in enumerate(keys) if k not in hits], dtype=np.int64)
-            for idx, feats, errors in self._iter_computed(images, todo):
+            for idx, feats, errors in self._iter_computed(
+                images, todo, on_error, False, batch_size
+            ):
                 cache.put_many(
                     (keys[i], f) for i, f in zip(idx, feats, strict=True) if keys[i] is not None
                 )
@@ -239,69 +385,84 @@ class PretrainedFeatures(TransformerMixin, BaseEstimator):
             cache.close()
 
     def _iter_computed(
-        self, images: ImageInput, positions: np.ndarray, hflip: bool = False
-    ) -> Iterator[tuple[np.ndarray, np.ndarray, list[tuple[int, str, str]]]]:
-        if not len(positions):
-            return
-        subset: ImageInput = (
-            images[positions] if isinstance(images, np.ndarray) else [images[i] for i in positions]
-        )
-        engine = getattr(self, "_engine", None)
-        for batch in iter_batches(
-            subset,
+        self,
+        images: ImageInput,
+        positions: np.ndarray | None,
+        on_error: str,
+        hflip: bool,
+        batch_size: int | None,
+    ) -> Iterator[tuple[np.ndarray, np.ndarray, FeatureErrors]]:
+        yield from iter_engine(
+            images,
             self.preprocessing_,
-            int(self.batch_size),
+            self._engine,
+            int(batch_size or self.batch_size),
+            positions=positions,
             n_workers=self.n_workers,
-            on_error=self.on_error,  # type: ignore[arg-type]
-        ):
-            errors = [(int(positions[i]), p, r) for i, p, r in batch.errors]
-            pixels = np.ascontiguousarray(batch.images[:, :, ::-1]) if hflip else batch.images
-            if engine is None and len(pixels):
-                engine = self._get_engine(calibration=pixels[:16])
-            feats = (
-                engine(pixels)
-                if engine is not None and len(batch.indices)
-                else np.empty((0, self.n_features_out_), np.float32)
-            )
-            yield positions[batch.indices], feats, errors
+            on_error=on_error,
+            hflip=hflip,
+        )
 
-    def transform(self, X: object) -> np.ndarray:
-        """Features ``(n_samples, n_features)`` float32; rows of NaN for skipped images."""
+    def extract(
+        self, X: object, *, on_error: str | None = None, hflip: bool = False
+    ) -> tuple[np.ndarray, FeatureErrors]:
+        """Features ``(n_samples, n_features)`` float32 (rows of NaN for skipped images) and
+        the list of ``(index, path, reason)`` for the images that could not be read."""
         check_is_fitted(self, "backbone_")
         n = len(check_images(X))
         out = np.full((n, self.n_features_out_), np.nan, dtype=np.float32)
-        errors: list[tuple[int, str, str]] = []
+        errors: FeatureErrors = []
         with _progress(n, self.verbose, f"features ({self.backbone})") as advance:
-            for idx, feats, errs in self.iter_features(X):
-                out[idx] = feats
+            for idx, feats, errs in self.iter_features(X, on_error=on_error, hflip=hflip):
+                if len(idx):
+                    out[idx] = feats
                 errors.extend(errs)
                 advance(len(idx) + len(errs))
-        self.errors_ = sorted(errors)
+        return out, sorted(errors)
+
+    def transform(self, X: object) -> np.ndarray:
+        """Features ``(n_samples, n_features)`` float32; rows of NaN for skipped images,
+        which are named in a warning."""
+        F, errors = self.extract(X)
         if errors:
-            listing = "; ".join(f"{p}: {r}" for _, p, r in self.errors_[:5])
-            more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
-            warnings.warn(
-                f"{len(errors)} of {n} images could not be read and have NaN "
-                f"features: {listing}{more}. See .errors_ for the full list.",
-                UserWarning,
-                stacklevel=2,
-            )
-        return out
+            warn_skipped(errors, len(F))
+        return F
 
     def get_feature_names_out(self, input_features: object = None) -> np.ndarray:
         check_is_fitted(self, "backbone_")
         return np.array([f"feature{i}" for i in range(self.n_features_out_)], dtype=object)
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_engine"] = None  # rebuilt on first use, on whatever device is there
-        return state
 
     def __sklearn_tags__(self) -> Any:
         tags = super().__sklearn_tags__()
         tags.input_tags.two_d_array = False
         tags.requires_fit = True
         return tags
+
+
+def warn_skipped(errors: FeatureErrors, n: int) -> None:
+    listing = "; ".join(f"{p}: {r}" for _, p, r in errors[:5])
+    more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
+    warnings.warn(
+        f"{len(errors)} of {n} images could not be read and have NaN features: "
+        f"{listing}{more}. Use .extract(X) for the full list.",
+        UserWarning,
+        stacklevel=3,
+    )
+
+
+class ForwardsFeatureParams:
+    """For estimators holding a fitted :class:`PretrainedFeatures` in ``features_``:
+    ``set_params`` of a runtime parameter (device, engine, batch size, ...) after ``fit`` or
+    ``load`` reaches the feature extractor at once instead of going stale."""
+
+    def set_params(self, **params: Any) -> Any:
+        super().set_params(**params)  # type: ignore[misc]
+        features: PretrainedFeatures | None = getattr(self, "features_", None)
+        if features is not None:
+            forward = {k: v for k, v in params.items() if k in RUNTIME_PARAMS}
+            if forward:
+                features.set_params(**forward)
+        return self
 
 
 class _RateColumn:

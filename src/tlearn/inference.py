@@ -11,12 +11,8 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-import numpy as np
-
-from tlearn.data.sources import iter_image_paths
 from tlearn.exceptions import DataError
-from tlearn.models import python_value as _py
-from tlearn.models import split_model
+from tlearn.predictor import load_predictor
 
 __all__ = ["FORMATS", "iter_predictions", "predict_to_file", "read_done_paths", "write_predictions"]
 
@@ -41,61 +37,13 @@ def iter_predictions(
     """Yield one dict per image, in input order: ``path``, ``label``, ``probability``,
     ``top_labels``, ``top_probabilities`` and ``error`` (empty when the image was read).
 
-    Images are taken ``chunk_size`` at a time, so memory stays flat for any number of them;
-    unreadable images get a row with the error instead of stopping the run. ``tta``
-    averages the probabilities of each image and its mirror image; paths in ``skip`` (done
-    by an earlier, interrupted run) are passed over.
+    ``model`` is a :class:`~tlearn.predictor.Predictor`, a fitted model, a model file, an
+    export or ``imagenet:NAME``; see :meth:`Predictor.iter_predict`.
     """
-    parts = split_model(model)
-    if top_k < 1:
-        raise ValueError(f"top_k must be at least 1, got {top_k}")
-    k = min(top_k, len(parts.classes))
-    features = parts.features
-    saved = features.on_error
-    features.on_error = "skip"  # a batch job keeps going; each failure gets its own row
-    try:
-        paths = (p for p in iter_image_paths(inputs) if not skip or p not in skip)
-        while True:
-            chunk = [p for _, p in zip(range(chunk_size), paths, strict=False)]
-            if not chunk:
-                return
-            proba = np.full((len(chunk), len(parts.classes)), np.nan)
-            errors: dict[int, str] = {}
-            for idx, feats, errs in features.iter_features(chunk):
-                if len(idx):
-                    proba[idx] = parts.predict_proba(feats)
-                errors.update((i, reason) for i, _, reason in errs)
-            if tta:
-                ok = [chunk[i] for i in range(len(chunk)) if i not in errors]
-                where = np.array([i for i in range(len(chunk)) if i not in errors], dtype=int)
-                for idx, feats, _ in features.iter_features(ok, hflip=True):
-                    if len(idx):
-                        rows = where[idx]
-                        proba[rows] = (proba[rows] + parts.predict_proba(feats)) / 2
-            top = np.argsort(-np.nan_to_num(proba, nan=-1.0), axis=1)[:, :k]
-            for i, path in enumerate(chunk):
-                if i in errors:
-                    yield {
-                        "path": path,
-                        "label": None,
-                        "probability": None,
-                        "top_labels": [],
-                        "top_probabilities": [],
-                        "error": errors[i],
-                    }
-                    continue
-                labels = [_py(parts.classes[j]) for j in top[i]]
-                probs = [float(proba[i, j]) for j in top[i]]
-                yield {
-                    "path": path,
-                    "label": labels[0],
-                    "probability": probs[0],
-                    "top_labels": labels,
-                    "top_probabilities": probs,
-                    "error": "",
-                }
-    finally:
-        features.on_error = saved
+    predictor = load_predictor(model)
+    yield from predictor.iter_predict(
+        inputs, top_k=top_k, tta=tta, chunk_size=chunk_size, skip=skip
+    )
 
 
 def _format(output: str) -> str:

@@ -1,29 +1,42 @@
-"""What every fitted classifier offers the evaluation and prediction code: its feature
-extractor, a head mapping features to probabilities, and its class labels."""
+"""One table of model kinds: what every fitted classifier offers the code that predicts
+with it, saves it, exports it and evaluates it. A new head adds one :class:`ModelKind` row;
+persistence, export, evaluation and the predictor look it up with :func:`model_kind`.
+
+A kind says how to find the model's feature extractor, its head (features ->
+probabilities), its head as one linear layer (for export), and how its head is written to
+and read from a model file.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from sklearn.pipeline import Pipeline
 
+from tlearn.data.images import Preprocessing
+from tlearn.exceptions import ModelFileError
 from tlearn.features import PretrainedFeatures
 from tlearn.finetune import FineTuneClassifier
 from tlearn.probe import LinearProbe
+from tlearn.runtime.engines import Engine
 
-__all__ = ["IMAGENET_PREFIX", "ModelParts", "imagenet_model", "python_value", "split_model"]
+__all__ = [
+    "IMAGENET_PREFIX",
+    "MODEL_KINDS",
+    "ModelKind",
+    "ModelParts",
+    "imagenet_parts",
+    "model_kind",
+    "python_value",
+    "register_model_kind",
+    "split_model",
+]
 
 IMAGENET_PREFIX = "imagenet:"
-
-
-@dataclass
-class ModelParts:
-    features: PretrainedFeatures
-    predict_proba: Callable[[np.ndarray], np.ndarray]
-    classes: np.ndarray
+Array = np.ndarray
+Head = Callable[[Array], Array]
 
 
 def python_value(v: Any) -> Any:
@@ -31,38 +44,297 @@ def python_value(v: Any) -> Any:
     return v.item() if hasattr(v, "item") else v
 
 
-def imagenet_model(name: str) -> ModelParts:
+@dataclass
+class ModelParts:
+    """A fitted classifier taken apart for prediction: preprocessing, an engine (uint8
+    pixels -> features, or straight to probabilities for an export), a head (features ->
+    probabilities), the class labels, and the feature extractor when there is one."""
+
+    preprocessing: Preprocessing
+    engine: Engine
+    head: Head
+    classes: np.ndarray
+    features: PretrainedFeatures | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ModelKind:
+    """One kind of fitted model. ``to_file(model)`` gives the head's arrays and settings;
+    ``from_file(head_meta, arrays, features, classes, params)`` rebuilds the model."""
+
+    name: str
+    matches: Callable[[Any], bool]
+    features: Callable[[Any], PretrainedFeatures]
+    head: Callable[[Any], Head]
+    linear_head: Callable[[Any], tuple[Array, Array]]
+    to_file: Callable[[Any], tuple[dict[str, Array], dict[str, Any]]]
+    from_file: Callable[..., Any]
+    is_fitted: Callable[[Any], bool]
+
+
+MODEL_KINDS: dict[str, ModelKind] = {}
+
+
+def register_model_kind(kind: ModelKind) -> ModelKind:
+    """Add a kind to the table; duplicate names are refused."""
+    if kind.name in MODEL_KINDS:
+        raise ValueError(f"a model kind named {kind.name!r} is already registered")
+    MODEL_KINDS[kind.name] = kind
+    return kind
+
+
+def model_kind(model: Any) -> ModelKind:
+    """The kind of ``model``; a ``TypeError`` names the kinds there are."""
+    for kind in MODEL_KINDS.values():
+        if kind.matches(model):
+            return kind
+    raise TypeError(
+        f"tlearn handles {', '.join(MODEL_KINDS)} models (LinearProbe, FineTuneClassifier, "
+        "Pipeline(PretrainedFeatures, [StandardScaler], LogisticRegression)), not "
+        f"{type(model).__name__}"
+    )
+
+
+def split_model(model: Any) -> ModelParts:
+    """A fitted model (or ready :class:`ModelParts`) as :class:`ModelParts`."""
+    if isinstance(model, ModelParts):
+        return model
+    kind = model_kind(model)
+    if not kind.is_fitted(model):
+        raise ModelFileError(f"the {type(model).__name__} is not fitted yet; call fit first")
+    features = kind.features(model)
+    return ModelParts(
+        preprocessing=features.preprocessing_,
+        engine=features._engine,
+        head=kind.head(model),
+        classes=np.asarray(model.classes_ if hasattr(model, "classes_") else model[-1].classes_),
+        features=features,
+        info={"kind": kind.name},
+    )
+
+
+# -- linear heads: the probe and a Pipeline of StandardScaler + LogisticRegression ---------
+def _fold_linear(scaler: Any, clf: Any, temperature: float = 1.0) -> tuple[Array, Array]:
+    """Scaler + logistic regression (+ temperature) as one linear layer:
+    ``W = coef / scale / T``, ``b = (intercept - (mean / scale) @ coef.T) / T``; two classes
+    become the logits [0, z]."""
+    coef = clf.coef_.astype(np.float64) / temperature
+    intercept = clf.intercept_.astype(np.float64) / temperature
+    if scaler is not None:
+        intercept = intercept - (scaler.mean_ / scaler.scale_) @ coef.T
+        coef = coef / scaler.scale_
+    if coef.shape[0] == 1:
+        coef = np.vstack([np.zeros_like(coef), coef])
+        intercept = np.concatenate([[0.0], intercept])
+    return coef, intercept
+
+
+def _logistic_arrays(scaler: Any, clf: Any) -> dict[str, Array]:
+    t = {"head.coef": clf.coef_, "head.intercept": clf.intercept_}
+    if scaler is not None:
+        t.update(
+            {
+                "head.scaler_mean": scaler.mean_,
+                "head.scaler_scale": scaler.scale_,
+                "head.scaler_var": scaler.var_,
+            }
+        )
+    return t
+
+
+def _logistic_from_arrays(arrays: dict[str, Array], C: float, max_iter: int) -> tuple[Any, Any]:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    clf = LogisticRegression(C=C, max_iter=max_iter)
+    clf.coef_, clf.intercept_ = arrays["head.coef"], arrays["head.intercept"]
+    clf.n_features_in_ = clf.coef_.shape[1]
+    clf.n_iter_ = np.zeros(1, dtype=np.int32)
+    scaler = None
+    if "head.scaler_mean" in arrays:
+        scaler = StandardScaler()
+        scaler.mean_ = arrays["head.scaler_mean"]
+        scaler.scale_ = arrays["head.scaler_scale"]
+        scaler.var_ = arrays["head.scaler_var"]
+        scaler.n_features_in_ = scaler.mean_.shape[0]
+        scaler.n_samples_seen_ = np.int64(0)
+    return scaler, clf
+
+
+def _probe_to_file(model: LinearProbe) -> tuple[dict[str, Array], dict[str, Any]]:
+    arrays = _logistic_arrays(model.scaler_, model.classifier_)
+    meta = {
+        "type": "logistic_regression",
+        "scaler": True,
+        "C": model.C_,
+        "cv_results": model.cv_results_,
+        "temperature": float(model.temperature_),
+    }
+    return arrays, meta
+
+
+def _probe_from_file(
+    head: dict[str, Any],
+    arrays: dict[str, Array],
+    features: PretrainedFeatures,
+    classes: Array,
+    params: dict[str, Any],
+) -> LinearProbe:
+    probe = LinearProbe(**params)
+    scaler, clf = _logistic_from_arrays(arrays, head["C"], int(params.get("max_iter", 1000)))
+    clf.classes_ = np.arange(len(classes))
+    probe.features_, probe.classes_ = features, classes
+    probe.scaler_, probe.classifier_ = scaler, clf
+    probe.C_, probe.cv_results_ = head["C"], head.get("cv_results", {})
+    probe.skipped_, probe.n_features_in_ = [], clf.n_features_in_
+    probe.temperature_ = float(head.get("temperature", 1.0))
+    return probe
+
+
+def _pipeline_is_linear(model: Any) -> bool:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    parts = [est for _, est in model.steps]
+    return (
+        len(parts) in (2, 3)
+        and isinstance(parts[-1], LogisticRegression)
+        and (len(parts) == 2 or isinstance(parts[1], StandardScaler))
+    )
+
+
+def _pipeline_linear_parts(model: Any) -> tuple[Any, Any]:
+    if not _pipeline_is_linear(model):
+        raise TypeError(
+            "tlearn can save and export a Pipeline(PretrainedFeatures, [StandardScaler], "
+            f"LogisticRegression); this one has {[type(e).__name__ for _, e in model.steps]}"
+        )
+    steps = [est for _, est in model.steps]
+    return (steps[1] if len(steps) == 3 else None), steps[-1]
+
+
+def _pipeline_to_file(model: Any) -> tuple[dict[str, Array], dict[str, Any]]:
+    scaler, clf = _pipeline_linear_parts(model)
+    meta = {
+        "type": "logistic_regression",
+        "scaler": scaler is not None,
+        "C": float(clf.C),
+        "params": {"max_iter": clf.max_iter},
+        "steps": [name for name, _ in model.steps],
+    }
+    return _logistic_arrays(scaler, clf), meta
+
+
+def _pipeline_from_file(
+    head: dict[str, Any],
+    arrays: dict[str, Array],
+    features: PretrainedFeatures,
+    classes: Array,
+    params: dict[str, Any],
+) -> Any:
+    from sklearn.pipeline import Pipeline
+
+    max_iter = int(head.get("params", {}).get("max_iter", 1000))
+    scaler, clf = _logistic_from_arrays(arrays, head["C"], max_iter)
+    clf.classes_ = classes
+    names = head.get("steps") or ["features", "scaler", "clf"]
+    steps = [features] + ([scaler] if scaler is not None else []) + [clf]
+    return Pipeline(list(zip(names, steps, strict=True)))
+
+
+def _is_pipeline(model: Any) -> bool:
+    from sklearn.pipeline import Pipeline
+
+    return isinstance(model, Pipeline) and isinstance(model.steps[0][1], PretrainedFeatures)
+
+
+def _finetune_to_file(model: FineTuneClassifier) -> tuple[dict[str, Array], dict[str, Any]]:
+    arrays = {"head.weight": model.head_weight_, "head.bias": model.head_bias_}
+    meta = {"type": "linear", "history": model.history_, "best_epoch": model.best_epoch_}
+    return arrays, meta
+
+
+def _finetune_from_file(
+    head: dict[str, Any],
+    arrays: dict[str, Array],
+    features: PretrainedFeatures,
+    classes: Array,
+    params: dict[str, Any],
+) -> FineTuneClassifier:
+    model = FineTuneClassifier(**params)
+    model.features_, model.classes_ = features, classes
+    model.head_weight_ = arrays["head.weight"].astype(np.float32)
+    model.head_bias_ = arrays["head.bias"].astype(np.float32)
+    model.n_features_in_ = model.head_weight_.shape[1]
+    model.history_ = head.get("history", [])
+    model.best_epoch_ = head.get("best_epoch", -1)
+    model.stopped_early_, model.skipped_ = False, []
+    return model
+
+
+register_model_kind(
+    ModelKind(
+        name="linear_probe",
+        matches=lambda m: isinstance(m, LinearProbe),
+        features=lambda m: m.features_,
+        head=lambda m: m.predict_proba_features,
+        linear_head=lambda m: _fold_linear(m.scaler_, m.classifier_, m.temperature_),
+        to_file=_probe_to_file,
+        from_file=_probe_from_file,
+        is_fitted=lambda m: hasattr(m, "classifier_"),
+    )
+)
+register_model_kind(
+    ModelKind(
+        name="finetune",
+        matches=lambda m: isinstance(m, FineTuneClassifier),
+        features=lambda m: m.features_,
+        head=lambda m: m.predict_proba_features,
+        linear_head=lambda m: (m.head_weight_, m.head_bias_),
+        to_file=_finetune_to_file,
+        from_file=_finetune_from_file,
+        is_fitted=lambda m: hasattr(m, "head_weight_"),
+    )
+)
+register_model_kind(
+    ModelKind(
+        name="pipeline",
+        matches=_is_pipeline,
+        features=lambda m: m.steps[0][1],
+        head=lambda m: m[1:].predict_proba,
+        linear_head=lambda m: _fold_linear(*_pipeline_linear_parts(m)),
+        to_file=_pipeline_to_file,
+        from_file=_pipeline_from_file,
+        is_fitted=lambda m: hasattr(m.steps[-1][1], "classes_"),
+    )
+)
+
+
+def imagenet_parts(name: str, **params: Any) -> ModelParts:
     """The backbone's own ImageNet-1k head, with readable class names (from timm), so a
     backbone can be checked on a photo before anything is trained: ``imagenet:NAME``."""
     import torch
     from timm.data import ImageNetInfo
 
-    features = PretrainedFeatures(name.removeprefix(IMAGENET_PREFIX)).fit()
+    backbone = name.removeprefix(IMAGENET_PREFIX)
+    features = PretrainedFeatures(backbone, **params).fit()
     head = features.backbone_.classifier
     if head is None or head.out_features != 1000:
-        raise TypeError(f"{name!r} has no ImageNet-1k classifier head to predict with")
+        raise ModelFileError(f"{name!r} has no ImageNet-1k classifier head to predict with")
     info = ImageNetInfo()
     classes = np.array([info.index_to_description(i) for i in range(1000)], dtype=object)
 
-    def predict_proba(F: np.ndarray) -> np.ndarray:
+    def predict_proba(F: Array) -> Array:
         with torch.inference_mode():
             logits = head(torch.from_numpy(np.ascontiguousarray(F, dtype=np.float32)))
         return logits.softmax(dim=1).numpy()
 
-    return ModelParts(features, predict_proba, classes)
-
-
-def split_model(model: Any) -> ModelParts:
-    """Split a fitted LinearProbe or Pipeline(PretrainedFeatures, ...) into its parts, so
-    that features can be streamed batch by batch and errors kept per image."""
-    if isinstance(model, ModelParts):
-        return model
-    if isinstance(model, (LinearProbe, FineTuneClassifier)):
-        return ModelParts(model.features_, model.predict_proba_features, model.classes_)
-    if isinstance(model, Pipeline) and isinstance(model.steps[0][1], PretrainedFeatures):
-        head = model[1:]
-        return ModelParts(model.steps[0][1], head.predict_proba, np.asarray(head.classes_))
-    raise TypeError(
-        "expected a fitted LinearProbe or a Pipeline starting with PretrainedFeatures, got "
-        f"{type(model).__name__}"
+    return ModelParts(
+        features.preprocessing_,
+        features._engine,
+        predict_proba,
+        classes,
+        features,
+        {"kind": "imagenet", "backbone": backbone},
     )

@@ -1,41 +1,38 @@
 """Model files that are data, not code: one safetensors file holding the weights, with
-everything else (backbone, preprocessing, classes, head settings, library versions) as JSON
-in its header. Loading never unpickles.
+everything else (backbone, preprocessing, the engine that ran, classes, head settings,
+library versions) as JSON in its header. Loading never unpickles.
 
-Supported models: :class:`~tlearn.LinearProbe`, :class:`~tlearn.FineTuneClassifier`, and
-scikit-learn ``Pipeline`` objects of ``PretrainedFeatures`` -> optional ``StandardScaler`` ->
-``LogisticRegression``.
+Every kind of model in :data:`tlearn.models.MODEL_KINDS` can be saved: the file's common
+part (backbone, classes, engine) is written here, the head by the kind. :func:`dumps` and
+:func:`loads` do the same with bytes in memory (the predictor pickles itself that way).
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import os
+import struct
 import warnings
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import numpy as np
 import torch
-from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import StandardScaler
 
-from tlearn._io import write_atomic, write_safetensors_atomic
+from tlearn._io import write_atomic
 from tlearn.backbones import Backbone, build_backbone, state_dict_sha256
 from tlearn.data.images import Preprocessing
-from tlearn.exceptions import ModelFileError
+from tlearn.exceptions import EngineError, ModelFileError
 from tlearn.features import PretrainedFeatures
-from tlearn.finetune import FineTuneClassifier
-from tlearn.probe import LinearProbe
-from tlearn.runtime.engines import OpenVinoEngine, engine_cache_dir
+from tlearn.models import MODEL_KINDS, model_kind
+from tlearn.runtime.openvino_engine import OpenVinoEngine
 
-__all__ = ["FORMAT_VERSION", "load", "read_metadata", "save"]
+__all__ = ["FORMAT_VERSION", "dumps", "load", "loads", "read_metadata", "save"]
 
 FORMAT_VERSION = 1
 _MAGIC = "tlearn"
+_FEATURE_PARAMS = ("image_size", "batch_size", "device", "on_error", "engine")
 
 
 def _versions() -> dict[str, str]:
@@ -64,8 +61,13 @@ def _classes_from_json(values: list[Any], kind: str) -> np.ndarray:
     return np.asarray(values)
 
 
+def _jsonable(value: Any) -> Any:
+    return value if value is None or isinstance(value, (int, float, str, bool)) else str(value)
+
+
 def _features_meta(features: PretrainedFeatures) -> dict[str, Any]:
     bb = features.backbone_
+    params = features.get_params()
     return {
         "name": bb.name,
         "architecture": bb.architecture,
@@ -73,83 +75,30 @@ def _features_meta(features: PretrainedFeatures) -> dict[str, Any]:
         "weights_source": bb.weights_source,
         "n_features": bb.n_features,
         "preprocessing": bb.preprocessing.to_dict(),
-        "params": {
-            k: features.get_params()[k]
-            for k in ("image_size", "batch_size", "device", "on_error", "engine")
-        },
+        "params": {k: _jsonable(params[k]) for k in _FEATURE_PARAMS},
+        "engine_": features.engine_,
+        "engine_reason": features.engine_reason_,
     }
 
 
-def _head_tensors(scaler: StandardScaler | None, clf: LogisticRegression) -> dict[str, Any]:
-    t = {"head.coef": clf.coef_, "head.intercept": clf.intercept_}
-    if scaler is not None:
-        t["head.scaler_mean"] = scaler.mean_
-        t["head.scaler_scale"] = scaler.scale_
-        t["head.scaler_var"] = scaler.var_
-    return t
-
-
-def save(model: Any, path: str | os.PathLike[str]) -> str:
-    """Write a fitted model to ``path`` (conventionally ``*.safetensors``), atomically.
-
-    Returns the path. Raises ``TypeError`` for a model this format cannot hold, naming what
-    it can.
-    """
-    if isinstance(model, LinearProbe):
-        if not hasattr(model, "classifier_"):
-            raise ModelFileError("the LinearProbe is not fitted yet; call fit first")
-        features, scaler, clf = model.features_, model.scaler_, model.classifier_
-        classes = model.classes_
-        kind = "linear_probe"
-        extra: dict[str, Any] = {
-            "C": model.C_,
-            "cv_results": model.cv_results_,
-            "params": {
-                k: v
-                for k, v in model.get_params().items()
-                if k in ("validation_size", "max_iter", "random_state")
-            },
-        }
-        steps = None
-    elif isinstance(model, FineTuneClassifier):
-        return _save_finetuned(model, path)
-    elif isinstance(model, Pipeline):
-        steps = [name for name, _ in model.steps]
-        parts = [est for _, est in model.steps]
-        ok = (
-            len(parts) in (2, 3)
-            and isinstance(parts[0], PretrainedFeatures)
-            and isinstance(parts[-1], LogisticRegression)
-            and (len(parts) == 2 or isinstance(parts[1], StandardScaler))
-        )
-        if not ok:
-            raise TypeError(
-                "tlearn.save handles LinearProbe and Pipeline(PretrainedFeatures, "
-                "[StandardScaler], LogisticRegression); got a Pipeline of "
-                f"{[type(p).__name__ for p in parts]}"
-            )
-        if not hasattr(parts[-1], "coef_"):
-            raise ModelFileError("the Pipeline is not fitted yet; call fit first")
-        features, clf = parts[0], parts[-1]
-        scaler = parts[1] if len(parts) == 3 else None
-        classes = clf.classes_
-        kind = "pipeline"
-        extra = {"C": float(clf.C), "params": {"max_iter": clf.max_iter}}
-    else:
-        raise TypeError(
-            f"tlearn.save handles LinearProbe and Pipeline(PretrainedFeatures, [StandardScaler],"
-            f" LogisticRegression), not {type(model).__name__}"
-        )
+def _to_tensors(model: Any) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    kind = model_kind(model)
+    if not kind.is_fitted(model):
+        raise ModelFileError(f"the {type(model).__name__} is not fitted yet; call fit first")
+    features = kind.features(model)
+    arrays, head = kind.to_file(model)
+    classes = model.classes_ if hasattr(model, "classes_") else model[-1].classes_
     class_values, class_kind = _jsonable_classes(np.asarray(classes))
+    params = {} if kind.name == "pipeline" else model.get_params()
     meta = {
         "format": _MAGIC,
         "format_version": FORMAT_VERSION,
-        "kind": kind,
-        "steps": steps,
+        "kind": kind.name,
         "backbone": _features_meta(features),
         "classes": class_values,
         "classes_type": class_kind,
-        "head": {"type": "logistic_regression", "scaler": scaler is not None, **extra},
+        "head": head,
+        "params": {k: _jsonable(v) for k, v in params.items()},
         "versions": _versions(),
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
@@ -157,154 +106,90 @@ def save(model: Any, path: str | os.PathLike[str]) -> str:
         f"backbone.{k}": v.detach().cpu().contiguous()
         for k, v in features.backbone_.model.state_dict().items()
     }
-    for k, v in _head_tensors(scaler, clf).items():
+    for k, v in arrays.items():
         tensors[k] = torch.from_numpy(np.ascontiguousarray(v))
-    meta["engine"] = _engine_files(features, tensors)
+    ir = getattr(features._engine, "ir", None)
+    if ir is not None:
+        # a calibrated engine cannot be rebuilt without its training images: keep its bytes
+        tensors["engine.xml"] = torch.frombuffer(bytearray(ir[0]), dtype=torch.uint8)
+        tensors["engine.bin"] = torch.frombuffer(bytearray(ir[1]), dtype=torch.uint8)
+    meta["engine"] = None if ir is None else features.engine_
+    return tensors, meta
+
+
+def dumps(model: Any) -> bytes:
+    """The model file's bytes (what :func:`save` writes)."""
+    from safetensors.torch import save
+
+    tensors, meta = _to_tensors(model)
+    return bytes(save(tensors, metadata={_MAGIC: json.dumps(meta)}))
+
+
+def save(model: Any, path: str | os.PathLike[str]) -> str:
+    """Write a fitted model to ``path`` (conventionally ``*.safetensors``), atomically.
+
+    Returns the path. Raises ``TypeError`` for a model this format cannot hold, naming
+    what it can.
+    """
     path = os.fspath(path)
-    _check_folder(path)
-    write_safetensors_atomic(path, tensors, meta, key=_MAGIC)
+    folder = os.path.dirname(os.path.abspath(path))
+    data = dumps(model)
+    if not os.path.isdir(folder):
+        raise ModelFileError(f"cannot write {path!r}: the folder {folder!r} does not exist")
+    write_atomic(path, data)
     return path
 
 
-def _engine_files(features: PretrainedFeatures, tensors: dict[str, Any]) -> str | None:
-    """An int8 engine was calibrated on the training images, which are gone at load time:
-    its compiled files travel in the model file (as bytes) so a loaded model predicts the
-    same. Returns the engine's name, or None when there is nothing to keep."""
-    engine = getattr(features, "_engine", None)
-    if not isinstance(engine, OpenVinoEngine) or engine.precision != "int8":
-        return None
-    for part, suffix in (("xml", ".xml"), ("bin", ".bin")):
-        try:
-            data = bytearray(engine.path.with_suffix(suffix).read_bytes())
-        except OSError as e:
-            raise ModelFileError(
-                f"the calibrated int8 engine's file {engine.path.with_suffix(suffix)} is gone "
-                f"({e.strerror}); was the engine cache cleared? Fit the model again to save "
-                "it, or save it with engine='openvino' (fp32)"
-            ) from None
-        tensors[f"engine.{part}"] = torch.frombuffer(data, dtype=torch.uint8)
-    return engine.name
-
-
-def _restore_engine(
-    features: PretrainedFeatures, name: str, tensors: dict[str, torch.Tensor], path: str
-) -> None:
-    """Run the stored int8 engine; without OpenVINO here, fall back to fp32 torch, warning."""
-    xml, bin_ = tensors["engine.xml"].numpy().tobytes(), tensors["engine.bin"].numpy().tobytes()
-    digest = hashlib.sha256(xml + bin_).hexdigest()[:16]
-    target = engine_cache_dir() / f"model-file-{digest}.xml"
+def _header(data: bytes, where: str) -> dict[str, Any]:
+    """The safetensors header (JSON) of ``data``; raises :class:`ModelFileError`."""
     try:
-        if not (target.is_file() and target.with_suffix(".bin").is_file()):
-            target.parent.mkdir(parents=True, exist_ok=True)
-            write_atomic(target.with_suffix(".bin"), bin_)
-            write_atomic(target, xml)
-        engine = OpenVinoEngine.from_file(target, features.preprocessing_)
-    except Exception as e:
-        warnings.warn(
-            f"{path!r} carries an {name} engine calibrated on its training images, which "
-            f"cannot run here ({str(e)[:160]}); predicting with fp32 torch instead, so "
-            "probabilities may differ slightly. pip install 'tlearn[openvino]' to use it",
-            UserWarning,
-            stacklevel=3,
-        )
-        features.set_params(engine="torch")
-        return
-    engine.name, engine.precision = name, "int8"
-    features._engine, features.engine_ = engine, f"engine {name} (from the model file)"
-
-
-def _check_folder(path: str) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise ModelFileError(f"cannot write {path!r}: the folder {folder!r} does not exist")
-
-
-def _save_finetuned(model: FineTuneClassifier, path: str | os.PathLike[str]) -> str:
-    if not hasattr(model, "head_weight_"):
-        raise ModelFileError("the FineTuneClassifier is not fitted yet; call fit first")
-    class_values, class_kind = _jsonable_classes(np.asarray(model.classes_))
-    params = {
-        k: (None if v is None else (v if isinstance(v, (int, float, str, bool)) else str(v)))
-        for k, v in model.get_params().items()
-    }
-    meta = {
-        "format": _MAGIC,
-        "format_version": FORMAT_VERSION,
-        "kind": "finetune",
-        "backbone": _features_meta(model.features_),
-        "classes": class_values,
-        "classes_type": class_kind,
-        "head": {"type": "linear"},
-        "params": params,
-        "history": model.history_,
-        "best_epoch": model.best_epoch_,
-        "versions": _versions(),
-        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-    }
-    tensors = {f"backbone.{k}": v for k, v in model.features_.backbone_.model.state_dict().items()}
-    tensors["head.weight"] = torch.from_numpy(np.ascontiguousarray(model.head_weight_))
-    tensors["head.bias"] = torch.from_numpy(np.ascontiguousarray(model.head_bias_))
-    path = os.fspath(path)
-    _check_folder(path)
-    return write_safetensors_atomic(path, tensors, meta, key=_MAGIC)
-
-
-def _load_finetuned(
-    meta: dict[str, Any], tensors: dict[str, torch.Tensor], path: str
-) -> FineTuneClassifier:
-    try:
-        model = FineTuneClassifier(**meta["params"])
-        model._install(
-            _load_backbone(meta, tensors, path),
-            _classes_from_json(meta["classes"], meta["classes_type"]),
-            tensors["head.weight"].numpy(),
-            tensors["head.bias"].numpy(),
-        )
-    except (KeyError, TypeError) as e:
-        raise ModelFileError(f"{path!r} is damaged or incomplete ({e})") from None
-    model.history_ = meta.get("history", [])
-    model.best_epoch_ = meta.get("best_epoch", -1)
-    model.stopped_early_ = False
-    model.skipped_ = []
-    return model
-
-
-def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The JSON part of a model file, validated; raises :class:`ModelFileError`."""
-    from safetensors import safe_open
-
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise ModelFileError(f"no such model file: {path!r}")
-    try:
-        with safe_open(path, framework="pt") as f:
-            raw = (f.metadata() or {}).get(_MAGIC)
+        (n,) = struct.unpack("<Q", data[:8])
+        if n > len(data) - 8:
+            raise ValueError("the header is longer than the file")
+        header = json.loads(data[8 : 8 + n])
     except Exception as e:
         raise ModelFileError(
-            f"{path!r} is not a tlearn model file (it is not a readable safetensors file: "
+            f"{where} is not a tlearn model file (it is not a readable safetensors file: "
             f"{e}). Model files are written by `tlearn fit` or tlearn.save"
         ) from None
+    return header if isinstance(header, dict) else {}
+
+
+def _meta_from_header(header: dict[str, Any], where: str) -> dict[str, Any]:
+    raw = (header.get("__metadata__") or {}).get(_MAGIC)
     if raw is None:
         raise ModelFileError(
-            f"{path!r} is a safetensors file but not a tlearn model "
+            f"{where} is a safetensors file but not a tlearn model "
             "(no tlearn metadata); it may hold plain weights"
         )
     try:
         meta = json.loads(raw)
     except json.JSONDecodeError as e:
-        raise ModelFileError(f"{path!r} has damaged tlearn metadata ({e})") from None
+        raise ModelFileError(f"{where} has damaged tlearn metadata ({e})") from None
     fmt = meta.get("format_version")
     if not isinstance(fmt, int):
-        raise ModelFileError(f"{path!r} has no valid format_version")
+        raise ModelFileError(f"{where} has no valid format_version")
     if fmt > FORMAT_VERSION:
         raise ModelFileError(
-            f"{path!r} uses model-file format {fmt}, newer than this tlearn understands "
+            f"{where} uses model-file format {fmt}, newer than this tlearn understands "
             f"({FORMAT_VERSION}); upgrade tlearn (pip install -U tlearn)"
         )
     return meta
 
 
-def _load_backbone(meta: dict[str, Any], tensors: dict[str, torch.Tensor], path: str) -> Backbone:
+def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The JSON part of a model file, validated; raises :class:`ModelFileError`."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ModelFileError(f"no such model file: {path!r}")
+    with open(path, "rb") as f:
+        head = f.read(8)
+        n = struct.unpack("<Q", head)[0] if len(head) == 8 else 0
+        data = head + f.read(min(n, 100_000_000))
+    return _meta_from_header(_header(data, repr(path)), repr(path))
+
+
+def _load_backbone(meta: dict[str, Any], tensors: dict[str, torch.Tensor], where: str) -> Backbone:
     bmeta = meta["backbone"]
     state = {k[len("backbone.") :]: v for k, v in tensors.items() if k.startswith("backbone.")}
     bb = build_backbone(bmeta["architecture"], weights=None, alias=bmeta["name"])
@@ -312,15 +197,97 @@ def _load_backbone(meta: dict[str, Any], tensors: dict[str, torch.Tensor], path:
         bb.model.load_state_dict(state)
     except RuntimeError as e:
         raise ModelFileError(
-            f"{path!r}: the stored weights do not fit {bmeta['architecture']} ({str(e)[:300]})"
+            f"{where}: the stored weights do not fit {bmeta['architecture']} ({str(e)[:300]})"
         ) from None
     bb.model.eval()
     bb.weights_sha256 = state_dict_sha256(bb.model.state_dict())
     if bb.weights_sha256 != bmeta["weights_sha256"]:
-        raise ModelFileError(f"{path!r} is damaged: its weights do not match their recorded hash")
+        raise ModelFileError(f"{where} is damaged: its weights do not match their recorded hash")
     bb.preprocessing = Preprocessing.from_dict(bmeta["preprocessing"])
-    bb.weights_source = f"model file {path}"
+    bb.weights_source = f"model file {where}" if meta["kind"] != "finetune" else "fine-tuned"
     return bb
+
+
+def _features(
+    meta: dict[str, Any], tensors: dict[str, torch.Tensor], where: str
+) -> PretrainedFeatures:
+    """The fitted feature extractor, running the engine recorded at fit (what ``auto``
+    chose, or the calibrated int8 engine carried by the file)."""
+    bmeta = meta["backbone"]
+    weights = "fine-tuned" if meta["kind"] == "finetune" else "pretrained"
+    features = PretrainedFeatures(bmeta["name"], weights=weights, **bmeta["params"])
+    backbone = _load_backbone(meta, tensors, where)
+    recorded = bmeta.get("engine_")
+    if meta.get("engine"):
+        xml, weights_ = (
+            tensors["engine.xml"].numpy().tobytes(),
+            tensors["engine.bin"].numpy().tobytes(),
+        )
+        try:
+            engine = OpenVinoEngine.from_ir(
+                xml,
+                weights_,
+                backbone.preprocessing.with_size(bmeta["params"].get("image_size")),
+                meta["engine"],
+            )
+            features._install(backbone, engine=engine)
+            return features
+        except EngineError as e:
+            warnings.warn(
+                f"{where} carries an {meta['engine']} engine calibrated on its training "
+                f"images, which cannot run here ({str(e)[:160]}); predicting with fp32 torch "
+                "instead, so probabilities may differ slightly. pip install "
+                "'tlearn[openvino]' to use it",
+                UserWarning,
+                stacklevel=3,
+            )
+            features.set_params(engine="torch")
+            recorded = "torch"
+    try:
+        features._install(backbone, engine_name=recorded)
+    except EngineError as e:
+        warnings.warn(
+            f"{where} was fitted with engine {recorded!r}, which cannot run here "
+            f"({str(e)[:160]}); using fp32 torch",
+            UserWarning,
+            stacklevel=3,
+        )
+        features._install(backbone, engine_name="torch")
+    return features
+
+
+def _from_tensors(meta: dict[str, Any], tensors: dict[str, torch.Tensor], where: str) -> Any:
+    kind = MODEL_KINDS.get(meta.get("kind", ""))
+    if kind is None:
+        raise ModelFileError(
+            f"{where} holds a model of kind {meta.get('kind')!r}, which this version "
+            "of tlearn cannot load; upgrade tlearn"
+        )
+    try:
+        features = _features(meta, tensors, where)
+        classes = _classes_from_json(meta["classes"], meta["classes_type"])
+        arrays = {k: v.numpy() for k, v in tensors.items() if k.startswith("head.")}
+        head, params = meta["head"], meta.get("params")
+        if params is None and kind.name == "linear_probe":  # files written before 0.2
+            params = {"backbone": meta["backbone"]["name"], **meta["backbone"]["params"]}
+            params.update(head.get("params", {}))
+        head.setdefault("history", meta.get("history", []))
+        head.setdefault("best_epoch", meta.get("best_epoch", -1))
+        return kind.from_file(head, arrays, features, classes, params or {})
+    except (KeyError, TypeError) as e:
+        raise ModelFileError(f"{where} is damaged or incomplete (missing {e})") from None
+
+
+def loads(data: bytes, where: str = "the model bytes") -> Any:
+    """A model from the bytes of a model file; it predicts exactly what the saved one did."""
+    from safetensors.torch import load
+
+    meta = _meta_from_header(_header(data, where), where)
+    try:
+        tensors = load(data)
+    except Exception as e:
+        raise ModelFileError(f"{where} is damaged: cannot read its tensors ({e})") from None
+    return _from_tensors(meta, tensors, where)
 
 
 def load(path: str | os.PathLike[str]) -> Any:
@@ -333,49 +300,4 @@ def load(path: str | os.PathLike[str]) -> Any:
         tensors = load_file(path)
     except Exception as e:
         raise ModelFileError(f"{path!r} is damaged: cannot read its tensors ({e})") from None
-    if meta.get("kind") == "finetune":
-        return _load_finetuned(meta, tensors, path)
-    try:
-        bmeta = meta["backbone"]
-        features = PretrainedFeatures(bmeta["name"], **bmeta["params"])
-        features._set_backbone(_load_backbone(meta, tensors, path))
-        head = meta["head"]
-        classes = _classes_from_json(meta["classes"], meta["classes_type"])
-        clf = LogisticRegression(C=head["C"], max_iter=head["params"].get("max_iter", 1000))
-        clf.coef_ = tensors["head.coef"].numpy()
-        clf.intercept_ = tensors["head.intercept"].numpy()
-        clf.n_features_in_ = clf.coef_.shape[1]
-        clf.n_iter_ = np.zeros(1, dtype=np.int32)
-        scaler = None
-        if head["scaler"]:
-            scaler = StandardScaler()
-            scaler.mean_ = tensors["head.scaler_mean"].numpy()
-            scaler.scale_ = tensors["head.scaler_scale"].numpy()
-            scaler.var_ = tensors["head.scaler_var"].numpy()
-            scaler.n_features_in_ = scaler.mean_.shape[0]
-            scaler.n_samples_seen_ = np.int64(0)
-    except KeyError as e:
-        raise ModelFileError(f"{path!r} is damaged or incomplete: missing {e}") from None
-    if meta.get("engine"):
-        _restore_engine(features, meta["engine"], tensors, path)
-    if meta["kind"] == "linear_probe":
-        probe = LinearProbe(
-            bmeta["name"], **{k: v for k, v in bmeta["params"].items()}, **head["params"]
-        )
-        probe.features_ = features
-        probe.classes_ = classes
-        clf.classes_ = np.arange(len(classes))
-        probe.scaler_, probe.classifier_ = scaler, clf
-        probe.C_, probe.cv_results_ = head["C"], head.get("cv_results", {})
-        probe.skipped_ = []
-        probe.n_features_in_ = clf.n_features_in_
-        return probe
-    if meta["kind"] == "pipeline":
-        clf.classes_ = classes
-        names = meta.get("steps") or ["features", "scaler", "clf"]
-        steps = [features] + ([scaler] if scaler is not None else []) + [clf]
-        return Pipeline(list(zip(names, steps, strict=True)))
-    raise ModelFileError(
-        f"{path!r} holds a model of kind {meta['kind']!r}, which this version "
-        "of tlearn cannot load; upgrade tlearn"
-    )
+    return _from_tensors(meta, tensors, repr(path))

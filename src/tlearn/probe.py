@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from numbers import Integral, Real
 from typing import Any
 
 import numpy as np
@@ -15,10 +16,12 @@ from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.validation import check_is_fitted
 
+from tlearn._validation import Interval, Predicate, validate_params
 from tlearn.backbones import DEFAULT_BACKBONE
 from tlearn.data.loader import check_images
 from tlearn.exceptions import DataError
-from tlearn.features import PretrainedFeatures
+from tlearn.features import ForwardsFeatureParams, PretrainedFeatures
+from tlearn.runtime import resolve_device
 
 __all__ = ["DEFAULT_CS", "LinearProbe", "check_labels", "make_probe"]
 
@@ -55,7 +58,18 @@ def check_labels(
     return classes, encoded.astype(np.int64)
 
 
-class LinearProbe(ClassifierMixin, BaseEstimator):
+def _softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Probabilities from logistic-regression scores (``(n,)`` for two classes), the way
+    scikit-learn computes them, with the scores divided by ``temperature`` first."""
+    z = np.asarray(logits, dtype=np.float64) / temperature
+    if z.ndim == 1:
+        z = np.stack([np.zeros_like(z), z], axis=1)
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+class LinearProbe(ForwardsFeatureParams, ClassifierMixin, BaseEstimator):
     """Image classifier: pretrained features -> StandardScaler -> LogisticRegression.
 
     ``fit`` computes the features once, holds out ``validation_size`` of the training images
@@ -94,6 +108,20 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
     >>> probe.predict(["new.jpg"])  # doctest: +SKIP
     """
 
+    _parameter_constraints: dict[str, list[Any]] = {
+        **PretrainedFeatures._parameter_constraints,
+        "Cs": [
+            Predicate(
+                lambda v: len(v) > 0 and all(float(c) > 0 for c in v),
+                "a non-empty list of positive floats",
+            ),
+            None,
+        ],
+        "validation_size": [Interval(Real, 0, 1, closed="neither")],
+        "max_iter": [Interval(Integral, 1, None)],
+        "random_state": ["random_state", None],
+    }
+
     def __init__(
         self,
         backbone: str = DEFAULT_BACKBONE,
@@ -127,6 +155,10 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         self.random_state = random_state
         self.verbose = verbose
 
+    def _validate_params(self) -> None:
+        validate_params(type(self).__name__, self.get_params(), self._parameter_constraints)
+        resolve_device(self.device)
+
     def _make_features(self) -> PretrainedFeatures:
         return PretrainedFeatures(
             self.backbone,
@@ -146,21 +178,13 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
 
     def fit(self, X: object, y: object) -> LinearProbe:
         """Compute features, choose ``C`` on held-out data, refit on everything."""
-        if not 0 < self.validation_size < 1:
-            raise ValueError(
-                f"LinearProbe.validation_size must be in (0, 1), got {self.validation_size!r}"
-            )
+        self._validate_params()
         Cs = DEFAULT_CS if self.Cs is None else tuple(float(c) for c in self.Cs)
-        if not Cs or min(Cs) <= 0:
-            raise ValueError(f"LinearProbe.Cs must be positive numbers, got {self.Cs!r}")
         features = self._make_features()
         n = len(check_images(X))
         classes, y_enc = check_labels(y, n)
         features.fit(X)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # bad images are reported below
-            F = features.transform(X)
-        self.skipped_ = list(features.errors_)
+        F, self.skipped_ = features.extract(X)
         if self.skipped_:
             ok = ~np.isnan(F).any(axis=1)
             F, y_enc = F[ok], y_enc[ok]
@@ -180,6 +204,7 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         self.C_, self.cv_results_ = self._choose_C(F, y_enc, Cs)
         self.scaler_, self.classifier_ = self._head(self.C_)
         self.classifier_.fit(self.scaler_.fit_transform(F), y_enc)
+        self.temperature_ = 1.0
         self.n_features_in_ = F.shape[1]
         return self
 
@@ -214,7 +239,8 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
     def predict_proba_features(self, F: np.ndarray) -> np.ndarray:
         """Class probabilities ``(n, n_classes)`` from precomputed features."""
         check_is_fitted(self, "classifier_")
-        return self.classifier_.predict_proba(self.scaler_.transform(F))
+        logits = self.classifier_.decision_function(self.scaler_.transform(F))
+        return _softmax(logits, self.temperature_)
 
     def predict_proba(self, X: object) -> np.ndarray:
         """Class probabilities ``(n_samples, n_classes)``, columns in ``classes_`` order."""

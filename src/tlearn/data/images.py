@@ -35,6 +35,7 @@ __all__ = [
     "preprocess_image",
     "read_bytes",
     "split_zip_path",
+    "to_rgb",
 ]
 
 IMAGE_EXTENSIONS = frozenset(
@@ -169,7 +170,7 @@ def read_bytes(path: str) -> bytes:
     )
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
+def to_rgb(img: Image.Image) -> Image.Image:
     """Any PIL mode -> 8-bit RGB; transparent pixels are composited onto white."""
     mode = img.mode
     if mode == "RGB":
@@ -234,7 +235,7 @@ def decode_image(data: bytes, path: str = "<bytes>", min_side: int | None = None
             img.draft(img.mode, (min_side, min_side))
         img.load()
         upright = ImageOps.exif_transpose(img) or img
-        return _to_rgb(upright)
+        return to_rgb(upright)
     except ImageReadError:
         raise
     except Exception as e:

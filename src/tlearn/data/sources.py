@@ -13,6 +13,7 @@ import os
 import warnings
 import zipfile
 from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 from sklearn.utils import Bunch, check_random_state
@@ -203,6 +204,14 @@ def _pick_column(
     return None
 
 
+def _sniff_delimiter(f: Any) -> str:
+    head = f.readline()
+    f.seek(0)
+    counts = {d: head.count(d) for d in (",", ";", "\t")}
+    best = max(counts, key=lambda d: counts[d])
+    return best if counts[best] else ","
+
+
 def load_image_csv(
     path: str | os.PathLike[str],
     path_column: str | None = None,
@@ -210,15 +219,19 @@ def load_image_csv(
 ) -> Bunch:
     """Load a CSV file listing image paths and (optionally) their labels.
 
-    Column names are detected (``path``/``filename``/``image``... and
-    ``label``/``class``/``target``...), or the first two columns are used. Relative paths are
-    taken from the CSV file's folder. Without a label column ``target`` is ``None``.
+    ``.tsv`` files are tab-separated; a ``.csv`` may be separated by commas, semicolons or
+    tabs (read off its header line). Column names are detected (``path``/``filename``/
+    ``image``... and ``label``/``class``/``target``...), or the first two columns are
+    used. Relative paths are taken from the CSV file's folder. Without a label column
+    ``target`` is ``None``.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise DataError(f"no such CSV file: {path!r}")
     with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.DictReader(f)
+        # a .tsv is tab-separated; a .csv may use commas, semicolons or tabs (sniffed)
+        delimiter = "\t" if path.lower().endswith(".tsv") else _sniff_delimiter(f)
+        reader = csv.DictReader(f, delimiter=delimiter)
         fields = list(reader.fieldnames or [])
         rows = list(reader)
     if not fields or not rows:

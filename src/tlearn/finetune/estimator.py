@@ -5,6 +5,7 @@ scikit-learn classifier over image paths or uint8 arrays."""
 from __future__ import annotations
 
 import os
+from numbers import Integral, Real
 from typing import Any
 
 import numpy as np
@@ -14,16 +15,20 @@ from sklearn.model_selection import train_test_split
 from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.validation import check_is_fitted
 
+from tlearn._log import ensure_handler
+from tlearn._validation import Interval, Options, validate_params
 from tlearn.backbones import DEFAULT_BACKBONE, Backbone, load_backbone, state_dict_sha256
 from tlearn.data.images import Preprocessing
 from tlearn.data.loader import ImageInput, check_images, iter_batches
-from tlearn.exceptions import DataError
-from tlearn.features import PretrainedFeatures
+from tlearn.exceptions import DataError, InvalidParameterError
+from tlearn.features import FINE_TUNED, ForwardsFeatureParams, PretrainedFeatures
 from tlearn.finetune.augment import AUGMENTATIONS
-from tlearn.finetune.distributed import dist_info
-from tlearn.finetune.loop import Classifier, LoopConfig, fit_loop
+from tlearn.finetune.callbacks import default_callbacks
+from tlearn.finetune.distributed import DistInfo, dist_info
+from tlearn.finetune.loop import Classifier, LoopConfig, LoopData, fit_loop
 from tlearn.probe import check_labels
 from tlearn.runtime import resolve_device
+from tlearn.runtime.engines import CALIBRATION_IMAGES, ENGINES
 
 __all__ = ["STRATEGIES", "FineTuneClassifier"]
 
@@ -35,54 +40,76 @@ def _subset(X: ImageInput, idx: np.ndarray) -> ImageInput:
     return X[idx] if isinstance(X, np.ndarray) else [X[i] for i in idx]
 
 
-class FineTuneClassifier(ClassifierMixin, BaseEstimator):
+class FineTuneClassifier(ForwardsFeatureParams, ClassifierMixin, BaseEstimator):
     """Fine-tune a pretrained backbone with a new linear head, as a scikit-learn classifier.
 
     Parameters
     ----------
     backbone : str, default="efficientnet_lite0"
+        The pretrained network (see :func:`tlearn.load_backbone`).
     weights : "pretrained", path or None
+        Where its weights come from.
     strategy : {"lp-ft", "full", "head", "partial"}, default="lp-ft"
-        ``head``: backbone frozen (BatchNorm in inference mode); ``full``: everything;
-        ``partial``: the last ``unfreeze_stages`` stages and the head; ``lp-ft``: the head
-        alone for ``head_epochs``, then everything at the lower backbone learning rate.
+        What trains. ``head``: backbone frozen (BatchNorm in inference mode); ``full``:
+        everything; ``partial``: the last ``unfreeze_stages`` stages and the head;
+        ``lp-ft``: the head alone for ``head_epochs``, then everything at the lower
+        backbone learning rate.
     unfreeze_stages : int, default=2
+        For ``partial``: how many of the backbone's last stages train.
     head_epochs : int, default=1
+        For ``lp-ft``: epochs of head-only training before the backbone joins.
     optimizer : {"adamw", "sgd"}, default="adamw"
+        The optimiser.
     lr : float, default=1e-3
         The head's learning rate; the backbone's is ``lr * backbone_lr_ratio``.
     backbone_lr_ratio : float, default=0.1
+        The backbone's learning rate as a fraction of the head's.
     momentum : float, default=0.9
         For SGD.
     weight_decay : float, default=0.01
-        Not applied to norm layers and biases.
+        Decoupled weight decay; not applied to norm layers and biases.
     schedule : {"cosine", "constant"}, default="cosine"
+        The learning-rate schedule after warm-up.
     warmup_epochs : float, default=0.5
+        Linear warm-up, in epochs.
     label_smoothing : float, default=0.1
+        Label smoothing of the cross-entropy loss.
     class_weight : None or "balanced"
+        Weigh the loss by inverse class frequency.
     augmentation : {"flip_crop", "flip", "none", "trivialaugment", "randaugment"}
+        Training-time augmentation.
     image_size : int, optional
-        Default: the backbone's own input size. Smaller trains much faster.
+        Input side in pixels; default the backbone's own. Smaller trains much faster.
     epochs : int, default=10
+        The most epochs to train (early stopping may end sooner).
     batch_size : int, default=32
+        Images per optimisation step (across all processes).
     precision : {"auto", "fp32", "bf16", "fp16"}, default="auto"
         ``auto``: bf16 autocast on CUDA GPUs that support it (else fp16), fp32 on CPU, where
         bf16 autocast measured slower for training. ``fp16`` is for CUDA (with gradient
         scaling).
     channels_last : bool, default=True
+        Channels-last memory layout (faster for convolutional networks).
     validation_size : float, default=0.1
         Stratified hold-out scored every epoch (0 disables validation and early stopping).
     patience : int or None, default=3
         Stop after this many epochs without a better validation accuracy.
     device : str, default="auto"
+        ``"auto"`` (CUDA, then MPS, then CPU), ``"cpu"``, ``"cuda"``...
     n_workers : int, optional
+        Decoding threads.
     checkpoint_dir : path, optional
         Write ``checkpoint.safetensors``, ``history.csv`` and ``curves.png`` there after
         every epoch; ``fit(..., resume=True)`` continues from it.
     on_error : {"raise", "skip"}
         Unreadable training images: stop before training (naming them) or leave them out.
+    engine : str, default="torch"
+        The inference engine of the fitted model (see :class:`PretrainedFeatures`);
+        training always runs in PyTorch.
     random_state : int, default=0
+        Seeds the split, the data order, the augmentation and the new head.
     verbose : int, default=1
+        Log one line per epoch.
 
     Attributes
     ----------
@@ -119,6 +146,7 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
         n_workers: int | None = None,
         checkpoint_dir: str | os.PathLike[str] | None = None,
         on_error: str = "raise",
+        engine: str = "torch",
         random_state: int = 0,
         verbose: int = 1,
     ) -> None:
@@ -148,55 +176,51 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
         self.n_workers = n_workers
         self.checkpoint_dir = checkpoint_dir
         self.on_error = on_error
+        self.engine = engine
         self.random_state = random_state
         self.verbose = verbose
 
+    _parameter_constraints: dict[str, list[Any]] = {
+        "backbone": ["str"],
+        "weights": ["path", None],
+        "strategy": [Options(STRATEGIES)],
+        "unfreeze_stages": [Interval(Integral, 0, 100)],
+        "head_epochs": [Interval(Integral, 0, 10_000)],
+        "optimizer": [Options(("adamw", "sgd"))],
+        "lr": [Interval(Real, 1e-7, 10.0)],
+        "backbone_lr_ratio": [Interval(Real, 0.0, 10.0)],
+        "momentum": [Interval(Real, 0.0, 0.999)],
+        "weight_decay": [Interval(Real, 0.0, 1.0)],
+        "schedule": [Options(("cosine", "constant"))],
+        "warmup_epochs": [Interval(Real, 0.0, 10_000)],
+        "label_smoothing": [Interval(Real, 0.0, 0.99)],
+        "class_weight": [Options((None, "balanced"))],
+        "augmentation": [Options(AUGMENTATIONS)],
+        "image_size": [Interval(Integral, 8, 4096), None],
+        "epochs": [Interval(Integral, 1, 10_000)],
+        "batch_size": [Interval(Integral, 1, 65_536)],
+        "precision": [Options(PRECISIONS)],
+        "channels_last": ["boolean"],
+        "validation_size": [Interval(Real, 0, 1, closed="left")],
+        "patience": [Interval(Integral, 1, 10_000), None],
+        "device": ["str"],
+        "engine": [Options(ENGINES)],
+        "n_workers": [Interval(Integral, 1, 256), None],
+        "checkpoint_dir": ["path", None],
+        "on_error": [Options(("raise", "skip"))],
+        "random_state": ["random_state"],
+        "verbose": [Interval(Integral, 0, None), "boolean"],
+    }
+
     # -- checking ---------------------------------------------------------------------
-    def _check_params(self) -> None:
-        def choice(name: str, allowed: tuple[Any, ...]) -> None:
-            if getattr(self, name) not in allowed:
-                raise ValueError(
-                    f"FineTuneClassifier.{name} must be one of {allowed}, got "
-                    f"{getattr(self, name)!r}"
-                )
-
-        def number(name: str, low: float, high: float, integer: bool = False) -> None:
-            v = getattr(self, name)
-            ok = (
-                isinstance(v, (int, np.integer))
-                if integer
-                else isinstance(v, (int, float, np.number))
+    def _validate_params(self) -> None:
+        validate_params(type(self).__name__, self.get_params(), self._parameter_constraints)
+        self._autocast_dtype(resolve_device(self.device))
+        if self.head_epochs > self.epochs or self.warmup_epochs > self.epochs:
+            raise InvalidParameterError(
+                f"FineTuneClassifier: head_epochs ({self.head_epochs}) and warmup_epochs "
+                f"({self.warmup_epochs}) must not exceed epochs ({self.epochs})"
             )
-            if not ok or not low <= v <= high:
-                kind = "an int" if integer else "a number"
-                raise ValueError(
-                    f"FineTuneClassifier.{name} must be {kind} in [{low}, {high}], got {v!r}"
-                )
-
-        choice("strategy", STRATEGIES)
-        choice("optimizer", ("adamw", "sgd"))
-        choice("schedule", ("cosine", "constant"))
-        choice("augmentation", AUGMENTATIONS)
-        choice("precision", PRECISIONS)
-        choice("class_weight", (None, "balanced"))
-        choice("on_error", ("raise", "skip"))
-        number("lr", 1e-7, 10.0)
-        number("backbone_lr_ratio", 0.0, 10.0)
-        number("epochs", 1, 10_000, integer=True)
-        number("batch_size", 1, 65_536, integer=True)
-        number("momentum", 0.0, 0.999)
-        number("weight_decay", 0.0, 1.0)
-        number("warmup_epochs", 0.0, float(self.epochs))
-        number("label_smoothing", 0.0, 0.99)
-        number("head_epochs", 0, self.epochs, integer=True)
-        number("unfreeze_stages", 0, 100, integer=True)
-        if not (self.validation_size == 0 or 0 < self.validation_size < 1):
-            raise ValueError(
-                "FineTuneClassifier.validation_size must be 0 or in (0, 1), got "
-                f"{self.validation_size!r}"
-            )
-        if self.patience is not None:
-            number("patience", 1, 10_000, integer=True)
 
     def _autocast_dtype(self, device: torch.device) -> torch.dtype | None:
         p = self.precision
@@ -204,7 +228,9 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
             return None
         if p == "fp16":
             if device.type != "cuda":
-                raise ValueError("precision='fp16' needs a CUDA GPU; use 'bf16' or 'fp32' on CPU")
+                raise InvalidParameterError(
+                    "precision='fp16' needs a CUDA GPU; use 'bf16' or 'fp32' on CPU"
+                )
             return torch.float16
         if p == "bf16":
             return torch.bfloat16
@@ -239,70 +265,69 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
     ) -> FineTuneClassifier:
         """Train. ``X_val``/``y_val`` replace the automatic validation split; ``resume``
         continues from ``checkpoint_dir``'s last complete epoch."""
-        self._check_params()
+        self._validate_params()
+        if self.verbose:
+            ensure_handler()
         images = check_images(X)
         classes, y_enc = check_labels(y, len(images))
-        device = resolve_device(self.device)
-        info = dist_info(device)
-        if device.type == "cuda" and info.enabled:
-            device = torch.device("cuda", info.local_rank)
-            torch.cuda.set_device(device)
+        device, info = self._device()
         torch.manual_seed(self.random_state)
         bb = load_backbone(self.backbone, self.weights)
         pre_eval = bb.preprocessing.with_size(self.image_size)
         self._check_size(bb, pre_eval.input_size)
         keep, self.skipped_ = self._check_images_readable(images, pre_eval)
-        images, y_enc = _subset(images, keep), y_enc[keep]
-        X_tr, y_tr, X_v, y_v = self._split(images, y_enc, classes, X_val, y_val)
-        weights = (
-            compute_class_weight("balanced", classes=np.arange(len(classes)), y=y_tr).tolist()
-            if self.class_weight == "balanced"
-            else None
-        )
-        crop = self.augmentation not in ("none", "flip")
-        pre_train = (
-            Preprocessing(
-                pre_eval.resize_size, pre_eval.mean, pre_eval.std, pre_eval.interpolation, 1.0
-            )
-            if crop
-            else pre_eval
+        X_tr, y_tr, X_v, y_v = self._split(
+            _subset(images, keep), y_enc[keep], classes, X_val, y_val
         )
         torch.manual_seed(self.random_state)  # the new head starts the same on every process
         net = Classifier(bb.model, bb.n_features, len(classes)).to(device)
         if self.channels_last:
             net = net.to(memory_format=torch.channels_last)
-        cfg = LoopConfig(
-            strategy=self.strategy,
-            unfreeze_stages=self.unfreeze_stages,
-            head_epochs=self.head_epochs,
-            optimizer=self.optimizer,
-            lr=float(self.lr),
-            backbone_lr_ratio=float(self.backbone_lr_ratio),
-            momentum=float(self.momentum),
-            weight_decay=float(self.weight_decay),
-            schedule=self.schedule,
-            warmup_epochs=float(self.warmup_epochs),
-            label_smoothing=float(self.label_smoothing),
-            class_weights=weights,
-            augmentation=self.augmentation,
-            epochs=int(self.epochs),
-            batch_size=int(self.batch_size),
-            autocast_dtype=self._autocast_dtype(device),
-            channels_last=self.channels_last,
-            patience=self.patience,
-            random_state=int(self.random_state),
-            n_workers=self.n_workers,
-            checkpoint_dir=None if self.checkpoint_dir is None else os.fspath(self.checkpoint_dir),
-            fingerprint=self._fingerprint(bb, classes, pre_eval, len(y_tr)),
-            verbose=self.verbose,
+        cfg = self._loop_config(
+            device, y_tr, classes, self._fingerprint(bb, classes, pre_eval, len(y_tr))
         )
         if cfg.checkpoint_dir and info.is_main:
             os.makedirs(cfg.checkpoint_dir, exist_ok=True)
-        result = fit_loop(
-            net, X_tr, y_tr, X_v, y_v, cfg, info, device, pre_train, pre_eval, resume=resume
-        )
-        self._finish(bb, net, classes, pre_eval, result)
+        data = LoopData(X_tr, y_tr, X_v, y_v, self._train_preprocessing(pre_eval), pre_eval)
+        state = fit_loop(net, data, cfg, info, device, default_callbacks(cfg, info, device, resume))
+        self._finish(bb, net, classes, state, X_tr)
         return self
+
+    def _device(self) -> tuple[torch.device, DistInfo]:
+        device = resolve_device(self.device)
+        info = dist_info(device)
+        if device.type == "cuda" and info.enabled:
+            device = torch.device("cuda", info.local_rank)
+            torch.cuda.set_device(device)
+        return device, info
+
+    def _train_preprocessing(self, pre_eval: Preprocessing) -> Preprocessing:
+        """Random crops need the whole resized image: decode without the centre crop."""
+        if self.augmentation in ("none", "flip"):
+            return pre_eval
+        return Preprocessing(
+            pre_eval.resize_size, pre_eval.mean, pre_eval.std, pre_eval.interpolation, 1.0
+        )
+
+    def _loop_config(
+        self,
+        device: torch.device,
+        y_tr: np.ndarray,
+        classes: np.ndarray,
+        fingerprint: dict[str, Any],
+    ) -> LoopConfig:
+        weights = (
+            compute_class_weight("balanced", classes=np.arange(len(classes)), y=y_tr).tolist()
+            if self.class_weight == "balanced"
+            else None
+        )
+        return LoopConfig.from_params(
+            self.get_params(),
+            class_weights=weights,
+            autocast_dtype=self._autocast_dtype(device),
+            checkpoint_dir=None if self.checkpoint_dir is None else os.fspath(self.checkpoint_dir),
+            fingerprint=fingerprint,
+        )
 
     def _check_size(self, bb: Backbone, size: int) -> None:
         try:
@@ -350,7 +375,16 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
         params = {
             k: v
             for k, v in self.get_params().items()
-            if k not in ("verbose", "n_workers", "checkpoint_dir", "device", "epochs", "patience")
+            if k
+            not in (
+                "verbose",
+                "n_workers",
+                "checkpoint_dir",
+                "device",
+                "engine",
+                "epochs",
+                "patience",
+            )
         }
         params["weights"] = None if params["weights"] is None else str(params["weights"])
         return {
@@ -363,34 +397,49 @@ class FineTuneClassifier(ClassifierMixin, BaseEstimator):
         }
 
     def _finish(
-        self, bb: Backbone, net: Classifier, classes: np.ndarray, pre: Preprocessing, result: Any
+        self, bb: Backbone, net: Classifier, classes: np.ndarray, state: Any, X: ImageInput
     ) -> None:
         bb.model = net.backbone.to("cpu").to(memory_format=torch.contiguous_format)
         bb.weights_sha256 = state_dict_sha256(bb.model.state_dict())
         bb.weights_source = "fine-tuned"
+        calibration = None
+        if self.engine in ("auto", "openvino-int8"):  # engines that calibrate on images
+            pre = bb.preprocessing.with_size(self.image_size)
+            calibration = PretrainedFeatures(n_workers=self.n_workers)._calibration_images(
+                X, pre, CALIBRATION_IMAGES
+            )
         self._install(
             bb,
             classes,
             net.head.weight.detach().cpu().numpy(),
             net.head.bias.detach().cpu().numpy(),
+            calibration=calibration,
         )
-        self.history_ = result.history
-        self.best_epoch_ = result.best_epoch
-        self.stopped_early_ = result.stopped_early
+        self.history_ = state.history
+        self.best_epoch_ = state.best_epoch
+        self.stopped_early_ = state.stop
 
     def _install(
-        self, bb: Backbone, classes: np.ndarray, weight: np.ndarray, bias: np.ndarray
+        self,
+        bb: Backbone,
+        classes: np.ndarray,
+        weight: np.ndarray,
+        bias: np.ndarray,
+        **engine: Any,
     ) -> None:
-        """Set the fitted state (used by fit and when loading a model file)."""
+        """Set the fitted state (used by fit and when loading a model file). The feature
+        extractor records that its weights are the fine-tuned ones."""
         features = PretrainedFeatures(
             self.backbone,
+            weights=FINE_TUNED,
             image_size=self.image_size,
             batch_size=max(1, int(self.batch_size)),
             device=self.device,
             n_workers=self.n_workers,
             on_error=self.on_error,
+            engine=self.engine,
         )
-        features._set_backbone(bb)
+        features._install(bb, **engine)
         self.features_ = features
         self.classes_ = classes
         self.head_weight_ = weight.astype(np.float32)

@@ -1,22 +1,22 @@
-"""The training loop as plain functions: ``fit_loop`` -> ``run_epoch`` -> ``train_step``,
-and ``validate``. The estimator in :mod:`tlearn.finetune.estimator` prepares the pieces.
+"""The training loop as a short story: ``fit_loop`` -> ``run_epoch`` -> ``train_step``, and
+``validate``. Everything else a run does (unfreezing, keeping the best weights, early
+stopping, checkpoints, history, progress) is a callback (:mod:`tlearn.finetune.callbacks`),
+told about each event; callbacks change the shared :class:`LoopState` (early stopping sets
+``state.stop``), never raise to steer the loop.
 
 Every source of randomness is seeded from ``(random_state, epoch)`` at the start of each
 epoch (data order, crops, flips, dropout), so resuming from the checkpoint of epoch k and
-training on gives the same weights as never stopping.
+training on gives the same weights as never stopping. The loop runs the same under one
+process, ``torchrun`` or Ray Train: it only reads the :class:`DistInfo` it is given.
 """
 
 from __future__ import annotations
 
-import copy
-import csv
 import math
-import os
-import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -25,19 +25,16 @@ from torch import nn
 
 from tlearn.data.images import Preprocessing
 from tlearn.data.loader import ImageInput, iter_batches
-from tlearn.exceptions import TlearnError
+from tlearn.exceptions import TrainingError
 from tlearn.finetune.augment import augment_batch
-from tlearn.finetune.checkpoint import (
-    CHECKPOINT_NAME,
-    CheckpointError,
-    load_checkpoint,
-    restore_optimizer,
-    save_checkpoint,
-)
-from tlearn.finetune.distributed import DistInfo, all_reduce_sum, maybe_wrap
-from tlearn.finetune.optim import lr_factor, make_optimizer, set_trainable
+from tlearn.finetune.distributed import DistInfo, all_reduce_sum
+from tlearn.finetune.optim import lr_factor, make_optimizer
+from tlearn.runtime.normalise import normalise_torch
 
-__all__ = ["Classifier", "LoopConfig", "LoopResult", "fit_loop"]
+if TYPE_CHECKING:
+    from tlearn.finetune.callbacks import Callback
+
+__all__ = ["Classifier", "LoopConfig", "LoopData", "LoopState", "fit_loop", "validate"]
 
 
 class Classifier(nn.Module):
@@ -58,78 +55,70 @@ class Classifier(nn.Module):
 
 @dataclass
 class LoopConfig:
-    strategy: str
-    unfreeze_stages: int
-    head_epochs: int
-    optimizer: str
-    lr: float
-    backbone_lr_ratio: float
-    momentum: float
-    weight_decay: float
-    schedule: str
-    warmup_epochs: float
-    label_smoothing: float
-    class_weights: list[float] | None
-    augmentation: str
-    epochs: int
-    batch_size: int
-    autocast_dtype: torch.dtype | None
-    channels_last: bool
-    patience: int | None
-    random_state: int
-    n_workers: int | None
-    checkpoint_dir: str | None
-    fingerprint: dict[str, Any]
+    """The loop's settings. The fields named like :class:`FineTuneClassifier`'s parameters
+    are taken from them (:meth:`from_params`), so each setting is defined once."""
+
+    strategy: str = "lp-ft"
+    unfreeze_stages: int = 2
+    head_epochs: int = 1
+    optimizer: str = "adamw"
+    lr: float = 1e-3
+    backbone_lr_ratio: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 0.01
+    schedule: str = "cosine"
+    warmup_epochs: float = 0.5
+    label_smoothing: float = 0.1
+    augmentation: str = "flip_crop"
+    epochs: int = 10
+    batch_size: int = 32
+    channels_last: bool = True
+    patience: int | None = 3
+    random_state: int = 0
+    n_workers: int | None = None
     verbose: int = 1
+    # derived by the estimator
+    class_weights: list[float] | None = None
+    autocast_dtype: torch.dtype | None = None
+    checkpoint_dir: str | None = None
+    fingerprint: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any], **derived: Any) -> LoopConfig:
+        names = {f.name for f in fields(cls)}
+        return cls(**{**{k: v for k, v in params.items() if k in names}, **derived})
 
 
 @dataclass
-class LoopResult:
+class LoopData:
+    """What the loop trains on: images and integer labels, and the two preprocessings
+    (training images are decoded larger for random crops)."""
+
+    X: ImageInput
+    y: np.ndarray
+    X_val: ImageInput | None
+    y_val: np.ndarray | None
+    pre_train: Preprocessing
+    pre_eval: Preprocessing
+
+
+@dataclass
+class LoopState:
+    """The run so far: what callbacks read and change."""
+
+    net: Classifier
+    optimizer: torch.optim.Optimizer
+    model: nn.Module  # ``net``, or DistributedDataParallel around it
+    total_steps: int
+    epoch: int = 0  # epochs completed
+    step: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
     best_epoch: int = -1
-    stopped_early: bool = False
-
-
-def _phase(cfg: LoopConfig, epoch: int) -> tuple[str, float]:
-    """``(strategy, backbone lr ratio)`` for an epoch; lp-ft trains the head first."""
-    if cfg.strategy == "lp-ft":
-        return ("head", 0.0) if epoch < cfg.head_epochs else ("full", cfg.backbone_lr_ratio)
-    return cfg.strategy, cfg.backbone_lr_ratio
-
-
-def _train_mode(net: Classifier) -> None:
-    """Train mode, but frozen BatchNorm layers keep their running statistics, and a fully
-    frozen backbone runs exactly as at inference (no dropout either)."""
-    net.train()
-    if not any(p.requires_grad for p in net.backbone.parameters()):
-        net.backbone.eval()
-        return
-    for m in net.backbone.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and not any(
-            p.requires_grad for p in m.parameters()
-        ):
-            m.eval()
-
-
-class _Inputs:
-    """uint8 NHWC batches -> normalised float NCHW tensors on the device."""
-
-    def __init__(self, pre: Preprocessing, device: torch.device, channels_last: bool) -> None:
-        self.device, self.channels_last = device, channels_last
-        self.mean = torch.tensor(pre.mean, device=device).view(1, 3, 1, 1) * 255.0
-        self.std = torch.tensor(pre.std, device=device).view(1, 3, 1, 1) * 255.0
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        x = (x.to(self.device).float() - self.mean) / self.std
-        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
-        return x.contiguous(memory_format=fmt)
-
-
-def _oom(e: BaseException, batch_size: int) -> TlearnError:
-    return TlearnError(
-        f"ran out of memory with batch_size={batch_size} ({str(e)[:200]}); try a smaller "
-        f"batch size, e.g. --batch-size {max(1, batch_size // 2)}, or a smaller --image-size"
-    )
+    best_key: tuple[float, float] = (-1.0, 0.0)
+    best_state: dict[str, torch.Tensor] | None = None
+    bad_epochs: int = 0
+    stop: bool = False
+    scaler: Any = None  # gradient scaling for fp16 autocast
 
 
 def train_step(
@@ -142,9 +131,8 @@ def train_step(
     scaler: Any,
 ) -> float:
     """One optimisation step; returns the batch's loss."""
-    device_type = x.device.type
     with torch.autocast(
-        device_type,
+        x.device.type,
         dtype=cfg.autocast_dtype or torch.float32,
         enabled=cfg.autocast_dtype is not None,
     ):
@@ -165,52 +153,63 @@ def _epoch_seed(random_state: int, epoch: int) -> int:
     return (random_state * 1_000_003 + epoch * 7919) % (2**31)
 
 
-def run_epoch(
-    net: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    X: ImageInput,
-    y: np.ndarray,
-    epoch: int,
-    step: int,
-    total_steps: int,
+def _oom(e: BaseException, batch_size: int) -> TrainingError:
+    return TrainingError(
+        f"ran out of memory with batch_size={batch_size} ({str(e)[:200]}); try a smaller "
+        f"batch size, e.g. --batch-size {max(1, batch_size // 2)}, or a smaller --image-size"
+    )
+
+
+def _step_safely(
+    state: LoopState,
+    x: torch.Tensor,
+    target: torch.Tensor,
     cfg: LoopConfig,
-    info: DistInfo,
-    pre_train: Preprocessing,
-    size: int,
-    to_input: _Inputs,
     weight: torch.Tensor | None,
     scaler: Any,
-) -> tuple[float, int, int]:
-    """Train one epoch on this process's shard; returns (mean loss, steps done, images)."""
-    torch.manual_seed(_epoch_seed(cfg.random_state, epoch))
-    order = np.random.default_rng([cfg.random_state, epoch]).permutation(len(y))
+) -> float:
+    try:
+        return train_step(state.model, state.optimizer, x, target, cfg, weight, scaler)
+    except torch.OutOfMemoryError as e:
+        raise _oom(e, cfg.batch_size) from None
+    except RuntimeError as e:
+        if "memory" in str(e).lower() and "alloc" in str(e).lower():
+            raise _oom(e, cfg.batch_size) from None
+        raise
+
+
+def run_epoch(
+    state: LoopState, data: LoopData, cfg: LoopConfig, info: DistInfo, device: torch.device
+) -> tuple[float, int]:
+    """Train one epoch on this process's shard; returns (mean loss, images seen)."""
+    torch.manual_seed(_epoch_seed(cfg.random_state, state.epoch))
+    order = np.random.default_rng([cfg.random_state, state.epoch]).permutation(len(data.y))
     per_rank = max(1, cfg.batch_size // info.world_size)
     usable = (len(order) // info.world_size) * info.world_size
     shard = order[:usable][info.rank :: info.world_size]
     if len(shard) % per_rank == 1 and len(shard) > 1:
         shard = shard[:-1]  # a batch of one image breaks BatchNorm's batch statistics
-    X_shard = X[shard] if isinstance(X, np.ndarray) else [X[i] for i in shard]
-    warmup = int(round(cfg.warmup_epochs * total_steps / max(1, cfg.epochs)))
+    X = data.X[shard] if isinstance(data.X, np.ndarray) else [data.X[i] for i in shard]
+    warmup = int(round(cfg.warmup_epochs * state.total_steps / max(1, cfg.epochs)))
+    weight = (
+        None
+        if cfg.class_weights is None
+        else torch.tensor(cfg.class_weights, dtype=torch.float32, device=device)
+    )
     losses, seen = [], 0
-    for batch in iter_batches(X_shard, pre_train, per_rank, n_workers=cfg.n_workers):
-        factor = lr_factor(step, total_steps, warmup, cfg.schedule)
-        for group in optimizer.param_groups:
+    for batch in iter_batches(X, data.pre_train, per_rank, n_workers=cfg.n_workers):
+        factor = lr_factor(state.step, state.total_steps, warmup, cfg.schedule)
+        for group in state.optimizer.param_groups:
             group["lr"] = group["base_lr"] * factor
         images = torch.from_numpy(batch.images).permute(0, 3, 1, 2)
-        x = to_input(augment_batch(images, cfg.augmentation, size))
-        target = torch.from_numpy(y[shard[batch.indices]]).to(x.device)
-        try:
-            losses.append(train_step(net, optimizer, x, target, cfg, weight, scaler))
-        except torch.OutOfMemoryError as e:
-            raise _oom(e, cfg.batch_size) from None
-        except RuntimeError as e:
-            if "memory" in str(e).lower() and "alloc" in str(e).lower():
-                raise _oom(e, cfg.batch_size) from None
-            raise
-        step += 1
+        crops = augment_batch(images, cfg.augmentation, data.pre_eval.input_size)
+        x = normalise_torch(crops.to(device), data.pre_eval, cfg.channels_last)
+        target = torch.from_numpy(data.y[shard[batch.indices]]).to(device)
+        losses.append(_step_safely(state, x, target, cfg, weight, state.scaler))
+        state.step += 1
         seen += len(batch.indices)
     total_loss, total_n = all_reduce_sum([float(np.sum(losses)), float(len(losses))], info)
-    return total_loss / max(1.0, total_n), step, int(all_reduce_sum([float(seen)], info)[0])
+    return total_loss / max(1.0, total_n), int(all_reduce_sum([float(seen)], info)[0])
 
 
 @torch.no_grad()
@@ -221,7 +220,7 @@ def validate(
     cfg: LoopConfig,
     info: DistInfo,
     pre_eval: Preprocessing,
-    to_input: _Inputs,
+    device: torch.device,
 ) -> tuple[float, float]:
     """(mean cross-entropy, accuracy) on the validation images, summed over processes."""
     net.eval()
@@ -229,7 +228,8 @@ def validate(
     X_part = X[idx] if isinstance(X, np.ndarray) else [X[i] for i in idx]
     loss_sum, correct = 0.0, 0.0
     for batch in iter_batches(X_part, pre_eval, max(1, cfg.batch_size), n_workers=cfg.n_workers):
-        x = to_input(torch.from_numpy(batch.images).permute(0, 3, 1, 2))
+        x = torch.from_numpy(batch.images).to(device).permute(0, 3, 1, 2)
+        x = normalise_torch(x, pre_eval, cfg.channels_last)
         with torch.autocast(
             x.device.type,
             dtype=cfg.autocast_dtype or torch.float32,
@@ -243,201 +243,54 @@ def validate(
     return loss_sum / max(1.0, n), correct / max(1.0, n)
 
 
-def _write_history(history: list[dict[str, float]], folder: str) -> None:
-    path = os.path.join(folder, "history.csv")
-    with open(path + ".tmp", "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=list(history[0]))
-        writer.writeheader()
-        writer.writerows(history)
-    os.replace(path + ".tmp", path)
-    plot_history(history, os.path.join(folder, "curves.png"))
+def notify(callbacks: Sequence[Callback], event: str, state: LoopState) -> None:
+    for callback in callbacks:
+        getattr(callback, event)(state)
 
 
-def plot_history(history: list[dict[str, float]], path: str) -> None:
-    """Loss and accuracy curves per epoch as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    epochs = [h["epoch"] for h in history]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    ax1.plot(epochs, [h["train_loss"] for h in history], "o-", label="train loss")
-    if any(not math.isnan(h["val_loss"]) for h in history):
-        ax1.plot(epochs, [h["val_loss"] for h in history], "o-", label="validation loss")
-        ax2.plot(epochs, [h["val_accuracy"] for h in history], "o-", color="C2")
-    ax1.set_xlabel("epoch")
-    ax1.set_title("loss")
-    ax1.legend()
-    ax2.set_xlabel("epoch")
-    ax2.set_title("validation accuracy")
-    fig.tight_layout()
-    fig.savefig(path + ".tmp.png", dpi=100)
-    plt.close(fig)
-    os.replace(path + ".tmp.png", path)
-
-
-def _log(cfg: LoopConfig, info: DistInfo, text: str) -> None:
-    if cfg.verbose and info.is_main:
-        print(text, file=sys.stderr, flush=True)
+def run_validation(
+    state: LoopState, data: LoopData, cfg: LoopConfig, info: DistInfo, device: torch.device
+) -> tuple[float, float]:
+    """(loss, accuracy) on the validation images, or NaNs when there are none."""
+    if data.X_val is None or data.y_val is None or not len(data.y_val):
+        return float("nan"), float("nan")
+    return validate(state.net, data.X_val, data.y_val, cfg, info, data.pre_eval, device)
 
 
 def fit_loop(
     net: Classifier,
-    X: ImageInput,
-    y: np.ndarray,
-    X_val: ImageInput | None,
-    y_val: np.ndarray | None,
+    data: LoopData,
     cfg: LoopConfig,
     info: DistInfo,
     device: torch.device,
-    pre_train: Preprocessing,
-    pre_eval: Preprocessing,
-    resume: bool = False,
-    on_epoch: Callable[[dict[str, float]], None] | None = None,
-) -> LoopResult:
-    """Train ``net`` in place for ``cfg.epochs`` (or until early stopping); the best
-    epoch's weights (by validation accuracy, ties by loss) are loaded at the end."""
-    size = pre_eval.input_size
-    to_input = _Inputs(pre_eval, device, cfg.channels_last)
-    weight = (
-        torch.tensor(cfg.class_weights, dtype=torch.float32, device=device)
-        if cfg.class_weights is not None
-        else None
-    )
-    scaler = (
-        torch.amp.GradScaler("cuda")
-        if cfg.autocast_dtype == torch.float16 and device.type == "cuda"
-        else None
-    )
-    optimizer = make_optimizer(
-        net.backbone,
-        net.head,
-        optimizer=cfg.optimizer,
-        lr=cfg.lr,
-        backbone_lr_ratio=cfg.backbone_lr_ratio,
-        weight_decay=cfg.weight_decay,
-        momentum=cfg.momentum,
-    )
+    callbacks: Sequence[Callback] = (),
+) -> LoopState:
+    """Train ``net`` in place for ``cfg.epochs`` epochs, or until a callback stops it."""
     per_rank = max(1, cfg.batch_size // info.world_size)
-    steps_per_epoch = math.ceil((len(y) // info.world_size) / per_rank)
-    total_steps = steps_per_epoch * cfg.epochs
-    result = LoopResult()
-    best_state: dict[str, torch.Tensor] | None = None
-    best_key = (-1.0, 0.0)
-    bad_epochs, start_epoch, step = 0, 0, 0
-    ckpt_path = os.path.join(cfg.checkpoint_dir, CHECKPOINT_NAME) if cfg.checkpoint_dir else None
-    if resume:
-        if ckpt_path is None:
-            raise CheckpointError("resume needs a checkpoint_dir (CLI: --checkpoint-dir)")
-        parts, meta = load_checkpoint(ckpt_path)
-        if meta.get("fingerprint") != cfg.fingerprint:
-            theirs, ours = meta.get("fingerprint", {}), cfg.fingerprint
-            diff = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
-            raise CheckpointError(
-                f"the checkpoint {ckpt_path!r} was written by a different run (it differs in "
-                f"{diff}: {[theirs.get(k) for k in diff]} vs {[ours.get(k) for k in diff]}); "
-                "resume with the same data and settings, or use another --checkpoint-dir"
-            )
-        net.load_state_dict(parts["net"])
-        best_state = parts["best"]
-        restore_optimizer(optimizer, parts["optim"], meta["optimizer_groups"])
-        result.history = meta["history"]
-        result.best_epoch, best_key = meta["best_epoch"], tuple(meta["best_key"])
-        bad_epochs, start_epoch, step = meta["bad_epochs"], meta["epoch"], meta["step"]
-        result.stopped_early = meta.get("stopped_early", False)
-        _log(cfg, info, f"resuming after epoch {start_epoch} of {cfg.epochs}")
-    current_phase = None
-    model: nn.Module = net
-    t_start = time.perf_counter()
-    for epoch in range(start_epoch, cfg.epochs):
-        if result.stopped_early:
-            break
-        phase = _phase(cfg, epoch)
-        if phase != current_phase:
-            set_trainable(net.backbone, net.head, phase[0], cfg.unfreeze_stages)
-            for group in optimizer.param_groups[:2]:  # the backbone's groups
-                group["base_lr"] = cfg.lr * phase[1]
-            model = maybe_wrap(net, info, device)
-            current_phase = phase
-        _train_mode(net)
+    steps_per_epoch = math.ceil((len(data.y) // info.world_size) / per_rank)
+    state = LoopState(net, make_optimizer(net, cfg), net, steps_per_epoch * cfg.epochs)
+    if cfg.autocast_dtype == torch.float16 and device.type == "cuda":
+        state.scaler = torch.amp.GradScaler("cuda")
+    notify(callbacks, "on_train_begin", state)
+    while state.epoch < cfg.epochs and not state.stop:
+        notify(callbacks, "on_epoch_begin", state)
         t0 = time.perf_counter()
-        train_loss, step, seen = run_epoch(
-            model,
-            optimizer,
-            X,
-            y,
-            epoch,
-            step,
-            total_steps,
-            cfg,
-            info,
-            pre_train,
-            size,
-            to_input,
-            weight,
-            scaler,
+        train_loss, seen = run_epoch(state, data, cfg, info, device)
+        seconds = time.perf_counter() - t0
+        val_loss, val_accuracy = run_validation(state, data, cfg, info, device)
+        state.epoch += 1
+        state.history.append(
+            {
+                "epoch": state.epoch,
+                "train_loss": train_loss,
+                "val_loss": val_loss,
+                "val_accuracy": val_accuracy,
+                "images_per_second": seen / max(1e-9, seconds),
+                "lr": state.optimizer.param_groups[-1]["lr"],
+                "seconds": seconds,
+            }
         )
-        rate = seen / max(1e-9, time.perf_counter() - t0)
-        if X_val is not None and y_val is not None and len(y_val):
-            val_loss, val_acc = validate(net, X_val, y_val, cfg, info, pre_eval, to_input)
-        else:
-            val_loss, val_acc = float("nan"), float("nan")
-        row = {
-            "epoch": epoch + 1,
-            "train_loss": train_loss,
-            "val_loss": val_loss,
-            "val_accuracy": val_acc,
-            "images_per_second": rate,
-            "lr": optimizer.param_groups[-1]["lr"],
-            "seconds": time.perf_counter() - t0,
-        }
-        result.history.append(row)
-        key = (val_acc, -val_loss) if not math.isnan(val_acc) else (float(epoch), 0.0)
-        if key > best_key:
-            best_key, result.best_epoch, bad_epochs = key, epoch + 1, 0
-            best_state = copy.deepcopy(net.state_dict())
-        else:
-            bad_epochs += 1
-        if cfg.patience is not None and bad_epochs >= cfg.patience and not math.isnan(val_acc):
-            result.stopped_early = True
-        elapsed = time.perf_counter() - t_start
-        left = elapsed / (epoch + 1 - start_epoch) * (cfg.epochs - epoch - 1)
-        _log(
-            cfg,
-            info,
-            f"epoch {epoch + 1}/{cfg.epochs}  train loss {train_loss:.4f}  "
-            f"val loss {val_loss:.4f}  val acc {val_acc:.4f}  {rate:.0f} img/s  "
-            f"{row['seconds']:.0f} s" + ("" if result.stopped_early else f"  ~{left:.0f} s left"),
-        )
-        if ckpt_path is not None and info.is_main:
-            save_checkpoint(
-                ckpt_path,
-                net.state_dict(),
-                best_state,
-                optimizer,
-                {
-                    "fingerprint": cfg.fingerprint,
-                    "epoch": epoch + 1,
-                    "step": step,
-                    "history": result.history,
-                    "best_epoch": result.best_epoch,
-                    "best_key": list(best_key),
-                    "bad_epochs": bad_epochs,
-                    "stopped_early": result.stopped_early,
-                },
-            )
-            _write_history(result.history, cfg.checkpoint_dir)  # type: ignore[arg-type]
-        if on_epoch is not None:
-            on_epoch(row)
-        if result.stopped_early:
-            _log(
-                cfg,
-                info,
-                f"early stop: no improvement for {cfg.patience} epochs; best was "
-                f"epoch {result.best_epoch}",
-            )
-    if best_state is not None:
-        net.load_state_dict(best_state)
+        notify(callbacks, "on_epoch_end", state)
+    notify(callbacks, "on_train_end", state)
     net.eval()
-    return result
+    return state

@@ -8,6 +8,7 @@ gets ``lr * backbone_lr_ratio`` so a pretrained network moves less than the new 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
@@ -55,24 +56,16 @@ def set_trainable(backbone: nn.Module, head: nn.Module, strategy: str, n_stages:
                 p.requires_grad_(True)
 
 
-def make_optimizer(
-    backbone: nn.Module,
-    head: nn.Module,
-    *,
-    optimizer: str,
-    lr: float,
-    backbone_lr_ratio: float,
-    weight_decay: float,
-    momentum: float,
-) -> torch.optim.Optimizer:
+def make_optimizer(net: Any, cfg: Any) -> torch.optim.Optimizer:
     """SGD (with momentum) or AdamW over four groups: backbone/head x decay/no-decay.
 
     Every parameter is in a group (frozen ones simply get no gradient), so the optimiser's
     state has the same layout whatever is frozen: a checkpoint can be resumed across the
     head-only and full phases of ``lp-ft``.
     """
+    lr, weight_decay = cfg.lr, cfg.weight_decay
     groups = []
-    for part, scale in ((backbone, backbone_lr_ratio), (head, 1.0)):
+    for part, scale in ((net.backbone, cfg.backbone_lr_ratio), (net.head, 1.0)):
         params = list(part.parameters())
         decay = [p for p in params if p.ndim > 1]
         no_decay = [p for p in params if p.ndim <= 1]
@@ -80,11 +73,9 @@ def make_optimizer(
             groups.append(
                 {"params": ps, "weight_decay": wd, "lr": lr * scale, "base_lr": lr * scale}
             )
-    if optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=momentum)
-    if optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=lr)
-    raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {optimizer!r}")
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum)
+    return torch.optim.AdamW(groups, lr=lr)
 
 
 def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:

@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 from torch import nn
 
 from tlearn.data.images import Preprocessing
+from tlearn.exceptions import InvalidParameterError
+from tlearn.runtime.normalise import normalise_torch
 
 __all__ = ["TorchEngine", "cpu_micro_batch", "resolve_device"]
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` -> CUDA if available, else Apple MPS, else CPU; anything else as given."""
+    """``"auto"`` -> CUDA if available, else Apple MPS, else CPU; anything else as given.
+
+    Raises :class:`~tlearn.exceptions.InvalidParameterError` for a device that is not
+    there (``"cuda"`` on a machine without a GPU) or not a device name at all.
+    """
     if isinstance(device, torch.device):
         return device
     if device == "auto":
@@ -24,15 +32,18 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         return torch.device("cpu")
     try:
         dev = torch.device(device)
-    except RuntimeError as e:
-        raise ValueError(
-            f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {device!r}"
-        ) from e
+    except (RuntimeError, TypeError):
+        raise InvalidParameterError(
+            f"The 'device' parameter must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'. "
+            f"Got {device!r} instead."
+        ) from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(
-            "device='cuda' was asked for, but PyTorch sees no CUDA GPU here; "
-            "use device='auto' or 'cpu'"
+        raise InvalidParameterError(
+            f"device={device!r} was asked for, but PyTorch sees no CUDA GPU on this machine; "
+            "use device 'auto' or 'cpu' (CLI: --device auto)"
         )
+    if dev.type == "mps" and not getattr(torch.backends, "mps", None):
+        raise InvalidParameterError("device='mps' needs Apple silicon; use 'auto' or 'cpu'")
     return dev
 
 
@@ -50,30 +61,43 @@ def cpu_micro_batch(device: torch.device, input_size: int, base: int) -> int:
 
 
 class TorchEngine:
-    """Normalises uint8 NHWC batches and runs the model in inference mode, channels-last
-    (about 1.3-2x faster than the default layout for convolutional nets on CPU)."""
+    """Normalises uint8 NHWC batches and runs the model in inference mode, channels-last.
+
+    Re-entrant: a call keeps everything it computes in local variables, and a module in
+    eval mode changes no state when it runs, so any number of threads may call one engine.
+    Pickles as "rebuild on the device asked for", so a model fitted on a GPU unpickles on a
+    CPU-only worker when the device was ``"auto"``.
+    """
 
     name = "torch"
+    precision = "fp32"
 
     def __init__(
         self,
         model: nn.Module,
         pre: Preprocessing,
-        device: torch.device,
+        device: str | torch.device = "cpu",
         autocast: torch.dtype | None = None,
+        name: str = "torch",
     ) -> None:
-        self.device = device
+        self.requested_device = str(device)
+        self.device = resolve_device(device)
         self.autocast = autocast
-        if autocast is not None:
-            self.name = "torch-bf16" if autocast == torch.bfloat16 else "torch-fp16"
-        self.model = model.to(device).eval().to(memory_format=torch.channels_last)
-        self._mean = torch.tensor(pre.mean, device=device).view(1, 3, 1, 1) * 255.0
-        self._std = torch.tensor(pre.std, device=device).view(1, 3, 1, 1) * 255.0
+        self.name = name
+        self.precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[autocast]
+        self.pre = pre
+        self.model = model.to(self.device).eval().to(memory_format=torch.channels_last)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (
+            TorchEngine,
+            (self.model, self.pre, self.requested_device, self.autocast, self.name),
+        )
 
     def to_input(self, images: np.ndarray) -> torch.Tensor:
         """``(n, h, w, 3)`` uint8 -> normalised float ``(n, 3, h, w)``, channels-last."""
         x = torch.from_numpy(images).to(self.device, non_blocking=True).permute(0, 3, 1, 2)
-        return ((x.float() - self._mean) / self._std).contiguous(memory_format=torch.channels_last)
+        return normalise_torch(x, self.pre)
 
     def micro_batch(self, input_size: int) -> int:
         return cpu_micro_batch(self.device, input_size, 4 if self.autocast is None else 8)

@@ -1,5 +1,4 @@
-"""Reports people can look at: the confusion matrix and reliability diagram as PNG, the
-training curves, and one self-contained HTML page with a gallery of the most confidently
+"""The report as one self-contained HTML page with a gallery of the most confidently
 wrong images (thumbnails embedded, so it opens offline, anywhere)."""
 
 from __future__ import annotations
@@ -10,98 +9,23 @@ import io
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import numpy as np
 from PIL import Image
 
 from tlearn.data.images import decode_image, load_array_image, read_bytes
+from tlearn.evaluation.metrics import Metrics
+from tlearn.evaluation.plots import write_plots
 from tlearn.exceptions import ImageReadError
 
-if TYPE_CHECKING:
-    from tlearn.evaluation import Report
-
-__all__ = ["plot_confusion", "plot_reliability", "render_html", "save_report"]
-
-
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def plot_confusion(report: Report, path: str | os.PathLike[str]) -> None:
-    """Row-normalised confusion matrix; annotated up to 20 classes, readable up to ~100."""
-    plt = _pyplot()
-    cm = np.asarray(report.confusion_matrix, dtype=float)
-    norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
-    n = len(report.classes)
-    side = min(22.0, max(5.0, 0.45 * n + 2))
-    fig, ax = plt.subplots(figsize=(side, side * 0.9))
-    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    names = [str(c) for c in report.classes]
-    font = max(4, min(10, int(300 / max(n, 1))))
-    ax.set_xticks(range(n), names, rotation=90, fontsize=font)
-    ax.set_yticks(range(n), names, fontsize=font)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    if n <= 20:
-        for i in range(n):
-            for j in range(n):
-                if norm[i, j] >= 0.005:
-                    ax.text(
-                        j,
-                        i,
-                        f"{norm[i, j]:.2f}",
-                        ha="center",
-                        va="center",
-                        fontsize=font,
-                        color="white" if norm[i, j] > 0.5 else "black",
-                    )
-    ax.set_title(f"confusion matrix (rows normalised), accuracy {report.accuracy:.3f}")
-    fig.colorbar(im, ax=ax, fraction=0.046)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def plot_reliability(report: Report, path: str | os.PathLike[str]) -> None:
-    """Accuracy against confidence per bin, with the expected calibration error."""
-    plt = _pyplot()
-    fig, (ax, hist) = plt.subplots(2, 1, figsize=(5, 6), height_ratios=[3, 1], sharex=True)
-    bins = report.reliability
-    centers = [(b["low"] + b["high"]) / 2 for b in bins]
-    width = 1.0 / 15
-    ax.bar(centers, [b["accuracy"] for b in bins], width=width * 0.9, color="C0", label="accuracy")
-    ax.bar(
-        centers,
-        [abs(b["confidence"] - b["accuracy"]) for b in bins],
-        bottom=[min(b["accuracy"], b["confidence"]) for b in bins],
-        width=width * 0.9,
-        color="C3",
-        alpha=0.4,
-        label="gap to confidence",
-    )
-    ax.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
-    ax.set_ylabel("accuracy")
-    ax.set_title(f"reliability (ECE {report.expected_calibration_error:.3f})")
-    ax.legend(loc="upper left", fontsize=8)
-    hist.bar(centers, [b["count"] for b in bins], width=width * 0.9, color="grey")
-    hist.set_xlabel("confidence (top-1 probability)")
-    hist.set_ylabel("images")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+__all__ = ["render_html", "save_report"]
 
 
 def _png_data_uri(path: str | os.PathLike[str]) -> str:
     return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode()
 
 
-def _thumbnail(report: Report, mistake: dict[str, Any], size: int = 96) -> str:
+def _thumbnail(report: Metrics, mistake: dict[str, Any], size: int = 96) -> str:
     try:
         if report.images is not None:
             img = load_array_image(report.images[mistake["index"]])
@@ -135,14 +59,14 @@ word-break:break-all}
 """
 
 
-def render_html(report: Report, title: str, plots: dict[str, str] | None = None) -> str:
+def render_html(report: Metrics, title: str, plots: dict[str, str] | None = None) -> str:
     """The report as one HTML page; ``plots`` maps names to PNG files to embed (made in a
     temporary folder when not given)."""
     if plots is None:
         import tempfile
 
         with tempfile.TemporaryDirectory() as tmp:
-            return render_html(report, title, _write_plots(report, tmp))
+            return render_html(report, title, write_plots(report, tmp))
     e = html.escape
     cards = [
         ("accuracy", report.accuracy),
@@ -207,26 +131,10 @@ def render_html(report: Report, title: str, plots: dict[str, str] | None = None)
     return "\n".join(out)
 
 
-def _write_plots(report: Report, folder: str | os.PathLike[str]) -> dict[str, str]:
-    folder = Path(folder)
-    plots = {
-        "confusion matrix": str(folder / "confusion.png"),
-        "reliability": str(folder / "reliability.png"),
-    }
-    plot_confusion(report, plots["confusion matrix"])
-    plot_reliability(report, plots["reliability"])
-    if report.history:
-        from tlearn.finetune.loop import plot_history
-
-        plots["training curves"] = str(folder / "curves.png")
-        plot_history(report.history, plots["training curves"])
-    return plots
-
-
-def save_report(report: Report, folder: str | os.PathLike[str], title: str) -> dict[str, str]:
+def save_report(report: Metrics, folder: str | os.PathLike[str], title: str) -> dict[str, str]:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    paths = _write_plots(report, folder)
+    paths = write_plots(report, folder)
     (folder / "metrics.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n")
     (folder / "report.html").write_text(render_html(report, title, paths), encoding="utf-8")
     return {**paths, "metrics": str(folder / "metrics.json"), "html": str(folder / "report.html")}

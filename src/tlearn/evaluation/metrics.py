@@ -1,6 +1,6 @@
-"""Evaluation: accuracy, balanced accuracy, F1, top-k, log loss, calibration, per-class
-precision/recall/F1, the confusion matrix, the most confused pairs and the most confidently
-wrong images, as a :class:`Report` to print, save as JSON/PNG/HTML, or inspect in Python."""
+"""Evaluation metrics as pure data: accuracy, balanced accuracy, F1, top-k, log loss,
+calibration, per-class precision/recall/F1, the confusion matrix, the most confused pairs
+and the most confidently wrong images."""
 
 from __future__ import annotations
 
@@ -19,17 +19,15 @@ from sklearn.metrics import (
     precision_recall_fscore_support,
 )
 
-from tlearn.data.loader import check_images
-from tlearn.exceptions import DataError, UnknownClassError
 from tlearn.models import python_value as _py
-from tlearn.models import split_model
 
-__all__ = ["Report", "evaluate"]
+__all__ = ["Metrics", "compute_metrics"]
 
 
 @dataclass
-class Report:
-    """The result of :func:`evaluate`.
+class Metrics:
+    """What :func:`compute_metrics` finds; :class:`tlearn.evaluation.Report` adds the
+    plots and the HTML page.
 
     Attributes
     ----------
@@ -90,21 +88,6 @@ class Report:
             "unknown_labels": self.unknown,
         }
 
-    def to_html(self, title: str = "tlearn evaluation report") -> str:
-        """One self-contained HTML page (plots and thumbnails embedded), readable offline."""
-        from tlearn.report import render_html
-
-        return render_html(self, title)
-
-    def save(
-        self, folder: str | os.PathLike[str], title: str = "tlearn evaluation report"
-    ) -> dict[str, str]:
-        """Write metrics.json, confusion.png, reliability.png, curves.png (when there is a
-        training history) and report.html into ``folder``; returns their paths."""
-        from tlearn.report import save_report
-
-        return save_report(self, folder, title)
-
     def to_json(self, path: str | os.PathLike[str] | None = None, indent: int = 2) -> str:
         text = json.dumps(self.to_dict(), indent=indent)
         if path is not None:
@@ -132,66 +115,14 @@ class Report:
         return table
 
 
-def evaluate(model: Any, X: object, y: object, *, unknown: str = "raise") -> Report:
-    """Evaluate a fitted classifier on images ``X`` with true labels ``y``.
-
-    Images that cannot be read are listed in ``Report.failed`` (when the model's
-    ``on_error`` is ``"skip"``) and left out of the metrics. Labels the model has never seen
-    raise :class:`UnknownClassError` unless ``unknown="skip"``, which evaluates the rest and
-    lists them in ``Report.unknown``.
-    """
-    if unknown not in ("raise", "skip"):
-        raise ValueError(f"unknown must be 'raise' or 'skip', got {unknown!r}")
-    parts = split_model(model)
-    y_arr = np.asarray(y)
-    paths = check_images(X)
-    if len(y_arr) != len(paths):
-        raise DataError(f"X has {len(paths)} images but y has {len(y_arr)} labels")
-    known = np.isin(y_arr, parts.classes)
-    unknown_rows = []
-    if not known.all():
-        unknown_labels = sorted({str(v) for v in y_arr[~known]})
-        if unknown == "raise":
-            raise UnknownClassError(
-                f"{int((~known).sum())} images have labels the model was not trained on: "
-                f"{unknown_labels[:10]}; the model knows {[_py(c) for c in parts.classes][:20]}. "
-                "Evaluate the known classes only with unknown='skip' (CLI: "
-                "--skip-unknown-classes)"
-            )
-        for i in np.flatnonzero(~known).tolist():
-            name = f"X[{i}]" if isinstance(paths, np.ndarray) else str(paths[i])
-            unknown_rows.append({"path": name, "label": _py(y_arr[i])})
-        keep = np.flatnonzero(known)
-        paths = paths[keep] if isinstance(paths, np.ndarray) else [paths[i] for i in keep.tolist()]
-        y_arr = y_arr[keep]
-    proba = np.full((len(y_arr), len(parts.classes)), np.nan, dtype=np.float64)
-    failed: list[dict[str, str]] = []
-    for idx, feats, errors in parts.features.iter_features(paths):
-        if len(idx):
-            proba[idx] = parts.predict_proba(feats)
-        failed.extend({"path": p, "reason": r} for _, p, r in errors)
-    ok = ~np.isnan(proba[:, 0])
-    if not ok.any():
-        raise DataError("no image could be evaluated: every image failed to load")
-    names = np.array(
-        [f"X[{i}]" for i in range(len(y_arr))] if isinstance(paths, np.ndarray) else list(paths),
-        dtype=object,
-    )
-    report = _metrics(parts.classes, y_arr[ok], proba[ok], names[ok])
-    report.failed, report.unknown = failed, unknown_rows
-    report.history = list(getattr(model, "history_", []) or [])
-    report.images = paths[ok] if isinstance(paths, np.ndarray) else None
-    return report
-
-
-def _metrics(
+def compute_metrics(
     labels: np.ndarray,
     y_true: np.ndarray,
     proba: np.ndarray,
     names: np.ndarray,
     n_bins: int = 15,
     n_mistakes: int = 24,
-) -> Report:
+) -> Metrics:
     proba = proba / proba.sum(1, keepdims=True)  # float32 heads sum to 1 only to ~1e-7
     true_idx = np.searchsorted(labels, y_true)  # labels are sorted (np.unique)
     pred_idx = proba.argmax(axis=1)
@@ -249,7 +180,7 @@ def _metrics(
         }
         for i in wrong
     ]
-    return Report(
+    return Metrics(
         accuracy=float(accuracy_score(y_true, y_pred)),
         log_loss=float(log_loss(y_true, proba, labels=labels)),
         classes=[_py(c) for c in labels],

@@ -1,0 +1,164 @@
+"""Parameter validation in one place, after scikit-learn's constraint pattern
+(``sklearn/utils/_param_validation.py``): each estimator declares
+``_parameter_constraints = {"name": [constraint, ...]}`` once; :func:`validate_params`
+checks the values in ``fit`` and raises :class:`~tlearn.exceptions.InvalidParameterError`
+with one message template: *which parameter of which object, what is allowed, what was
+given* (and "did you mean" for a near-miss of a named option).
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import os
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from numbers import Integral
+from typing import Any
+
+from tlearn.exceptions import InvalidParameterError
+
+__all__ = [
+    "Interval",
+    "Options",
+    "Predicate",
+    "check_option",
+    "validate_params",
+]
+
+
+@dataclass(frozen=True)
+class Options:
+    """One of a fixed set of values."""
+
+    values: tuple[Any, ...]
+
+    def __init__(self, values: Iterable[Any]) -> None:
+        object.__setattr__(self, "values", tuple(values))
+
+    def is_satisfied_by(self, value: Any) -> bool:
+        try:
+            return value in self.values
+        except TypeError:  # unhashable or incomparable values
+            return False
+
+    def __str__(self) -> str:
+        return "one of " + ", ".join(repr(v) for v in self.values)
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A number of ``kind`` (``Integral`` or ``Real``) between ``low`` and ``high``
+    (``None``: unbounded); ``closed`` is "both", "left", "right" or "neither"."""
+
+    kind: type
+    low: float | None
+    high: float | None
+    closed: str = "both"
+
+    def is_satisfied_by(self, value: Any) -> bool:
+        if isinstance(value, bool) or not isinstance(value, self.kind):
+            return False
+        if isinstance(value, float) and math.isnan(value):
+            return False
+        v = float(value)  # type: ignore[arg-type]
+        low_ok = self.low is None or (
+            v >= self.low if self.closed in ("both", "left") else v > self.low
+        )
+        high_ok = self.high is None or (
+            v <= self.high if self.closed in ("both", "right") else v < self.high
+        )
+        return bool(low_ok and high_ok)
+
+    def __str__(self) -> str:
+        what = "an int" if self.kind is Integral else "a float"
+        left = "[" if self.closed in ("both", "left") and self.low is not None else "("
+        right = "]" if self.closed in ("both", "right") and self.high is not None else ")"
+        low = "-inf" if self.low is None else f"{self.low:g}"
+        high = "inf" if self.high is None else f"{self.high:g}"
+        return f"{what} in the range {left}{low}, {high}{right}"
+
+
+@dataclass(frozen=True)
+class Predicate:
+    """Any value for which ``test`` is true, described as ``description``."""
+
+    test: Callable[[Any], bool]
+    description: str
+
+    def is_satisfied_by(self, value: Any) -> bool:
+        try:
+            return bool(self.test(value))
+        except Exception:
+            return False
+
+    def __str__(self) -> str:
+        return self.description
+
+
+def _is_path(value: Any) -> bool:
+    return isinstance(value, (str, os.PathLike))
+
+
+#: Shorthands usable in constraint lists.
+NAMED: dict[str, Predicate] = {
+    "path": Predicate(_is_path, "a path (str or os.PathLike)"),
+    "str": Predicate(lambda v: isinstance(v, str), "a str"),
+    "boolean": Predicate(lambda v: isinstance(v, bool), "a bool"),
+    "random_state": Predicate(
+        lambda v: isinstance(v, Integral) and not isinstance(v, bool) and int(v) >= 0,
+        "a non-negative int",
+    ),
+    "sequence": Predicate(
+        lambda v: isinstance(v, (list, tuple)) or hasattr(v, "__array__"),
+        "a list, tuple or array",
+    ),
+    "callable": Predicate(callable, "a callable"),
+}
+
+
+def _constraint(c: Any) -> Any:
+    if c is None:
+        return Predicate(lambda v: v is None, "None")
+    if isinstance(c, str):
+        return NAMED[c]
+    return c
+
+
+def _did_you_mean(value: Any, constraints: list[Any]) -> str:
+    if not isinstance(value, str):
+        return ""
+    names = [v for c in constraints if isinstance(c, Options) for v in c.values]
+    close = difflib.get_close_matches(value, [n for n in names if isinstance(n, str)], n=1)
+    return f" Did you mean {close[0]!r}?" if close else ""
+
+
+def validate_params(
+    owner: str, params: Mapping[str, Any], constraints: Mapping[str, list[Any]]
+) -> None:
+    """Check ``params`` against ``constraints``; raise :class:`InvalidParameterError`.
+
+    Only the parameters named in ``constraints`` are checked, so a subclass may add its own.
+    """
+    for name, allowed in constraints.items():
+        if name not in params:
+            continue
+        value = params[name]
+        checks = [_constraint(c) for c in allowed]
+        if any(c.is_satisfied_by(value) for c in checks):
+            continue
+        described = [str(c) for c in checks]
+        what = (
+            described[0]
+            if len(described) == 1
+            else ", ".join(described[:-1]) + " or " + described[-1]
+        )
+        raise InvalidParameterError(
+            f"The {name!r} parameter of {owner} must be {what}. Got {value!r} instead."
+            + _did_you_mean(value, checks)
+        )
+
+
+def check_option(owner: str, name: str, value: Any, options: Iterable[Any]) -> None:
+    """Shorthand for one parameter that must be one of ``options``."""
+    validate_params(owner, {name: value}, {name: [Options(options)]})

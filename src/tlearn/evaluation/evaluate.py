@@ -1,0 +1,100 @@
+"""``evaluate(model, X, y)``: predict through the model's :class:`~tlearn.Predictor` and
+compute the :class:`Report`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from tlearn._validation import check_option
+from tlearn.data.loader import check_images
+from tlearn.evaluation.metrics import compute_metrics
+from tlearn.evaluation.report import Report
+from tlearn.exceptions import DataError, UnknownClassError
+from tlearn.models import python_value as _py
+from tlearn.predictor import load_predictor
+
+__all__ = ["evaluate", "predict_proba_with_errors"]
+
+
+def predict_proba_with_errors(
+    predictor: Any, X: object, *, on_error: str = "raise", tta: bool = False
+) -> tuple[np.ndarray, list[dict[str, str]]]:
+    """Probabilities ``(n, n_classes)`` (rows of NaN for unreadable images) and the list of
+    ``{"path", "reason"}`` of those images."""
+    predictor = load_predictor(predictor)
+    n = len(check_images(X))
+    proba = np.full((n, len(predictor.classes)), np.nan, dtype=np.float64)
+    failed: list[dict[str, str]] = []
+    for idx, p, errors in predictor.iter_proba(X, on_error=on_error, tta=tta):
+        if len(idx):
+            proba[idx] = p
+        failed.extend({"path": path, "reason": reason} for _, path, reason in errors)
+    return proba, failed
+
+
+def _known_only(
+    paths: Any, y: np.ndarray, classes: np.ndarray, unknown: str
+) -> tuple[Any, np.ndarray, list[dict[str, Any]]]:
+    known = np.isin(y, classes)
+    if known.all():
+        return paths, y, []
+    if unknown == "raise":
+        raise UnknownClassError(
+            f"{int((~known).sum())} images have labels the model was not trained on: "
+            f"{sorted({str(v) for v in y[~known]})[:10]}; the model knows "
+            f"{[_py(c) for c in classes][:20]}. Evaluate the known classes only with "
+            "unknown='skip' (CLI: --skip-unknown-classes)"
+        )
+    rows = [
+        {"path": f"X[{i}]" if isinstance(paths, np.ndarray) else str(paths[i]), "label": _py(y[i])}
+        for i in np.flatnonzero(~known).tolist()
+    ]
+    keep = np.flatnonzero(known)
+    paths = paths[keep] if isinstance(paths, np.ndarray) else [paths[i] for i in keep.tolist()]
+    return paths, y[keep], rows
+
+
+def evaluate(
+    model: Any,
+    X: object,
+    y: object,
+    *,
+    unknown: str = "raise",
+    on_error: str | None = None,
+    tta: bool = False,
+) -> Report:
+    """Evaluate a fitted classifier (or predictor, model file, export) on images ``X`` with
+    true labels ``y``.
+
+    Images that cannot be read are listed in ``Report.failed`` and left out of the metrics
+    when ``on_error="skip"`` (default: the model's own setting). Labels the model has never
+    seen raise :class:`UnknownClassError` unless ``unknown="skip"``, which evaluates the
+    rest and lists them in ``Report.unknown``.
+    """
+    check_option("evaluate", "unknown", unknown, ("raise", "skip"))
+    predictor = load_predictor(model)
+    if on_error is None:
+        features = predictor.parts.features
+        on_error = features.on_error if features is not None else "raise"
+    check_option("evaluate", "on_error", on_error, ("raise", "skip"))
+    y_arr = np.asarray(y)
+    paths = check_images(X)
+    if len(y_arr) != len(paths):
+        raise DataError(f"X has {len(paths)} images but y has {len(y_arr)} labels")
+    paths, y_arr, unknown_rows = _known_only(paths, y_arr, predictor.classes, unknown)
+    proba, failed = predict_proba_with_errors(predictor, paths, on_error=on_error, tta=tta)
+    ok = ~np.isnan(proba[:, 0])
+    if not ok.any():
+        raise DataError("no image could be evaluated: every image failed to load")
+    names = np.array(
+        [f"X[{i}]" for i in range(len(y_arr))] if isinstance(paths, np.ndarray) else list(paths),
+        dtype=object,
+    )
+    metrics = compute_metrics(predictor.classes, y_arr[ok], proba[ok], names[ok])
+    report = Report.from_metrics(metrics)
+    report.failed, report.unknown = failed, unknown_rows
+    report.history = list(getattr(model, "history_", []) or [])
+    report.images = paths[ok] if isinstance(paths, np.ndarray) else None
+    return report

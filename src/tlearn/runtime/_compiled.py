@@ -1,0 +1,59 @@
+"""What the compiled engines (ONNX Runtime, OpenVINO) share: where converted models are
+cached on disk, and loading them with a rebuild when a cached file is stale or corrupt."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from tlearn.exceptions import EngineError
+
+__all__ = ["cache_path", "cached", "engine_cache_dir", "extra_missing"]
+
+T = TypeVar("T")
+
+
+def engine_cache_dir() -> Path:
+    """Where compiled models are cached: ``$TLEARN_HOME/engines`` or
+    ``~/.cache/tlearn/engines``."""
+    home = os.environ.get("TLEARN_HOME")
+    return (Path(home) if home else Path.home() / ".cache" / "tlearn") / "engines"
+
+
+def cache_path(key: dict[str, Any], suffix: str) -> Path:
+    """The cache file for a model configuration (architecture, weights hash, input...)."""
+    digest = hashlib.sha256(repr(sorted(key.items())).encode()).hexdigest()[:16]
+    return engine_cache_dir() / f"{key['architecture'].replace(':', '-')}-{digest}{suffix}"
+
+
+def cached(paths: list[Path], build: Callable[[], None], load: Callable[[], T], what: str) -> T:
+    """Load a compiled model from its cache files, building them first when missing; a
+    stale or corrupt cache is detected (loading fails), deleted and rebuilt once."""
+    for attempt in (1, 2):
+        if not all(p.is_file() for p in paths):
+            build()
+        try:
+            return load()
+        except EngineError:
+            raise
+        except Exception as e:
+            for p in paths:
+                p.unlink(missing_ok=True)
+            if attempt == 2:
+                raise EngineError(f"cannot run the {what} ({str(e)[:200]})") from None
+            warnings.warn(
+                f"the cached {what} ({paths[0]}) was unreadable and is rebuilt",
+                UserWarning,
+                stacklevel=3,
+            )
+    raise AssertionError("unreachable")
+
+
+def extra_missing(engine: str, extra: str, module: str) -> EngineError:
+    return EngineError(
+        f"engine={engine!r} needs {module}, which is not installed: pip install 'tlearn[{extra}]'"
+    )

@@ -1,0 +1,148 @@
+"""The shape of the code, checked: a light ``import tlearn``, imports that go one way, the
+engine table as the one source of engine names, short story-like functions where the issue
+asks for them, CLI defaults equal to the estimators', and dependency floors that match the
+APIs the code uses."""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SRC = ROOT / "src" / "tlearn"
+
+
+def _run(code: str) -> str:
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return r.stdout.strip()
+
+
+def test_import_tlearn_imports_neither_torch_nor_sklearn():
+    listed = "print(sorted(m for m in ('torch', 'sklearn', 'timm') if m in sys.modules))"
+    out = _run(f"import sys, tlearn; {listed}")
+    assert out == "[]"
+    out = _run(f"import sys, tlearn.cli; {listed}")
+    assert out == "[]"  # `tlearn --help` stays fast
+    assert _run("import tlearn; print(tlearn.LinearProbe.__name__)") == "LinearProbe"
+
+
+def _module_imports(path: Path) -> set[str]:
+    """Modules imported at module level (not inside functions, not for type checking)."""
+    tree = ast.parse(path.read_text())
+    found: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            continue
+        for sub in ast.walk(node) if not isinstance(node, (ast.FunctionDef, ast.ClassDef)) else []:
+            if isinstance(sub, ast.ImportFrom) and sub.module and sub.level == 0:
+                found.add(sub.module)
+            elif isinstance(sub, ast.Import):
+                found.update(a.name for a in sub.names)
+    return {m for m in found if m.startswith("tlearn")}
+
+
+def _name(path: Path) -> str:
+    parts = path.relative_to(SRC.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def test_module_imports_have_no_cycles():
+    graph = {_name(p): _module_imports(p) for p in SRC.rglob("*.py")}
+    state: dict[str, int] = {}
+
+    def visit(node: str, trail: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                pytest.fail("import cycle: " + " -> ".join([*trail, node, nxt]))
+            if nxt in graph and state.get(nxt) is None:
+                visit(nxt, [*trail, node])
+        state[node] = 2
+
+    for module in sorted(graph):
+        if state.get(module) is None:
+            visit(module, [])
+    # and the evaluation package in particular goes one way
+    assert not _module_imports(SRC / "evaluation" / "metrics.py") & {
+        "tlearn.evaluation.html",
+        "tlearn.evaluation.report",
+        "tlearn.evaluation.plots",
+    }
+
+
+def test_the_cli_fit_and_the_fit_loop_fit_on_a_screen():
+    from tlearn.cli import fit
+    from tlearn.finetune.loop import fit_loop
+
+    for fn in (fit, fit_loop):
+        lines = inspect.getsource(fn).splitlines()
+        assert len(lines) <= 45, f"{fn.__module__}.{fn.__name__} has {len(lines)} lines"
+
+
+def test_engine_names_come_from_the_one_table():
+    from tlearn.runtime.engines import available_engines
+    from tlearn.runtime.table import ENGINE_TABLE, ENGINES, engine_help
+
+    assert ("auto", *ENGINE_TABLE) == ENGINES
+    help_text = engine_help()
+    assert all(name in help_text for name in ENGINES)
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Inference engines", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| `([a-z0-9-]+)`", section, re.M)
+    assert sorted(rows) == sorted(ENGINES)
+    import torch
+
+    assert set(available_engines(torch.device("cpu"))) <= set(ENGINE_TABLE)
+
+
+def test_cli_defaults_equal_the_estimators_defaults():
+    from tlearn.cli import _estimator_options
+    from tlearn.finetune import FineTuneClassifier
+    from tlearn.probe import LinearProbe
+
+    defaults = {
+        "probe": LinearProbe().get_params(),
+        "finetune": FineTuneClassifier().get_params(),
+    }
+    options = _estimator_options()
+    assert {"lr", "epochs", "strategy", "engine", "backbone", "image_size"} <= {
+        o.name for o in options
+    }
+    for option in options:
+        values = {defaults[m][option.name] for m in option.methods}
+        expected = values.pop() if len(values) == 1 else None
+        assert option.default == expected, option.name
+
+
+FLOORS = {
+    # API the code uses -> (distribution, lowest version that has it)
+    "__sklearn_tags__": ("scikit-learn", "1.6"),
+    "torch.OutOfMemoryError": ("torch", "2.5"),
+    "dynamo=False": ("torch", "2.5"),
+    "v2.TrivialAugmentWide": ("torchvision", "0.20"),
+    "ImageNetInfo": ("timm", "1.0"),
+    "datetime.UTC": ("python", "3.11"),
+}
+
+
+def _floor(requirement: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in requirement.split(">=")[1].split(",")[0].split("."))
+
+
+def test_dependency_floors_match_the_apis_the_code_uses():
+    meta = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    floors = {re.split(r"[<>=\[ ]", d)[0]: _floor(d) for d in meta["dependencies"] if ">=" in d}
+    floors["python"] = _floor(meta["requires-python"])
+    source = "\n".join(p.read_text() for p in SRC.rglob("*.py"))
+    for api, (dist, version) in FLOORS.items():
+        if api not in source and api.split(".")[-1] not in source:
+            continue  # no longer used
+        need = tuple(int(x) for x in version.split("."))
+        assert floors[dist] >= need, f"{api} needs {dist}>={version}, pyproject says {floors[dist]}"
