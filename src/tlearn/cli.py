@@ -64,11 +64,18 @@ def _write_skipped(skipped: list[tuple[int, str, str]], beside: str) -> str | No
 _FIT_GENERAL: list[tuple[str, Any, Any]] = [
     ("out", Annotated[Path, typer.Option("--out", "-o", help="Model file to write.")],
      Path("model.safetensors")),
-    ("method", Annotated[str, typer.Option(help="probe (frozen features + tuned logistic "
-     "regression), finetune, or lp-ft (finetune with the head first).")], "probe"),
-    ("test", Annotated[str | None, typer.Option(help="Separate labelled test data.")], None),
-    ("test_size", Annotated[float, typer.Option(help="Fraction held out for testing when "
-     "--test is not given.")], 0.2),
+    ("method", Annotated[str, typer.Option(help="auto (the best of several candidates within "
+     "--time-budget), probe (frozen features + tuned logistic regression), finetune, or "
+     "lp-ft (finetune with the head first).")], "probe"),
+    ("time_budget", Annotated[str | None, typer.Option(help="auto: how long to spend, e.g. "
+     "10m, 90s, 1h (default 10m).")], None),
+    ("test", Annotated[str | None, typer.Option(help="Separate labelled test data. Without "
+     "it the held-out estimate is reported (cross-validated for the probe) and the model "
+     "is fitted on every image.")], None),
+    ("test_size", Annotated[float | None, typer.Option(help="Hold out this fraction as a "
+     "test split (then refit on all).")], None),
+    ("refit", Annotated[bool, typer.Option(help="Without --test: refit on every image "
+     "before saving (fine-tuning runs again for the best number of epochs).")], True),
     ("max_per_class", Annotated[int | None, typer.Option(help="Use at most N training images "
      "per class (random).")], None),
     ("test_max_per_class", Annotated[int | None, typer.Option(help="Use at most N test "
@@ -151,7 +158,8 @@ def fit(ctx: typer.Context, data: str, **values: Any) -> None:
 
     s = _fit_settings(ctx, values)
     out, json_path = Path(s.pop("out")), s.pop("json_path")
-    if s["method"] != "probe" and s.get("checkpoint_dir") is None:
+    s["time_budget"] = _seconds(s["time_budget"])
+    if s["method"] in ("finetune", "lp-ft") and s.get("checkpoint_dir") is None:
         s["checkpoint_dir"] = str(out.with_suffix("")) + ".run"
     result = train(data, out=out, say=console.print, **s)
     if result.report is None:
@@ -159,13 +167,41 @@ def fit(ctx: typer.Context, data: str, **values: Any) -> None:
     _write_skipped(result.skipped, str(out))
     _write_skipped([(0, f["path"], f["reason"]) for f in result.report.failed], f"{out}.test")
     console.print(result.report)
+    if result.leaderboard:
+        console.print(_leaderboard_table(result.leaderboard))
     if json_path is not None:
         result.report.to_json(json_path)
+    how = result.evaluation["method"]
+    which = "test" if "test" in how else "held-out"
     console.print(
-        f"[bold]test loss: {result.report.log_loss:.4f}  test accuracy: "
-        f"{result.report.accuracy:.4f}[/] ({result.report.n_images} images)  model saved to "
-        f"{out} ({result.seconds:.0f} s)"
+        f"[bold]{which} loss: {result.report.log_loss:.4f}  {which} accuracy: "
+        f"{result.report.accuracy:.4f}[/] ({result.report.n_images} images, {how}); model "
+        f"saved to {out} ({result.seconds:.0f} s)"
     )
+
+
+def _seconds(text: str | None) -> float | None:
+    """'10m', '90s', '1h', '1.5h' or plain seconds -> seconds."""
+    if text is None:
+        return None
+    units = {"s": 1, "m": 60, "h": 3600}
+    value = text.strip().lower()
+    try:
+        return float(value[:-1]) * units[value[-1]] if value[-1] in units else float(value)
+    except (ValueError, IndexError):
+        _fail(f"--time-budget must be like 10m, 90s or 1h, got {text!r}")
+        raise
+
+
+def _leaderboard_table(rows: list[dict[str, Any]]) -> Table:
+    table = Table(title="candidates (the best on held-out accuracy is kept)")
+    for col in ("candidate", "held-out accuracy", "fit time", "predict images/s", "note"):
+        table.add_column(col, justify="left" if col in ("candidate", "note") else "right")
+    for r in rows:
+        acc = "" if r.get("accuracy") is None else f"{r['accuracy']:.4f}"
+        table.add_row(r["candidate"], acc, f"{r.get('seconds', 0):.0f} s",
+                      f"{r.get('images_per_second', 0):.0f}", r.get("note", ""))  # fmt: skip
+    return table
 
 
 def _fit_signature() -> inspect.Signature:

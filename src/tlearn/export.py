@@ -52,7 +52,7 @@ def export_model(model: Any, path: str | os.PathLike[str], format: str = "onnx")
     check_option("export_model", "format", format, FORMATS)
     parts = split_model(model)
     assert parts.features is not None
-    bb, pre = parts.features.backbone_, parts.preprocessing
+    bb, pre, net = parts.features.backbone_, parts.preprocessing, parts.features.network_
     weight, bias = model_kind(model).linear_head(model)
     path = Path(path)
     if path.suffix != FORMATS[format]:
@@ -64,11 +64,11 @@ def export_model(model: Any, path: str | os.PathLike[str], format: str = "onnx")
     ir = getattr(parts.engine, "ir", None)
     int8 = format == "openvino" and ir is not None
     if format == "onnx":
-        export_onnx(_Classifier(bb.model, weight, bias).eval(), pre, path)
+        export_onnx(_Classifier(net, weight, bias).eval(), pre, path)
     elif int8:
         _append_head(ir, weight, bias, path)
     else:
-        convert_openvino(_Classifier(bb.model, weight, bias).eval(), pre, path)
+        convert_openvino(_Classifier(net, weight, bias).eval(), pre, path)
     sidecar = {
         "format": "tlearn-export",
         "format_version": 1,

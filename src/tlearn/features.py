@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import warnings
@@ -16,6 +17,7 @@ from sklearn.utils.validation import check_is_fitted
 from tlearn._log import ensure_handler, logger
 from tlearn._validation import Interval, Options, validate_params
 from tlearn.backbones import DEFAULT_BACKBONE, Backbone, load_backbone
+from tlearn.backbones.pooling import FeatureNet, pyramid_stages, supports_stages
 from tlearn.data.images import Preprocessing
 from tlearn.data.loader import ImageInput, check_images, iter_batches, sample_indices
 from tlearn.exceptions import EngineError, InvalidParameterError
@@ -26,7 +28,6 @@ from tlearn.runtime.engines import (
     ENGINES,
     MIN_CALIBRATION_IMAGES,
     Engine,
-    available_engines,
     make_engine,
 )
 
@@ -123,6 +124,18 @@ class PretrainedFeatures(TransformerMixin, BaseEstimator):
         ``"fine-tuned"``: the weights a FineTuneClassifier trained, kept in its model).
     image_size : int, optional
         Input side in pixels; default the backbone's own (224 for EfficientNet-Lite0).
+    crop : {"auto", "center"}, default="auto"
+        ``"center"``: the backbone's evaluation transform for every image (resize, then
+        centre-crop ``crop_pct``). ``"auto"``: the same for images at least as large as the
+        input, but an image smaller than the input is enlarged to it whole (only a longer
+        side is cropped to a square): a 32 px image has no border to spare.
+    pooling : {"auto", "last", "multistage"}, default="auto"
+        ``"last"``: the pooled last layer. ``"multistage"``: that, plus the mean-pooled maps
+        of the last three stages of the backbone's feature pyramid (timm backbones; 1,752
+        features for EfficientNet-Lite0 instead of 1,280). ``"auto"``: multistage where
+        the backbone supports it.
+    flip_average : bool, default=True
+        Average each image's features with those of its mirror image (twice the compute).
     batch_size : int, default=64
         Images decoded and run together.
     device : str, default="auto"
@@ -135,14 +148,14 @@ class PretrainedFeatures(TransformerMixin, BaseEstimator):
     on_error : {"raise", "skip"}, default="raise"
         ``"skip"``: unreadable images give a row of NaN and are warned about; every other
         image is still processed (:meth:`extract` returns the list).
-    engine : str, default="torch"
-        What runs the network (see :mod:`tlearn.runtime.engines`): ``"torch"`` (fp32),
-        ``"torch-bf16"``, ``"torch-fp16"`` (CUDA), ``"onnxruntime"``, ``"openvino"``
-        (fp32), ``"openvino-bf16"``, ``"openvino-int8"`` (quantised on the images given to
-        ``fit``) or ``"auto"``: the fastest available engine whose features agree with fp32
-        torch (cosine >= 0.999 for fp32 engines, mean cosine >= 0.98 for bf16 and int8),
-        checked on the images given to ``fit`` (or on synthetic pictures without them).
-        The engine that ran is recorded in ``engine_``.
+    engine : str, default="auto"
+        What runs the network (see :mod:`tlearn.runtime.engines`). ``"auto"``: the fastest
+        fp32 engine here whose features agree with fp32 torch (cosine >= 0.999 on every
+        one of 32 of the images given to ``fit``, or of synthetic pictures without them):
+        OpenVINO, then ONNX Runtime, then torch. Or by name: ``"torch"`` (fp32),
+        ``"torch-bf16"``, ``"torch-fp16"`` (CUDA), ``"onnxruntime"``, ``"openvino"``,
+        ``"openvino-bf16"``, ``"openvino-int8"`` (quantised on up to 300 of the images given
+        to ``fit``; about 2x faster again). The engine that ran is recorded in ``engine_``.
     verbose : int, default=0
         Log the engine chosen and show a progress bar when > 0 and there are many images.
 
@@ -155,6 +168,8 @@ class PretrainedFeatures(TransformerMixin, BaseEstimator):
         The engine that runs (what ``auto`` chose, or the one asked for).
     engine_reason_ : str
         Why (for ``auto``: the agreement figure).
+    network_ : FeatureNet
+        The module the engine runs (backbone, pooled stages, flip averaging).
 
     Examples
     --------
@@ -170,6 +185,9 @@ class PretrainedFeatures(TransformerMixin, BaseEstimator):
         "backbone": ["str"],
         "weights": ["path", None],
         "image_size": [Interval(Integral, 8, 4096), None],
+        "crop": [Options(("auto", "center"))],
+        "pooling": [Options(("auto", "last", "multistage"))],
+        "flip_average": ["boolean"],
         "batch_size": [Interval(Integral, 1, 1 << 16)],
         "device": ["str"],
         "n_workers": [Interval(Integral, 1, 256), None],
@@ -185,17 +203,23 @@ class PretrainedFeatures(TransformerMixin, BaseEstimator):
         *,
         weights: str | os.PathLike[str] | None = "pretrained",
         image_size: int | None = None,
+        crop: str = "auto",
+        pooling: str = "auto",
+        flip_average: bool = True,
         batch_size: int = 64,
         device: str = "auto",
         n_workers: int | None = None,
         cache_dir: str | os.PathLike[str] | None = None,
         on_error: str = "raise",
-        engine: str = "torch",
+        engine: str = "auto",
         verbose: int = 0,
     ) -> None:
         self.backbone = backbone
         self.weights = weights
         self.image_size = image_size
+        self.crop = crop
+        self.pooling = pooling
+        self.flip_average = flip_average
         self.batch_size = batch_size
         self.device = device
         self.n_workers = n_workers
@@ -213,21 +237,19 @@ class PretrainedFeatures(TransformerMixin, BaseEstimator):
         may choose it) quantises on up to 300 images spread over ``X`` and needs at least
         100; ``auto`` checks agreement on the first 32. Other engines ignore ``X``.
         """
-        device = self._validate_params()
+        self._validate_params()
         if self.engine == "openvino-int8" and X is None:
             raise EngineError(
                 "engine='openvino-int8' calibrates on your images: call fit(X) with at least "
                 f"{MIN_CALIBRATION_IMAGES} of them (a Pipeline or LinearProbe does this)"
             )
         backbone = self._load_backbone()
-        pre = backbone.preprocessing.with_size(self.image_size)
+        pre = self._preprocessing(backbone)
         calibration = None
         if X is not None and self.engine in ("auto", "openvino-int8"):
-            # auto only needs the 32 images of its agreement check unless int8 may run
-            int8 = self.engine == "openvino-int8" or "openvino-int8" in available_engines(device)
-            calibration = self._calibration_images(
-                check_images(X), pre, CALIBRATION_IMAGES if int8 else 32
-            )
+            # auto needs the 32 images of its agreement check; int8 quantises on up to 300
+            k = CALIBRATION_IMAGES if self.engine == "openvino-int8" else 32
+            calibration = self._calibration_images(check_images(X), pre, k)
         self._install(backbone, calibration=calibration)
         return self
 
@@ -276,8 +298,11 @@ class PretrainedFeatures(TransformerMixin, BaseEstimator):
         and loading a model file use it). ``engine_name`` overrides the parameter (a model
         file records what ``auto`` chose); ``engine`` installs a ready one."""
         self.backbone_ = backbone
-        self.preprocessing_: Preprocessing = backbone.preprocessing.with_size(self.image_size)
-        self.n_features_out_ = backbone.n_features
+        self.preprocessing_: Preprocessing = self._preprocessing(backbone)
+        self.stages_, extra = self._stages(backbone)
+        self.n_features_out_ = backbone.n_features + extra
+        net = FeatureNet(backbone.model, self.stages_, bool(self.flip_average))
+        self.network_ = net
         if engine is None:
             name = engine_name or self.engine
             if calibration is None or not len(calibration):
@@ -288,7 +313,7 @@ class PretrainedFeatures(TransformerMixin, BaseEstimator):
                 )
             engine, reason = make_engine(
                 name,
-                backbone.model,
+                net,
                 self.preprocessing_,
                 self.device,
                 self._model_key(),
@@ -328,11 +353,30 @@ class PretrainedFeatures(TransformerMixin, BaseEstimator):
             )
         self._install(self.backbone_)
 
+    def _preprocessing(self, backbone: Backbone) -> Preprocessing:
+        pre = backbone.preprocessing.with_size(self.image_size)
+        return dataclasses.replace(pre, crop_small=self.crop == "center")
+
+    def _stages(self, backbone: Backbone) -> tuple[tuple[int, ...], int]:
+        """The feature-pyramid stages to pool, and how many features they add."""
+        if self.pooling == "last":
+            return (), 0
+        if not supports_stages(backbone.model):
+            if self.pooling == "multistage":
+                raise InvalidParameterError(
+                    f"pooling='multistage' needs a backbone with timm's feature API; "
+                    f"{backbone.name!r} has none. Use pooling='last' or 'auto'"
+                )
+            return (), 0
+        return pyramid_stages(backbone.model)
+
     def _model_key(self) -> dict[str, Any]:
         return {
             "architecture": self.backbone_.architecture,
             "weights_sha256": self.backbone_.weights_sha256,
             "preprocessing": self.preprocessing_.to_dict(),
+            "stages": list(self.stages_),
+            "flip_average": bool(self.flip_average),
         }
 
     def _cache_key(self) -> dict[str, Any]:

@@ -170,6 +170,7 @@ def _probe_to_file(model: LinearProbe) -> tuple[dict[str, Array], dict[str, Any]
         "C": model.C_,
         "cv_results": model.cv_results_,
         "temperature": float(model.temperature_),
+        "calibration": model.calibration_,
     }
     return arrays, meta
 
@@ -189,6 +190,7 @@ def _probe_from_file(
     probe.C_, probe.cv_results_ = head["C"], head.get("cv_results", {})
     probe.skipped_, probe.n_features_in_ = [], clf.n_features_in_
     probe.temperature_ = float(head.get("temperature", 1.0))
+    probe.calibration_ = head.get("calibration", {})
     return probe
 
 
@@ -251,7 +253,13 @@ def _is_pipeline(model: Any) -> bool:
 
 def _finetune_to_file(model: FineTuneClassifier) -> tuple[dict[str, Array], dict[str, Any]]:
     arrays = {"head.weight": model.head_weight_, "head.bias": model.head_bias_}
-    meta = {"type": "linear", "history": model.history_, "best_epoch": model.best_epoch_}
+    meta = {
+        "type": "linear",
+        "history": model.history_,
+        "best_epoch": model.best_epoch_,
+        "temperature": float(getattr(model, "temperature_", 1.0)),
+        "calibration": getattr(model, "calibration_", {}),
+    }
     return arrays, meta
 
 
@@ -270,6 +278,10 @@ def _finetune_from_file(
     model.history_ = head.get("history", [])
     model.best_epoch_ = head.get("best_epoch", -1)
     model.stopped_early_, model.skipped_ = False, []
+    model.temperature_ = float(head.get("temperature", 1.0))
+    model.calibration_ = head.get("calibration", {})
+    model.image_size_ = features.preprocessing_.input_size
+    model.epochs_ = len(model.history_)
     return model
 
 
@@ -291,7 +303,10 @@ register_model_kind(
         matches=lambda m: isinstance(m, FineTuneClassifier),
         features=lambda m: m.features_,
         head=lambda m: m.predict_proba_features,
-        linear_head=lambda m: (m.head_weight_, m.head_bias_),
+        linear_head=lambda m: (
+            m.head_weight_ / getattr(m, "temperature_", 1.0),
+            m.head_bias_ / getattr(m, "temperature_", 1.0),
+        ),
         to_file=_finetune_to_file,
         from_file=_finetune_from_file,
         is_fitted=lambda m: hasattr(m, "head_weight_"),
@@ -318,7 +333,7 @@ def imagenet_parts(name: str, **params: Any) -> ModelParts:
     from timm.data import ImageNetInfo
 
     backbone = name.removeprefix(IMAGENET_PREFIX)
-    features = PretrainedFeatures(backbone, **params).fit()
+    features = PretrainedFeatures(backbone, pooling="last", flip_average=False, **params).fit()
     head = features.backbone_.classifier
     if head is None or head.out_features != 1000:
         raise ModelFileError(f"{name!r} has no ImageNet-1k classifier head to predict with")

@@ -32,7 +32,18 @@ __all__ = ["FORMAT_VERSION", "dumps", "load", "loads", "read_metadata", "save"]
 
 FORMAT_VERSION = 1
 _MAGIC = "tlearn"
-_FEATURE_PARAMS = ("image_size", "batch_size", "device", "on_error", "engine")
+_FEATURE_PARAMS = (
+    "image_size",
+    "crop",
+    "pooling",
+    "flip_average",
+    "batch_size",
+    "device",
+    "on_error",
+    "engine",
+)
+#: What files written before these parameters existed were computed with.
+_BEFORE_0_2 = {"crop": "center", "pooling": "last", "flip_average": False}
 
 
 def _versions() -> dict[str, str]:
@@ -81,7 +92,9 @@ def _features_meta(features: PretrainedFeatures) -> dict[str, Any]:
     }
 
 
-def _to_tensors(model: Any) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def _to_tensors(
+    model: Any, evaluation: dict[str, Any] | None = None
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     kind = model_kind(model)
     if not kind.is_fitted(model):
         raise ModelFileError(f"the {type(model).__name__} is not fitted yet; call fit first")
@@ -99,6 +112,7 @@ def _to_tensors(model: Any) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         "classes_type": class_kind,
         "head": head,
         "params": {k: _jsonable(v) for k, v in params.items()},
+        "evaluation": evaluation or {},
         "versions": _versions(),
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
@@ -117,23 +131,26 @@ def _to_tensors(model: Any) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     return tensors, meta
 
 
-def dumps(model: Any) -> bytes:
+def dumps(model: Any, evaluation: dict[str, Any] | None = None) -> bytes:
     """The model file's bytes (what :func:`save` writes)."""
     from safetensors.torch import save
 
-    tensors, meta = _to_tensors(model)
+    tensors, meta = _to_tensors(model, evaluation)
     return bytes(save(tensors, metadata={_MAGIC: json.dumps(meta)}))
 
 
-def save(model: Any, path: str | os.PathLike[str]) -> str:
+def save(
+    model: Any, path: str | os.PathLike[str], *, evaluation: dict[str, Any] | None = None
+) -> str:
     """Write a fitted model to ``path`` (conventionally ``*.safetensors``), atomically.
 
-    Returns the path. Raises ``TypeError`` for a model this format cannot hold, naming
-    what it can.
+    ``evaluation`` records how the model was evaluated (``tlearn fit`` stores the method,
+    the accuracy and the number of images; :func:`read_metadata` returns it). Returns the
+    path. Raises ``TypeError`` for a model this format cannot hold, naming what it can.
     """
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
-    data = dumps(model)
+    data = dumps(model, evaluation)
     if not os.path.isdir(folder):
         raise ModelFileError(f"cannot write {path!r}: the folder {folder!r} does not exist")
     write_atomic(path, data)
@@ -215,7 +232,8 @@ def _features(
     chose, or the calibrated int8 engine carried by the file)."""
     bmeta = meta["backbone"]
     weights = "fine-tuned" if meta["kind"] == "finetune" else "pretrained"
-    features = PretrainedFeatures(bmeta["name"], weights=weights, **bmeta["params"])
+    params = {**_BEFORE_0_2, **bmeta["params"]}
+    features = PretrainedFeatures(bmeta["name"], weights=weights, **params)
     backbone = _load_backbone(meta, tensors, where)
     recorded = bmeta.get("engine_")
     if meta.get("engine"):
@@ -227,7 +245,7 @@ def _features(
             engine = OpenVinoEngine.from_ir(
                 xml,
                 weights_,
-                backbone.preprocessing.with_size(bmeta["params"].get("image_size")),
+                features._preprocessing(backbone),
                 meta["engine"],
             )
             features._install(backbone, engine=engine)

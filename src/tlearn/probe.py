@@ -1,32 +1,45 @@
 """The linear probe: frozen features + ``StandardScaler`` + ``LogisticRegression``, with the
-regularisation strength ``C`` chosen on held-out training data, then refit on all of it."""
+regularisation strength ``C`` chosen by cross-validation on the features, refit on all the
+training images, and calibrated by temperature scaling on the out-of-fold scores."""
 
 from __future__ import annotations
 
 import os
 import warnings
-from numbers import Integral, Real
+from dataclasses import dataclass, field
+from numbers import Integral
 from typing import Any
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import accuracy_score, log_loss
-from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.validation import check_is_fitted
 
 from tlearn._validation import Interval, Predicate, validate_params
 from tlearn.backbones import DEFAULT_BACKBONE
+from tlearn.calibration import expected_calibration_error, fit_temperature, softmax
 from tlearn.data.loader import check_images
 from tlearn.exceptions import DataError
 from tlearn.features import ForwardsFeatureParams, PretrainedFeatures
 from tlearn.runtime import resolve_device
 
-__all__ = ["DEFAULT_CS", "LinearProbe", "check_labels", "make_probe"]
+__all__ = [
+    "DEFAULT_CS",
+    "LinearProbe",
+    "TunedHead",
+    "check_labels",
+    "make_probe",
+    "tune_linear_head",
+]
 
 #: The default sweep: 13 values, log-spaced from 1e-4 to 1e2.
 DEFAULT_CS = tuple(float(c) for c in np.logspace(-4, 2, 13))
+#: Above this many training images, out-of-fold scores come from one 20% hold-out.
+HOLDOUT_ABOVE = 20_000
+#: C is searched on a stratified sample of at most this many images.
+SEARCH_SAMPLES = 5_000
 
 
 def check_labels(
@@ -58,36 +71,174 @@ def check_labels(
     return classes, encoded.astype(np.int64)
 
 
-def _softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """Probabilities from logistic-regression scores (``(n,)`` for two classes), the way
-    scikit-learn computes them, with the scores divided by ``temperature`` first."""
-    z = np.asarray(logits, dtype=np.float64) / temperature
-    if z.ndim == 1:
-        z = np.stack([np.zeros_like(z), z], axis=1)
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
+@dataclass
+class TunedHead:
+    """A logistic-regression head tuned on features: the scaler and classifier refit on all
+    the images at the chosen ``C``, the search's results, the temperature that calibrates
+    it, and the out-of-fold scores it was calibrated on (``None`` rows left out of them)."""
+
+    scaler: StandardScaler
+    classifier: LogisticRegression
+    C: float
+    cv_results: dict[str, Any]
+    temperature: float
+    oof_scores: np.ndarray | None
+    oof_index: np.ndarray | None
+    calibration: dict[str, float] = field(default_factory=dict)
+
+
+def _splitter(cv: Any, n_samples: int, counts: np.ndarray, random_state: int | None) -> Any:
+    """k-fold, stratified and shuffled; a single stratified 20% hold-out above
+    :data:`HOLDOUT_ABOVE` images, where k-fold costs more than it adds."""
+    from sklearn.model_selection import StratifiedKFold, StratifiedShuffleSplit
+
+    if not isinstance(cv, (int, np.integer)):
+        return cv
+    if n_samples > HOLDOUT_ABOVE:
+        return StratifiedShuffleSplit(n_splits=1, test_size=0.2, random_state=random_state)
+    folds = int(min(cv, counts.min()))
+    if folds < 2:
+        raise DataError(
+            f"too few images to choose C by cross-validation: the smallest class has "
+            f"{counts.min()} image(s); give at least 2 per class (5 for 5-fold), or a single "
+            "C (Cs=[1.0])"
+        )
+    return StratifiedKFold(n_splits=folds, shuffle=True, random_state=random_state)
+
+
+def _oof_scores(
+    pipe: Any, F: np.ndarray, y: np.ndarray, splitter: Any, n_jobs: int | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Held-out decision scores at the chosen C, and the rows they belong to."""
+    from sklearn.base import clone
+
+    index, scores = [], []
+    for train, test in splitter.split(F, y):
+        model = clone(pipe).fit(F[train], y[train])
+        index.append(test)
+        scores.append(model.decision_function(F[test]))
+    order = np.concatenate(index)
+    return np.concatenate(scores)[np.argsort(order)], np.sort(order)
+
+
+def _search_C(
+    pipe: Any,
+    F: np.ndarray,
+    y: np.ndarray,
+    Cs: tuple[float, ...],
+    cv: Any,
+    random_state: int | None,
+    n_jobs: int | None,
+) -> tuple[float, dict[str, Any]]:
+    """``GridSearchCV`` over ``Cs`` (on a stratified sample of :data:`SEARCH_SAMPLES`
+    images when there are more: the best C barely moves with more images, and each fit
+    costs time in proportion), scored by mean log loss across folds."""
+    from sklearn.model_selection import GridSearchCV, train_test_split
+
+    if len(Cs) == 1:
+        return float(Cs[0]), {"C": [float(Cs[0])]}
+    searched = np.arange(len(y))
+    if len(y) > SEARCH_SAMPLES:
+        searched, _ = train_test_split(
+            searched, train_size=SEARCH_SAMPLES, stratify=y, random_state=random_state
+        )
+    splitter = _splitter(cv, len(searched), np.bincount(y[searched]), random_state)
+    search = GridSearchCV(
+        pipe,
+        {"clf__C": sorted(Cs)},  # ascending: a tie goes to the smaller C, seen first
+        scoring={"log_loss": "neg_log_loss", "accuracy": "accuracy"},
+        refit=False,
+        cv=splitter,
+        n_jobs=n_jobs,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        search.fit(F[searched], y[searched])
+    r = search.cv_results_
+    results: dict[str, Any] = {
+        "C": [float(c) for c in r["param_clf__C"]],
+        "mean_log_loss": [float(-v) for v in r["mean_test_log_loss"]],
+        "std_log_loss": [float(v) for v in r["std_test_log_loss"]],
+        "mean_accuracy": [float(v) for v in r["mean_test_accuracy"]],
+        "std_accuracy": [float(v) for v in r["std_test_accuracy"]],
+        "n_images": len(searched),
+    }
+    losses = np.round(np.asarray(results["mean_log_loss"]), 6)
+    return float(results["C"][int(np.argmin(losses))]), results
+
+
+def tune_linear_head(
+    F: np.ndarray,
+    y: np.ndarray,
+    *,
+    Cs: tuple[float, ...] = DEFAULT_CS,
+    cv: Any = 5,
+    max_iter: int = 1000,
+    calibrate: bool = True,
+    random_state: int | None = 0,
+    n_jobs: int | None = None,
+) -> TunedHead:
+    """Choose ``C`` for StandardScaler + LogisticRegression on features ``F`` by
+    stratified k-fold cross-validation (scikit-learn's ``GridSearchCV``), scored by mean log
+    loss across folds (it separates values of C that accuracy ties; ties left fall to the
+    stronger regularisation); take the out-of-fold scores at that C over all the images
+    (k-fold, or one 20% hold-out above :data:`HOLDOUT_ABOVE`); fit the temperature on them;
+    refit on everything. ``y`` holds class indices ``0..n_classes-1``."""
+    from sklearn.pipeline import Pipeline
+
+    pipe = Pipeline([("scaler", StandardScaler()), ("clf", LogisticRegression(max_iter=max_iter))])
+    C, results = _search_C(pipe, F, y, Cs, cv, random_state, n_jobs)
+    pipe.set_params(clf__C=C)
+    oof, index = None, None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        if calibrate:
+            splitter = _splitter(cv, len(y), np.bincount(y), random_state)
+            oof, index = _oof_scores(pipe, F, y, splitter, n_jobs)
+        pipe.fit(F, y)
+    temperature, calibration = 1.0, {}
+    if oof is not None and index is not None:
+        temperature = fit_temperature(oof, y[index])
+        calibration = {
+            "temperature": temperature,
+            "oof_ece_before": expected_calibration_error(softmax(oof), y[index]),
+            "oof_ece_after": expected_calibration_error(softmax(oof, temperature), y[index]),
+            "oof_accuracy": float((softmax(oof).argmax(1) == y[index]).mean()),
+            "n_oof": len(index),
+        }
+    return TunedHead(pipe["scaler"], pipe["clf"], C, results, temperature, oof, index,
+                     calibration)  # fmt: skip
 
 
 class LinearProbe(ForwardsFeatureParams, ClassifierMixin, BaseEstimator):
-    """Image classifier: pretrained features -> StandardScaler -> LogisticRegression.
+    """Image classifier: pretrained features -> StandardScaler -> LogisticRegression, with
+    ``C`` chosen by cross-validation and calibrated probabilities.
 
-    ``fit`` computes the features once, holds out ``validation_size`` of the training images
-    (stratified), picks ``C`` from ``Cs`` by validation accuracy (ties: lower log loss), then
-    refits the scaler and the classifier on all training images with that ``C``.
+    ``fit`` computes the features once, chooses ``C`` from ``Cs`` by stratified k-fold
+    cross-validation on them (mean log loss across folds; above 20,000 images a single 20%
+    hold-out), refits the scaler and the classifier on all training images with that ``C``,
+    and fits a temperature on the out-of-fold scores so that the probabilities are
+    calibrated (:mod:`tlearn.calibration`).
 
     Parameters
     ----------
-    backbone, weights, image_size, batch_size, device, n_workers, cache_dir, on_error, engine
-        Passed to :class:`PretrainedFeatures`. With ``on_error="skip"`` unreadable training
-        images are left out (and listed in ``skipped_``).
+    backbone, weights, image_size, crop, pooling, flip_average
+        Passed to :class:`PretrainedFeatures`: which features.
+    batch_size, device, n_workers, cache_dir, on_error, engine
+        Passed to :class:`PretrainedFeatures`: how they are computed. With
+        ``on_error="skip"`` unreadable training images are left out (listed in ``skipped_``).
     Cs : sequence of float, optional
         Inverse regularisation strengths to try; default 13 values from 1e-4 to 1e2.
-    validation_size : float, default=0.2
-        Fraction of the training images held out to choose ``C``.
+    cv : int or scikit-learn splitter, default=5
+        Folds for choosing C (stratified, shuffled).
     max_iter : int, default=1000
+        Iterations of the logistic regression's solver.
+    calibrate : bool, default=True
+        Fit a temperature on the out-of-fold scores (``False``: the raw probabilities).
     random_state : int, default=0
+        Seeds the folds.
     verbose : int, default=0
+        Progress bars and messages.
 
     Attributes
     ----------
@@ -98,7 +249,16 @@ class LinearProbe(ForwardsFeatureParams, ClassifierMixin, BaseEstimator):
         Trained on class indices ``0..n_classes-1`` (``classes_`` maps them back).
     C_ : float
     cv_results_ : dict
-        ``C``, ``val_accuracy`` and ``val_log_loss`` for each value tried.
+        ``C``, ``mean_log_loss``, ``std_log_loss``, ``mean_accuracy``, ``std_accuracy`` for
+        each value tried.
+    temperature_ : float
+        Divides the scores before the softmax (1.0 without calibration).
+    calibration_ : dict
+        ``temperature``, and the out-of-fold accuracy and expected calibration error before
+        and after it.
+    oof_proba_ : ndarray of shape (n_samples, n_classes)
+        Calibrated out-of-fold probabilities of the training images at the chosen C (rows
+        of NaN for images left out: unreadable, or outside the hold-out on large sets).
     skipped_ : list of (int, str, str)
 
     Examples
@@ -117,8 +277,9 @@ class LinearProbe(ForwardsFeatureParams, ClassifierMixin, BaseEstimator):
             ),
             None,
         ],
-        "validation_size": [Interval(Real, 0, 1, closed="neither")],
+        "cv": [Interval(Integral, 2, None), Predicate(lambda v: hasattr(v, "split"), "a splitter")],
         "max_iter": [Interval(Integral, 1, None)],
+        "calibrate": ["boolean"],
         "random_state": ["random_state", None],
     }
 
@@ -128,24 +289,32 @@ class LinearProbe(ForwardsFeatureParams, ClassifierMixin, BaseEstimator):
         *,
         weights: str | os.PathLike[str] | None = "pretrained",
         image_size: int | None = None,
+        crop: str = "auto",
+        pooling: str = "auto",
+        flip_average: bool = True,
         Cs: tuple[float, ...] | list[float] | None = None,
-        validation_size: float = 0.2,
+        cv: int = 5,
         max_iter: int = 1000,
+        calibrate: bool = True,
         batch_size: int = 64,
         device: str = "auto",
         n_workers: int | None = None,
         cache_dir: str | os.PathLike[str] | None = None,
         on_error: str = "raise",
-        engine: str = "torch",
+        engine: str = "auto",
         random_state: int | None = 0,
         verbose: int = 0,
     ) -> None:
         self.backbone = backbone
         self.weights = weights
         self.image_size = image_size
+        self.crop = crop
+        self.pooling = pooling
+        self.flip_average = flip_average
         self.Cs = Cs
-        self.validation_size = validation_size
+        self.cv = cv
         self.max_iter = max_iter
+        self.calibrate = calibrate
         self.batch_size = batch_size
         self.device = device
         self.n_workers = n_workers
@@ -160,90 +329,49 @@ class LinearProbe(ForwardsFeatureParams, ClassifierMixin, BaseEstimator):
         resolve_device(self.device)
 
     def _make_features(self) -> PretrainedFeatures:
-        return PretrainedFeatures(
-            self.backbone,
-            weights=self.weights,
-            image_size=self.image_size,
-            batch_size=self.batch_size,
-            device=self.device,
-            n_workers=self.n_workers,
-            cache_dir=self.cache_dir,
-            on_error=self.on_error,
-            engine=self.engine,
-            verbose=self.verbose,
-        )
-
-    def _head(self, C: float) -> tuple[StandardScaler, LogisticRegression]:
-        return StandardScaler(), LogisticRegression(C=C, max_iter=self.max_iter)
+        params = PretrainedFeatures().get_params()
+        return PretrainedFeatures(**{k: getattr(self, k) for k in params})
 
     def fit(self, X: object, y: object) -> LinearProbe:
-        """Compute features, choose ``C`` on held-out data, refit on everything."""
+        """Compute features, choose ``C`` by cross-validation, refit on everything, and
+        calibrate on the out-of-fold scores."""
         self._validate_params()
-        Cs = DEFAULT_CS if self.Cs is None else tuple(float(c) for c in self.Cs)
         features = self._make_features()
-        n = len(check_images(X))
-        classes, y_enc = check_labels(y, n)
+        classes, y_enc = check_labels(y, len(check_images(X)))
         features.fit(X)
         F, self.skipped_ = features.extract(X)
+        ok = ~np.isnan(F).any(axis=1)
         if self.skipped_:
-            ok = ~np.isnan(F).any(axis=1)
-            F, y_enc = F[ok], y_enc[ok]
-            warnings.warn(
-                f"{len(self.skipped_)} unreadable training image(s) were left out: "
-                + "; ".join(f"{p}: {r}" for _, p, r in self.skipped_[:5]),
-                UserWarning,
-                stacklevel=2,
-            )
-            if len(np.unique(y_enc)) < len(classes):
-                raise DataError(
-                    "after leaving out unreadable images, some classes have no "
-                    "images left; fix or replace the files listed above"
-                )
-        self.classes_ = classes
-        self.features_ = features
-        self.C_, self.cv_results_ = self._choose_C(F, y_enc, Cs)
-        self.scaler_, self.classifier_ = self._head(self.C_)
-        self.classifier_.fit(self.scaler_.fit_transform(F), y_enc)
-        self.temperature_ = 1.0
+            _warn_left_out(self.skipped_, y_enc[ok], len(classes))
+        head = tune_linear_head(
+            F[ok],
+            y_enc[ok],
+            Cs=DEFAULT_CS if self.Cs is None else tuple(float(c) for c in self.Cs),
+            cv=self.cv,
+            max_iter=self.max_iter,
+            calibrate=self.calibrate,
+            random_state=self.random_state,
+        )
+        self.classes_, self.features_ = classes, features
+        self.scaler_, self.classifier_, self.C_ = head.scaler, head.classifier, head.C
+        self.cv_results_, self.temperature_ = head.cv_results, head.temperature
+        self.calibration_ = head.calibration
+        self.oof_proba_ = np.full((len(F), len(classes)), np.nan)
+        if head.oof_scores is not None and head.oof_index is not None:
+            rows = np.flatnonzero(ok)[head.oof_index]
+            self.oof_proba_[rows] = softmax(head.oof_scores, head.temperature)
         self.n_features_in_ = F.shape[1]
         return self
-
-    def _choose_C(
-        self, F: np.ndarray, y: np.ndarray, Cs: tuple[float, ...]
-    ) -> tuple[float, dict[str, Any]]:
-        counts = np.bincount(y)
-        n_val = int(round(self.validation_size * len(y)))
-        if len(Cs) == 1:
-            return Cs[0], {"C": list(Cs), "val_accuracy": [None], "val_log_loss": [None]}
-        if counts.min() < 2 or n_val < len(counts):
-            need = max(2, int(np.ceil(1 / self.validation_size)))
-            raise DataError(
-                f"too few images to hold out a validation split for choosing C: the smallest "
-                f"class has {counts.min()} image(s) and {n_val} validation images cannot "
-                f"cover {len(counts)} classes. Give at least {need} images per class, or a "
-                "single C (Cs=[1.0])"
-            )
-        F_tr, F_val, y_tr, y_val = train_test_split(
-            F, y, test_size=self.validation_size, stratify=y, random_state=self.random_state
-        )
-        accs, losses = [], []
-        for C in Cs:
-            scaler, clf = self._head(C)
-            clf.fit(scaler.fit_transform(F_tr), y_tr)
-            proba = clf.predict_proba(scaler.transform(F_val))
-            accs.append(float(accuracy_score(y_val, clf.classes_[proba.argmax(1)])))
-            losses.append(float(log_loss(y_val, proba, labels=clf.classes_)))
-        best = max(range(len(Cs)), key=lambda i: (accs[i], -losses[i]))
-        return Cs[best], {"C": list(Cs), "val_accuracy": accs, "val_log_loss": losses}
 
     def predict_proba_features(self, F: np.ndarray) -> np.ndarray:
         """Class probabilities ``(n, n_classes)`` from precomputed features."""
         check_is_fitted(self, "classifier_")
-        logits = self.classifier_.decision_function(self.scaler_.transform(F))
-        return _softmax(logits, self.temperature_)
+        scores = self.classifier_.decision_function(self.scaler_.transform(F))
+        return softmax(scores, self.temperature_)
 
     def predict_proba(self, X: object) -> np.ndarray:
-        """Class probabilities ``(n_samples, n_classes)``, columns in ``classes_`` order."""
+        """Calibrated class probabilities ``(n_samples, n_classes)``, columns in
+        ``classes_`` order."""
         check_is_fitted(self, "classifier_")
         return self.predict_proba_features(self.features_.transform(X))
 
@@ -261,6 +389,20 @@ class LinearProbe(ForwardsFeatureParams, ClassifierMixin, BaseEstimator):
         tags = super().__sklearn_tags__()
         tags.input_tags.two_d_array = False
         return tags
+
+
+def _warn_left_out(skipped: list[tuple[int, str, str]], y_kept: np.ndarray, n_classes: int) -> None:
+    warnings.warn(
+        f"{len(skipped)} unreadable training image(s) were left out: "
+        + "; ".join(f"{p}: {r}" for _, p, r in skipped[:5]),
+        UserWarning,
+        stacklevel=3,
+    )
+    if len(np.unique(y_kept)) < n_classes:
+        raise DataError(
+            "after leaving out unreadable images, some classes have no images left; fix or "
+            "replace the files listed above"
+        )
 
 
 def make_probe(backbone: str = DEFAULT_BACKBONE, **params: Any) -> LinearProbe:

@@ -1,12 +1,20 @@
-"""What ``tlearn fit`` does, as a library function: load the data, split it, build the
-estimator, fit it, evaluate it and save it. The command line, a server, a Ray job or the
-dataset inspector all call :func:`train`.
+"""What ``tlearn fit`` does, as a library function: load the data, fit the estimator,
+evaluate it, and save it. The command line, a server, a Ray job or the dataset inspector all
+call :func:`train`.
+
+No image is thrown away. With separate test data the model is fitted on all the training
+images and evaluated on the test data. Without it, the figure reported is the estimator's
+own held-out estimate (the probe's out-of-fold predictions from choosing C; fine-tuning's
+validation split), and the saved model has seen every image: the probe is refit on all of
+them by construction, and fine-tuning is run again on all of them for the best number of
+epochs. ``test_size`` still holds out a test split when asked for, and then refits.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -22,14 +30,15 @@ from tlearn.exceptions import DataError
 
 __all__ = ["METHODS", "TrainResult", "load_labelled", "make_estimator", "train"]
 
-#: ``method`` -> the estimator class that fits it.
-METHODS = ("probe", "finetune", "lp-ft")
+#: ``method`` -> the estimator that fits it ("auto" chooses among them).
+METHODS = ("auto", "probe", "finetune", "lp-ft")
 
 
 @dataclass
 class TrainResult:
-    """What :func:`train` made: the fitted model, its test report (when there was test
-    data), how it was evaluated, the images it could not read, and where it was saved."""
+    """What :func:`train` made: the fitted model, its report (on the test data, or on the
+    held-out predictions), how it was evaluated, the images it could not read, and where it
+    was saved."""
 
     model: Any
     report: Any
@@ -37,11 +46,12 @@ class TrainResult:
     skipped: list[tuple[int, str, str]] = field(default_factory=list)
     path: str | None = None
     seconds: float = 0.0
+    leaderboard: list[dict[str, Any]] = field(default_factory=list)
 
 
 def load_labelled(
     source: str | os.PathLike[str], max_per_class: int | None = None, seed: int = 0
-) -> tuple[list[str], np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray]:
     """``(paths, labels)`` of a class-folder tree, a zip of one, or a CSV of path,label."""
     from tlearn.data import load_dataset
 
@@ -52,12 +62,12 @@ def load_labelled(
             "label column"
         )
     names = np.asarray(data.target_names, dtype=object)
-    return list(data.filenames), names[data.target]
+    return np.asarray(data.filenames, dtype=object), names[data.target]
 
 
 def estimator_class(method: str) -> type:
     check_option("train", "method", method, METHODS)
-    if method == "probe":
+    if method in ("probe", "auto"):
         from tlearn.probe import LinearProbe
 
         return LinearProbe
@@ -78,28 +88,66 @@ def make_estimator(method: str, **params: Any) -> Any:
     return model
 
 
-def _test_split(
-    X: list[str], y: np.ndarray, test: str | None, test_size: float, test_max_per_class: int | None,
-    seed: int,
-) -> tuple[list[str], np.ndarray, list[str], np.ndarray]:  # fmt: skip
-    if test is not None:
-        X_test, y_test = load_labelled(test, test_max_per_class, seed)
-        unseen = sorted(set(y_test) - set(y))
-        if unseen:
-            raise DataError(
-                f"the test data {test!r} has classes the training data lacks: {unseen}; the "
-                f"training classes are {sorted(set(y))}. Use test data with the same class "
-                "folders"
-            )
-        return X, y, X_test, y_test
-    from sklearn.model_selection import train_test_split
+def _test_data(
+    test: str | None, max_per_class: int | None, seed: int, train_classes: set[Any]
+) -> tuple[np.ndarray, np.ndarray]:
+    X_test, y_test = load_labelled(test, max_per_class, seed)  # type: ignore[arg-type]
+    unseen = sorted(set(y_test) - train_classes)
+    if unseen:
+        raise DataError(
+            f"the test data {test!r} has classes the training data lacks: {unseen}; the "
+            f"training classes are {sorted(train_classes)}. Use test data with the same "
+            "class folders"
+        )
+    return X_test, y_test
 
-    if not 0 < test_size < 1:
-        raise DataError(f"test_size must be between 0 and 1, got {test_size}")
-    X_tr, X_te, y_tr, y_te = train_test_split(
-        X, y, test_size=test_size, stratify=y, random_state=seed
-    )
-    return list(X_tr), np.asarray(y_tr), list(X_te), np.asarray(y_te)
+
+def held_out_report(model: Any, X: np.ndarray, y: np.ndarray) -> tuple[Any, dict[str, Any]]:
+    """The report on the estimator's own held-out predictions: the probe's out-of-fold
+    probabilities, or fine-tuning's validation split."""
+    from tlearn.evaluation import Report, compute_metrics
+
+    proba = getattr(model, "oof_proba_", None)
+    if proba is None:  # fine-tuned: predicted on its validation split
+        from tlearn.evaluation import evaluate
+
+        X_val, y_val = model.validation_
+        report = evaluate(model, X_val, y_val, on_error="skip")
+        what = f"held-out {model.validation_size:.0%} validation split"
+        return report, {"method": what, "n_images": report.n_images, "accuracy": report.accuracy}
+    ok = ~np.isnan(proba).any(axis=1)
+    report = Report.from_metrics(compute_metrics(model.classes_, y[ok], proba[ok], X[ok]))
+    folds = getattr(model.cv, "get_n_splits", lambda: model.cv)()
+    what = f"{folds}-fold cross-validation" if ok.all() else "held-out 20% split"
+    report.calibration = {
+        "temperature": model.temperature_,
+        "ece_before": model.calibration_.get("oof_ece_before", float("nan")),
+        "ece_after": report.expected_calibration_error,
+    }
+    return report, {"method": what, "n_images": report.n_images, "accuracy": report.accuracy}
+
+
+def _fit(model: Any, X: np.ndarray, y: np.ndarray, resume: bool = False) -> Any:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # bad files are listed by the caller
+        return model.fit(X, y, resume=True) if resume else model.fit(X, y)
+
+
+def refit_on_all(model: Any, X: np.ndarray, y: np.ndarray, say: Callable[[str], None]) -> Any:
+    """A fine-tuned model trained again on every image, for its best number of epochs,
+    keeping the temperature of the validation run. A probe already is."""
+    from sklearn.base import clone
+
+    if not hasattr(model, "head_weight_") or model.validation_size == 0:
+        return model
+    epochs = max(1, model.best_epoch_)
+    say(f"refitting on all {len(y)} images for {epochs} epoch(s), the best of the first run")
+    final = clone(model).set_params(validation_size=0, epochs=epochs, checkpoint_dir=None)
+    if final.head_epochs > epochs:
+        final.set_params(head_epochs=epochs)
+    _fit(final, X, y)
+    final.temperature_, final.calibration_ = model.temperature_, model.calibration_
+    return final
 
 
 def train(
@@ -107,49 +155,184 @@ def train(
     *,
     method: str = "probe",
     test: str | None = None,
-    test_size: float = 0.2,
+    test_size: float | None = None,
     max_per_class: int | None = None,
     test_max_per_class: int | None = None,
     out: str | os.PathLike[str] | None = None,
     skip_bad_images: bool = False,
     resume: bool = False,
+    refit: bool = True,
     seed: int = 0,
+    time_budget: float | None = None,
     say: Callable[[str], None] = logger.info,
     **params: Any,
 ) -> TrainResult:
-    """Fit a classifier on ``data``, evaluate it on ``test`` (or a held-out split), and
-    save it to ``out``. ``params`` go to the method's estimator (``backbone``,
-    ``image_size``, ``engine``, ``epochs``, ...)."""
-    from tlearn.evaluation import evaluate
-    from tlearn.persistence import save
+    """Fit a classifier on ``data``, evaluate it, and save it to ``out``.
 
+    ``test``: separate labelled test data. Without it the report is the held-out estimate
+    (cross-validated for the probe) and the model is refit on every image (``refit``).
+    ``test_size``: hold out that fraction as a test split first (then refit on all).
+    ``method="auto"`` tries several candidates within ``time_budget`` seconds (see
+    :func:`tlearn.automl.fit_auto`). ``params`` go to the estimator (``backbone``,
+    ``image_size``, ``engine``, ``epochs``...).
+    """
     t0 = time.perf_counter()
     on_error = "skip" if skip_bad_images else "raise"
-    model = make_estimator(method, random_state=seed, on_error=on_error, verbose=1, **params)
     if out is not None and not Path(out).parent.exists():
         raise DataError(f"the output folder {str(Path(out).parent)!r} does not exist; create it")
+    common = {"random_state": seed, "on_error": on_error, "verbose": 1}
+    model = make_estimator(method, **common, **params)
+    if resume and "strategy" not in model.get_params():
+        raise DataError("resume continues an interrupted fine-tuning run; the probe has none")
     X, y = load_labelled(data, max_per_class, seed)
-    X, y, X_test, y_test = _test_split(X, y, test, test_size, test_max_per_class, seed)
-    say(
-        f"training on {len(X)} images in {len(set(y))} classes, testing on {len(X_test)}; "
-        f"backbone {model.backbone}, method {method}"
-    )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # bad files are listed by the caller
-        model.fit(X, y, **({"resume": resume} if method != "probe" else {}))
+    split = _split(X, y, test, test_size, test_max_per_class, seed)
+    say(_plan(model, method, X, y, split, test))
+    with tempfile.TemporaryDirectory(prefix="tlearn-features-") as cache:
+        if params.get("cache_dir") is None:
+            # features computed once for all the fits of this run (a refit reuses them)
+            common["cache_dir"] = cache
+            if "cache_dir" in model.get_params():
+                model.set_params(cache_dir=cache)
+        model, report, evaluation, leaderboard = _fit_and_evaluate(
+            model, method, X, y, split, test, test_size, refit, resume, time_budget,
+            common, params, say,
+        )  # fmt: skip
+        if params.get("cache_dir") is None and "cache_dir" in model.get_params():
+            model.set_params(cache_dir=None)
     if os.environ.get("RANK", "0") != "0":  # torchrun: only the main process goes on
         return TrainResult(model, None, {}, list(model.skipped_))
-    report = evaluate(model, X_test, y_test, unknown="skip")
-    evaluation = {"method": "test" if test is not None else "held-out split",
-                  "n_images": report.n_images, "accuracy": report.accuracy}  # fmt: skip
-    path = save(model, out) if out is not None else None
-    if path is not None:
-        settings = {"data": os.fspath(data), "method": method, "test": test, "seed": seed, **params}
-        with open(str(path) + ".settings.json", "w", encoding="utf-8") as f:
-            json.dump({k: _plain(v) for k, v in settings.items()}, f, indent=2)
-    return TrainResult(
-        model, report, evaluation, list(model.skipped_), path, time.perf_counter() - t0
+    evaluation["seconds"] = round(time.perf_counter() - t0, 1)
+    path = None
+    if out is not None:
+        path = _save(model, out, evaluation, leaderboard, data, method, test, seed, params)
+    return TrainResult(model, report, evaluation, list(model.skipped_), path,
+                       time.perf_counter() - t0, leaderboard)  # fmt: skip
+
+
+def _fit_and_evaluate(
+    model: Any,
+    method: str,
+    X: np.ndarray,
+    y: np.ndarray,
+    split: Any,
+    test: str | None,
+    test_size: float | None,
+    refit: bool,
+    resume: bool,
+    time_budget: float | None,
+    common: dict[str, Any],
+    params: dict[str, Any],
+    say: Callable[[str], None],
+) -> tuple[Any, Any, dict[str, Any], list[dict[str, Any]]]:
+    leaderboard: list[dict[str, Any]] = []
+    if method == "auto":
+        from tlearn.automl import fit_auto
+
+        model, leaderboard = fit_auto(split[0], split[1], common, params, time_budget, say)
+    else:
+        model = _fit(model, split[0], split[1], resume)
+    if os.environ.get("RANK", "0") != "0":
+        return model, None, {}, leaderboard
+    report, evaluation = _evaluate(model, split, test, test_size)
+    if refit and test is None:
+        model = _refit(model, X, y, split, test_size, say)
+    return model, report, evaluation, leaderboard
+
+
+def _split(
+    X: np.ndarray,
+    y: np.ndarray,
+    test: str | None,
+    test_size: float | None,
+    test_max_per_class: int | None,
+    seed: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """``(X_fit, y_fit, X_test, y_test)``: the test data, a held-out split, or none."""
+    if test is not None:
+        return (X, y, *_test_data(test, test_max_per_class, seed, set(y)))
+    if test_size is None:
+        return X, y, None, None
+    from sklearn.model_selection import train_test_split
+
+    if not 0 < test_size < 1:
+        raise DataError(f"test_size must be between 0 and 1, got {test_size}")
+    X_tr, X_te, y_tr, y_te = train_test_split(
+        X, y, test_size=test_size, stratify=y, random_state=seed
     )
+    return X_tr, y_tr, X_te, y_te
+
+
+def _plan(model: Any, method: str, X: np.ndarray, y: np.ndarray, split: Any, test: Any) -> str:
+    tested = (
+        f"testing on {len(split[2])} ({'the test data' if test else 'a held-out split'})"
+        if split[2] is not None
+        else "evaluating by its own held-out predictions, then using every image"
+    )
+    return (
+        f"training on {len(split[0])} images in {len(set(y))} classes, {tested}; backbone "
+        f"{model.backbone}, method {method}"
+    )
+
+
+def _evaluate(
+    model: Any, split: Any, test: str | None, test_size: float | None
+) -> tuple[Any, dict[str, Any]]:
+    from tlearn.evaluation import evaluate
+
+    X_fit, y_fit, X_test, y_test = split
+    if X_test is None:
+        report, evaluation = held_out_report(model, X_fit, y_fit)
+    else:
+        report = evaluate(model, X_test, y_test, unknown="skip")
+        what = "test data" if test is not None else f"held-out {test_size:.0%} test split"
+        evaluation = {"method": what, "n_images": report.n_images, "accuracy": report.accuracy}
+    report.evaluation = evaluation
+    evaluation["log_loss"] = report.log_loss
+    evaluation["expected_calibration_error"] = report.expected_calibration_error
+    return report, evaluation
+
+
+def _refit(
+    model: Any,
+    X: np.ndarray,
+    y: np.ndarray,
+    split: Any,
+    test_size: float | None,
+    say: Callable[[str], None],
+) -> Any:
+    if test_size is not None:  # a test split was held out: fit again with it
+        from sklearn.base import clone
+
+        say(f"refitting on all {len(y)} images (the test split included)")
+        final = _fit(clone(model), X, y)
+        return refit_on_all(final, X, y, say)
+    if hasattr(model, "head_weight_"):
+        return refit_on_all(model, X, y, say)
+    say(f"the saved model is fitted on all {len(y)} images")
+    return model
+
+
+def _save(
+    model: Any,
+    out: str | os.PathLike[str],
+    evaluation: dict[str, Any],
+    leaderboard: list[dict[str, Any]],
+    data: Any,
+    method: str,
+    test: str | None,
+    seed: int,
+    params: dict[str, Any],
+) -> str:
+    from tlearn.persistence import save
+
+    path = save(model, out, evaluation=evaluation)
+    settings = {"data": os.fspath(data), "method": method, "test": test, "seed": seed, **params}
+    with open(str(path) + ".settings.json", "w", encoding="utf-8") as f:
+        json.dump({k: _plain(v) for k, v in settings.items()}, f, indent=2)
+    if leaderboard:
+        with open(str(path) + ".leaderboard.json", "w", encoding="utf-8") as f:
+            json.dump(leaderboard, f, indent=2)
+    return path
 
 
 def _plain(value: Any) -> Any:

@@ -70,6 +70,11 @@ class Preprocessing:
     crop_pct : float
         The shorter side is resized to ``floor(input_size / crop_pct)``, then the centre
         ``input_size`` square is cropped (timm's evaluation transform).
+    crop_small : bool
+        Whether images smaller than the input (their shorter side below ``input_size``) are
+        cropped like the others. ``False``: they are enlarged so the shorter side is exactly
+        ``input_size`` and only the longer side is cropped to a square, so a 32 px image
+        keeps its border (measured in the README).
     """
 
     input_size: int
@@ -77,6 +82,7 @@ class Preprocessing:
     std: tuple[float, float, float]
     interpolation: str = "bicubic"
     crop_pct: float = 0.875
+    crop_small: bool = True
 
     def __post_init__(self) -> None:
         if self.interpolation not in _INTERPOLATIONS:
@@ -97,6 +103,12 @@ class Preprocessing:
         """The same preprocessing at another input size (``None`` keeps this one)."""
         return self if input_size is None else replace(self, input_size=int(input_size))
 
+    def short_side(self, width: int, height: int) -> int:
+        """The length the shorter side of a ``width`` x ``height`` image is resized to."""
+        if not self.crop_small and min(width, height) < self.input_size:
+            return self.input_size
+        return self.resize_size
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["mean"], d["std"] = list(self.mean), list(self.std)
@@ -110,6 +122,7 @@ class Preprocessing:
             std=tuple(float(v) for v in d["std"]),  # type: ignore[arg-type]
             interpolation=str(d.get("interpolation", "bicubic")),
             crop_pct=float(d.get("crop_pct", 0.875)),
+            crop_small=bool(d.get("crop_small", True)),
         )
 
 
@@ -246,13 +259,16 @@ def decode_image(data: bytes, path: str = "<bytes>", min_side: int | None = None
 
 
 def preprocess_image(img: Image.Image, pre: Preprocessing) -> np.ndarray:
-    """Resize the shorter side to ``pre.resize_size`` and centre-crop ``pre.input_size``.
+    """Resize the shorter side to ``pre.short_side(...)`` (``resize_size``, or the input
+    size itself for a small image when ``crop_small`` is off) and centre-crop
+    ``pre.input_size``.
 
     Returns a ``(input_size, input_size, 3)`` uint8 array. Normalisation happens later,
     on whole batches.
     """
-    size, short = pre.input_size, pre.resize_size
+    size = pre.input_size
     w, h = img.size
+    short = pre.short_side(w, h)
     if (w, h) != (size, size):
         if w <= h:
             new_w, new_h = short, max(short, int(short * h / w))

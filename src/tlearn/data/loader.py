@@ -31,6 +31,7 @@ __all__ = [
     "check_images",
     "iter_batches",
     "load_preprocessed",
+    "median_short_side",
     "sample_indices",
 ]
 
@@ -95,6 +96,26 @@ def sample_indices(n: int, k: int) -> np.ndarray:
     if n <= k:
         return np.arange(n)
     return np.linspace(0, n - 1, k).round().astype(np.int64)
+
+
+def median_short_side(images: object, k: int = 16) -> int:
+    """The median shorter side of up to ``k`` images spread over ``images`` (file headers
+    only; unreadable ones are passed over), or 224 when none can be read."""
+    import io
+
+    from PIL import Image
+
+    X = check_images(images)
+    if isinstance(X, np.ndarray):
+        return int(min(X.shape[1:3]))
+    sides = []
+    for i in sample_indices(len(X), k):
+        try:
+            with Image.open(io.BytesIO(read_bytes(X[int(i)]))) as img:
+                sides.append(min(img.size))
+        except Exception:
+            continue
+    return int(np.median(sides)) if sides else 224
 
 
 def _name(X: ImageInput, i: int) -> str:

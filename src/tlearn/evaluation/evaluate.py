@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 
 from tlearn._validation import check_option
+from tlearn.calibration import expected_calibration_error, softmax
 from tlearn.data.loader import check_images
 from tlearn.evaluation.metrics import compute_metrics
 from tlearn.evaluation.report import Report
@@ -32,6 +33,23 @@ def predict_proba_with_errors(
             proba[idx] = p
         failed.extend({"path": path, "reason": reason} for _, path, reason in errors)
     return proba, failed
+
+
+def calibration_figures(
+    model: Any, proba: np.ndarray, y: np.ndarray, classes: np.ndarray
+) -> dict[str, float]:
+    """ECE of the model's calibrated probabilities and of the raw ones they came from
+    (``softmax(T * log p)`` undoes a temperature ``T``), when the model has a temperature."""
+    temperature = getattr(model, "temperature_", None)
+    if temperature is None:
+        return {}
+    y_idx = np.searchsorted(classes, y)
+    raw = softmax(temperature * np.log(np.clip(proba, 1e-300, None)))
+    return {
+        "temperature": float(temperature),
+        "ece_before": expected_calibration_error(raw, y_idx),
+        "ece_after": expected_calibration_error(proba, y_idx),
+    }
 
 
 def _known_only(
@@ -93,6 +111,9 @@ def evaluate(
         dtype=object,
     )
     metrics = compute_metrics(predictor.classes, y_arr[ok], proba[ok], names[ok])
+    metrics.calibration = calibration_figures(
+        predictor.model, proba[ok], y_arr[ok], predictor.classes
+    )
     report = Report.from_metrics(metrics)
     report.failed, report.unknown = failed, unknown_rows
     report.history = list(getattr(model, "history_", []) or [])

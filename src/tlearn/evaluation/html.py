@@ -76,6 +76,8 @@ def render_html(report: Metrics, title: str, plots: dict[str, str] | None = None
         ("log loss", report.log_loss),
         ("calibration error (ECE)", report.expected_calibration_error),
     ]
+    if "ece_before" in report.calibration:
+        cards.append(("ECE before calibration", report.calibration["ece_before"]))
     out = [
         f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}</title>"
         f"<style>{_CSS}</style></head><body><h1>{e(title)}</h1>",
@@ -86,6 +88,7 @@ def render_html(report: Metrics, title: str, plots: dict[str, str] | None = None
             else ""
         )
         + (f"; {len(report.unknown)} with unknown classes left out" if report.unknown else "")
+        + (f" ({e(str(report.evaluation['method']))})" if report.evaluation.get("method") else "")
         + ".</p><div class='cards'>",
     ]
     out += [f"<div class='card'>{e(name)}<b>{value:.4f}</b></div>" for name, value in cards]

@@ -65,6 +65,8 @@ class Metrics:
     confused_pairs: list[dict[str, Any]] = field(default_factory=list)
     confident_mistakes: list[dict[str, Any]] = field(default_factory=list)
     history: list[dict[str, float]] = field(default_factory=list)
+    calibration: dict[str, float] = field(default_factory=dict)
+    evaluation: dict[str, Any] = field(default_factory=dict)
     images: Any = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -84,6 +86,8 @@ class Metrics:
             "confused_pairs": self.confused_pairs,
             "confident_mistakes": self.confident_mistakes,
             "reliability": self.reliability,
+            "calibration": self.calibration,
+            "evaluation": self.evaluation,
             "failed": self.failed,
             "unknown_labels": self.unknown,
         }

@@ -69,5 +69,6 @@ def engine_help() -> str:
     return (
         "Inference engine: "
         + ", ".join(f"{s.name} ({s.summary.split(',')[0]})" for s in ENGINE_TABLE.values())
-        + ", or auto (the fastest available one whose features agree with fp32 torch)."
+        + ", or auto (the default: the fastest fp32 engine here whose features agree with"
+        " fp32 torch)."
     )

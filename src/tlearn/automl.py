@@ -1,0 +1,259 @@
+"""``--method auto``: the best classifier the time budget allows on this machine.
+
+1. Measure how fast this machine featurises these images, and fit the linear probe with the
+   best feature settings that fit the budget (for large sets of tiny images a smaller input
+   and no flip averaging, which cost little accuracy and save half the time or more).
+2. With the time left, try what else fits, each estimated from measured throughput first:
+   a probe on a second, larger backbone (EfficientNet-Lite2 or Lite1 where installed), and
+   LP-FT fine-tuning at a reduced input size (its cost counts the refit on all images).
+3. Keep the candidate with the best held-out accuracy (the probe's out-of-fold accuracy,
+   fine-tuning's validation split; a later candidate must win by more than its own
+   standard error), and report a leaderboard: candidate, held-out accuracy, fit time and
+   prediction images/s.
+
+When the budget cannot fit even the cheapest probe, it says how long that would take.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from tlearn.data.loader import median_short_side
+from tlearn.exceptions import DataError
+from tlearn.training import make_estimator
+
+__all__ = ["DEFAULT_TIME_BUDGET", "fit_auto", "probe_settings"]
+
+DEFAULT_TIME_BUDGET = 600.0
+SECOND_BACKBONES = ("efficientnet_lite2", "efficientnet_lite1")
+DEFAULT = "efficientnet_lite0"
+#: Images whose shorter side is below this are "small" (upsampled to the input).
+SMALL_IMAGES = 96
+#: Share of the budget the first probe may take when more candidates are to follow.
+FIRST_SHARE = 0.6
+
+
+def _seconds(s: float) -> str:
+    return f"{s / 60:.1f} min" if s >= 90 else f"{s:.0f} s"
+
+
+def _sample(X: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return X[np.sort(rng.choice(len(X), min(k, len(X)), replace=False))]
+
+
+def feature_rate(params: dict[str, Any], X: np.ndarray) -> float:
+    """Images per second of ``PretrainedFeatures(**params)`` here, end to end, measured on
+    up to 48 of the images after a warm-up."""
+    from tlearn.features import PretrainedFeatures
+
+    est = PretrainedFeatures(**params).fit()
+    sample = _sample(X, 48)
+    est.extract(sample[:8])
+    t0 = time.perf_counter()
+    est.extract(sample)
+    return len(sample) / max(1e-6, time.perf_counter() - t0)
+
+
+def probe_settings(small: bool, n: int) -> list[dict[str, Any]]:
+    """Feature settings for the probe, best first, cheaper after."""
+    variants: list[dict[str, Any]] = [{"flip_average": True}]
+    if small:  # tiny images are upsampled: a smaller input costs little (README)
+        variants += [{"flip_average": True, "image_size": 160}, {"flip_average": False,
+                     "image_size": 160}, {"flip_average": False, "image_size": 128}]  # fmt: skip
+    else:
+        variants += [{"flip_average": False}]
+    return variants
+
+
+def _probe_seconds(n: int, rate: float) -> float:
+    """Featurising, plus choosing C (about 70 logistic-regression fits on the features)."""
+    head = 0.02 * min(n, 20_000) + 0.004 * max(0, n - 20_000)
+    return n / rate + head
+
+
+def _row(name: str, model: Any, seconds: float, note: str = "") -> dict[str, Any]:
+    from tlearn.predictor import Predictor
+
+    acc, n = _held_out(model)
+    predictor = Predictor(model, warmup=False)
+    size = predictor.preprocessing.input_size
+    pixels = np.zeros((32, size, size, 3), np.uint8)
+    predictor.predict_pixels(pixels[:4])
+    t0 = time.perf_counter()
+    predictor.predict_pixels(pixels)
+    rate = 32 / max(1e-6, time.perf_counter() - t0)
+    return {"candidate": name, "accuracy": acc, "n_held_out": n, "seconds": seconds,
+            "images_per_second": rate, "note": note}  # fmt: skip
+
+
+def _held_out(model: Any) -> tuple[float | None, int]:
+    """The model's held-out accuracy (out-of-fold, or its validation split) and on how
+    many images."""
+    calibration = getattr(model, "calibration_", {}) or {}
+    for key, n in (("oof_accuracy", "n_oof"), ("val_accuracy", "n_val")):
+        if key in calibration:
+            return float(calibration[key]), int(calibration.get(n, 0))
+    return None, 0
+
+
+@dataclass
+class Candidate:
+    """One thing to try: a method and its parameters, and what it should cost here."""
+
+    name: str
+    method: str
+    params: dict[str, Any]
+    estimate: Callable[[], float]  # seconds, from measured throughput
+
+
+def fit_auto(
+    X: np.ndarray,
+    y: np.ndarray,
+    common: dict[str, Any],
+    params: dict[str, Any],
+    budget: float | None,
+    say: Callable[[str], None],
+) -> tuple[Any, list[dict[str, Any]]]:
+    """The best model found within ``budget`` seconds, and the leaderboard."""
+    budget = float(budget or DEFAULT_TIME_BUDGET)
+    deadline = time.perf_counter() + budget
+    small = median_short_side(X) < SMALL_IMAGES
+    first = _first_probe(X, small, common, params, budget * FIRST_SHARE)
+    best, rows = None, []
+    for candidate in [first, *_further(X, small, common, params)]:
+        left = deadline - time.perf_counter()
+        cost = candidate.estimate()
+        if best is not None and cost > left:
+            rows.append(_skipped(candidate.name, cost, left))
+            say(f"auto: {candidate.name} skipped (about {_seconds(cost)}; {_seconds(left)} left)")
+            continue
+        say(f"auto: {candidate.name} (about {_seconds(cost)}; {_seconds(left)} left)")
+        t0 = time.perf_counter()
+        model = make_estimator(candidate.method, **candidate.params).fit(X, y)
+        rows.append(_row(candidate.name, model, time.perf_counter() - t0))
+        if best is None or _beats(rows[-1], best[1]):
+            best = (model, rows[-1]["accuracy"] or 0.0)
+    assert best is not None
+    for row in rows:
+        row["chosen"] = row["accuracy"] is not None and row["accuracy"] == best[1]
+    return best[0], rows
+
+
+def _beats(row: dict[str, Any], best: float) -> bool:
+    """Whether a candidate's held-out accuracy beats the best so far by more than its own
+    standard error: a validation split of 25 images must not win on luck."""
+    acc, n = row["accuracy"], row.get("n_held_out") or 0
+    if acc is None:
+        return False
+    margin = math.sqrt(max(acc * (1 - acc), 1e-4) / n) if n else 0.0
+    return bool(acc > best + margin)
+
+
+def _skipped(name: str, cost: float, left: float) -> dict[str, Any]:
+    note = f"skipped: needs about {_seconds(cost)}, {_seconds(left)} left"
+    return {"candidate": name, "accuracy": None, "seconds": 0.0, "images_per_second": 0.0,
+            "note": note}  # fmt: skip
+
+
+def _known(seconds: float) -> Callable[[], float]:
+    return lambda: seconds
+
+
+def _probe_cost(X: np.ndarray, params: dict[str, Any]) -> Callable[[], float]:
+    """Measured when asked: featurising a sample, scaled, plus choosing C."""
+    return lambda: _probe_seconds(len(X), feature_rate(_feature_params(params), X))
+
+
+def _feature_params(method_params: dict[str, Any]) -> dict[str, Any]:
+    """The PretrainedFeatures parameters among a probe's, for timing it alone."""
+    from tlearn.features import PretrainedFeatures
+
+    names = PretrainedFeatures().get_params()
+    chosen = {k: v for k, v in method_params.items() if k in names}
+    return {**chosen, "verbose": 0, "cache_dir": None}
+
+
+def _first_probe(
+    X: np.ndarray, small: bool, common: dict[str, Any], params: dict[str, Any], share: float
+) -> Candidate:
+    """The probe with the best feature settings whose measured cost fits ``share``."""
+    estimates = []
+    for settings in probe_settings(small, len(X)):
+        chosen = {**common, **settings, **params}  # what the user set explicitly wins
+        estimate = _probe_seconds(len(X), feature_rate(_feature_params(chosen), X))
+        estimates.append(estimate)
+        if estimate <= share:
+            name = f"probe {chosen.get('backbone', DEFAULT)} ({_describe(settings)})"
+            return Candidate(name, "probe", chosen, _known(estimate))
+    need = min(estimates) / FIRST_SHARE
+    raise DataError(
+        f"the time budget cannot fit even the cheapest linear probe on these {len(X)} "
+        f"images, which would take about {_seconds(need)} here; give --time-budget "
+        f"{math.ceil(need / 60)}m or more, or use --method probe"
+    )
+
+
+def _further(
+    X: np.ndarray, small: bool, common: dict[str, Any], params: dict[str, Any]
+) -> list[Candidate]:
+    """A probe on a larger embedded backbone (when installed and no backbone was named),
+    then LP-FT at a reduced input size."""
+    from tlearn.backbones.weights import embedded_weights_file
+
+    out = []
+    if "backbone" not in params:
+        for name in SECOND_BACKBONES:
+            if embedded_weights_file(name) is not None:
+                chosen = {**common, **params, "backbone": name}
+                out.append(Candidate(f"probe {name}", "probe", chosen, _probe_cost(X, chosen)))
+                break
+    backbone = params.get("backbone", DEFAULT)
+    size = 128 if small else 160
+    ft = {**common, **{k: v for k, v in params.items() if k in ("backbone", "engine")},
+          "image_size": size, "epochs": 6, "verbose": 0}  # fmt: skip
+    out.append(Candidate(f"lp-ft {backbone} at {size} px", "lp-ft", ft,
+                         lambda: _finetune_seconds(backbone, size, len(X), 6)))  # fmt: skip
+    return out
+
+
+def _describe(settings: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in settings.items()) or "default"
+
+
+def train_rate(backbone: str, size: int, batch: int = 16) -> float:
+    """Training images per second here: two optimisation steps, timed after a warm-up."""
+    import torch
+
+    from tlearn.backbones import load_backbone
+    from tlearn.finetune.loop import Classifier
+
+    bb = load_backbone(backbone)
+    net = Classifier(bb.model, bb.n_features, 10).train().to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4)
+    x = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
+    target = torch.zeros(batch, dtype=torch.long)
+
+    def step() -> None:
+        loss = torch.nn.functional.cross_entropy(net(x), target)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    step()
+    t0 = time.perf_counter()
+    for _ in range(2):
+        step()
+    return 2 * batch / max(1e-6, time.perf_counter() - t0)
+
+
+def _finetune_seconds(backbone: str, size: int, n: int, epochs: int) -> float:
+    """A validation run on 90% plus the refit on all of it, plus evaluation passes."""
+    rate = train_rate(backbone, size)
+    return 1.1 * (0.9 * n * epochs + n * epochs) / rate

@@ -1,0 +1,100 @@
+"""tlearn.train (what `tlearn fit` runs): no image thrown away, the held-out estimate
+reported and recorded in the model file, refits, and --method auto within its budget."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+import tlearn
+from tests.synthetic import make_folder
+from tlearn.data.images import Preprocessing, preprocess_image
+from tlearn.persistence import read_metadata
+
+SMALL = {"image_size": 32, "say": lambda s: None}
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return make_folder(tmp_path_factory.mktemp("train") / "photos", 12, size=48, seed=7)
+
+
+def test_without_test_data_the_probe_reports_cross_validation_and_keeps_every_image(
+    folder, tmp_path
+):
+    out = tmp_path / "m.safetensors"
+    result = tlearn.train(folder, out=out, method="probe", Cs=[0.01, 1.0], **SMALL)
+    assert result.model.scaler_.n_samples_seen_ == 36  # every image, none held out
+    assert result.evaluation["method"] == "5-fold cross-validation"
+    assert result.evaluation["n_images"] == 36
+    assert result.report.accuracy == pytest.approx(result.evaluation["accuracy"])
+    assert result.report.calibration["temperature"] == result.model.temperature_
+    recorded = read_metadata(out)["evaluation"]
+    assert recorded["method"] == "5-fold cross-validation"
+    assert recorded["accuracy"] == pytest.approx(result.evaluation["accuracy"])
+    assert read_metadata(out)["params"]["cache_dir"] is None  # the run's cache is not kept
+
+
+def test_a_test_split_is_reported_then_refit_on_everything(folder):
+    result = tlearn.train(folder, test_size=0.25, method="probe", Cs=[1.0], **SMALL)
+    assert result.evaluation["method"] == "held-out 25% test split"
+    assert result.report.n_images == 9
+    assert result.model.scaler_.n_samples_seen_ == 36
+
+
+def test_fine_tuning_is_refit_on_all_images_for_its_best_epochs(folder):
+    result = tlearn.train(
+        folder, method="finetune", strategy="head", epochs=3, validation_size=0.25,
+        lr=3e-3, **SMALL,
+    )  # fmt: skip
+    model = result.model
+    assert result.evaluation["method"] == "held-out 25% validation split"
+    assert model.validation_size == 0 and len(model.history_) == model.epochs
+    assert model.epochs <= 3 and model.temperature_ > 0
+    with pytest.raises(tlearn.DataError, match="resume"):
+        tlearn.train(folder, method="probe", resume=True, **SMALL)
+
+
+def test_auto_keeps_the_best_candidate_within_its_budget(folder, tmp_path, monkeypatch):
+    from tlearn import automl
+
+    monkeypatch.setattr(automl, "_finetune_seconds", lambda *args: 3600.0)  # cannot fit
+    out = tmp_path / "auto.safetensors"
+    result = tlearn.train(folder, out=out, method="auto", time_budget=60, Cs=[0.1], **SMALL)
+    rows = result.leaderboard
+    assert rows[0]["candidate"].startswith("probe efficientnet_lite0")
+    assert all({"candidate", "accuracy", "seconds", "images_per_second"} <= set(r) for r in rows)
+    tried = [r for r in rows if r["accuracy"] is not None]
+    chosen = [r for r in rows if r["chosen"]]
+    assert chosen and chosen[0]["accuracy"] == max(r["accuracy"] for r in tried)
+    assert (
+        rows[-1]["candidate"].startswith("lp-ft")
+        and "skipped: needs about 60.0 min" in (rows[-1]["note"])
+    )
+    saved = json.loads((tmp_path / "auto.safetensors.leaderboard.json").read_text())
+    assert [r["candidate"] for r in saved] == [r["candidate"] for r in rows]
+    with pytest.raises(tlearn.DataError, match="would take about .* --time-budget"):
+        tlearn.train(folder, method="auto", time_budget=0.5, **SMALL)
+
+
+def test_small_images_are_enlarged_whole_and_large_ones_cropped():
+    pre = Preprocessing(64, (0.5,) * 3, (0.5,) * 3, "bilinear", 0.875, crop_small=False)
+    small = np.zeros((32, 32, 3), np.uint8)
+    small[0, 0] = small[-1, -1] = 255  # corner pixels survive only without a crop
+    from PIL import Image
+
+    out = preprocess_image(Image.fromarray(small), pre)
+    assert out.shape == (64, 64, 3) and out[0, 0].max() > 100 and out[-1, -1].max() > 100
+    cropped = preprocess_image(Image.fromarray(small), Preprocessing(64, (0.5,) * 3,
+                               (0.5,) * 3, "bilinear", 0.875))  # fmt: skip
+    assert cropped[0, 0].max() < 50  # timm's centre crop cuts the border off
+    large = np.zeros((200, 200, 3), np.uint8)
+    large[0, 0] = 255
+    # a large image is cropped as the backbone's evaluation transform says, either way
+    np.testing.assert_array_equal(
+        preprocess_image(Image.fromarray(large), pre),
+        preprocess_image(Image.fromarray(large), Preprocessing(64, (0.5,) * 3, (0.5,) * 3,
+                                                               "bilinear", 0.875)),
+    )  # fmt: skip
