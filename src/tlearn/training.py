@@ -12,12 +12,14 @@ epochs. ``test_size`` still holds out a test split when asked for, and then refi
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import os
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +30,14 @@ from tlearn._log import logger
 from tlearn._validation import check_option
 from tlearn.exceptions import DataError
 
-__all__ = ["METHODS", "TrainResult", "load_labelled", "make_estimator", "train"]
+__all__ = [
+    "METHODS",
+    "TrainRequest",
+    "TrainResult",
+    "load_labelled",
+    "make_estimator",
+    "train",
+]
 
 #: ``method`` -> the estimator that fits it ("auto" chooses among them).
 METHODS = ("auto", "probe", "finetune", "lp-ft")
@@ -150,92 +159,105 @@ def refit_on_all(model: Any, X: np.ndarray, y: np.ndarray, say: Callable[[str], 
     return final
 
 
-def train(
-    data: str | os.PathLike[str],
-    *,
-    method: str = "probe",
-    test: str | None = None,
-    test_size: float | None = None,
-    max_per_class: int | None = None,
-    test_max_per_class: int | None = None,
-    out: str | os.PathLike[str] | None = None,
-    skip_bad_images: bool = False,
-    resume: bool = False,
-    refit: bool = True,
-    seed: int = 0,
-    time_budget: float | None = None,
-    say: Callable[[str], None] = logger.info,
-    **params: Any,
-) -> TrainResult:
+@dataclass
+class TrainRequest:
+    """Everything :func:`train` was asked for (the command line's flags)."""
+
+    data: str
+    method: str = "probe"
+    test: str | None = None
+    test_size: float | None = None
+    max_per_class: int | None = None
+    test_max_per_class: int | None = None
+    out: str | None = None
+    skip_bad_images: bool = False
+    resume: bool = False
+    refit: bool = True
+    seed: int = 0
+    time_budget: float | None = None
+    say: Callable[[str], None] = logger.info
+    params: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def common(self) -> dict[str, Any]:
+        """Settings every estimator of the run shares."""
+        on_error = "skip" if self.skip_bad_images else "raise"
+        return {"random_state": self.seed, "on_error": on_error, "verbose": 1}
+
+
+def train(data: str | os.PathLike[str], **options: Any) -> TrainResult:
     """Fit a classifier on ``data``, evaluate it, and save it to ``out``.
 
     ``test``: separate labelled test data. Without it the report is the held-out estimate
     (cross-validated for the probe) and the model is refit on every image (``refit``).
     ``test_size``: hold out that fraction as a test split first (then refit on all).
     ``method="auto"`` tries several candidates within ``time_budget`` seconds (see
-    :func:`tlearn.automl.fit_auto`). ``params`` go to the estimator (``backbone``,
+    :func:`tlearn.automl.fit_auto`). Other keywords go to the estimator (``backbone``,
     ``image_size``, ``engine``, ``epochs``...).
     """
+    names = {f.name for f in dataclasses.fields(TrainRequest)} - {"data", "params"}
+    req = TrainRequest(
+        os.fspath(data),
+        **{k: v for k, v in options.items() if k in names},
+        params={k: v for k, v in options.items() if k not in names},
+    )
+    if req.out is not None:
+        req.out = os.fspath(req.out)
+        if not Path(req.out).parent.exists():
+            raise DataError(f"the output folder {str(Path(req.out).parent)!r} does not exist")
     t0 = time.perf_counter()
-    on_error = "skip" if skip_bad_images else "raise"
-    if out is not None and not Path(out).parent.exists():
-        raise DataError(f"the output folder {str(Path(out).parent)!r} does not exist; create it")
-    common = {"random_state": seed, "on_error": on_error, "verbose": 1}
-    model = make_estimator(method, **common, **params)
-    if resume and "strategy" not in model.get_params():
+    model = make_estimator(req.method, **req.common, **req.params)
+    if req.resume and "strategy" not in model.get_params():
         raise DataError("resume continues an interrupted fine-tuning run; the probe has none")
-    X, y = load_labelled(data, max_per_class, seed)
-    split = _split(X, y, test, test_size, test_max_per_class, seed)
-    say(_plan(model, method, X, y, split, test))
-    with tempfile.TemporaryDirectory(prefix="tlearn-features-") as cache:
-        if params.get("cache_dir") is None:
-            # features computed once for all the fits of this run (a refit reuses them)
-            common["cache_dir"] = cache
-            if "cache_dir" in model.get_params():
-                model.set_params(cache_dir=cache)
-        model, report, evaluation, leaderboard = _fit_and_evaluate(
-            model, method, X, y, split, test, test_size, refit, resume, time_budget,
-            common, params, say,
-        )  # fmt: skip
-        if params.get("cache_dir") is None and "cache_dir" in model.get_params():
-            model.set_params(cache_dir=None)
+    X, y = load_labelled(req.data, req.max_per_class, req.seed)
+    split = _split(X, y, req.test, req.test_size, req.test_max_per_class, req.seed)
+    req.say(_plan(model, req.method, y, split, req.test))
+    with _feature_cache(req, model) as model:
+        model, report, evaluation, leaderboard = _fit_and_evaluate(req, model, X, y, split)
     if os.environ.get("RANK", "0") != "0":  # torchrun: only the main process goes on
         return TrainResult(model, None, {}, list(model.skipped_))
     evaluation["seconds"] = round(time.perf_counter() - t0, 1)
-    path = None
-    if out is not None:
-        path = _save(model, out, evaluation, leaderboard, data, method, test, seed, params)
+    path = None if req.out is None else _save(req, model, evaluation, leaderboard)
     return TrainResult(model, report, evaluation, list(model.skipped_), path,
                        time.perf_counter() - t0, leaderboard)  # fmt: skip
 
 
+@contextlib.contextmanager
+def _feature_cache(req: TrainRequest, model: Any) -> Iterator[Any]:
+    """Features computed once for every fit of the run (a refit, auto's candidates reuse
+    them), in a temporary cache that is not kept in the saved model."""
+    if req.params.get("cache_dir") is not None:
+        yield model
+        return
+    with tempfile.TemporaryDirectory(prefix="tlearn-features-") as cache:
+        req.params["cache_dir"] = cache
+        if "cache_dir" in model.get_params():
+            model.set_params(cache_dir=cache)
+        try:
+            yield model
+        finally:
+            req.params.pop("cache_dir")
+            if "cache_dir" in model.get_params():
+                model.set_params(cache_dir=None)
+
+
 def _fit_and_evaluate(
-    model: Any,
-    method: str,
-    X: np.ndarray,
-    y: np.ndarray,
-    split: Any,
-    test: str | None,
-    test_size: float | None,
-    refit: bool,
-    resume: bool,
-    time_budget: float | None,
-    common: dict[str, Any],
-    params: dict[str, Any],
-    say: Callable[[str], None],
+    req: TrainRequest, model: Any, X: np.ndarray, y: np.ndarray, split: Any
 ) -> tuple[Any, Any, dict[str, Any], list[dict[str, Any]]]:
     leaderboard: list[dict[str, Any]] = []
-    if method == "auto":
+    if req.method == "auto":
         from tlearn.automl import fit_auto
 
-        model, leaderboard = fit_auto(split[0], split[1], common, params, time_budget, say)
+        model, leaderboard = fit_auto(
+            split[0], split[1], req.common, req.params, req.time_budget, req.say
+        )
     else:
-        model = _fit(model, split[0], split[1], resume)
+        model = _fit(model, split[0], split[1], req.resume)
     if os.environ.get("RANK", "0") != "0":
         return model, None, {}, leaderboard
-    report, evaluation = _evaluate(model, split, test, test_size)
-    if refit and test is None:
-        model = _refit(model, X, y, split, test_size, say)
+    report, evaluation = _evaluate(model, split, req.test, req.test_size)
+    if req.refit and req.test is None:
+        model = _refit(model, X, y, req.test_size, req.say)
     return model, report, evaluation, leaderboard
 
 
@@ -262,7 +284,7 @@ def _split(
     return X_tr, y_tr, X_te, y_te
 
 
-def _plan(model: Any, method: str, X: np.ndarray, y: np.ndarray, split: Any, test: Any) -> str:
+def _plan(model: Any, method: str, y: np.ndarray, split: Any, test: Any) -> str:
     tested = (
         f"testing on {len(split[2])} ({'the test data' if test else 'a held-out split'})"
         if split[2] is not None
@@ -293,12 +315,7 @@ def _evaluate(
 
 
 def _refit(
-    model: Any,
-    X: np.ndarray,
-    y: np.ndarray,
-    split: Any,
-    test_size: float | None,
-    say: Callable[[str], None],
+    model: Any, X: np.ndarray, y: np.ndarray, test_size: float | None, say: Callable[[str], None]
 ) -> Any:
     if test_size is not None:  # a test split was held out: fit again with it
         from sklearn.base import clone
@@ -313,20 +330,17 @@ def _refit(
 
 
 def _save(
+    req: TrainRequest,
     model: Any,
-    out: str | os.PathLike[str],
     evaluation: dict[str, Any],
     leaderboard: list[dict[str, Any]],
-    data: Any,
-    method: str,
-    test: str | None,
-    seed: int,
-    params: dict[str, Any],
 ) -> str:
     from tlearn.persistence import save
 
-    path = save(model, out, evaluation=evaluation)
-    settings = {"data": os.fspath(data), "method": method, "test": test, "seed": seed, **params}
+    assert req.out is not None
+    path = save(model, req.out, evaluation=evaluation)
+    settings = {"data": req.data, "method": req.method, "test": req.test, "seed": req.seed,
+                **req.params}  # fmt: skip
     with open(str(path) + ".settings.json", "w", encoding="utf-8") as f:
         json.dump({k: _plain(v) for k, v in settings.items()}, f, indent=2)
     if leaderboard:
