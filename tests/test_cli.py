@@ -35,6 +35,8 @@ def trained(tmp_path_factory, shapes_zip):
         "5",
         "--image-size",
         "64",
+        "--time-budget",
+        "3m",
         "--out",
         str(out),
         "--json",
@@ -44,9 +46,13 @@ def trained(tmp_path_factory, shapes_zip):
     return out, r
 
 
-def test_fit_prints_accuracy_and_saves(trained):
+def test_fit_by_default_tries_candidates_and_prints_accuracy_and_saves(trained):
     out, r = trained
     assert "test accuracy:" in r.stdout and out.is_file()
+    assert "candidates (the best on held-out accuracy is kept)" in r.stdout  # --method auto
+    board = json.loads(Path(f"{out}.leaderboard.json").read_text())
+    assert board[0]["candidate"].startswith("probe efficientnet_lite0")
+    assert sum(row["chosen"] for row in board) >= 1
     metrics = json.loads(out.with_suffix(".json").read_text())
     assert metrics["n_images"] == 15 and len(metrics["classes"]) == 3
     assert f"{metrics['accuracy']:.4f}" in r.stdout
@@ -93,12 +99,15 @@ def test_evaluate_and_predict(trained, shapes_zip, tmp_path):
 def test_skip_bad_images_lists_them(image_folder, tmp_path):
     (image_folder / "coffee" / "zero.jpg").write_bytes(b"")
     out = tmp_path / "m.safetensors"
-    r = run("fit", str(image_folder), "--image-size", "64", "--test-size", "0.2", "--out", str(out))
+    r = run("fit", str(image_folder), "--method", "probe", "--image-size", "64", "--test-size",
+            "0.2", "--out", str(out))  # fmt: skip
     assert r.returncode == 2 and "zero.jpg" in r.stderr and "empty" in r.stderr
     assert not out.exists()
     r = run(
         "fit",
         str(image_folder),
+        "--method",
+        "probe",
         "--image-size",
         "64",
         "--test-size",
@@ -174,7 +183,10 @@ def test_predict_with_the_backbones_own_imagenet_head(tmp_path):
         (["--method", "finetune", "--optimizer", "adam"], "Did you mean 'adamw'"),
         (["--device", "cuda"], "sees no CUDA GPU"),
         (["--engine", "nope"], "'engine' parameter of LinearProbe must be one of"),
-        (["--epochs", "3"], "--epochs applies to --method finetune, not probe"),
+        (
+            ["--method", "probe", "--epochs", "3"],
+            "--epochs applies to --method finetune, not probe",
+        ),
         (["--method", "nearest"], "'method' parameter of train must be one of"),
     ],
 )

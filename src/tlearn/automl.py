@@ -219,11 +219,12 @@ def _further(
                 out.append(Candidate(f"probe {name}", "probe", chosen, _probe_cost(X, chosen)))
                 break
     backbone = params.get("backbone", DEFAULT)
-    size = 128 if small else 160
-    ft = {**common, **{k: v for k, v in params.items() if k in ("backbone", "engine")},
-          "image_size": size, "epochs": 6, "verbose": 0}  # fmt: skip
+    # the user's fine-tuning flags win (make_estimator drops the probe's)
+    ft = {**common, "verbose": 0, **params}
+    size = ft["image_size"] = int(ft.get("image_size") or (128 if small else 160))
+    epochs = ft["epochs"] = int(ft.get("epochs") or 6)
     out.append(Candidate(f"lp-ft {backbone} at {size} px", "lp-ft", ft,
-                         lambda: _finetune_seconds(backbone, size, len(X), 6)))  # fmt: skip
+                         lambda: _finetune_seconds(backbone, size, len(X), epochs)))  # fmt: skip
     return out
 
 

@@ -114,38 +114,40 @@ def run_bench(
         0, 256, (batch_size, pre.input_size, pre.input_size, 3), dtype=np.uint8
     )
     for name in names:
-        est = PretrainedFeatures(
-            backbone,
-            weights=weights,
-            image_size=image_size,
-            batch_size=batch_size,
-            device=device,
-            engine=name,
-        )
-        try:
-            est.fit(list(paths))  # int8 (and auto) calibrate on these images
-            est.transform(list(paths[:batch_size]))  # warm-up: kernels, first allocations
-        except EngineError as e:
-            report(f"{name:<22}cannot run: {e}")
-            continue
-        engine = est._engine
-        model_only = _model_only(engine, batch)
-        e2e = _timed(partial(est.transform, list(paths)), len(paths))
-        label = name if name != "auto" else f"auto={est.engine_}"
-        rows.append(
-            {
-                "engine": label,
-                "choice": est.engine_reason_,
-                "end_to_end": e2e,
-                "model_only": model_only,
-                "ratio": e2e / naive,
-                "gflops": model_only * gflops,
-            }
-        )
-        report(
-            f"{label:<22}{e2e:>10.1f}/s{e2e / naive:>9.1f}x{model_only:>10.1f}/s"
-            f"{model_only * gflops:>9.1f}{_peak_mib():>10.0f}"
-        )
-        if name == "auto":
-            report(f"  auto chose {est.engine_reason_}")
+        row = _engine_row(name, paths, batch, naive, gflops, report,
+                          backbone=backbone, weights=weights, image_size=image_size,
+                          batch_size=batch_size, device=device)  # fmt: skip
+        if row is not None:
+            rows.append(row)
     return rows
+
+
+def _engine_row(
+    name: str,
+    paths: Sequence[str],
+    batch: np.ndarray,
+    naive: float,
+    gflops: float,
+    report: Callable[[str], None],
+    **settings: Any,
+) -> dict[str, Any] | None:
+    """Time one engine end to end and model-only, print its row; None if it cannot run."""
+    est = PretrainedFeatures(settings.pop("backbone"), engine=name, **settings)
+    try:
+        est.fit(list(paths))  # int8 (and auto) calibrate on these images
+        est.transform(list(paths[: len(batch)]))  # warm-up: kernels, first allocations
+    except EngineError as e:
+        report(f"{name:<22}cannot run: {e}")
+        return None
+    model_only = _model_only(est._engine, batch)
+    e2e = _timed(partial(est.transform, list(paths)), len(paths))
+    label = name if name != "auto" else f"auto={est.engine_}"
+    report(
+        f"{label:<22}{e2e:>10.1f}/s{e2e / naive:>9.1f}x{model_only:>10.1f}/s"
+        f"{model_only * gflops:>9.1f}{_peak_mib():>10.0f}"
+    )
+    if name == "auto":
+        report(f"  auto chose {est.engine_reason_}")
+    return {"engine": label, "choice": est.engine_reason_, "end_to_end": e2e,
+            "model_only": model_only, "ratio": e2e / naive,
+            "gflops": model_only * gflops}  # fmt: skip

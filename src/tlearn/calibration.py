@@ -48,16 +48,30 @@ def fit_temperature(scores: np.ndarray, y: np.ndarray) -> float:
     return float(np.exp(result.x))
 
 
+def reliability(confidence: np.ndarray, correct: np.ndarray, n_bins: int = 15) -> list[dict]:
+    """The reliability diagram: for each non-empty one of ``n_bins`` equal-width confidence
+    bins, its edges, mean confidence, accuracy and image count."""
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    bins = []
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+        in_bin = (confidence > lo) & (confidence <= hi)
+        if in_bin.any():
+            bins.append({"low": float(lo), "high": float(hi),
+                         "confidence": float(confidence[in_bin].mean()),
+                         "accuracy": float(correct[in_bin].mean()),
+                         "count": int(in_bin.sum())})  # fmt: skip
+    return bins
+
+
 def expected_calibration_error(proba: np.ndarray, y: np.ndarray, n_bins: int = 15) -> float:
     """The gap between confidence and accuracy, averaged over 15 equal-width confidence
     bins weighted by their share of the images (the usual ECE)."""
     proba = np.asarray(proba, dtype=np.float64)
-    confidence = proba.max(axis=1)
-    correct = proba.argmax(axis=1) == np.asarray(y)
-    edges = np.linspace(0.0, 1.0, n_bins + 1)
-    ece = 0.0
-    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
-        in_bin = (confidence > lo) & (confidence <= hi)
-        if in_bin.any():
-            ece += in_bin.mean() * abs(correct[in_bin].mean() - confidence[in_bin].mean())
-    return float(ece)
+    bins = reliability(proba.max(axis=1), proba.argmax(axis=1) == np.asarray(y), n_bins)
+    return ece_of(bins)
+
+
+def ece_of(bins: list[dict]) -> float:
+    """ECE from :func:`reliability`'s bins."""
+    n = sum(b["count"] for b in bins)
+    return float(sum(b["count"] / n * abs(b["accuracy"] - b["confidence"]) for b in bins))

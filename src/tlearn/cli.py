@@ -65,10 +65,10 @@ _FIT_GENERAL: list[tuple[str, Any, Any]] = [
     ("out", Annotated[Path, typer.Option("--out", "-o", help="Model file to write.")],
      Path("model.safetensors")),
     ("method", Annotated[str, typer.Option(help="auto (the best of several candidates within "
-     "--time-budget), probe (frozen features + tuned logistic regression), finetune, or "
-     "lp-ft (finetune with the head first).")], "probe"),
-    ("time_budget", Annotated[str | None, typer.Option(help="auto: how long to spend, e.g. "
-     "10m, 90s, 1h (default 10m).")], None),
+     "--time-budget, on held-out accuracy), probe (frozen features + tuned logistic "
+     "regression), finetune, or lp-ft (finetune with the head first).")], "auto"),
+    ("time_budget", Annotated[str | None, typer.Option(help="auto: the most time to spend, "
+     "e.g. 10m, 90s, 1h (default 8m).")], None),
     ("test", Annotated[str | None, typer.Option(help="Separate labelled test data. Without "
      "it the held-out estimate is reported (cross-validated for the probe) and the model "
      "is fitted on every image.")], None),
@@ -149,9 +149,10 @@ def _fit_settings(ctx: typer.Context, values: dict[str, Any]) -> dict[str, Any]:
 def fit(ctx: typer.Context, data: str, **values: Any) -> None:
     """Train a classifier on DATA, report test loss and accuracy, and save the model.
 
-    --method probe fits a tuned linear probe on frozen features; --method finetune trains a
-    new linear head and the backbone (--strategy lp-ft/full/head/partial); --method lp-ft
-    trains the head first, then everything. Under `torchrun --nproc_per_node N -m tlearn
+    By default (--method auto) it fits the linear probe, then tries what else fits the
+    time budget and keeps the best. --method probe fits a tuned linear probe on frozen
+    features; --method finetune trains a new linear head and the backbone (--strategy
+    lp-ft/full/head/partial); --method lp-ft trains the head first, then everything. Under `torchrun --nproc_per_node N -m tlearn
     fit ...` the fine-tuning runs with DistributedDataParallel.
     """
     from tlearn.training import train
@@ -323,17 +324,23 @@ def predict(
             f"{counts['ok']} images predicted, {counts['failed']} failed{done}; written to {output}"
         )
     else:
-        table = Table("path", "label", "probability", "error")
-        counts = {"ok": 0, "failed": 0}
-        for row in predictor.iter_predict(inputs, top_k=top_k, tta=tta):
-            counts["failed" if row["error"] else "ok"] += 1
-            prob = "" if row["probability"] is None else f"{row['probability']:.3f}"
-            label = ", ".join(map(str, row["top_labels"])) if top_k > 1 else str(row["label"] or "")
-            table.add_row(row["path"], label, prob, row["error"])
-        console.print(table)
-        console.print(f"{counts['ok']} images predicted, {counts['failed']} failed")
+        counts = _print_predictions(predictor.iter_predict(inputs, top_k=top_k, tta=tta), top_k)
     if counts["ok"] == 0 and counts["failed"] > 0:
         raise typer.Exit(1)
+
+
+def _print_predictions(rows: Any, top_k: int) -> dict[str, int]:
+    """The predictions as a table on the terminal; returns how many worked and failed."""
+    table = Table("path", "label", "probability", "error")
+    counts = {"ok": 0, "failed": 0}
+    for row in rows:
+        counts["failed" if row["error"] else "ok"] += 1
+        prob = "" if row["probability"] is None else f"{row['probability']:.3f}"
+        label = ", ".join(map(str, row["top_labels"])) if top_k > 1 else str(row["label"] or "")
+        table.add_row(row["path"], label, prob, row["error"])
+    console.print(table)
+    console.print(f"{counts['ok']} images predicted, {counts['failed']} failed")
+    return counts
 
 
 class _row_progress:

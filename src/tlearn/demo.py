@@ -62,24 +62,34 @@ def run_demo(
         f"EfficientNet-Lite0 linear probe (C={probe.C_:g}): accuracy "
         f"{probe_acc:.4f} ({time.perf_counter() - t0:.1f} s)"
     )
-
     model_path = out / "fashion-mnist-probe.safetensors"
     save(probe, model_path)
-    samples = out / "samples"
-    samples.mkdir(exist_ok=True)
-    paths = []
-    for i in range(8):
-        p = samples / f"test{i:02d}-{str(y_test[i * test_per_class]).replace('/', '-')}.png"
-        Image.fromarray(X_test[i * test_per_class]).save(p)
-        paths.append(str(p))
-    loaded = load(model_path)
-    table = Table("image", "predicted", "probability", title=f"predictions of {model_path}")
-    for row in iter_predictions(loaded, paths):
-        table.add_row(Path(row["path"]).name, str(row["label"]), f"{row['probability']:.3f}")
-    console.print(table)
+    samples = _write_samples(
+        out / "samples", X_test[::test_per_class][:8], y_test[::test_per_class]
+    )
+    _show_predictions(console, model_path, samples)
     console.print(
         f"[bold]accuracy: probe {probe_acc:.4f} vs raw pixels {raw_acc:.4f}[/]; "
         f"model saved to {model_path}"
     )
-    console.print(f"try: tlearn predict {model_path} {samples}")
+    console.print(f"try: tlearn predict {model_path} {samples[0].parent}")
     return {"probe_accuracy": probe_acc, "raw_pixel_accuracy": raw_acc}
+
+
+def _write_samples(folder: Path, images: np.ndarray, labels: np.ndarray) -> list[Path]:
+    """A few test images as PNGs, named by their true class, for ``tlearn predict``."""
+    folder.mkdir(exist_ok=True)
+    paths = []
+    for i, (image, label) in enumerate(zip(images, labels, strict=False)):
+        path = folder / f"test{i:02d}-{str(label).replace('/', '-')}.png"
+        Image.fromarray(image).save(path)
+        paths.append(path)
+    return paths
+
+
+def _show_predictions(console: Console, model_path: Path, paths: list[Path]) -> None:
+    """Load the saved model as a user would, and predict the sample files with it."""
+    table = Table("image", "predicted", "probability", title=f"predictions of {model_path}")
+    for row in iter_predictions(load(model_path), [str(p) for p in paths]):
+        table.add_row(Path(row["path"]).name, str(row["label"]), f"{row['probability']:.3f}")
+    console.print(table)

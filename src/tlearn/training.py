@@ -164,7 +164,7 @@ class TrainRequest:
     """Everything :func:`train` was asked for (the command line's flags)."""
 
     data: str
-    method: str = "probe"
+    method: str = "auto"
     test: str | None = None
     test_size: float | None = None
     max_per_class: int | None = None

@@ -107,32 +107,7 @@ def load_image_folder(
     ['airplane', 'automobile', 'bird']
     """
     root = os.fspath(path).rstrip("/")
-    base, rel = _list_files(root)
-    rel = [r for r in rel if not _hidden(r)]
-    # A zip made by compressing the dataset folder has one extra top-level folder.
-    if rel and all("/" in r for r in rel):
-        tops = {r.split("/", 1)[0] for r in rel}
-        if len(tops) == 1 and all(r.count("/") >= 2 for r in rel):
-            top = tops.pop()
-            base, rel = base + "/" + top, [r.split("/", 1)[1] for r in rel]
-    by_class: dict[str, list[str]] = {}
-    ignored: list[str] = []
-    loose: list[str] = []
-    for r in rel:
-        if "/" not in r:
-            loose.append(r)
-            continue
-        cls = r.split("/", 1)[0]
-        by_class.setdefault(cls, [])
-        if is_image_name(r):
-            by_class[cls].append(base + "/" + r)
-        else:
-            ignored.append(base + "/" + r)
-    if not by_class:
-        what = f"only loose files ({len(loose)})" if loose else "nothing"
-        raise DataError(
-            f"{root!r} holds {what} and no class sub-folders; " + _LAYOUT_HINT.format(root=root)
-        )
+    by_class, ignored = _class_files(root)
     if categories is not None:
         missing = [c for c in categories if c not in by_class]
         if missing:
@@ -140,21 +115,7 @@ def load_image_folder(
                 f"categories {missing} not found in {root!r}; available: {sorted(by_class)}"
             )
         by_class = {c: by_class[c] for c in categories}
-    empty = sorted(c for c, files in by_class.items() if not files)
-    if empty:
-        raise DataError(
-            f"class folder(s) {empty} in {root!r} contain no image files "
-            f"(extensions {sorted({'.jpg', '.png', '.bmp', '.webp', '.tif'})} ...); "
-            "add images or remove the folder(s)"
-        )
-    if ignored:
-        shown = ", ".join(repr(p) for p in ignored[:3])
-        warnings.warn(
-            f"{len(ignored)} file(s) in {root!r} are not images and were left out "
-            f"(e.g. {shown}); see the Bunch's 'ignored' list",
-            UserWarning,
-            stacklevel=2,
-        )
+    _check_classes(root, by_class, ignored)
     target_names = sorted(by_class)
     filenames = np.array([f for c in target_names for f in by_class[c]], dtype=object)
     target = np.array([i for i, c in enumerate(target_names) for _ in by_class[c]], dtype=np.int64)
@@ -172,6 +133,50 @@ def load_image_folder(
         ignored=ignored,
         DESCR=f"Images from {root!r}: {len(target)} images in {len(target_names)} classes.",
     )
+
+
+def _class_files(root: str) -> tuple[dict[str, list[str]], list[str]]:
+    """``{class: image paths}`` and the non-image files under ``root``'s class folders."""
+    base, rel = _list_files(root)
+    rel = [r for r in rel if not _hidden(r)]
+    # A zip made by compressing the dataset folder has one extra top-level folder.
+    if rel and all("/" in r for r in rel):
+        tops = {r.split("/", 1)[0] for r in rel}
+        if len(tops) == 1 and all(r.count("/") >= 2 for r in rel):
+            top = tops.pop()
+            base, rel = base + "/" + top, [r.split("/", 1)[1] for r in rel]
+    by_class: dict[str, list[str]] = {}
+    ignored: list[str] = []
+    loose = [r for r in rel if "/" not in r]
+    for r in rel:
+        if "/" in r:
+            files = by_class.setdefault(r.split("/", 1)[0], [])
+            (files if is_image_name(r) else ignored).append(base + "/" + r)
+    if not by_class:
+        what = f"only loose files ({len(loose)})" if loose else "nothing"
+        raise DataError(
+            f"{root!r} holds {what} and no class sub-folders; " + _LAYOUT_HINT.format(root=root)
+        )
+    return by_class, ignored
+
+
+def _check_classes(root: str, by_class: dict[str, list[str]], ignored: list[str]) -> None:
+    """Refuse empty class folders; warn about the files left out."""
+    empty = sorted(c for c, files in by_class.items() if not files)
+    if empty:
+        raise DataError(
+            f"class folder(s) {empty} in {root!r} contain no image files "
+            f"(extensions {sorted({'.jpg', '.png', '.bmp', '.webp', '.tif'})} ...); "
+            "add images or remove the folder(s)"
+        )
+    if ignored:
+        shown = ", ".join(repr(p) for p in ignored[:3])
+        warnings.warn(
+            f"{len(ignored)} file(s) in {root!r} are not images and were left out "
+            f"(e.g. {shown}); see the Bunch's 'ignored' list",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def subsample_per_class(
@@ -226,49 +231,54 @@ def load_image_csv(
     ``target`` is ``None``.
     """
     path = os.fspath(path)
+    fields, rows = _read_csv(path)
+    pcol = _pick_column(fields, path_column, _PATH_COLUMNS, "path", path) or fields[0]
+    lcol = _pick_column(fields, label_column, _LABEL_COLUMNS, "label", path)
+    if lcol is None and label_column is None and len(fields) == 2:
+        lcol = fields[1] if fields[1] != pcol else fields[0]
+    folder = os.path.dirname(os.path.abspath(path))
+    cells = _column(rows, pcol, path)
+    filenames = np.array([c if os.path.isabs(c) else os.path.join(folder, c) for c in cells],
+                         dtype=object)  # fmt: skip
+    if lcol is None:
+        return Bunch(filenames=filenames, target=None, target_names=None, ignored=[],
+                     DESCR=f"Unlabelled images listed in {path!r}.")  # fmt: skip
+    labels = _column(rows, lcol, path)
+    target_names = sorted(set(labels))
+    index = {c: i for i, c in enumerate(target_names)}
+    return Bunch(
+        filenames=filenames,
+        target=np.array([index[c] for c in labels], dtype=np.int64),
+        target_names=target_names,
+        ignored=[],
+        DESCR=f"Images listed in {path!r}: {len(labels)} images in {len(target_names)} classes.",
+    )
+
+
+def _read_csv(path: str) -> tuple[list[str], list[dict[str, str]]]:
+    """The header and rows of a CSV (a ``.tsv`` is tab-separated; a ``.csv`` may use
+    commas, semicolons or tabs, read off its header line)."""
     if not os.path.isfile(path):
         raise DataError(f"no such CSV file: {path!r}")
     with open(path, newline="", encoding="utf-8-sig") as f:
-        # a .tsv is tab-separated; a .csv may use commas, semicolons or tabs (sniffed)
         delimiter = "\t" if path.lower().endswith(".tsv") else _sniff_delimiter(f)
         reader = csv.DictReader(f, delimiter=delimiter)
         fields = list(reader.fieldnames or [])
         rows = list(reader)
     if not fields or not rows:
         raise DataError(f"the CSV {path!r} is empty; expected a header row and one row per image")
-    pcol = _pick_column(fields, path_column, _PATH_COLUMNS, "path", path) or fields[0]
-    lcol = _pick_column(fields, label_column, _LABEL_COLUMNS, "label", path)
-    if lcol is None and label_column is None and len(fields) == 2:
-        lcol = fields[1] if fields[1] != pcol else fields[0]
-    folder = os.path.dirname(os.path.abspath(path))
-    filenames, labels = [], []
+    return fields, rows
+
+
+def _column(rows: list[dict[str, str]], name: str, path: str) -> list[str]:
+    """One column's stripped cells; an empty cell is an error naming its line."""
+    cells = []
     for line, row in enumerate(rows, start=2):
-        p = (row.get(pcol) or "").strip()
-        if not p:
-            raise DataError(f"the CSV {path!r} has an empty {pcol!r} on line {line}")
-        filenames.append(p if os.path.isabs(p) else os.path.join(folder, p))
-        if lcol is not None:
-            label = (row.get(lcol) or "").strip()
-            if not label:
-                raise DataError(f"the CSV {path!r} has an empty {lcol!r} on line {line}")
-            labels.append(label)
-    if lcol is None:
-        return Bunch(
-            filenames=np.array(filenames, dtype=object),
-            target=None,
-            target_names=None,
-            ignored=[],
-            DESCR=f"Unlabelled images listed in {path!r}.",
-        )
-    target_names = sorted(set(labels))
-    index = {c: i for i, c in enumerate(target_names)}
-    return Bunch(
-        filenames=np.array(filenames, dtype=object),
-        target=np.array([index[c] for c in labels], dtype=np.int64),
-        target_names=target_names,
-        ignored=[],
-        DESCR=f"Images listed in {path!r}: {len(labels)} images in {len(target_names)} classes.",
-    )
+        cell = (row.get(name) or "").strip()
+        if not cell:
+            raise DataError(f"the CSV {path!r} has an empty {name!r} on line {line}")
+        cells.append(cell)
+    return cells
 
 
 def load_dataset(

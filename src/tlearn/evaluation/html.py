@@ -68,6 +68,45 @@ def render_html(report: Metrics, title: str, plots: dict[str, str] | None = None
         with tempfile.TemporaryDirectory() as tmp:
             return render_html(report, title, write_plots(report, tmp))
     e = html.escape
+    out = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}</title>"
+        f"<style>{_CSS}</style></head><body><h1>{e(title)}</h1>",
+        _summary(report),
+        "<div class='cards'>",
+        *(f"<div class='card'>{e(name)}<b>{value:.4f}</b></div>" for name, value in _cards(report)),
+        "</div><h2>Plots</h2><div class='plots'>",
+        *(f"<img alt='{e(name)}' src='{_png_data_uri(path)}'>" for name, path in plots.items()),
+        "</div><h2>Per class</h2>",
+        _table(
+            ["class", "precision", "recall", "F1", "support"],
+            [
+                [
+                    r["class"],
+                    f"{r['precision']:.3f}",
+                    f"{r['recall']:.3f}",
+                    f"{r['f1']:.3f}",
+                    r["support"],
+                ]
+                for r in sorted(report.per_class, key=lambda r: r["f1"])
+            ],
+        ),  # fmt: skip
+        "<h2>Most confused pairs</h2>",
+        _table(
+            ["true", "predicted as", "images"],
+            [[p["true"], p["predicted"], p["count"]] for p in report.confused_pairs],
+        ),
+        "<h2>Most confidently wrong</h2><div class='gallery'>",
+        *(_mistake(report, m) for m in report.confident_mistakes),
+        "</div>",
+    ]
+    if report.failed:
+        out.append("<h2>Images that could not be read</h2>")
+        out.append(_table(["path", "reason"], [[f["path"], f["reason"]] for f in report.failed]))
+    out.append("</body></html>")
+    return "\n".join(out)
+
+
+def _cards(report: Metrics) -> list[tuple[str, float]]:
     cards = [
         ("accuracy", report.accuracy),
         ("balanced accuracy", report.balanced_accuracy),
@@ -78,60 +117,37 @@ def render_html(report: Metrics, title: str, plots: dict[str, str] | None = None
     ]
     if "ece_before" in report.calibration:
         cards.append(("ECE before calibration", report.calibration["ece_before"]))
-    out = [
-        f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}</title>"
-        f"<style>{_CSS}</style></head><body><h1>{e(title)}</h1>",
-        f"<p>{report.n_images} images evaluated in {len(report.classes)} classes"
-        + (
-            f"; <span class='bad'>{len(report.failed)} could not be read</span>"
-            if report.failed
-            else ""
-        )
-        + (f"; {len(report.unknown)} with unknown classes left out" if report.unknown else "")
-        + (f" ({e(str(report.evaluation['method']))})" if report.evaluation.get("method") else "")
-        + ".</p><div class='cards'>",
-    ]
-    out += [f"<div class='card'>{e(name)}<b>{value:.4f}</b></div>" for name, value in cards]
-    out.append("</div><h2>Plots</h2><div class='plots'>")
-    for name, path in plots.items():
-        out.append(f"<img alt='{e(name)}' src='{_png_data_uri(path)}'>")
-    out.append(
-        "</div><h2>Per class</h2><table><tr><th>class</th><th>precision</th>"
-        "<th>recall</th><th>F1</th><th>support</th></tr>"
-    )
-    for row in sorted(report.per_class, key=lambda r: r["f1"]):
-        out.append(
-            f"<tr><td>{e(str(row['class']))}</td><td>{row['precision']:.3f}</td>"
-            f"<td>{row['recall']:.3f}</td><td>{row['f1']:.3f}</td>"
-            f"<td>{row['support']}</td></tr>"
-        )
-    out.append(
-        "</table><h2>Most confused pairs</h2><table><tr><th>true</th>"
-        "<th>predicted as</th><th>images</th></tr>"
-    )
-    for p in report.confused_pairs:
-        out.append(
-            f"<tr><td>{e(str(p['true']))}</td><td>{e(str(p['predicted']))}</td>"
-            f"<td>{p['count']}</td></tr>"
-        )
-    out.append("</table><h2>Most confidently wrong</h2><div class='gallery'>")
-    for m in report.confident_mistakes:
-        src = _thumbnail(report, m)
-        out.append(
-            f"<div class='item'><img alt='{e(m['path'])}' src='{src}'><br>"
-            f"true <span class='good'>{e(str(m['true']))}</span><br>"
-            f"predicted <span class='bad'>{e(str(m['predicted']))}</span> "
-            f"({m['probability']:.2f})<div class='small'>{e(m['path'])}</div></div>"
-        )
-    out.append("</div>")
+    return cards
+
+
+def _summary(report: Metrics) -> str:
+    e = html.escape
+    text = f"<p>{report.n_images} images evaluated in {len(report.classes)} classes"
     if report.failed:
-        out.append(
-            "<h2>Images that could not be read</h2><table><tr><th>path</th><th>reason</th></tr>"
-        )
-        out += [f"<tr><td>{e(f['path'])}</td><td>{e(f['reason'])}</td></tr>" for f in report.failed]
-        out.append("</table>")
-    out.append("</body></html>")
-    return "\n".join(out)
+        text += f"; <span class='bad'>{len(report.failed)} could not be read</span>"
+    if report.unknown:
+        text += f"; {len(report.unknown)} with unknown classes left out"
+    if report.evaluation.get("method"):
+        text += f" ({e(str(report.evaluation['method']))})"
+    return text + ".</p>"
+
+
+def _table(headers: list[str], rows: list[list[Any]]) -> str:
+    """An HTML table, every cell escaped."""
+    e = html.escape
+    head = "".join(f"<th>{e(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{e(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _mistake(report: Metrics, m: dict[str, Any]) -> str:
+    e = html.escape
+    return (
+        f"<div class='item'><img alt='{e(m['path'])}' src='{_thumbnail(report, m)}'><br>"
+        f"true <span class='good'>{e(str(m['true']))}</span><br>"
+        f"predicted <span class='bad'>{e(str(m['predicted']))}</span> "
+        f"({m['probability']:.2f})<div class='small'>{e(m['path'])}</div></div>"
+    )
 
 
 def save_report(report: Metrics, folder: str | os.PathLike[str], title: str) -> dict[str, str]:

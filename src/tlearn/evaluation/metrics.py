@@ -19,6 +19,7 @@ from sklearn.metrics import (
     precision_recall_fscore_support,
 )
 
+from tlearn.calibration import ece_of, reliability
 from tlearn.models import python_value as _py
 
 __all__ = ["Metrics", "compute_metrics"]
@@ -131,64 +132,24 @@ def compute_metrics(
     true_idx = np.searchsorted(labels, y_true)  # labels are sorted (np.unique)
     pred_idx = proba.argmax(axis=1)
     y_pred = labels[pred_idx]
-    prec, rec, f1, sup = precision_recall_fscore_support(
-        y_true, y_pred, labels=labels, zero_division=0
-    )
-    per_class = [
-        {
-            "class": _py(c),
-            "precision": float(p),
-            "recall": float(r),
-            "f1": float(f),
-            "support": int(s),
-        }
-        for c, p, r, f, s in zip(labels, prec, rec, f1, sup, strict=True)
-    ]
     cm = confusion_matrix(y_true, y_pred, labels=labels)
     k = min(5, len(labels) - 1) if len(labels) > 2 else 1
     topk = np.argsort(-proba, axis=1)[:, :k]
     conf = proba.max(axis=1)
     correct = pred_idx == true_idx
-    bins, ece = [], 0.0
-    edges = np.linspace(0, 1, n_bins + 1)
-    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
-        m = (conf > lo) & (conf <= hi)
-        if m.any():
-            acc, c = float(correct[m].mean()), float(conf[m].mean())
-            ece += m.mean() * abs(acc - c)
-            bins.append(
-                {
-                    "low": float(lo),
-                    "high": float(hi),
-                    "confidence": c,
-                    "accuracy": acc,
-                    "count": int(m.sum()),
-                }
-            )
-    off = cm.copy()
-    np.fill_diagonal(off, 0)
-    pairs = [
-        {"true": _py(labels[i]), "predicted": _py(labels[j]), "count": int(off[i, j])}
-        for i, j in zip(*np.unravel_index(np.argsort(-off, axis=None)[:10], off.shape), strict=True)
-        if off[i, j] > 0
-    ]
+    bins = reliability(conf, correct, n_bins)
     wrong = np.flatnonzero(~correct)
     wrong = wrong[np.argsort(-conf[wrong])][:n_mistakes]
     mistakes = [
-        {
-            "path": str(names[i]),
-            "index": int(i),
-            "true": _py(y_true[i]),
-            "predicted": _py(y_pred[i]),
-            "probability": float(conf[i]),
-        }
+        {"path": str(names[i]), "index": int(i), "true": _py(y_true[i]),
+         "predicted": _py(y_pred[i]), "probability": float(conf[i])}
         for i in wrong
-    ]
+    ]  # fmt: skip
     return Metrics(
         accuracy=float(accuracy_score(y_true, y_pred)),
         log_loss=float(log_loss(y_true, proba, labels=labels)),
         classes=[_py(c) for c in labels],
-        per_class=per_class,
+        per_class=_per_class(labels, y_true, y_pred),
         confusion_matrix=cm.tolist(),
         n_images=len(y_true),
         balanced_accuracy=float(balanced_accuracy_score(y_true, y_pred)),
@@ -198,8 +159,31 @@ def compute_metrics(
         ),
         top_k=k,
         top_k_accuracy=float((topk == true_idx[:, None]).any(axis=1).mean()),
-        expected_calibration_error=float(ece),
+        expected_calibration_error=ece_of(bins),
         reliability=bins,
-        confused_pairs=pairs,
+        confused_pairs=_confused_pairs(labels, cm),
         confident_mistakes=mistakes,
     )
+
+
+def _per_class(labels: np.ndarray, y_true: np.ndarray, y_pred: np.ndarray) -> list[dict]:
+    prec, rec, f1, sup = precision_recall_fscore_support(
+        y_true, y_pred, labels=labels, zero_division=0
+    )
+    return [
+        {"class": _py(c), "precision": float(p), "recall": float(r), "f1": float(f),
+         "support": int(s)}
+        for c, p, r, f, s in zip(labels, prec, rec, f1, sup, strict=True)
+    ]  # fmt: skip
+
+
+def _confused_pairs(labels: np.ndarray, cm: np.ndarray, n: int = 10) -> list[dict]:
+    """The ``n`` most frequent (true, predicted) confusions."""
+    off = cm.copy()
+    np.fill_diagonal(off, 0)
+    order = np.unravel_index(np.argsort(-off, axis=None)[:n], off.shape)
+    return [
+        {"true": _py(labels[i]), "predicted": _py(labels[j]), "count": int(off[i, j])}
+        for i, j in zip(*order, strict=True)
+        if off[i, j] > 0
+    ]
