@@ -146,3 +146,15 @@ def test_dependency_floors_match_the_apis_the_code_uses():
             continue  # no longer used
         need = tuple(int(x) for x in version.split("."))
         assert floors[dist] >= need, f"{api} needs {dist}>={version}, pyproject says {floors[dist]}"
+
+
+def test_no_copyleft_package_is_imported_by_the_package():
+    """cleanlab (AGPL-3.0) is a test-only cross-check; tlearn is Apache-2.0."""
+    copyleft = ("cleanlab", "fastdup")
+    for path in SRC.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = (
+                [a.name for a in node.names] if isinstance(node, ast.Import)
+                else [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            )  # fmt: skip
+            assert not any(n.split(".")[0] in copyleft for n in names), (path, names)

@@ -1,0 +1,131 @@
+"""Exact and near duplicates (tlearn.doctor.duplicates) on copies planted in a folder of
+real photo tiles: byte copies, PNG re-saves, JPEG re-encodes, resizes, colour shifts,
+small shifts and mirrors, within a set and across train/test."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image, ImageEnhance
+
+from tests.synthetic import _photo
+from tlearn.doctor.duplicates import exact_duplicates, near_duplicates, pixel_hashes
+from tlearn.exceptions import DataError
+
+PHOTOS = ("astronaut", "coffee", "rocket", "chelsea", "immunohistochemistry", "hubble_deep_field")
+TILE = 96
+
+
+def tiles() -> list[Image.Image]:
+    """Non-overlapping 96 px tiles of scikit-image's photos: distinct images."""
+    out = []
+    for name in PHOTOS:
+        photo = _photo(name)
+        for top in range(0, photo.shape[0] - 2 * TILE, 2 * TILE):
+            for left in range(0, photo.shape[1] - 2 * TILE, 2 * TILE):
+                region = photo[top : top + 2 * TILE, left : left + 2 * TILE]
+                out.append(Image.fromarray(region).resize((TILE, TILE), Image.Resampling.BICUBIC))
+    return out
+
+
+def _jpeg(img: Image.Image, quality: int = 90) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
+EDITS = {
+    "jpeg60": lambda im: Image.open(io.BytesIO(_jpeg(im, 60))).convert("RGB"),
+    "resized": lambda im: im.resize((72, 72), Image.Resampling.BICUBIC),
+    "recoloured": lambda im: ImageEnhance.Color(ImageEnhance.Brightness(im).enhance(1.15)).enhance(
+        0.8
+    ),
+    "shifted": lambda im: im.crop((3, 3, TILE, TILE)).resize((TILE, TILE)),
+    "mirrored": lambda im: im.transpose(Image.Transpose.FLIP_LEFT_RIGHT),
+}
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    """A folder of distinct JPEG tiles, then a byte copy, a PNG re-save (same pixels) and one
+    edited copy of each edit kind; ``truth`` maps each copy to its original."""
+    root = tmp_path_factory.mktemp("dups")
+    paths, truth, exact = [], {}, set()
+    originals = tiles()
+    for i, img in enumerate(originals):
+        path = root / f"tile{i:03d}.jpg"
+        path.write_bytes(_jpeg(img))
+        paths.append(str(path))
+    rng = np.random.default_rng(0)
+    chosen = rng.choice(len(originals), 2 + len(EDITS), replace=False)
+    byte_copy = root / "copy.jpg"
+    byte_copy.write_bytes((root / f"tile{chosen[0]:03d}.jpg").read_bytes())
+    resaved = root / "resaved.png"
+    Image.open(paths[chosen[1]]).save(resaved)
+    for src, path in ((chosen[0], byte_copy), (chosen[1], resaved)):
+        truth[len(paths)] = int(src)
+        exact.add(len(paths))
+        paths.append(str(path))
+    for (name, edit), src in zip(EDITS.items(), chosen[2:], strict=True):
+        path = root / f"{name}.jpg"
+        path.write_bytes(_jpeg(edit(Image.open(paths[src]).convert("RGB"))))
+        truth[len(paths)] = int(src)
+        paths.append(str(path))
+    return paths, truth, exact
+
+
+@pytest.fixture(scope="module")
+def features(planted):
+    from tlearn import PretrainedFeatures
+
+    return PretrainedFeatures(batch_size=16).fit().transform(planted[0])  # the defaults
+
+
+def test_exact_duplicates_are_the_same_pixels_whatever_the_file(planted, tmp_path):
+    paths, truth, exact = planted
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    hashes, errors = pixel_hashes([*paths, str(tmp_path / "empty.jpg")])
+    assert list(errors) == [len(paths)] and "empty" in errors[len(paths)]
+    found = {(p.i, p.j) for p in exact_duplicates(hashes)}
+    assert found == {(truth[c], c) for c in exact}
+    # across sets: the copies as a "test set" against the originals
+    across = exact_duplicates(hashes[: len(paths) - len(truth)], [hashes[c] for c in truth])
+    assert {(p.i, list(truth)[p.j]) for p in across} == {(truth[c], c) for c in exact}
+
+
+def test_near_duplicates_find_every_planted_copy(planted, features):
+    paths, truth, _ = planted
+    pairs = near_duplicates(features)
+    found = {(p.i, p.j) for p in pairs}
+    planted_pairs = {(truth[c], c) for c in truth}
+    assert planted_pairs <= found, sorted(planted_pairs - found)
+    assert all(a.similarity >= b.similarity for a, b in zip(pairs, pairs[1:], strict=False))
+    # tiles of one photo (a star field, a tissue sample) are alike, so this set is no
+    # measure of false pairs: test_few_false_pairs_among_real_photos is
+
+
+@pytest.mark.needs_data
+def test_few_false_pairs_among_real_photos(cifar_zip):
+    """400 CIFAR-10 test images (distinct photos): at most 1% of them paired."""
+    from tlearn import PretrainedFeatures, load_image_folder
+
+    paths = load_image_folder(f"{cifar_zip}/test", max_per_class=40).filenames
+    pairs = near_duplicates(PretrainedFeatures(batch_size=32).fit().transform(paths))
+    assert len(pairs) <= 0.01 * len(paths), [(paths[p.i], paths[p.j]) for p in pairs]
+
+
+def test_leakage_pairs_test_images_with_their_training_originals(planted, features):
+    paths, truth, _ = planted
+    n = len(paths) - len(truth)
+    test_rows = list(truth)
+    pairs = near_duplicates(features[:n], features[test_rows])
+    best: dict[int, int] = {}
+    for pair in pairs:  # most similar first
+        best.setdefault(test_rows[pair.j], pair.i)
+    assert best == truth  # every copy's closest training image is its original
+    with pytest.raises(DataError, match="threshold"):
+        near_duplicates(features, threshold=1.5)
+    with pytest.raises(DataError, match="2-D"):
+        near_duplicates(features[0])
