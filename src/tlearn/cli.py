@@ -152,8 +152,9 @@ def fit(ctx: typer.Context, data: str, **values: Any) -> None:
     By default (--method auto) it fits the linear probe, then tries what else fits the
     time budget and keeps the best. --method probe fits a tuned linear probe on frozen
     features; --method finetune trains a new linear head and the backbone (--strategy
-    lp-ft/full/head/partial); --method lp-ft trains the head first, then everything. Under `torchrun --nproc_per_node N -m tlearn
-    fit ...` the fine-tuning runs with DistributedDataParallel.
+    lp-ft/full/head/partial); --method lp-ft trains the head first, then everything.
+    Under `torchrun --nproc_per_node N -m tlearn fit ...` the fine-tuning runs with
+    DistributedDataParallel.
     """
     from tlearn.training import train
 
@@ -281,6 +282,59 @@ def _confusion_table(report: Any) -> Table:
     for c, row in zip(classes, report.confusion_matrix, strict=True):
         table.add_row(c, *[str(v) for v in row])
     return table
+
+
+@app.command()
+def doctor(
+    data: DataArg,
+    test: Annotated[str | None, typer.Option(help="Test data, checked for leakage too.")] = None,
+    out: Annotated[
+        Path,
+        typer.Option("--out", "-o", help="Folder for issues.csv, summary.json and report.html."),
+    ] = Path("doctor"),
+    backbone: str = "efficientnet_lite0",
+    max_per_class: int | None = None,
+    cache_dir: Annotated[str | None, typer.Option(help="Feature cache folder.")] = None,
+    near_threshold: Annotated[
+        float | None,
+        typer.Option(help="Centred cosine similarity for near duplicates (default 0.75)."),
+    ] = None,
+    write_clean: Annotated[
+        Path | None,
+        typer.Option(
+            help="Write a CSV of path,label without the flagged training images (for tlearn fit)."
+        ),
+    ] = None,
+    relabel: Annotated[
+        bool,
+        typer.Option(
+            help="--write-clean: relabel label issues to the "
+            "suggested class instead of leaving them out."
+        ),
+    ] = False,
+    seed: int = 0,
+) -> None:
+    """Find unreadable files, exact and near duplicates, train/test leakage, likely label
+    errors, outliers, class imbalance and image-quality problems in DATA. Writes a report;
+    nothing on disk is moved or deleted."""  # fmt: skip
+    from tlearn.doctor import inspect, write_report
+    from tlearn.doctor import write_clean as clean_csv
+    from tlearn.training import load_labelled
+
+    X, y = load_labelled(data, max_per_class, seed)
+    X_test, y_test = load_labelled(test, None, seed) if test else (None, None)
+    findings = inspect(X, y, X_test, y_test, near_threshold=near_threshold,
+                       backbone=backbone, cache_dir=cache_dir, say=console.print)  # fmt: skip
+    paths = write_report(findings, out, title=f"tlearn doctor: {data}")
+    table = Table("issue", "images", title=f"{findings.summary['images']} images checked")
+    for issue, n in findings.counts().items():
+        table.add_row(issue, str(n))
+    console.print(table)
+    if write_clean is not None:
+        counts = clean_csv(findings, list(X), list(y), str(write_clean), relabel)
+        console.print(f"clean CSV: {counts['kept']} images kept, {counts['left_out']} left out, "
+                      f"{counts['relabelled']} relabelled -> {write_clean}")  # fmt: skip
+    console.print(f"report written to {paths['report.html']}, issues to {paths['issues.csv']}")
 
 
 @app.command()

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,7 +24,15 @@ from tlearn.data.images import decode_image, load_array_image, read_bytes, to_rg
 from tlearn.data.loader import check_images
 from tlearn.exceptions import DataError, ImageReadError
 
-__all__ = ["NEAR_THRESHOLD", "Pair", "exact_duplicates", "near_duplicates", "pixel_hashes"]
+__all__ = [
+    "NEAR_THRESHOLD",
+    "Pair",
+    "exact_duplicates",
+    "iter_decoded",
+    "near_duplicates",
+    "pixel_hash",
+    "pixel_hashes",
+]
 
 #: Default centred cosine similarity above which two images are near duplicates. Measured
 #: on 150 CIFAR-10 test images (lite0, default features): distinct pairs at most 0.71
@@ -44,26 +53,37 @@ class Pair:
     similarity: float
 
 
-def pixel_hashes(X: object) -> tuple[list[str | None], dict[int, str]]:
-    """One hash of the decoded RGB pixels per image (None for an unreadable one), and the
-    reason each unreadable image could not be read."""
+def iter_decoded(X: object) -> Iterator[tuple[int, np.ndarray | None, str]]:
+    """``(index, RGB pixels or None, error)`` for each image of ``X`` (paths or an array),
+    in order; an unreadable image gives its reason, never an exception."""
     images = check_images(X)
-    hashes: list[str | None] = []
-    errors: dict[int, str] = {}
     for index in range(len(images)):
         try:
             if isinstance(images, np.ndarray):
                 img = load_array_image(images, index)
             else:
                 img = decode_image(read_bytes(str(images[index])), str(images[index]))
-            arr = np.ascontiguousarray(np.asarray(to_rgb(img)))
+            yield index, np.ascontiguousarray(np.asarray(to_rgb(img))), ""
         except (ImageReadError, OSError) as err:
-            hashes.append(None)
-            errors[index] = str(err)
-            continue
-        digest = hashlib.sha256(repr(arr.shape).encode())
-        digest.update(arr.tobytes())
-        hashes.append(digest.hexdigest())
+            yield index, None, str(err)
+
+
+def pixel_hash(arr: np.ndarray) -> str:
+    """SHA-256 of decoded pixels and their shape."""
+    digest = hashlib.sha256(repr(arr.shape).encode())
+    digest.update(arr.tobytes())
+    return digest.hexdigest()
+
+
+def pixel_hashes(X: object) -> tuple[list[str | None], dict[int, str]]:
+    """One hash of the decoded RGB pixels per image (None for an unreadable one), and the
+    reason each unreadable image could not be read."""
+    hashes: list[str | None] = []
+    errors: dict[int, str] = {}
+    for index, arr, error in iter_decoded(X):
+        hashes.append(None if arr is None else pixel_hash(arr))
+        if arr is None:
+            errors[index] = error
     return hashes, errors
 
 

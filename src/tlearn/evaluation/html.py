@@ -18,7 +18,7 @@ from tlearn.evaluation.metrics import Metrics
 from tlearn.evaluation.plots import write_plots
 from tlearn.exceptions import ImageReadError
 
-__all__ = ["render_html", "save_report"]
+__all__ = ["PAGE_CSS", "html_table", "image_data_uri", "render_html", "save_report"]
 
 
 def _png_data_uri(path: str | os.PathLike[str]) -> str:
@@ -33,7 +33,12 @@ def _thumbnail(report: Metrics, mistake: dict[str, Any], size: int = 96) -> str:
             img = decode_image(read_bytes(mistake["path"]), mistake["path"], min_side=size)
     except ImageReadError:
         return ""
-    img = img.copy()
+    return image_data_uri(img, size)
+
+
+def image_data_uri(img: Image.Image, size: int = 96) -> str:
+    """A JPEG thumbnail as a data: URI (tiny images enlarged, pixelated, not blurred)."""
+    img = img.convert("RGB")
     img.thumbnail((size, size), Image.Resampling.LANCZOS)
     if max(img.size) < size:  # tiny images (CIFAR's 32 px) are shown enlarged, pixelated
         scale = size // max(img.size)
@@ -43,7 +48,7 @@ def _thumbnail(report: Metrics, mistake: dict[str, Any], size: int = 96) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-_CSS = """
+PAGE_CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#222}
 h1{font-size:22px}h2{font-size:18px;margin-top:28px;border-bottom:1px solid #ddd}
 .cards{display:flex;flex-wrap:wrap;gap:12px}.card{background:#f4f6fa;border-radius:8px;
@@ -70,14 +75,14 @@ def render_html(report: Metrics, title: str, plots: dict[str, str] | None = None
     e = html.escape
     out = [
         f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}</title>"
-        f"<style>{_CSS}</style></head><body><h1>{e(title)}</h1>",
+        f"<style>{PAGE_CSS}</style></head><body><h1>{e(title)}</h1>",
         _summary(report),
         "<div class='cards'>",
         *(f"<div class='card'>{e(name)}<b>{value:.4f}</b></div>" for name, value in _cards(report)),
         "</div><h2>Plots</h2><div class='plots'>",
         *(f"<img alt='{e(name)}' src='{_png_data_uri(path)}'>" for name, path in plots.items()),
         "</div><h2>Per class</h2>",
-        _table(
+        html_table(
             ["class", "precision", "recall", "F1", "support"],
             [
                 [
@@ -91,7 +96,7 @@ def render_html(report: Metrics, title: str, plots: dict[str, str] | None = None
             ],
         ),  # fmt: skip
         "<h2>Most confused pairs</h2>",
-        _table(
+        html_table(
             ["true", "predicted as", "images"],
             [[p["true"], p["predicted"], p["count"]] for p in report.confused_pairs],
         ),
@@ -101,7 +106,9 @@ def render_html(report: Metrics, title: str, plots: dict[str, str] | None = None
     ]
     if report.failed:
         out.append("<h2>Images that could not be read</h2>")
-        out.append(_table(["path", "reason"], [[f["path"], f["reason"]] for f in report.failed]))
+        out.append(
+            html_table(["path", "reason"], [[f["path"], f["reason"]] for f in report.failed])
+        )
     out.append("</body></html>")
     return "\n".join(out)
 
@@ -132,7 +139,7 @@ def _summary(report: Metrics) -> str:
     return text + ".</p>"
 
 
-def _table(headers: list[str], rows: list[list[Any]]) -> str:
+def html_table(headers: list[str], rows: list[list[Any]]) -> str:
     """An HTML table, every cell escaped."""
     e = html.escape
     head = "".join(f"<th>{e(h)}</th>" for h in headers)

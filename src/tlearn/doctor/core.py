@@ -1,0 +1,302 @@
+"""``inspect``: every check of the doctor over a labelled set (and its test set), from one
+decode of each image and one featurisation, as one table of findings."""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from tlearn._log import logger
+from tlearn.doctor.duplicates import (
+    NEAR_THRESHOLD,
+    exact_duplicates,
+    iter_decoded,
+    near_duplicates,
+    pixel_hash,
+)
+from tlearn.doctor.labels import find_label_issues, label_quality
+from tlearn.doctor.quality import THRESHOLDS, image_properties, quality_scores
+from tlearn.exceptions import DataError
+
+__all__ = ["ISSUE_TYPES", "Findings", "inspect"]
+
+#: Every issue type, in report order, with what it means.
+ISSUE_TYPES = {
+    "unreadable": "the file cannot be decoded (the reason is given)",
+    "exact_duplicate": "the same decoded pixels as the partner image",
+    "near_duplicate": "the same shot as the partner (resized, re-encoded, recoloured...)",
+    "leakage": "a test image with a near or exact duplicate in the training set",
+    "label_issue": "confidently predicted (out of fold) as another class",
+    "outlier": "far from its own class in feature space",
+    "class_imbalance": "a class with under a fifth of the median class's images",
+    **{name: f"image quality: {name.replace('_', ' ')}" for name in THRESHOLDS},
+}
+COLUMNS = ("path", "split", "issue", "score", "partner", "given_label", "suggested_label")
+#: An image is an outlier when its distance to its class centre is above Q3 + 3 IQR of
+#: its class's distances (the rule cleanvision uses for odd sizes).
+OUTLIER_IQR = 3.0
+IMBALANCE = 0.2
+
+
+@dataclass
+class Findings:
+    """One row per flagged image and issue (a table: filter it, or ``to_pandas()``)."""
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    summary: dict[str, Any] = field(default_factory=dict)
+    #: Every labelled image's label quality (out-of-fold probability of its given label;
+    #: lower is more likely wrong), for ranking and ROC curves beyond the flagged rows.
+    label_quality: dict[str, float] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __iter__(self) -> Any:
+        return iter(self.rows)
+
+    def of(self, issue: str) -> list[dict[str, Any]]:
+        """The rows of one issue type, most severe first."""
+        return [r for r in self.rows if r["issue"] == issue]
+
+    def counts(self) -> dict[str, int]:
+        return {t: n for t in ISSUE_TYPES if (n := len(self.of(t)))}
+
+    def to_pandas(self) -> Any:
+        import pandas as pd
+
+        return pd.DataFrame(self.rows, columns=list(COLUMNS))
+
+    def to_csv(self, path: str | os.PathLike[str]) -> None:
+        with open(path, "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=COLUMNS)
+            writer.writeheader()
+            writer.writerows(self.rows)
+
+
+@dataclass
+class _Set:
+    """The images of both splits, decoded once: names, labels, hashes, quality."""
+
+    paths: list[str]
+    split: list[str]
+    labels: np.ndarray | None
+    hashes: list[str | None] = field(default_factory=list)
+    props: list[dict[str, Any]] = field(default_factory=list)
+    readable: list[int] = field(default_factory=list)
+    errors: dict[int, str] = field(default_factory=dict)
+
+    def row(self, i: int, issue: str, score: float, **extra: Any) -> dict[str, Any]:
+        given = "" if self.labels is None else self.labels[i]
+        return {"path": self.paths[i], "split": self.split[i], "issue": issue,
+                "score": round(float(score), 4), "partner": extra.get("partner", ""),
+                "given_label": given, "suggested_label": extra.get("suggested", "")}  # fmt: skip
+
+
+def _names(X: Any, prefix: str) -> list[str]:
+    if isinstance(X, np.ndarray) and X.dtype != object:
+        return [f"{prefix}[{i}]" for i in range(len(X))]
+    return [str(p) for p in X]
+
+
+def _scan(X: Any, X_test: Any, y: Any, y_test: Any, say: Callable[[str], None]) -> _Set:
+    n_test = 0 if X_test is None else len(X_test)
+    labels = None
+    if y is not None:
+        labels = np.concatenate([np.asarray(y, dtype=object),
+                                 np.asarray(y_test if y_test is not None else [None] * n_test,
+                                            dtype=object)])  # fmt: skip
+    data = _Set(_names(X, "train") + ([] if X_test is None else _names(X_test, "test")),
+                ["train"] * len(X) + ["test"] * n_test, labels)  # fmt: skip
+    say(f"doctor: reading {len(data.paths)} images")
+    sources = [X] if X_test is None else [X, X_test]
+    offset = 0
+    for source in sources:
+        for index, arr, error in iter_decoded(source):
+            i = offset + index
+            data.hashes.append(None if arr is None else pixel_hash(arr))
+            if arr is None:
+                data.errors[i] = error
+                continue
+            from PIL import Image
+
+            data.props.append(image_properties(Image.fromarray(arr)))
+            data.readable.append(i)
+        offset += len(source)
+    return data
+
+
+def _features(data: _Set, X: Any, X_test: Any, params: dict[str, Any]) -> np.ndarray:
+    """Features of the readable images, in ``data.readable`` order."""
+    from tlearn.features import PretrainedFeatures
+
+    def take(source: Any, idx: list[int]) -> Any:
+        return source[idx] if isinstance(source, np.ndarray) else [source[i] for i in idx]
+
+    n = len(X)
+    parts = [take(X, [i for i in data.readable if i < n])]
+    if X_test is not None:
+        parts.append(take(X_test, [i - n for i in data.readable if i >= n]))
+    est = PretrainedFeatures(**params).fit(parts[0] if len(parts[0]) else None)
+    return np.concatenate([est.transform(p) for p in parts if len(p)])
+
+
+def inspect(
+    X: Any,
+    y: Any = None,
+    X_test: Any = None,
+    y_test: Any = None,
+    *,
+    near_threshold: float | None = None,
+    say: Callable[[str], None] = logger.info,
+    **feature_params: Any,
+) -> Findings:
+    """Find unreadable files, exact and near duplicates, train/test leakage, likely label
+    errors, outliers, class imbalance and image-quality problems.
+
+    Parameters
+    ----------
+    X, X_test : image paths or uint8 array
+        The training images and, optionally, the test images.
+    y, y_test : array-like, optional
+        Their labels (without ``y`` the label checks are left out).
+    near_threshold : float, optional
+        Centred cosine similarity for near duplicates (default
+        :data:`tlearn.doctor.duplicates.NEAR_THRESHOLD`).
+    **feature_params
+        :class:`tlearn.PretrainedFeatures` parameters (``backbone``, ``cache_dir``...).
+
+    Returns
+    -------
+    Findings
+        ``rows`` (path, split, issue, score, partner, given_label, suggested_label) and a
+        ``summary``.
+    """
+    if y is not None and len(y) != len(X):
+        raise DataError(f"{len(X)} training images but {len(y)} labels")
+    data = _scan(X, X_test, y, y_test, say)
+    quality: dict[str, float] = {}
+    rows = [data.row(i, "unreadable", 0.0, partner=reason) for i, reason in data.errors.items()]
+    rows += _duplicates_by_pixels(data)
+    if data.props:
+        rows += _quality(data)
+    if len(data.readable) >= 2:
+        say(f"doctor: features of {len(data.readable)} images")
+        F = _features(data, X, X_test, {"verbose": 1, **feature_params})
+        rows += _near(data, F, near_threshold)
+        if data.labels is not None:
+            rows += _label_checks(data, F, say, quality)
+    findings = Findings(rows, label_quality=quality)
+    findings.summary = _summary(data, findings)
+    return findings
+
+
+def _duplicates_by_pixels(data: _Set) -> list[dict[str, Any]]:
+    rows = []
+    for pair in exact_duplicates(data.hashes):
+        i, j = pair.i, pair.j
+        issue = "leakage" if data.split[i] != data.split[j] else "exact_duplicate"
+        if data.split[i] == "test" and data.split[j] == "train":
+            i, j = j, i
+        rows.append(data.row(j, issue, 1.0, partner=data.paths[i]))
+    return rows
+
+
+def _quality(data: _Set) -> list[dict[str, Any]]:
+    rows = []
+    for issue, scores in quality_scores(data.props).items():
+        for k in np.flatnonzero(scores < THRESHOLDS[issue]):
+            rows.append(data.row(data.readable[k], issue, scores[k]))
+    return sorted(rows, key=lambda r: (r["issue"], r["score"]))
+
+
+def _near(data: _Set, F: np.ndarray, threshold: float | None) -> list[dict[str, Any]]:
+    exact = {frozenset((r["path"], r["partner"])) for r in _duplicates_by_pixels(data)}
+    rows = []
+    for pair in near_duplicates(F, threshold=threshold or NEAR_THRESHOLD):
+        i, j = data.readable[pair.i], data.readable[pair.j]
+        if frozenset((data.paths[i], data.paths[j])) in exact:
+            continue
+        issue = "leakage" if data.split[i] != data.split[j] else "near_duplicate"
+        if data.split[i] == "test" and data.split[j] == "train":
+            i, j = j, i
+        rows.append(data.row(j, issue, pair.similarity, partner=data.paths[i]))
+    return rows
+
+
+def _label_checks(
+    data: _Set, F: np.ndarray, say: Callable[[str], None], quality: dict[str, float]
+) -> list[dict[str, Any]]:
+    labels = data.labels
+    assert labels is not None
+    known = [k for k, i in enumerate(data.readable) if labels[i] is not None]
+    names, y = np.unique(labels[[data.readable[k] for k in known]].astype(str), return_inverse=True)
+    rows = _imbalance(data, names, np.bincount(y))
+    if len(names) < 2 or np.bincount(y).min() < 2:
+        return rows
+    say("doctor: out-of-fold probabilities (linear probe, k-fold)")
+    proba = _oof_proba(F[known], y)
+    issues = find_label_issues(y, proba)
+    for k, score in enumerate(label_quality(y, proba)):
+        quality[data.paths[data.readable[known[k]]]] = float(score)
+    for k, suggested, score in zip(issues.indices, issues.suggested, issues.scores, strict=True):
+        rows.append(data.row(data.readable[known[k]], "label_issue", score,
+                             suggested=names[suggested]))  # fmt: skip
+    return rows + _outliers(data, F[known], y, [data.readable[k] for k in known])
+
+
+def _oof_proba(F: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Calibrated out-of-fold probabilities of every image (stratified k-fold, C tuned)."""
+    from sklearn.model_selection import StratifiedKFold
+
+    from tlearn.calibration import softmax
+    from tlearn.probe import tune_linear_head
+
+    folds = int(min(5, np.bincount(y).min()))
+    head = tune_linear_head(F, y, cv=StratifiedKFold(folds, shuffle=True, random_state=0))
+    assert head.oof_scores is not None and head.oof_index is not None
+    proba = np.full((len(y), head.oof_scores.shape[1]), np.nan)
+    proba[head.oof_index] = softmax(head.oof_scores, head.temperature)
+    return proba
+
+
+def _outliers(data: _Set, F: np.ndarray, y: np.ndarray, index: list[int]) -> list[dict[str, Any]]:
+    G = F - F.mean(axis=0)
+    G /= np.maximum(np.linalg.norm(G, axis=1, keepdims=True), 1e-12)
+    rows = []
+    for c in np.unique(y):
+        members = np.flatnonzero(y == c)
+        centre = G[members].mean(axis=0)
+        centre /= max(float(np.linalg.norm(centre)), 1e-12)
+        distance = 1 - G[members] @ centre
+        q1, q3 = np.percentile(distance, [25, 75])
+        for k in np.flatnonzero(distance > q3 + OUTLIER_IQR * (q3 - q1)):
+            rows.append(data.row(index[members[k]], "outlier", 1 - distance[k]))
+    return rows
+
+
+def _imbalance(data: _Set, names: np.ndarray, counts: np.ndarray) -> list[dict[str, Any]]:
+    median = float(np.median(counts))
+    return [
+        {"path": "", "split": "train", "issue": "class_imbalance",
+         "score": round(n / median, 4), "partner": "", "given_label": name,
+         "suggested_label": ""}
+        for name, n in zip(names, counts, strict=True) if n < IMBALANCE * median
+    ]  # fmt: skip
+
+
+def _summary(data: _Set, findings: Findings) -> dict[str, Any]:
+    flagged = {r["path"] for r in findings.rows if r["path"]}
+    return {
+        "images": len(data.paths),
+        "train": data.split.count("train"),
+        "test": data.split.count("test"),
+        "unreadable": len(data.errors),
+        "images_flagged": len(flagged),
+        "issues": findings.counts(),
+        "thresholds": {**THRESHOLDS, "outlier_iqr": OUTLIER_IQR, "class_imbalance": IMBALANCE},
+    }
