@@ -3,9 +3,11 @@ decode of each image and one featurisation, as one table of findings."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -97,6 +99,21 @@ class _Set:
                 "given_label": given, "suggested_label": extra.get("suggested", "")}  # fmt: skip
 
 
+class _Clock:
+    """Seconds per stage: ``with clock("stage"): ...``."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[stage] = round(time.perf_counter() - t0, 2)
+
+
 def _names(X: Any, prefix: str) -> list[str]:
     if isinstance(X, np.ndarray) and X.dtype != object:
         return [f"{prefix}[{i}]" for i in range(len(X))]
@@ -178,20 +195,24 @@ def inspect(
     """
     if y is not None and len(y) != len(X):
         raise DataError(f"{len(X)} training images but {len(y)} labels")
-    data = _scan(X, X_test, y, y_test, say)
-    quality: dict[str, float] = {}
-    rows = [data.row(i, "unreadable", 0.0, partner=reason) for i, reason in data.errors.items()]
-    rows += _duplicates_by_pixels(data)
-    if data.props:
-        rows += _quality(data)
+    clock = _Clock()
+    with clock("read, hash and quality"):
+        data = _scan(X, X_test, y, y_test, say)
+        quality: dict[str, float] = {}
+        rows = [data.row(i, "unreadable", 0.0, partner=r) for i, r in data.errors.items()]
+        rows += _duplicates_by_pixels(data)
+        rows += _quality(data) if data.props else []
     if len(data.readable) >= 2:
         say(f"doctor: features of {len(data.readable)} images")
-        F = _features(data, X, X_test, {"verbose": 1, **feature_params})
-        rows += _near(data, F, near_threshold)
+        with clock("features"):
+            F = _features(data, X, X_test, {"verbose": 1, **feature_params})
+        with clock("near duplicates"):
+            rows += _near(data, F, near_threshold)
         if data.labels is not None:
-            rows += _label_checks(data, F, say, quality)
+            with clock("labels and outliers"):
+                rows += _label_checks(data, F, say, quality)
     findings = Findings(rows, label_quality=quality)
-    findings.summary = _summary(data, findings)
+    findings.summary = {**_summary(data, findings), "seconds": clock.seconds}
     return findings
 
 

@@ -1,0 +1,75 @@
+"""`tlearn doctor` on the CIFAR-10 JPEG zip, in one run: time per stage and in total, peak
+memory, how many test images have a near duplicate in train, and precision/recall (and
+AUROC) of the label-issue flag after flipping a fraction of the training labels at random.
+
+    python benchmarks/doctor.py                      # all 60,000 images (about 25 min on 2 cores)
+    python benchmarks/doctor.py --per-class 500      # a quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import time
+from pathlib import Path
+
+import numpy as np
+
+from tlearn.doctor import inspect
+from tlearn.training import load_labelled
+
+ZIP = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg.zip"
+
+
+def flip(y: np.ndarray, fraction: float, seed: int = 0) -> tuple[np.ndarray, set[int]]:
+    """``y`` with ``fraction`` of its labels moved to another class, at random."""
+    rng = np.random.default_rng(seed)
+    classes = np.unique(y)
+    chosen = rng.choice(len(y), int(round(fraction * len(y))), replace=False)
+    noisy = y.copy()
+    for i in chosen:
+        noisy[i] = rng.choice(classes[classes != y[i]])
+    return noisy, set(chosen.tolist())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--per-class", type=int, default=None, help="training images per class")
+    parser.add_argument("--test-per-class", type=int, default=None)
+    parser.add_argument("--flip", type=float, default=0.05)
+    parser.add_argument("--cache-dir", default=None)
+    args = parser.parse_args()
+    X, y = load_labelled(f"{ZIP}/train", args.per_class)
+    X_test, y_test = load_labelled(f"{ZIP}/test", args.test_per_class)
+    noisy, flipped = flip(y, args.flip)
+    t0 = time.perf_counter()
+    findings = inspect(X, noisy, X_test, y_test, cache_dir=args.cache_dir, say=print)
+    total = time.perf_counter() - t0
+    index = {p: i for i, p in enumerate(X)}
+    flagged = {index[r["path"]] for r in findings.of("label_issue") if r["path"] in index}
+    hits = len(flagged & flipped)
+    quality = np.array([findings.label_quality.get(p, np.nan) for p in X])
+    is_flipped = np.isin(np.arange(len(X)), list(flipped))
+    ok = np.isfinite(quality)
+    ranks = (-quality[ok]).argsort().argsort()  # low quality -> high rank
+    pos = is_flipped[ok]
+    auroc = (ranks[pos].mean() - (pos.sum() - 1) / 2) / (~pos).sum()
+    leaks = {r["path"] for r in findings.of("leakage")}
+    print(f"\n{len(X)} training + {len(X_test)} test images; {len(flipped)} labels flipped")
+    for stage, seconds in findings.summary["seconds"].items():
+        print(f"  {stage:<24} {seconds / 60:6.1f} min")
+    print(f"  {'total':<24} {total / 60:6.1f} min ({len(X) + len(X_test)} images, "
+          f"{(len(X) + len(X_test)) / total:.0f} images/s)")  # fmt: skip
+    print(f"test images with a near or exact duplicate in train: {len(leaks)}")
+    print(f"near duplicates within train: {len(findings.of('near_duplicate'))}, "
+          f"exact: {len(findings.of('exact_duplicate'))}")  # fmt: skip
+    precision, recall = hits / max(1, len(flagged)), hits / len(flipped)
+    print(f"label issues flagged in train: {len(flagged)}; precision {precision:.3f}, "
+          f"recall {recall:.3f}; AUROC of the label-quality score {auroc:.3f}")  # fmt: skip
+    print(f"issues: {findings.counts()}")
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"peak memory (max RSS): {peak:.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()
