@@ -73,8 +73,15 @@ def main() -> None:
     y, y_test = names[train.target], names[test.target]
     X, X_test = list(train.filenames), list(test.filenames)
     print(f"CIFAR-10 zip: {len(X)} training images, {len(X_test)} test images")
+    est, torch_now, F_test_new = end_to_end(args, X, X_test)
+    probe_agreement(args, est, torch_now, F_test_new, X, y, X_test, y_test)
+    model_only(args, est)
+    if not args.skip_memory:
+        memory(args)
 
-    # 1. end to end: the default engine against the naive loop, the 0.1 default and torch
+
+def end_to_end(args, X, X_test):
+    """1. The default engine against the naive loop, the 0.1 default and torch."""
     refs = X_test[: args.ref_n]
     rates = {"naive eager loop": _rate(lambda: naive_loop(args.backbone, refs), len(refs))}
     old = PretrainedFeatures(args.backbone, engine="torch", crop="center", pooling="last",
@@ -96,8 +103,11 @@ def main() -> None:
           "test images")  # fmt: skip
     for name, r in rates.items():
         print(f"  = {rate / r:.2f}x {name}")
+    return est, torch_now, F_test_new
 
-    # 2. probe accuracy on the default engine's features vs fp32 torch's (same recipe)
+
+def probe_agreement(args, est, torch_now, F_test_new, X, y, X_test, y_test):
+    """2. Probe accuracy on the default engine's features vs fp32 torch's (same recipe)."""
     t0 = time.perf_counter()
     F, F_test = torch_now.transform(X), torch_now.transform(X_test)
     print(f"fp32 torch features: {time.perf_counter() - t0:.0f} s (cached in {args.cache_dir})")
@@ -112,7 +122,9 @@ def main() -> None:
     diff = 100 * (accs[est.engine_] - accs["fp32 torch"])
     print(f"{est.engine_} - fp32 torch: {diff:+.2f} points")
 
-    # 3. model-only of the chosen engine, batch 32 at the backbone's size
+
+def model_only(args, est):
+    """3. Model-only images/s of the chosen engine, batch 32 at the backbone's size."""
     engine = est._engine
     size = est.preprocessing_.input_size
     batch = np.random.default_rng(0).integers(0, 256, (32, size, size, 3), dtype=np.uint8)
@@ -121,28 +133,29 @@ def main() -> None:
     while time.perf_counter() - t0 < 10:
         engine(batch)
         n += 32
-    model_only = n / (time.perf_counter() - t0)
+    rate = n / (time.perf_counter() - t0)
     best = TABLE_BEST.get(args.backbone)
-    versus = f" = {100 * model_only / best:.0f}% of the table's best {best:.0f}/s" if best else ""
-    print(f"model only ({engine.name}, batch 32, {size} px): {model_only:.1f} images/s{versus}")
+    versus = f" = {100 * rate / best:.0f}% of the table's best {best:.0f}/s" if best else ""
+    print(f"model only ({engine.name}, batch 32, {size} px): {rate:.1f} images/s{versus}")
 
-    # 4. peak memory, each size in a fresh process
-    if not args.skip_memory:
-        peaks = {}
-        for n_images in (5000, 50000):
-            out = subprocess.run(
-                [sys.executable, __file__, "--zip", args.zip, "--engine", args.engine]
-                + ["--memory-child", str(n_images)],
-                capture_output=True,
-                text=True,
-                check=True,
-            ).stdout.split()
-            peaks[n_images] = float(out[1])
-            print(
-                f"featurising {n_images} images: peak RSS {out[1]} MiB, {out[2]} s "
-                f"({n_images / float(out[2]):.0f} images/s with set-up)"
-            )
-        print(f"peak 50k / 5k: {peaks[50000] / peaks[5000]:.2f} (goal: <= 1.5)")
+
+def memory(args):
+    """4. Peak memory, each size in a fresh process."""
+    peaks = {}
+    for n_images in (5000, 50000):
+        out = subprocess.run(
+            [sys.executable, __file__, "--zip", args.zip, "--engine", args.engine]
+            + ["--memory-child", str(n_images)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+        peaks[n_images] = float(out[1])
+        print(
+            f"featurising {n_images} images: peak RSS {out[1]} MiB, {out[2]} s "
+            f"({n_images / float(out[2]):.0f} images/s with set-up)"
+        )
+    print(f"peak 50k / 5k: {peaks[50000] / peaks[5000]:.2f} (goal: <= 1.5)")
 
 
 if __name__ == "__main__":
