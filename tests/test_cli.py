@@ -181,6 +181,7 @@ def test_predict_with_the_backbones_own_imagenet_head(tmp_path):
     ("flags", "message"),
     [
         (["--method", "finetune", "--optimizer", "adam"], "Did you mean 'adamw'"),
+        (["--optimizer", "adam"], "Did you mean 'adamw'"),  # --method auto checks it at once
         (["--device", "cuda"], "sees no CUDA GPU"),
         (["--engine", "nope"], "'engine' parameter of LinearProbe must be one of"),
         (

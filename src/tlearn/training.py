@@ -207,6 +207,8 @@ def train(data: str | os.PathLike[str], **options: Any) -> TrainResult:
             raise DataError(f"the output folder {str(Path(req.out).parent)!r} does not exist")
     t0 = time.perf_counter()
     model = make_estimator(req.method, **req.common, **req.params)
+    if req.method == "auto":  # its fine-tuning candidate's flags are checked now, too
+        make_estimator("lp-ft", **req.common, **req.params)
     if req.resume and "strategy" not in model.get_params():
         raise DataError("resume continues an interrupted fine-tuning run; the probe has none")
     X, y = load_labelled(req.data, req.max_per_class, req.seed)
