@@ -33,10 +33,10 @@ def _isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest
 
 @pytest.fixture(scope="session")
 def cifar_zip() -> Path:
-    """The real CIFAR-10 JPEG zip, for the accuracy tests (marked ``needs_data``)."""
+    """The real CIFAR-10 JPEG zip, for the tests on real photos (marked ``needs_data``)."""
     if not CIFAR_ZIP.is_file():
         pytest.skip(
-            f"accuracy test on real data: the CIFAR-10 JPEG zip is not at {CIFAR_ZIP} "
+            f"needs real photos: the CIFAR-10 JPEG zip is not at {CIFAR_ZIP} "
             "(tests read ../shared/data/cifar10-jpeg.zip, or set TLEARN_CIFAR_ZIP)"
         )
     return CIFAR_ZIP
