@@ -79,6 +79,16 @@ def test_auto_keeps_the_best_candidate_within_its_budget(folder, tmp_path, monke
         tlearn.train(folder, method="auto", time_budget=0.5, **SMALL)
 
 
+def test_the_default_budget_never_fails_it_fits_the_cheapest_probe(folder, monkeypatch):
+    from tlearn import automl
+
+    monkeypatch.setattr(automl, "DEFAULT_TIME_BUDGET", 0.5)  # nothing fits
+    said: list[str] = []
+    result = tlearn.train(folder, Cs=[0.1], image_size=32, say=said.append)  # no budget given
+    assert result.leaderboard[0]["chosen"] and result.model.C_ == 0.1
+    assert any("over the default budget" in line and "fitting it alone" in line for line in said)
+
+
 def test_small_images_are_enlarged_whole_and_large_ones_cropped():
     pre = Preprocessing(64, (0.5,) * 3, (0.5,) * 3, "bilinear", 0.875, crop_small=False)
     small = np.zeros((32, 32, 3), np.uint8)
