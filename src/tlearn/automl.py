@@ -196,8 +196,8 @@ def _first_probe(
     common: dict[str, Any],
     params: dict[str, Any],
     share: float,
-    explicit: bool = True,
-    say: Callable[[str], None] = print,
+    explicit: bool,
+    say: Callable[[str], None],
 ) -> Candidate:
     """The probe with the best feature settings whose measured cost fits ``share``. When
     none fits: an error naming the time needed if the budget was the user's, else (the

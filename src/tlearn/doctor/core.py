@@ -130,6 +130,8 @@ def _scan(X: Any, X_test: Any, y: Any, y_test: Any, say: Callable[[str], None]) 
     data = _Set(_names(X, "train") + ([] if X_test is None else _names(X_test, "test")),
                 ["train"] * len(X) + ["test"] * n_test, labels)  # fmt: skip
     say(f"doctor: reading {len(data.paths)} images")
+    from PIL import Image
+
     sources = [X] if X_test is None else [X, X_test]
     offset = 0
     for source in sources:
@@ -139,8 +141,6 @@ def _scan(X: Any, X_test: Any, y: Any, y_test: Any, say: Callable[[str], None]) 
             if arr is None:
                 data.errors[i] = error
                 continue
-            from PIL import Image
-
             data.props.append(image_properties(Image.fromarray(arr)))
             data.readable.append(i)
         offset += len(source)
@@ -207,7 +207,9 @@ def inspect(
         with clock("features"):
             F = _features(data, X, X_test, {"verbose": 1, **feature_params})
         with clock("near duplicates"):
-            rows += _near(data, F, near_threshold)
+            exact = {frozenset((r["path"], r["partner"])) for r in rows
+                     if r["issue"] in ("exact_duplicate", "leakage")}  # fmt: skip
+            rows += _near(data, F, near_threshold, exact)
         if data.labels is not None:
             with clock("labels and outliers"):
                 rows += _label_checks(data, F, say, quality)
@@ -235,8 +237,10 @@ def _quality(data: _Set) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: (r["issue"], r["score"]))
 
 
-def _near(data: _Set, F: np.ndarray, threshold: float | None) -> list[dict[str, Any]]:
-    exact = {frozenset((r["path"], r["partner"])) for r in _duplicates_by_pixels(data)}
+def _near(
+    data: _Set, F: np.ndarray, threshold: float | None, exact: set[frozenset[str]]
+) -> list[dict[str, Any]]:
+    """Near-duplicate and leakage rows, leaving out the pairs already found exact."""
     rows = []
     for pair in near_duplicates(F, threshold=threshold or NEAR_THRESHOLD):
         i, j = data.readable[pair.i], data.readable[pair.j]
