@@ -425,6 +425,72 @@ class _row_progress:
             self.bar.stop()
 
 
+_SERVE = "Server limits"
+
+
+@app.command()
+def serve(
+    model: Annotated[
+        str,
+        typer.Argument(
+            help="A model file from `tlearn fit`, an export (.onnx/.xml), or imagenet:BACKBONE."
+        ),
+    ],
+    host: Annotated[
+        str, typer.Option(help="Address to listen on; 0.0.0.0 for every interface.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    engine: EngineOpt = None,
+    max_batch_size: Annotated[
+        int, typer.Option(help="Most images per engine call.", rich_help_panel=_SERVE)
+    ] = 8,
+    max_queue: Annotated[
+        int | None,
+        typer.Option(
+            help="Most images admitted at once; more get 503 + Retry-After. "
+            "Default: what the engine finishes in 150 ms, measured at start.",
+            rich_help_panel=_SERVE,
+        ),
+    ] = None,
+    max_body_mb: Annotated[
+        float, typer.Option(help="Largest request body.", rich_help_panel=_SERVE)
+    ] = 20.0,
+    max_pixels: Annotated[
+        int, typer.Option(help="Largest image (width x height).", rich_help_panel=_SERVE)
+    ] = 40_000_000,
+    timeout_s: Annotated[
+        float, typer.Option(help="Each request's deadline (504 after).", rich_help_panel=_SERVE)
+    ] = 10.0,
+    api_key_env: Annotated[
+        str | None,
+        typer.Option(
+            help="Name of an environment variable holding the API key; without it, no key "
+            "is asked for.",
+        ),
+    ] = None,
+    top_k: Annotated[int, typer.Option(help="Predictions per image by default.")] = 5,
+    log_level: Annotated[str, typer.Option(help="uvicorn's log level.")] = "info",
+) -> None:
+    r"""Serve MODEL over HTTP: POST /v1/predict, a web page at /, /docs, /metrics, probes.
+
+    Needs the extra: pip install 'tlearn\[serve]'. Stops cleanly on SIGTERM or Ctrl+C:
+    readiness turns 503, admitted requests finish, then the process exits 0."""
+    import os
+
+    from tlearn.serve import ServeConfig, run
+
+    api_key = None
+    if api_key_env is not None:
+        api_key = os.environ.get(api_key_env)
+        if not api_key:
+            _fail(f"--api-key-env {api_key_env}: that environment variable is not set or empty")
+    config = ServeConfig(
+        max_batch_size=max_batch_size, max_queue=max_queue, max_body_mb=max_body_mb,
+        max_pixels=max_pixels, timeout_s=timeout_s, api_key=api_key, top_k=top_k,
+    )  # fmt: skip
+    raise typer.Exit(run(model, config, host=host, port=port, engine=engine, log_level=log_level))
+
+
 @app.command()
 def export(
     model: Annotated[Path, typer.Argument(help="A model file from `tlearn fit`.")],

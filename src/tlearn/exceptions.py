@@ -53,15 +53,18 @@ class DataError(TlearnError, ValueError):
 
 
 class ImageReadError(DataError):
-    """One image could not be read; ``path`` names it and ``reason`` says why."""
+    """One image could not be read; ``path`` names it and ``reason`` says why; ``code`` is
+    the kind of failure, for programs: ``"empty_image"``, ``"unsupported_format"``,
+    ``"too_many_pixels"``, ``"corrupt_image"`` or ``"unreadable"`` (anything else)."""
 
-    def __init__(self, path: str, reason: str) -> None:
+    def __init__(self, path: str, reason: str, code: str = "unreadable") -> None:
         self.path = path
         self.reason = reason
+        self.code = code
         super().__init__(f"cannot read image {path!r}: {reason}")
 
-    def __reduce__(self) -> tuple[type, tuple[str, str]]:
-        return (type(self), (self.path, self.reason))
+    def __reduce__(self) -> tuple[type, tuple[str, str, str]]:
+        return (type(self), (self.path, self.reason, self.code))
 
 
 class UnknownClassError(DataError):

@@ -206,7 +206,14 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def decode_image(data: bytes, path: str = "<bytes>", min_side: int | None = None) -> Image.Image:
+def decode_image(
+    data: bytes | bytearray,
+    path: str = "<bytes>",
+    min_side: int | None = None,
+    *,
+    formats: tuple[str, ...] | None = None,
+    max_pixels: int | None = None,
+) -> Image.Image:
     """Decode image bytes into an upright 8-bit RGB PIL image.
 
     Parameters
@@ -218,33 +225,60 @@ def decode_image(data: bytes, path: str = "<bytes>", min_side: int | None = None
     min_side : int, optional
         The shortest side the caller needs. JPEGs larger than that are decoded at a
         reduced scale (1/2, 1/4 or 1/8), which is several times faster.
+    formats : tuple of str, optional
+        PIL format names to accept (an allow-list: no other decoder is even tried);
+        default: every format PIL knows.
+    max_pixels : int, optional
+        Refuse images with more pixels than this, from the header, before decoding
+        (default: :data:`MAX_IMAGE_PIXELS`).
+
+    Raises
+    ------
+    ImageReadError
+        With ``code`` ``empty_image``, ``unsupported_format``, ``too_many_pixels`` or
+        ``corrupt_image``.
     """
+    limit = MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
+    if formats is not None:
+        Image.init()  # PIL registers its openers lazily; MPO is opened by the JPEG one
+        formats = tuple(f for f in formats if f in Image.OPEN)
     if not data:
-        raise ImageReadError(path, "the file is empty (0 bytes); re-export or remove it")
+        raise ImageReadError(
+            path, "the file is empty (0 bytes); re-export or remove it", "empty_image"
+        )
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))
+            img = Image.open(io.BytesIO(data), formats=formats)
     except UnidentifiedImageError:
+        allowed = ", ".join(formats) if formats else "JPEG or PNG"
         raise ImageReadError(
             path,
-            "not a recognised image format (is it an image at all?); remove it or "
-            "convert it to JPEG or PNG",
+            f"not a recognised image format (is it an image at all?); send {allowed}",
+            "unsupported_format",
         ) from None
     except Image.DecompressionBombError as e:
-        raise ImageReadError(path, f"{e}; resize it first") from None
+        raise ImageReadError(path, f"{e}; resize it first", "too_many_pixels") from None
     except Exception as e:  # PIL raises many types for broken headers
-        raise ImageReadError(path, f"broken image header ({type(e).__name__}: {e})") from None
+        raise ImageReadError(
+            path, f"broken image header ({type(e).__name__}: {e})", "corrupt_image"
+        ) from None
     width, height = img.size
-    if width * height > MAX_IMAGE_PIXELS:
+    if width * height > limit:
         raise ImageReadError(
             path,
             f"the image is {width}x{height} = {width * height:,} pixels, above the safety "
-            f"limit of {MAX_IMAGE_PIXELS:,}; resize it, or raise the limit with the "
-            "environment variable TLEARN_MAX_IMAGE_PIXELS if you trust the file",
+            f"limit of {limit:,}; resize it, or raise the limit "
+            f"({'TLEARN_MAX_IMAGE_PIXELS' if max_pixels is None else 'max_pixels'}) "
+            "if you trust the file",
+            "too_many_pixels",
         )
+    return _load_upright(img, path, min_side)
+
+
+def _load_upright(img: Image.Image, path: str, min_side: int | None) -> Image.Image:
     try:
-        if min_side is not None and img.format == "JPEG" and img.mode in ("RGB", "L"):
+        if min_side is not None and img.format in ("JPEG", "MPO") and img.mode in ("RGB", "L"):
             img.draft(img.mode, (min_side, min_side))
         img.load()
         upright = ImageOps.exif_transpose(img) or img
@@ -255,7 +289,7 @@ def decode_image(data: bytes, path: str = "<bytes>", min_side: int | None = None
         msg = str(e) or type(e).__name__
         if "truncated" in msg:
             msg = f"the file is truncated or corrupt ({msg}); re-export or remove it"
-        raise ImageReadError(path, msg) from None
+        raise ImageReadError(path, msg, "corrupt_image") from None
 
 
 def preprocess_image(img: Image.Image, pre: Preprocessing) -> np.ndarray:

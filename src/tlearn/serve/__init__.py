@@ -1,0 +1,52 @@
+"""``tlearn serve``: an HTTP API and a web page for a tlearn model (extra ``tlearn[serve]``).
+
+- :func:`create_app` returns the ASGI app (FastAPI), to run with any ASGI server or mount in
+  your own app;
+- :func:`run` serves it with uvicorn, draining on SIGTERM;
+- :class:`ServeConfig` holds the limits; :data:`ERROR_CODES` lists every error answer.
+
+The flow of one request: the guard middleware checks the API key and the body size; the
+body is read in memory against the request's deadline; each image is checked (format
+allow-list, pixel count from the header) and decoded in a small thread pool; only then may
+it join the batcher's queue, from which one engine thread takes whatever is waiting.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from tlearn.serve.config import DEFAULT_FORMATS, ServeConfig
+from tlearn.serve.errors import ERROR_CODES, ServeError
+
+if TYPE_CHECKING:
+    from tlearn.serve.app import create_app
+    from tlearn.serve.server import run
+
+__all__ = ["DEFAULT_FORMATS", "ERROR_CODES", "ServeConfig", "ServeError", "create_app", "run"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("create_app", "run"):
+        _require_extra()
+        if name == "create_app":
+            from tlearn.serve.app import create_app
+
+            return create_app
+        from tlearn.serve.server import run
+
+        return run
+    raise AttributeError(f"module 'tlearn.serve' has no attribute {name!r}")
+
+
+def _require_extra() -> None:
+    import importlib.util
+
+    missing = [
+        m
+        for m in ("fastapi", "uvicorn", "python_multipart", "prometheus_client")
+        if importlib.util.find_spec(m) is None
+    ]
+    if missing:
+        from tlearn.exceptions import EngineError
+
+        raise EngineError(f"the server needs {', '.join(missing)}: pip install 'tlearn[serve]'")

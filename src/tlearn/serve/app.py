@@ -1,0 +1,498 @@
+"""The ASGI app: routes, the guard middleware (auth, body limits, request metrics) and the
+JSON error responses. ``create_app`` returns a FastAPI app, which users can mount in their
+own."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from starlette.exceptions import HTTPException
+
+from tlearn.exceptions import TlearnError
+from tlearn.serve.batcher import DeadlineExceeded
+from tlearn.serve.config import ServeConfig
+from tlearn.serve.errors import ERROR_CODES, ServeError, error_body
+from tlearn.serve.service import Service
+from tlearn.serve.uploads import decode_upload, parse_body, parse_top_k
+
+__all__ = ["create_app"]
+
+log = logging.getLogger("tlearn.serve")
+
+_OPEN_PATHS = frozenset({"/", "/livez", "/readyz", "/docs", "/openapi.json", "/favicon.ico"})
+_ROUTES = frozenset(
+    {"/", "/livez", "/readyz", "/docs", "/openapi.json", "/metrics", "/v1/predict", "/v1/model"}
+)
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    422: "invalid_parameter",
+}
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+def create_app(
+    model: Any,
+    config: ServeConfig | None = None,
+    *,
+    engine: str | None = None,
+    device: str | None = None,
+    **limits: Any,
+) -> Any:
+    """The server as an ASGI app (FastAPI).
+
+    Parameters
+    ----------
+    model : Predictor, fitted estimator or str
+        What to serve: a :class:`~tlearn.Predictor`, a fitted estimator, a model file, an
+        export (``.onnx``/``.xml``) or ``imagenet:BACKBONE``. Anything but a ready
+        predictor is loaded in the background when the app starts: ``/readyz`` answers 503
+        until it is loaded and a warm-up batch has run.
+    config : ServeConfig, optional
+        Limits; or give them as keywords (``max_batch_size=8, api_key=...``).
+    engine, device : str, optional
+        Override the model's engine/device when loading it.
+
+    Examples
+    --------
+    >>> from tlearn.serve import create_app  # doctest: +SKIP
+    >>> app = create_app("model.safetensors", max_batch_size=8)  # doctest: +SKIP
+    >>> outer_app.mount("/classifier", app)  # doctest: +SKIP
+    """
+    if config is None or limits:
+        config = ServeConfig(**{**(_fields(config) if config else {}), **limits})
+    options = {k: v for k, v in (("engine", engine), ("device", device)) if v is not None}
+    service = Service(model, config, **options)
+
+    @asynccontextmanager
+    async def lifespan(app: Any) -> Any:
+        service.start(background=True)
+        yield
+        await asyncio.get_running_loop().run_in_executor(None, service.close)
+        log.info("stopped: %d predictions answered", service.answered())
+
+    app = FastAPI(
+        title="tlearn image classifier",
+        version=_version(),
+        description=_api_description(),
+        lifespan=lifespan,
+    )
+    app.state.service = service
+    app.add_middleware(Guard, service=service)
+    _add_error_handlers(app, service)
+    _add_routes(app, service)
+    return app
+
+
+def _fields(config: ServeConfig) -> dict[str, Any]:
+    import dataclasses
+
+    return {f.name: getattr(config, f.name) for f in dataclasses.fields(config)}
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("tlearn")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree
+        return "0"
+
+
+def _api_description() -> str:
+    rows = "\n".join(
+        f"| `{code}` | {status} | {what} |" for code, (status, what) in ERROR_CODES.items()
+    )
+    return (
+        "Classify images with a tlearn model. Every error is "
+        '`{"error": {"code", "message"}}`, with one of these codes:\n\n'
+        "| code | status | when |\n|---|---|---|\n" + rows
+    )
+
+
+# -- middleware -----------------------------------------------------------------------
+class Guard:
+    """Pure ASGI middleware: API key, body limits, request metrics.
+
+    A ``Content-Length`` over the limit is refused before the body is read; a chunked (or
+    lying) body is counted as it arrives and cut off with 413 when it passes the limit.
+    """
+
+    def __init__(self, app: Any, service: Service) -> None:
+        self.app = app
+        self.service = service
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        self.service.start(background=True)  # mounted in another app: no lifespan reaches us
+        path = scope.get("path", "")
+        route = path if path in _ROUTES else "other"
+        status = [0]
+
+        async def send_status(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            refusal = self._refusal(scope, path)
+            if refusal is not None:
+                self.service.metrics.reject(refusal.code)
+                await _send_error(send_status, refusal)
+                return
+            await self.app(scope, self._counted(receive), send_status)
+        finally:
+            self.service.metrics.requests.labels(route=route, status=str(status[0])).inc()
+
+    def _refusal(self, scope: Scope, path: str) -> ServeError | None:
+        config = self.service.config
+        headers = dict(scope.get("headers") or [])
+        needs_key = config.api_key is not None and path not in _OPEN_PATHS
+        if needs_key and not _key_matches(headers, config.api_key or ""):
+            return ServeError(
+                "unauthorized",
+                "this server needs an API key: send 'Authorization: Bearer KEY' or "
+                "'X-API-Key: KEY'",
+                {"WWW-Authenticate": "Bearer"},
+            )
+        length = headers.get(b"content-length")
+        if length is not None:
+            try:
+                n = int(length)
+            except ValueError:
+                return ServeError("bad_request", "Content-Length is not a number")
+            if n > config.max_body_bytes:
+                return _too_large(config, n)
+        return None
+
+    def _counted(self, receive: Receive) -> Receive:
+        limit = self.service.config.max_body_bytes
+        seen = 0
+
+        async def counted() -> dict[str, Any]:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise _too_large(self.service.config, None)
+            return message
+
+        return counted
+
+
+def _key_matches(headers: dict[bytes, bytes], key: str) -> bool:
+    expected = key.encode()
+    given = headers.get(b"x-api-key", b"")
+    auth = headers.get(b"authorization", b"")
+    if auth[:7].lower() == b"bearer ":
+        given = auth[7:].strip()
+    return hmac.compare_digest(given, expected)
+
+
+def _too_large(config: ServeConfig, n: int | None) -> ServeError:
+    size = f"{n:,} bytes" if n is not None else "the body"
+    return ServeError(
+        "payload_too_large",
+        f"{size} is over this server's limit of {config.max_body_mb:g} MB "
+        f"({config.max_body_bytes:,} bytes); send a smaller image",
+    )
+
+
+async def _send_error(send: Send, error: ServeError) -> None:
+    import json
+
+    body = json.dumps(error.body()).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers += [(k.lower().encode(), v.encode()) for k, v in error.headers.items()]
+    if error.status == 413:
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": error.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+# -- errors ---------------------------------------------------------------------------
+def _add_error_handlers(app: Any, service: Service) -> None:
+    def respond(error: ServeError) -> Any:
+        service.metrics.reject(error.code)
+        return JSONResponse(error.body(), error.status, headers=error.headers or None)
+
+    async def on_serve_error(request: Any, exc: Exception) -> Any:
+        assert isinstance(exc, ServeError)
+        return respond(exc)
+
+    async def on_http(request: Any, exc: Exception) -> Any:
+        assert isinstance(exc, HTTPException)
+        code = _HTTP_CODES.get(exc.status_code, "bad_request")
+        message = str(exc.detail) if exc.detail else code.replace("_", " ")
+        if code == "not_found":
+            message = f"no route {request.url.path!r}; see /docs"
+        elif code == "method_not_allowed":
+            message = f"{request.method} is not allowed on {request.url.path}"
+        return respond(ServeError(code, message, dict(exc.headers or {})))
+
+    async def on_validation(request: Any, exc: Exception) -> Any:
+        return respond(ServeError("invalid_parameter", str(exc)[:300]))
+
+    async def on_bug(request: Any, exc: Exception) -> Any:
+        return JSONResponse(error_body("internal", f"{type(exc).__name__}: {exc}"), 500)
+
+    app.add_exception_handler(ServeError, on_serve_error)
+    app.add_exception_handler(HTTPException, on_http)
+    app.add_exception_handler(RequestValidationError, on_validation)
+    app.add_exception_handler(Exception, on_bug)
+
+
+# -- routes ---------------------------------------------------------------------------
+def _add_routes(app: Any, service: Service) -> None:
+    from tlearn.serve.page import page_html
+
+    @app.get("/livez", tags=["probes"])
+    async def livez() -> dict[str, str]:
+        """The process is alive (no model needed)."""
+        return {"status": "alive"}
+
+    @app.get("/readyz", tags=["probes"])
+    async def readyz() -> Any:
+        """200 once the model is loaded and warmed up; 503 before, and while draining."""
+        try:
+            _check_open(service)
+        except ServeError as e:
+            return JSONResponse(e.body(), e.status, headers=e.headers or None)
+        return {"status": "ready"}
+
+    @app.get("/metrics", tags=["probes"])
+    async def metrics() -> Response:
+        """Prometheus text: requests by status, queue/decode/inference time histograms,
+        batch sizes, queue depth, rejections by reason."""
+        body, content_type = service.metrics.render()
+        return Response(body, media_type=content_type)
+
+    @app.get("/v1/model", tags=["model"])
+    async def model() -> dict[str, Any]:
+        """Classes, backbone, preprocessing, engine and the server's limits."""
+        _check_loaded(service)
+        limits = service.config.public()
+        limits["max_queue"] = service.queue_cap
+        return {
+            **service.predictor.describe(),
+            "source": service.model_info["source"],
+            "limits": limits,
+        }
+
+    @app.post("/v1/predict", tags=["model"], openapi_extra=_PREDICT_BODY)
+    async def predict(
+        request: Request,
+        top_k: str | None = Query(None, description="predictions per image (1-1000)"),
+    ) -> Any:
+        """Classify one image, or several (``file`` parts, or a list of ``inputs``): one
+        result or one error per image, in order."""
+        return await _predict(service, request, top_k)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page() -> Any:
+        return HTMLResponse(page_html(service.config), headers=_PAGE_HEADERS)
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    async def favicon() -> Any:
+        return Response(status_code=204)
+
+    del livez, readyz, metrics, model, predict, page, favicon  # registered on the app
+
+
+_PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; img-src data: blob:; style-src "
+    "'unsafe-inline'; script-src 'unsafe-inline'; connect-src 'self'; base-uri 'none'; "
+    "form-action 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Cache-Control": "no-store",
+}
+
+_PREDICT_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "file": {"type": "array", "items": {"type": "string", "format": "binary"}},
+                        "top_k": {"type": "integer"},
+                    },
+                    "required": ["file"],
+                }
+            },
+            "image/*": {"schema": {"type": "string", "format": "binary"}},
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "inputs": {"type": "string", "format": "byte"},
+                        "parameters": {
+                            "type": "object",
+                            "properties": {"top_k": {"type": "integer"}},
+                        },
+                    },
+                    "required": ["inputs"],
+                }
+            },
+        },
+    }
+}
+
+
+def _check_open(service: Service) -> None:
+    if service.draining:
+        raise ServeError(
+            "shutting_down",
+            "the server is shutting down; retry on another replica",
+            {"Retry-After": "1"},
+        )
+    _check_loaded(service)
+
+
+def _check_loaded(service: Service) -> None:
+    if service.failed:
+        raise ServeError("not_ready", f"the model failed to load: {service.failed}")
+    if not service.ready:
+        raise ServeError(
+            "not_ready", "the model is loading or warming up; retry shortly", {"Retry-After": "1"}
+        )
+
+
+async def _read_body(request: Any, deadline: float) -> bytearray:
+    body = bytearray()
+    while True:
+        remaining = deadline - time.monotonic()
+        try:
+            message = await asyncio.wait_for(request.receive(), max(remaining, 0.001))
+        except TimeoutError:
+            raise ServeError(
+                "request_timeout", "the body did not arrive within the request's deadline"
+            ) from None
+        if message["type"] == "http.disconnect":
+            raise ServeError("bad_request", "the client disconnected")
+        body += message.get("body", b"")
+        if not message.get("more_body", False):
+            return body
+
+
+async def _predict(service: Service, request: Any, top_k_query: str | None) -> Any:
+    start = time.monotonic()
+    deadline = start + service.config.timeout_s
+    _check_open(service)
+    if not service.admit(1):
+        raise _overloaded(service)
+    admitted = 1
+    try:
+        body = await _read_body(request, deadline)
+        upload = parse_body(request.headers.get("content-type", ""), body, service.config.max_files)
+        top_k = parse_top_k(
+            top_k_query or upload.params.get("top_k"),
+            service.config.top_k,
+            service.model_info["n_classes"],
+        )
+        extra = len(upload.images) - 1
+        if extra and not service.admit(extra):
+            raise _overloaded(service)
+        admitted += extra
+        results, timing = await _run_images(service, upload.images, deadline)
+    finally:
+        service.release(admitted)
+    timing["total"] = (time.monotonic() - start) * 1000
+    service.metrics.request_seconds.observe(timing["total"] / 1000)
+    rows = [r if isinstance(r, ServeError) else _predictions(service, r, top_k) for r in results]
+    payload: dict[str, Any] = {"model": service.model_info, "timing_ms": _round(timing)}
+    if not upload.many:
+        if isinstance(rows[0], ServeError):
+            raise rows[0]
+        return JSONResponse({"predictions": rows[0], **payload})
+    for r in rows:
+        if isinstance(r, ServeError):
+            service.metrics.reject(r.code)
+    out = [r.body() if isinstance(r, ServeError) else {"predictions": r} for r in rows]
+    return JSONResponse({"results": out, **payload})
+
+
+def _overloaded(service: Service) -> ServeError:
+    return ServeError(
+        "overloaded",
+        f"the server is at its limit of {service.queue_cap} images "
+        "in flight; retry after the Retry-After seconds",
+        {"Retry-After": "1"},
+    )
+
+
+async def _run_images(
+    service: Service, images: list[tuple[str, bytes | bytearray]], deadline: float
+) -> tuple[list[Any], dict[str, float]]:
+    """Decode every image in the thread pool, then queue the good ones for the engine."""
+    loop = asyncio.get_running_loop()
+    pre = service.predictor.preprocessing
+    config = service.config
+
+    def decode(name: str, data: bytes | bytearray) -> tuple[Any, float]:
+        t0 = time.perf_counter()
+        try:
+            pixels: Any = decode_upload(data, name, pre, config.formats, config.max_pixels)
+        except ServeError as e:
+            pixels = e
+        spent = time.perf_counter() - t0
+        service.metrics.decode_seconds.observe(spent)
+        return pixels, spent
+
+    decoded = await asyncio.gather(
+        *(loop.run_in_executor(service.decode_pool, decode, n, d) for n, d in images)
+    )
+    timing = {"decode": max(s for _, s in decoded) * 1000, "queue": 0.0, "inference": 0.0}
+    results: list[Any] = [p for p, _ in decoded]
+    pending = {
+        i: service.batcher.submit(p, deadline)  # type: ignore[union-attr]
+        for i, p in enumerate(results)
+        if not isinstance(p, ServeError)
+    }
+    for i, future in pending.items():
+        try:
+            remaining = max(deadline - time.monotonic(), 0.001)
+            result = await asyncio.wait_for(asyncio.wrap_future(future), remaining)
+        except (TimeoutError, DeadlineExceeded):
+            results[i] = ServeError(
+                "timeout",
+                f"no answer within {config.timeout_s:g} s; the server is busy, retry later",
+            )
+            continue
+        except TlearnError as e:  # the engine failed on checked pixels: a bug
+            raise RuntimeError(str(e)) from e
+        results[i] = result.proba
+        timing["queue"] = max(timing["queue"], result.queue_s * 1000)
+        timing["inference"] = max(timing["inference"], result.inference_s * 1000)
+    return results, timing
+
+
+def _predictions(service: Service, proba: Any, top_k: int) -> list[dict[str, Any]]:
+    from tlearn.models import python_value
+
+    classes = service.predictor.classes
+    order = (-proba).argsort(kind="stable")[:top_k]
+    return [{"label": python_value(classes[j]), "score": float(proba[j])} for j in order]
+
+
+def _round(timing: dict[str, float]) -> dict[str, float]:
+    return {k: round(v, 2) for k, v in timing.items()}

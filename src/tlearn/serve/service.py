@@ -1,0 +1,164 @@
+"""The server's state, apart from HTTP: the predictor, the batcher, the decoding threads,
+admission control and the lifecycle (loading -> ready -> draining)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from tlearn.serve.batcher import Batcher
+from tlearn.serve.config import ServeConfig
+from tlearn.serve.metrics import Metrics
+
+__all__ = ["Service"]
+
+log = logging.getLogger("tlearn.serve")
+
+
+class Service:
+    """Everything ``create_app`` serves from. ``source`` is a :class:`~tlearn.Predictor`,
+    or what :func:`~tlearn.load_predictor` takes (a model file, an export,
+    ``imagenet:BACKBONE``, a fitted estimator); :meth:`start` loads and warms it up in a
+    background thread, so the probes answer while it does."""
+
+    def __init__(self, source: Any, config: ServeConfig, **load_options: Any) -> None:
+        self.source = source
+        self.config = config
+        self.load_options = load_options
+        self.metrics = Metrics()
+        self.predictor: Any = None
+        self.batcher: Batcher | None = None
+        self.decode_pool = ThreadPoolExecutor(config.n_decode_workers, "tlearn-decode")
+        self.queue_cap = config.max_queue or config.max_batch_size
+        self.ready = False
+        self.failed: str | None = None
+        self.draining_since: float | None = None
+        self._admitted = 0
+        self._lock = threading.Lock()
+        self._loader: threading.Thread | None = None
+        self._started = False
+        self.model_info: dict[str, Any] = {}
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def start(self, background: bool = True) -> None:
+        """Load and warm up the model (once; later calls do nothing)."""
+        with self._lock:
+            if self._started:
+                return
+            self._started = True
+        if background:
+            self._loader = threading.Thread(target=self._load, name="tlearn-load", daemon=True)
+            self._loader.start()
+        else:
+            self._load()
+
+    def _load(self) -> None:
+        from tlearn.predictor import Predictor, load_predictor
+
+        try:
+            predictor = self.source
+            if not isinstance(predictor, Predictor):
+                predictor = load_predictor(self.source, **self.load_options)
+            self._warm_up(predictor)
+        except Exception as e:
+            self.failed = f"{type(e).__name__}: {e}"
+            log.error("the model could not be loaded: %s", self.failed)
+
+    def _warm_up(self, predictor: Any) -> None:
+        """Run one full batch (timed: it sizes the queue), then take requests."""
+        size = predictor.preprocessing.input_size
+        batch = np.zeros((self.config.max_batch_size, size, size, 3), np.uint8)
+        predictor.predict_pixels(batch[:1])
+        t0 = time.perf_counter()
+        predictor.predict_pixels(batch)
+        seconds = time.perf_counter() - t0
+        self.queue_cap = self.config.queue_cap(seconds)
+        self.metrics.queue_cap.set(self.queue_cap)
+        info = predictor.describe()
+        self.model_info = {
+            "source": self._source_name(),
+            "backbone": info.get("backbone", info.get("architecture", "unknown")),
+            "engine": info.get("engine"),
+            "n_classes": len(info["classes"]),
+        }
+        self.predictor = predictor
+        self.batcher = Batcher(
+            predictor.predict_pixels,
+            self.config.max_batch_size,
+            on_batch=self.metrics.on_batch,
+            on_drop=lambda n: self.metrics.reject("timeout", n),
+        )
+        batcher = self.batcher
+        self.metrics.queue_depth.set_function(lambda: batcher.depth)
+        self.ready = True
+        self.metrics.ready.set(1)
+        log.info(
+            "ready: %s on %s; a batch of %d takes %.0f ms; at most %d images admitted",
+            self.model_info["backbone"],
+            self.model_info["engine"],
+            self.config.max_batch_size,
+            seconds * 1000,
+            self.queue_cap,
+        )
+
+    def _source_name(self) -> str:
+        import os
+
+        if isinstance(self.source, (str, os.PathLike)):
+            return os.path.basename(os.fspath(self.source)) or os.fspath(self.source)
+        return type(self.source).__name__
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        if self._loader is not None:
+            self._loader.join(timeout)
+        return self.ready
+
+    def start_draining(self) -> None:
+        if self.draining_since is None:
+            self.draining_since = time.monotonic()
+            self.metrics.ready.set(0)
+            log.info("draining: no new work; %d images in flight", self._admitted)
+
+    @property
+    def draining(self) -> bool:
+        return self.draining_since is not None
+
+    def drained(self) -> bool:
+        """True when draining and nothing admitted is left (or ``drain_s`` has passed)."""
+        if self.draining_since is None:
+            return False
+        late = time.monotonic() - self.draining_since > self.config.drain_s
+        return self._admitted == 0 or late
+
+    def close(self) -> None:
+        if self.batcher is not None:
+            self.batcher.close(timeout=self.config.drain_s)
+        self.decode_pool.shutdown(wait=False, cancel_futures=True)
+
+    # -- admission ---------------------------------------------------------------------
+    def admit(self, n: int) -> bool:
+        """Reserve room for ``n`` images; False when the queue cap would be passed."""
+        with self._lock:
+            if self._admitted + n > self.queue_cap:
+                return False
+            self._admitted += n
+            self.metrics.admitted.set(self._admitted)
+            return True
+
+    def release(self, n: int) -> None:
+        with self._lock:
+            self._admitted -= n
+            self.metrics.admitted.set(self._admitted)
+
+    def answered(self) -> int:
+        """Predictions answered with 200 so far."""
+        return int(self.metrics.sample("tlearn_requests_total", route="/v1/predict", status="200"))
+
+    @property
+    def admitted(self) -> int:
+        return self._admitted

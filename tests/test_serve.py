@@ -1,0 +1,388 @@
+"""``tlearn serve`` for real: uvicorn in a subprocess on 127.0.0.1, called with httpx and
+raw sockets. Served predictions equal ``tlearn predict``'s; a generated corpus of hostile
+requests gets one JSON 4xx each and never a 5xx; limits hold, with memory measured; auth;
+``/readyz`` during warm-up; SIGTERM under load loses no accepted request."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.serve_corpus import corpus, jpeg, multipart, raw_corpus
+from tests.served import Served
+from tlearn import LinearProbe, save
+from tlearn.data.images import read_bytes
+from tlearn.serve import ERROR_CODES
+
+
+@pytest.fixture(scope="module")
+def model_file(calibration_set, tmp_path_factory) -> Path:
+    X, y = calibration_set
+    probe = LinearProbe(image_size=32, Cs=[1.0], engine="torch", flip_average=False).fit(X, y)
+    return save(probe, tmp_path_factory.mktemp("serve") / "probe.safetensors")
+
+
+@pytest.fixture(scope="module")
+def server(model_file, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("server-tmpdir")
+    with Served(model_file, "--max-batch-size", "4", "--top-k", "3", tmpdir=tmp) as s:
+        yield s
+    assert not list(tmp.iterdir()), "the server wrote temporary files"
+
+
+@pytest.fixture(scope="module")
+def images(calibration_set) -> list[tuple[str, bytes]]:
+    paths = list(calibration_set[0][::10][:12])
+    return [(p, read_bytes(p)) for p in paths]
+
+
+def _error(response: httpx.Response) -> str:
+    assert response.headers["content-type"].startswith("application/json"), response.text
+    body = response.json()
+    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}, body
+    assert body["error"]["code"] in ERROR_CODES
+    assert body["error"]["message"]
+    return str(body["error"]["code"])
+
+
+def test_served_predictions_equal_tlearn_predict(server, model_file, images, tmp_path):
+    out = tmp_path / "predict.jsonl"
+    cli = subprocess.run([sys.executable, "-m", "tlearn", "predict", str(model_file),
+                          *[p for p, _ in images], "-o", str(out), "--top-k", "3"],
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert cli.returncode == 0, cli.stderr
+    expected = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(expected) == len(images)
+
+    def same(predictions, row):
+        assert [p["label"] for p in predictions] == row["top_labels"]
+        for p, q in zip(predictions, row["top_probabilities"], strict=True):
+            assert p["score"] == pytest.approx(q, abs=1e-4)  # other batch sizes: rounding
+
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        for (name, data), row in zip(images, expected, strict=True):
+            r = client.post("/v1/predict", files={"file": (Path(name).name, data)})
+            assert r.status_code == 200, r.text
+            body = r.json()
+            same(body["predictions"], row)
+            assert set(body["timing_ms"]) == {"decode", "queue", "inference", "total"}
+            assert body["model"]["n_classes"] == 3
+        name, data = images[0]
+        raw = client.post("/v1/predict", content=data, headers={"content-type": "image/jpeg"})
+        same(raw.json()["predictions"], expected[0])
+        doc = {"inputs": base64.b64encode(data).decode(), "parameters": {"top_k": 2}}
+        hf = client.post("/v1/predict", json=doc)
+        assert [p["label"] for p in hf.json()["predictions"]] == expected[0]["top_labels"][:2]
+        many = client.post("/v1/predict", files=[("file", (n, d)) for n, d in images])
+        results = many.json()["results"]
+        assert len(results) == len(images)
+        for result, row in zip(results, expected, strict=True):
+            same(result["predictions"], row)
+
+
+def test_every_hostile_request_gets_its_json_4xx_and_the_server_lives_on(server):
+    failures = []
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        for name, method, path, headers, body, status, code in corpus():
+            r = client.request(method, path, headers=headers, content=body)
+            if r.status_code != status or _error(r) != code:
+                failures.append((name, r.status_code, r.text[:200]))
+        for name, raw in raw_corpus():
+            status, body = _raw_exchange(server.port, raw)
+            if status != 400 or json.loads(body)["error"]["code"] != "bad_request":
+                failures.append((name, status, body[:200]))
+        assert not failures, failures
+        assert client.get("/readyz").status_code == 200
+        metrics = client.get("/metrics").text
+    assert server.proc.poll() is None
+    assert "Traceback" not in server.output()
+    assert 'tlearn_requests_total{route="/v1/predict",status="500"}' not in metrics
+    assert 'tlearn_rejections_total{reason="unsupported_format"}' in metrics
+
+
+def _raw_exchange(port: int, data: bytes, timeout: float = 10) -> tuple[int, str]:
+    reply = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        with contextlib.suppress(OSError):  # the server answered and closed before the end
+            s.sendall(data)
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := s.recv(65536):
+                reply += chunk
+    head, _, body = reply.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body.decode(errors="replace")
+
+
+def test_one_bad_image_among_15_good_leaves_the_15_answered_exactly_as_alone(server, images):
+    good = [(f"{i}.jpg", jpeg((96 + 8 * i, 80), seed=i)) for i in range(15)]
+    files = good[:7] + [("broken.jpg", good[0][1][:300])] + good[7:]
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        together = client.post("/v1/predict", files=[("file", f) for f in files]).json()
+        alone = [client.post("/v1/predict", files={"file": f}).json() for f in good]
+    results = together["results"]
+    assert results[7]["error"]["code"] == "corrupt_image"
+    assert "broken.jpg" in results[7]["error"]["message"]
+    rest = results[:7] + results[8:]
+    for mixed, single in zip(rest, alone, strict=True):
+        assert [p["label"] for p in mixed["predictions"]] == [
+            p["label"] for p in single["predictions"]
+        ]
+        for p, q in zip(mixed["predictions"], single["predictions"], strict=True):
+            # batched with others vs alone: the engine's float rounding differs (~2e-5)
+            assert p["score"] == pytest.approx(q["score"], abs=1e-4)
+
+
+def test_routes_metrics_docs_and_the_page(server):
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        client.post("/v1/predict", content=jpeg(), headers={"content-type": "image/jpeg"})
+        model = client.get("/v1/model").json()
+        metrics = client.get("/metrics").text
+        spec = client.get("/openapi.json").json()
+        docs = client.get("/docs")
+        page = client.get("/")
+    assert model["classes"] == ["circle", "square", "triangle"] or len(model["classes"]) == 3
+    assert model["engine"] == "torch" and model["limits"]["max_batch_size"] == 4
+    assert model["limits"]["max_queue"] >= 4 and model["limits"]["auth"] is False
+    for name in (
+        "tlearn_requests_total",
+        "tlearn_queue_seconds_bucket",
+        "tlearn_decode_seconds_bucket",
+        "tlearn_inference_seconds_bucket",
+        "tlearn_batch_size_bucket",
+        "tlearn_queue_depth",
+        "tlearn_rejections_total",
+    ):
+        assert name in metrics, name
+    content = spec["paths"]["/v1/predict"]["post"]["requestBody"]["content"]
+    assert set(content) == {"multipart/form-data", "image/*", "application/json"}
+    assert "corrupt_image" in spec["info"]["description"]
+    assert docs.status_code == 200
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    assert "http://" not in page.text and "https://" not in page.text
+    assert len(page.content) < 60_000
+    assert "default-src 'none'" in page.headers["content-security-policy"]
+
+
+def test_the_api_key_is_needed_except_by_the_probes(model_file):
+    key = "k3y-for-the-tests"
+    with (
+        Served(
+            model_file, "--api-key-env", "TLEARN_TEST_KEY", env={"TLEARN_TEST_KEY": key}
+        ) as server,
+        httpx.Client(base_url=server.url, timeout=30) as client,
+    ):
+        image = {"content": jpeg(), "headers": {"content-type": "image/jpeg"}}
+        missing = client.post("/v1/predict", **image)
+        assert missing.status_code == 401 and _error(missing) == "unauthorized"
+        assert missing.headers["www-authenticate"] == "Bearer"
+        wrong = client.post(
+            "/v1/predict",
+            content=jpeg(),
+            headers={"content-type": "image/jpeg", "x-api-key": key + "x"},
+        )
+        assert wrong.status_code == 401
+        for header in ({"authorization": f"Bearer {key}"}, {"x-api-key": key}):
+            ok = client.post(
+                "/v1/predict", content=jpeg(), headers={"content-type": "image/jpeg", **header}
+            )
+            assert ok.status_code == 200, ok.text
+        assert client.get("/metrics").status_code == 401
+        assert client.get("/v1/model").status_code == 401
+        for open_path in ("/livez", "/readyz", "/"):
+            assert client.get(open_path).status_code == 200
+        assert 'data-auth="1"' in client.get("/").text
+
+
+def test_limits_hold_under_an_upload_flood_with_memory_measured(model_file, tmp_path):
+    tmp = tmp_path / "server-tmp"
+    tmp.mkdir()
+    with Served(
+        model_file, "--max-body-mb", "1", "--timeout-s", "2", "--max-queue", "8", tmpdir=tmp
+    ) as server:
+        port = server.port
+        # a Content-Length over the limit is refused before one byte of the body is sent
+        t0 = time.monotonic()
+        status, body = _raw_exchange(
+            port,
+            b"POST /v1/predict HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Type: image/jpeg\r\nContent-Length: 50000000\r\n\r\n",
+        )
+        assert status == 413 and json.loads(body)["error"]["code"] == "payload_too_large"
+        assert time.monotonic() - t0 < 2
+        assert _chunked_upload(port, 3 * 1024 * 1024) == 413  # counted and cut off
+        status, body = _raw_exchange(
+            port,
+            b"POST /v1/predict HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Type: image/jpeg\r\nContent-Length: 1000\r\n\r\n"
+            b"\xff\xd8\xff",
+        )  # then nothing: a slow upload
+        assert status == 408 and json.loads(body)["error"]["code"] == "request_timeout"
+
+        idle = server.rss_kb()
+        floods = [
+            lambda: _raw_exchange(port, _oversize_request()),
+            lambda: _chunked_upload(port, 2 * 1024 * 1024),
+            lambda: _raw_exchange(
+                port,
+                b"POST /v1/predict HTTP/1.1\r\nHost: x\r\n"
+                b"Content-Type: image/jpeg\r\nContent-Length: 900000"
+                b"\r\n\r\n" + b"\0" * 400_000,
+            ),
+        ]
+        errors: list[BaseException] = []
+
+        def hammer(i: int) -> None:
+            try:
+                for _ in range(4):
+                    floods[i % 3]()
+            except OSError:
+                pass  # a connection cut after its 413 is the point
+            except BaseException as e:  # noqa: BLE001
+                errors.append(e)
+
+        threads = [threading.Thread(target=hammer, args=(i,)) for i in range(30)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        peak = server.rss_kb(peak=True)
+        assert not errors, errors
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            assert client.get("/readyz").status_code == 200
+            ok = client.post("/v1/predict", content=jpeg(), headers={"content-type": "image/jpeg"})
+            assert ok.status_code == 200
+    max_inflight, max_body_kb = 8, 1024
+    assert peak <= idle + max_inflight * max_body_kb + 100 * 1024, (idle, peak)
+    assert not list(tmp.iterdir())
+
+
+def _oversize_request() -> bytes:
+    return (
+        b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+        b"Content-Length: 1500000\r\n\r\n" + b"\0" * 1_500_000
+    )
+
+
+def _chunked_upload(port: int, total: int) -> int:
+    """Send ``total`` bytes in 64 KB chunks (no Content-Length); return the status."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(
+            b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n"
+        )
+        chunk = b"\0" * 65536
+        try:
+            for _ in range(total // len(chunk)):
+                s.sendall(b"%x\r\n" % len(chunk) + chunk + b"\r\n")
+            s.sendall(b"0\r\n\r\n")
+        except OSError:
+            pass  # the server answered and closed while we were still sending
+        reply = b""
+        try:
+            while part := s.recv(65536):
+                reply += part
+        except OSError:
+            pass
+    return int(reply.split()[1])
+
+
+def test_readyz_during_warmup_and_sigterm_under_load_loses_nothing(model_file):
+    with Served(model_file, "--max-batch-size", "4", wait_ready=False) as server:
+        server.wait_live()
+        first = httpx.get(server.url + "/readyz", timeout=5)
+        server.wait("/readyz", 200, timeout=180)
+        assert first.status_code == 503 and _error(first) == "not_ready"
+        statuses: list[tuple[int, str]] = []
+        stop = threading.Event()
+        image = jpeg((640, 480))
+
+        def load() -> None:
+            with httpx.Client(base_url=server.url, timeout=30) as client:
+                while not stop.is_set():
+                    try:
+                        r = client.post(
+                            "/v1/predict", content=image, headers={"content-type": "image/jpeg"}
+                        )
+                    except httpx.TransportError:
+                        return  # the socket closed after the drain: nothing was accepted
+                    code = "" if r.status_code == 200 else _error(r)
+                    statuses.append((r.status_code, code))
+                    if code == "shutting_down":
+                        return
+
+        threads = [threading.Thread(target=load) for _ in range(8)]
+        for t in threads:
+            t.start()
+        time.sleep(2)
+        # an upload still arriving when SIGTERM comes: admitted, so it must be answered
+        slow = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+        slow.sendall(
+            b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(image) + image[:1000]
+        )
+        time.sleep(0.3)
+        server.proc.send_signal(15)
+        time.sleep(0.3)
+        draining = httpx.get(server.url + "/readyz", timeout=5)
+        refused = httpx.post(
+            server.url + "/v1/predict",
+            content=image,
+            headers={"content-type": "image/jpeg"},
+            timeout=5,
+        )
+        slow.sendall(image[1000:])
+        reply = b""
+        while part := slow.recv(65536):
+            reply += part
+        slow.close()
+        rc = server.proc.wait(60)
+        stop.set()
+        for t in threads:
+            t.join(30)
+        log = server.output()
+    assert rc == 0, log
+    assert draining.status_code == 503 and _error(draining) == "shutting_down"
+    assert refused.status_code == 503 and _error(refused) == "shutting_down"
+    assert refused.headers["retry-after"] == "1"
+    assert reply.startswith(b"HTTP/1.1 200"), reply[:300]
+    assert b'"predictions"' in reply
+    assert {s for s, _ in statuses} <= {200, 503}, statuses
+    assert {c for s, c in statuses if s == 503} <= {"shutting_down", "overloaded"}
+    ok = sum(1 for s, _ in statuses if s == 200)
+    assert ok > 10
+    answered = int(log.rsplit("stopped: ", 1)[1].split()[0])
+    assert answered == ok + 1, log  # every prediction answered was received (+ the slow one)
+
+
+def test_mounted_in_another_fastapi_app(model_file):
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from tlearn.serve import create_app
+
+    outer = FastAPI()
+    outer.mount("/classifier", create_app(str(model_file), max_batch_size=2))
+    with TestClient(outer) as client:
+        end = time.monotonic() + 120
+        while client.get("/classifier/readyz").status_code != 200:
+            assert time.monotonic() < end
+            time.sleep(0.05)
+        r = client.post("/classifier/v1/predict", files={"file": ("a.jpg", jpeg())})
+        assert r.status_code == 200 and len(r.json()["predictions"]) == 3
+
+
+def test_multipart_helper_round_trips():
+    body = multipart([("file", "a.jpg", b"abc"), ("top_k", None, b"2")])
+    from tlearn.serve.uploads import parse_body
+
+    upload = parse_body("multipart/form-data; boundary=b0undary", body, 4)
+    assert upload.images == [("a.jpg", b"abc")] and upload.params == {"top_k": "2"}
