@@ -94,6 +94,11 @@ class Served:
                 return int(line.split()[1])
         raise KeyError(key)
 
+    def reset_peak_rss(self) -> None:
+        """Start VmHWM afresh (Linux: ``clear_refs`` 5), so a peak measures what follows."""
+        assert self.proc is not None
+        Path(f"/proc/{self.proc.pid}/clear_refs").write_text("5")
+
     def terminate(self, timeout: float = 60) -> int:
         assert self.proc is not None
         if self.proc.poll() is None:

@@ -228,6 +228,7 @@ def test_limits_hold_under_an_upload_flood_with_memory_measured(model_file, tmp_
         assert status == 408 and json.loads(body)["error"]["code"] == "request_timeout"
 
         idle = server.rss_kb()
+        server.reset_peak_rss()
         floods = [
             lambda: _raw_exchange(port, _oversize_request()),
             lambda: _chunked_upload(port, 2 * 1024 * 1024),
@@ -296,7 +297,10 @@ def _chunked_upload(port: int, total: int) -> int:
 
 
 def test_readyz_during_warmup_and_sigterm_under_load_loses_nothing(model_file):
-    with Served(model_file, "--max-batch-size", "4", wait_ready=False) as server:
+    # a cap above the 8 clients, so the slow upload below is surely admitted
+    with Served(
+        model_file, "--max-batch-size", "4", "--max-queue", "32", wait_ready=False
+    ) as server:
         server.wait_live()
         first = httpx.get(server.url + "/readyz", timeout=5)
         server.wait("/readyz", 200, timeout=180)

@@ -114,11 +114,15 @@ def test_bodies_parse_into_images_and_parameters():
     raw = parse_body("image/jpeg", image, 16)
     assert raw.images == [("body", image)] and not raw.many
     b64 = base64.b64encode(image).decode()
-    hf = parse_body("application/json",
-                    json.dumps({"inputs": b64, "parameters": {"top_k": 3}}).encode(), 16)
+    hf = parse_body(
+        "application/json", json.dumps({"inputs": b64, "parameters": {"top_k": 3}}).encode(), 16
+    )
     assert hf.images[0][1] == image and hf.params == {"top_k": 3} and not hf.many
-    uri = parse_body("application/json",
-                     json.dumps({"inputs": [f"data:image/jpeg;base64,{b64}"] * 2}).encode(), 16)
+    uri = parse_body(
+        "application/json",
+        json.dumps({"inputs": [f"data:image/jpeg;base64,{b64}"] * 2}).encode(),
+        16,
+    )
     assert len(uri.images) == 2 and uri.many
     with pytest.raises(ServeError) as e:
         parse_body("image/png", png(), 0)
@@ -178,8 +182,26 @@ def test_limits_are_validated_with_one_message_each():
         ServeConfig(api_key="short")
     with pytest.raises(InvalidParameterError, match="formats"):
         ServeConfig(formats=("JPEG", "EPS"))
-    config = ServeConfig(max_batch_size=8, queue_ms=100)
-    assert config.queue_cap(batch_seconds=0.05) == 16  # 160 images/s x 0.1 s
-    assert config.queue_cap(batch_seconds=10.0) == 8  # never below one batch
-    assert ServeConfig(max_queue=3).queue_cap(0.01) == 3
+    config = ServeConfig(max_batch_size=8, queue_ms=100, decode_workers=2)
+    assert config.queue_cap(images_per_second=160) == 16  # 160 images/s x 0.1 s
+    assert config.queue_cap(images_per_second=1.0) == 3  # the pipeline stays full
+    assert ServeConfig(max_queue=3).queue_cap(1000) == 3
     assert "api_key" not in ServeConfig(api_key="a-long-key").public()
+
+
+def test_the_automatic_cap_follows_the_rate_answered_under_saturation():
+    from tlearn.serve.service import Service
+
+    service = Service(None, ServeConfig(queue_ms=100, decode_workers=2))
+    assert service.queue_cap == 3  # before any load: what keeps the pipeline full
+    service._window = (time.monotonic() - 1.0, 0)
+    service._answered_images, service._saturated = 200, True  # 200 images/s while full
+    assert service.admit(1)
+    assert service.queue_cap == 20  # 200/s x 100 ms
+    assert all(service.admit(1) for _ in range(19)) and not service.admit(1)
+    service.release(20)
+    fixed = Service(None, ServeConfig(max_queue=5))
+    fixed._window = (time.monotonic() - 1.0, 0)
+    fixed._answered_images, fixed._saturated = 500, True
+    fixed.admit(1)
+    assert fixed.queue_cap == 5

@@ -448,7 +448,7 @@ def serve(
         int | None,
         typer.Option(
             help="Most images admitted at once; more get 503 + Retry-After. "
-            "Default: what the engine finishes in 150 ms, measured at start.",
+            "Default: what the server answers in 100 ms, measured at start and under load.",
             rich_help_panel=_SERVE,
         ),
     ] = None,

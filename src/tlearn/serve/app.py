@@ -145,10 +145,13 @@ class Guard:
         path = scope.get("path", "")
         route = path if path in _ROUTES else "other"
         status = [0]
+        start = time.perf_counter()
 
         async def send_status(message: dict[str, Any]) -> None:
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
+                if status[0] == 503:
+                    self.service.metrics.refusal_seconds.observe(time.perf_counter() - start)
             await send(message)
 
         try:
@@ -379,19 +382,20 @@ def _check_loaded(service: Service) -> None:
 
 async def _read_body(request: Any, deadline: float) -> bytearray:
     body = bytearray()
-    while True:
-        remaining = deadline - time.monotonic()
-        try:
-            message = await asyncio.wait_for(request.receive(), max(remaining, 0.001))
-        except TimeoutError:
-            raise ServeError(
-                "request_timeout", "the body did not arrive within the request's deadline"
-            ) from None
-        if message["type"] == "http.disconnect":
-            raise ServeError("bad_request", "the client disconnected")
-        body += message.get("body", b"")
-        if not message.get("more_body", False):
-            return body
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout_at(loop.time() + (deadline - time.monotonic())):
+            while True:
+                message = await request.receive()
+                if message["type"] == "http.disconnect":
+                    raise ServeError("bad_request", "the client disconnected")
+                body += message.get("body", b"")
+                if not message.get("more_body", False):
+                    return body
+    except TimeoutError:
+        raise ServeError(
+            "request_timeout", "the body did not arrive within the request's deadline"
+        ) from None
 
 
 async def _predict(service: Service, request: Any, top_k_query: str | None) -> Any:
@@ -403,17 +407,20 @@ async def _predict(service: Service, request: Any, top_k_query: str | None) -> A
     admitted = 1
     try:
         body = await _read_body(request, deadline)
-        upload = parse_body(request.headers.get("content-type", ""), body, service.config.max_files)
+        content_type = request.headers.get("content-type", "")
+        upload, decoded = await asyncio.get_running_loop().run_in_executor(
+            service.decode_pool, _parse, service, content_type, body
+        )
         top_k = parse_top_k(
             top_k_query or upload.params.get("top_k"),
             service.config.top_k,
             service.model_info["n_classes"],
         )
         extra = len(upload.images) - 1
-        if extra and not service.admit(extra):
+        if extra and not service.admit(extra, held=1):
             raise _overloaded(service)
         admitted += extra
-        results, timing = await _run_images(service, upload.images, deadline)
+        results, timing = await _run_images(service, upload.images, decoded, deadline)
     finally:
         service.release(admitted)
     timing["total"] = (time.monotonic() - start) * 1000
@@ -440,27 +447,43 @@ def _overloaded(service: Service) -> ServeError:
     )
 
 
-async def _run_images(
-    service: Service, images: list[tuple[str, bytes | bytearray]], deadline: float
-) -> tuple[list[Any], dict[str, float]]:
-    """Decode every image in the thread pool, then queue the good ones for the engine."""
-    loop = asyncio.get_running_loop()
-    pre = service.predictor.preprocessing
+def _parse(service: Service, content_type: str, body: bytearray) -> tuple[Any, list[Any] | None]:
+    """Parse the body; a lone image is decoded in the same thread hop (the common case)."""
+    upload = parse_body(content_type, body, service.config.max_files)
+    if len(upload.images) == 1:
+        return upload, [_decode(service, *upload.images[0])]
+    return upload, None
+
+
+def _decode(service: Service, name: str, data: bytes | bytearray) -> tuple[Any, float]:
+    """(pixels or the image's ServeError, seconds spent)."""
     config = service.config
+    t0 = time.perf_counter()
+    try:
+        pixels: Any = decode_upload(
+            data, name, service.predictor.preprocessing, config.formats, config.max_pixels
+        )
+    except ServeError as e:
+        pixels = e
+    spent = time.perf_counter() - t0
+    service.metrics.decode_seconds.observe(spent)
+    return pixels, spent
 
-    def decode(name: str, data: bytes | bytearray) -> tuple[Any, float]:
-        t0 = time.perf_counter()
-        try:
-            pixels: Any = decode_upload(data, name, pre, config.formats, config.max_pixels)
-        except ServeError as e:
-            pixels = e
-        spent = time.perf_counter() - t0
-        service.metrics.decode_seconds.observe(spent)
-        return pixels, spent
 
-    decoded = await asyncio.gather(
-        *(loop.run_in_executor(service.decode_pool, decode, n, d) for n, d in images)
-    )
+async def _run_images(
+    service: Service,
+    images: list[tuple[str, bytes | bytearray]],
+    decoded: list[Any] | None,
+    deadline: float,
+) -> tuple[list[Any], dict[str, float]]:
+    """Decode the images in the thread pool (unless done), then queue the good ones for
+    the engine."""
+    if decoded is None:
+        loop = asyncio.get_running_loop()
+        decoded = await asyncio.gather(
+            *(loop.run_in_executor(service.decode_pool, _decode, service, n, d)
+              for n, d in images)
+        )  # fmt: skip
     timing = {"decode": max(s for _, s in decoded) * 1000, "queue": 0.0, "inference": 0.0}
     results: list[Any] = [p for p, _ in decoded]
     pending = {

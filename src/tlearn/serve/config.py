@@ -29,10 +29,14 @@ class ServeConfig:
         whatever is queued, up to this, whenever the engine is free.
     max_queue : int or None, default=None
         Most images admitted and not yet answered (decoding, queued or in the engine);
-        more get 503 with ``Retry-After`` at once. ``None``: what the engine finishes in
-        ``queue_ms`` milliseconds, measured at warm-up (at least ``max_batch_size``).
-    queue_ms : float, default=150
-        The latency budget ``max_queue=None`` is sized from.
+        more get 503 with ``Retry-After`` at once. ``None``: what the server answers in
+        ``queue_ms`` milliseconds, measured every half second while it is saturated (so
+        the wait of an admitted request stays near ``queue_ms`` whatever the images cost
+        to decode), starting from, and never below, what keeps every decoding thread and
+        the engine busy (``decode_workers + 1``). A request with more images than the cap
+        is taken only when nothing else is in flight.
+    queue_ms : float, default=100
+        The queueing budget ``max_queue=None`` is sized from.
     max_body_mb : float, default=20
         Largest request body; a bigger ``Content-Length`` is refused before the body is
         read, a chunked body is cut off when it passes the limit (413).
@@ -61,7 +65,7 @@ class ServeConfig:
 
     max_batch_size: int = 8
     max_queue: int | None = None
-    queue_ms: float = 150.0
+    queue_ms: float = 100.0
     max_body_mb: float = 20.0
     max_pixels: int = 40_000_000
     max_files: int = 16
@@ -116,13 +120,12 @@ class ServeConfig:
     def n_decode_workers(self) -> int:
         return self.decode_workers or max(1, min(4, os.cpu_count() or 1))
 
-    def queue_cap(self, batch_seconds: float) -> int:
-        """``max_queue``, or (when ``None``) the images the engine finishes in
-        ``queue_ms``, given the seconds one full batch took."""
+    def queue_cap(self, images_per_second: float = 0.0) -> int:
+        """``max_queue``, or (when ``None``) the images answered in ``queue_ms`` at
+        ``images_per_second``, never fewer than keep the pipeline full."""
         if self.max_queue is not None:
             return self.max_queue
-        per_second = self.max_batch_size / max(batch_seconds, 1e-6)
-        return max(self.max_batch_size, int(per_second * self.queue_ms / 1000))
+        return max(self.n_decode_workers + 1, round(images_per_second * self.queue_ms / 1000))
 
     def public(self) -> dict[str, Any]:
         """The limits as clients may see them (never the key)."""

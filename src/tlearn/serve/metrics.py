@@ -74,12 +74,23 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.refusal_seconds = Histogram(
+            "tlearn_refusal_seconds",
+            "Server time of a 503 refusal (overloaded, shutting down, not ready)",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
         self.batch_size = Histogram(
             "tlearn_batch_size", "Images per engine call", buckets=_BATCH_BUCKETS, registry=r
         )
         self.queue_depth = Gauge("tlearn_queue_depth", "Images waiting for the engine", registry=r)
         self.admitted = Gauge(
             "tlearn_admitted_images", "Images admitted and not yet answered", registry=r
+        )
+        self.admitted_peak = Gauge(
+            "tlearn_admitted_images_peak",
+            "Most images ever admitted at once (never above tlearn_queue_cap)",
+            registry=r,
         )
         self.queue_cap = Gauge("tlearn_queue_cap", "Most images admitted at once", registry=r)
         self.ready = Gauge("tlearn_ready", "1 when the server takes predictions", registry=r)

@@ -34,11 +34,15 @@ class Service:
         self.predictor: Any = None
         self.batcher: Batcher | None = None
         self.decode_pool = ThreadPoolExecutor(config.n_decode_workers, "tlearn-decode")
-        self.queue_cap = config.max_queue or config.max_batch_size
+        self.queue_cap = config.queue_cap()
         self.ready = False
         self.failed: str | None = None
         self.draining_since: float | None = None
         self._admitted = 0
+        self._peak = 0
+        self._answered_images = 0
+        self._window = (time.monotonic(), 0)  # (start, images answered by then)
+        self._saturated = False
         self._lock = threading.Lock()
         self._loader: threading.Thread | None = None
         self._started = False
@@ -77,8 +81,7 @@ class Service:
         t0 = time.perf_counter()
         predictor.predict_pixels(batch)
         seconds = time.perf_counter() - t0
-        self.queue_cap = self.config.queue_cap(seconds)
-        self.metrics.queue_cap.set(self.queue_cap)
+        self._set_cap(self.config.queue_cap())  # grows with the measured rate under load
         info = predictor.describe()
         self.model_info = {
             "source": self._source_name(),
@@ -141,19 +144,47 @@ class Service:
         self.decode_pool.shutdown(wait=False, cancel_futures=True)
 
     # -- admission ---------------------------------------------------------------------
-    def admit(self, n: int) -> bool:
-        """Reserve room for ``n`` images; False when the queue cap would be passed."""
+    def admit(self, n: int, held: int = 0) -> bool:
+        """Reserve room for ``n`` more images for a request already holding ``held``;
+        False when the cap would be passed, unless that request is alone in the server
+        (a request with more images than the cap is taken when nothing else waits)."""
         with self._lock:
-            if self._admitted + n > self.queue_cap:
+            self._retune()
+            alone = held > 0 and self._admitted == held
+            if self._admitted + n > self.queue_cap and not alone:
+                self._saturated = True
                 return False
             self._admitted += n
+            if 2 * self._admitted >= self.queue_cap:
+                self._saturated = True
             self.metrics.admitted.set(self._admitted)
+            if self._admitted > self._peak:
+                self._peak = self._admitted
+                self.metrics.admitted_peak.set(self._peak)
             return True
 
     def release(self, n: int) -> None:
         with self._lock:
             self._admitted -= n
+            self._answered_images += n
             self.metrics.admitted.set(self._admitted)
+
+    def _retune(self) -> None:
+        """Every half second of saturation, size the automatic cap from the rate at which
+        images were answered (the warm-up's estimate leaves out decoding and HTTP)."""
+        start, answered = self._window
+        now = time.monotonic()
+        if now - start < 0.5:
+            return
+        done = self._answered_images - answered
+        if self._saturated and done > 0 and self.config.max_queue is None:
+            self._set_cap(self.config.queue_cap(done / (now - start)))
+        self._window = (now, self._answered_images)
+        self._saturated = False
+
+    def _set_cap(self, cap: int) -> None:
+        self.queue_cap = cap
+        self.metrics.queue_cap.set(cap)
 
     def answered(self) -> int:
         """Predictions answered with 200 so far."""

@@ -1,0 +1,106 @@
+"""The server's web page in headless Chromium (Debian's), driven by Playwright: drop a
+file, choose one, paste one; the top-k bars appear; a non-image and a too-large file get
+their message before anything is uploaded; no request leaves 127.0.0.1. The screenshot is
+kept in ``test-artifacts/serve-page.png``."""
+
+from __future__ import annotations
+
+import base64
+import shutil
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.serve_corpus import jpeg
+from tests.served import Served
+from tests.test_serve import model_file  # noqa: F401  (the module's fitted model fixture)
+
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
+KEY = "page-test-key"
+
+_DISPATCH = """([b64, name, type, how]) => {
+  const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+  const data = new DataTransfer();
+  data.items.add(new File([bytes], name, { type }));
+  document.getElementById("bars").replaceChildren();
+  if (how === "drop") {
+    const zone = document.getElementById("drop");
+    for (const kind of ["dragenter", "dragover", "drop"]) {
+      zone.dispatchEvent(new DragEvent(kind, { dataTransfer: data, bubbles: true,
+                                                 cancelable: true }));
+    }
+  } else {
+    document.dispatchEvent(new ClipboardEvent("paste", { clipboardData: data, bubbles: true,
+                                                          cancelable: true }));
+  }
+}"""
+
+
+def _chromium() -> str:
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if path is None:
+        pytest.fail("Chromium is needed to test the page; `make test` installs Debian's")
+    return path
+
+
+def test_the_page_classifies_dropped_chosen_and_pasted_images(model_file, tmp_path):  # noqa: F811
+    from playwright.sync_api import sync_playwright
+
+    photo = jpeg((400, 300), seed=5)
+    with Served(model_file, "--api-key-env", "PAGE_KEY", "--max-body-mb", "1", "--top-k", "3",
+                env={"PAGE_KEY": KEY}) as server, sync_playwright() as p:  # fmt: skip
+        browser = p.chromium.launch(
+            executable_path=_chromium(),
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"],
+        )  # fmt: skip
+        page = browser.new_page(viewport={"width": 900, "height": 800})
+        requests: list[tuple[str, str]] = []
+        page.on("request", lambda r: requests.append((r.method, r.url)))
+        page.goto(server.url + "/")
+        assert page.is_visible("#key")  # auth is on: the key field shows
+        page.fill("#key", KEY)
+        page.press("#key", "Tab")  # the key is used at once: the model's line fills in
+        page.wait_for_function("document.getElementById('model').textContent.includes('3 classes')")
+
+        def predicted() -> list[str]:
+            page.wait_for_selector("#bars .bar", timeout=30_000)
+            assert page.is_hidden("#message")
+            return page.locator("#bars .bar .name").all_inner_texts()
+
+        page.set_input_files("#file", files=[
+            {"name": "chosen.jpg", "mimeType": "image/jpeg", "buffer": photo}])  # fmt: skip
+        chosen = predicted()
+        assert len(chosen) == 3 and all(t.strip().endswith("%") for t in chosen)
+        assert page.get_attribute("#preview", "src").startswith("blob:")
+        b64 = base64.b64encode(photo).decode()
+        page.evaluate(_DISPATCH, [b64, "dropped.jpg", "image/jpeg", "drop"])
+        assert predicted() == chosen
+        page.evaluate(_DISPATCH, [b64, "pasted.jpg", "image/jpeg", "paste"])
+        assert predicted() == chosen
+        page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
+
+        posts = sum(1 for m, _ in requests if m == "POST")
+        assert posts == 3
+        page.set_input_files("#file", files=[
+            {"name": "notes.txt", "mimeType": "text/plain", "buffer": b"just words"}])  # fmt: skip
+        page.wait_for_selector("#message:not([hidden])")
+        assert "not an image" in page.inner_text("#message")
+        big = b"\xff\xd8\xff\xe0" + bytes(1_200_000)
+        page.set_input_files("#file", files=[
+            {"name": "huge.jpg", "mimeType": "image/jpeg", "buffer": big}])  # fmt: skip
+        page.wait_for_function("document.getElementById('message').textContent.includes('up to')")
+        assert "1.0 MB" in page.inner_text("#message")
+        assert sum(1 for m, _ in requests if m == "POST") == posts  # nothing was uploaded
+        browser.close()
+    hosts = {urlsplit(url).hostname for _, url in requests if not url.startswith("blob:")}
+    assert hosts == {"127.0.0.1"}, requests
+    ARTIFACTS.mkdir(exist_ok=True)
+    kept = ARTIFACTS / "serve-page.png"
+    shutil.copy(tmp_path / "page.png", kept)
+    pixels = np.asarray(Image.open(kept).convert("RGB")).astype(int)
+    blue_bars = (pixels[:, :, 2] > 150) & (pixels[:, :, 0] < 60)
+    assert blue_bars.sum() > 500, "no bars rendered in the screenshot"
