@@ -8,11 +8,13 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import re
 import socket
 import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -390,3 +392,33 @@ def test_multipart_helper_round_trips():
 
     upload = parse_body("multipart/form-data; boundary=b0undary", body, 4)
     assert upload.images == [("a.jpg", b"abc")] and upload.params == {"top_k": "2"}
+
+
+def test_a_request_past_its_deadline_gets_504_and_its_work_is_dropped(model_file):
+    from fastapi.testclient import TestClient
+
+    from tlearn import Predictor
+    from tlearn.serve import create_app
+
+    predictor = Predictor.load(model_file)
+    fast = predictor.predict_pixels
+
+    def slow(pixels, **kwargs):
+        time.sleep(0.6)
+        return fast(pixels, **kwargs)
+
+    predictor.predict_pixels = slow  # the engine takes longer than the deadline
+    app = create_app(predictor, timeout_s=0.3, max_queue=8)
+    with TestClient(app) as client:
+        while client.get("/readyz").status_code != 200:
+            time.sleep(0.02)
+        image = {"content": jpeg(), "headers": {"content-type": "image/jpeg"}}
+        with ThreadPoolExecutor(3) as pool:
+            answers = list(pool.map(lambda _: client.post("/v1/predict", **image), range(3)))
+        assert [r.status_code for r in answers] == [504] * 3
+        assert {_error(r) for r in answers} == {"timeout"}
+        time.sleep(1.5)  # the engine finishes its batch and drops the rest unrun
+        metrics = client.get("/metrics").text
+    assert 'tlearn_rejections_total{reason="timeout"}' in metrics
+    batches = float(re.search(r"^tlearn_batch_size_count (\S+)$", metrics, re.M).group(1))
+    assert batches <= 2  # warm-up excluded: what had expired never reached the engine

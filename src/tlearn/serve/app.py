@@ -498,7 +498,7 @@ async def _run_images(
         except (TimeoutError, DeadlineExceeded):
             results[i] = ServeError(
                 "timeout",
-                f"no answer within {config.timeout_s:g} s; the server is busy, retry later",
+                f"no answer within {service.config.timeout_s:g} s; the server is busy, retry later",
             )
             continue
         except TlearnError as e:  # the engine failed on checked pixels: a bug
