@@ -158,3 +158,18 @@ def test_no_copyleft_package_is_imported_by_the_package():
                 else [node.module or ""] if isinstance(node, ast.ImportFrom) else []
             )  # fmt: skip
             assert not any(n.split(".")[0] in copyleft for n in names), (path, names)
+
+
+def test_the_servers_error_codes_come_from_the_one_table():
+    from tlearn.serve import ERROR_CODES
+
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Serving", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| `([a-z_]+)` \| (\d{3}) \|", section, re.M)
+    assert {code: int(status) for code, status in rows} == {
+        code: status for code, (status, _) in ERROR_CODES.items()
+    }
+    # the server's code is imported only when served: tlearn.serve itself stays light
+    out = _run("import sys, tlearn.serve; print(sorted(m for m in ('fastapi', 'uvicorn', "
+               "'torch') if m in sys.modules))")  # fmt: skip
+    assert out == "[]"

@@ -158,21 +158,31 @@ def quantize_int8(converted: Any, calibration: np.ndarray) -> Any:
 
 
 class _Runner:
-    """A compiled model run as parallel infer requests, one slice of the batch each.
+    """A compiled model run as parallel infer requests, one slice of the batch each; a batch
+    smaller than that (one image, at an idle server) runs on a second compilation tuned
+    for latency, which spreads one image over every core instead of leaving all but one
+    idle. Measured on 2 cores, lite0 at 224 px: one image in 4.4 ms instead of 7.2 ms;
+    bulk featurisation 98 images/s with the streams against 87 with the latency
+    compilation alone, which is why both are kept.
 
     A call owns the requests while it runs (a lock), and reads their outputs before it
     lets go: concurrent callers can never see each other's results. Each call already uses
     every core, so serialising calls costs no throughput.
     """
 
-    def __init__(self, compiled: Any) -> None:
+    def __init__(self, compiled: Any, latency: Any = None) -> None:
         ov = _ov()
         n = max(1, int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
         self.uint8 = compiled.inputs[0].get_element_type() == ov.Type.u8
         self._requests = [compiled.create_infer_request() for _ in range(n)]
+        self._latency = latency.create_infer_request() if latency is not None and n > 1 else None
         self._lock = threading.Lock()
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
+        if self._latency is not None and len(batch) < len(self._requests):
+            with self._lock:
+                self._latency.infer({0: batch})
+                return np.array(self._latency.get_output_tensor(0).data, dtype=np.float32)
         step = -(-len(batch) // len(self._requests))
         parts = [batch[i : i + step] for i in range(0, len(batch), step)]
         with self._lock:
@@ -186,25 +196,13 @@ class _Runner:
         return np.concatenate(outs)
 
 
-#: Up to this many CPUs, one stream over every core (OpenVINO's LATENCY hint) is as fast
-#: per image as several streams for batches of 8-16 and twice as fast for one image
-#: (measured on 2 cores, lite0 at 224 px: 3.5 ms instead of 7.2 ms for one image,
-#: 67.5 ms against 69.6 ms for 16); above it, streams (THROUGHPUT) for bulk work.
-LATENCY_HINT_MAX_CPUS = 4
-
-
-def _performance_hint() -> str:
-    return "LATENCY" if (os.cpu_count() or 1) <= LATENCY_HINT_MAX_CPUS else "THROUGHPUT"
-
-
 def _compile(model: Any, precision: str) -> _Runner:
     ov = _ov()
     core = ov.Core()
-    config = {
-        "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
-        "PERFORMANCE_HINT": _performance_hint(),
-    }
-    return _Runner(core.compile_model(model, "CPU", config))
+    config = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32"}
+    throughput = core.compile_model(model, "CPU", {**config, "PERFORMANCE_HINT": "THROUGHPUT"})
+    latency = core.compile_model(model, "CPU", {**config, "PERFORMANCE_HINT": "LATENCY"})
+    return _Runner(throughput, latency)
 
 
 def _read(xml: bytes, weights: bytes) -> Any:

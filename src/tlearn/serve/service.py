@@ -183,8 +183,9 @@ class Service:
         self._saturated = False
 
     def _set_cap(self, cap: int) -> None:
-        self.queue_cap = cap
-        self.metrics.queue_cap.set(cap)
+        # never below what is already admitted: the cap in force always holds
+        self.queue_cap = max(cap, self._admitted)
+        self.metrics.queue_cap.set(self.queue_cap)
 
     def answered(self) -> int:
         """Predictions answered with 200 so far."""
