@@ -60,6 +60,43 @@ def parse_body(content_type: str, body: bytes | bytearray, max_files: int) -> Up
     return upload
 
 
+class _Parts:
+    """python-multipart's callbacks, collecting each part's headers and data in memory."""
+
+    def __init__(self, max_parts: int) -> None:
+        self.max_parts = max_parts
+        self.parts: list[dict[str, Any]] = []
+        self.field = b""
+        self.ended = False
+
+    def on_part_begin(self) -> None:
+        if len(self.parts) >= self.max_parts:
+            raise ServeError("too_many_files", "too many parts in one request")
+        self.parts.append({"headers": {}, "data": []})
+
+    def on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self.field += data[start:end]
+
+    def on_header_value(self, data: bytes, start: int, end: int) -> None:
+        headers = self.parts[-1]["headers"]
+        name = self.field.lower()
+        headers[name] = headers.get(name, b"") + data[start:end]
+
+    def on_header_end(self) -> None:
+        self.field = b""
+
+    def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        self.parts[-1]["data"].append(data[start:end])
+
+    def on_end(self) -> None:
+        self.ended = True
+
+    def callbacks(self) -> dict[str, Any]:
+        names = ("on_part_begin", "on_header_field", "on_header_value", "on_header_end",
+                 "on_part_data", "on_end")  # fmt: skip
+        return {name: getattr(self, name) for name in names}
+
+
 def _parse_multipart(content_type: str, body: bytes | bytearray, max_files: int) -> Upload:
     from python_multipart.exceptions import MultipartParseError
     from python_multipart.multipart import MultipartParser, parse_options_header
@@ -68,48 +105,16 @@ def _parse_multipart(content_type: str, body: bytes | bytearray, max_files: int)
     boundary = options.get(b"boundary")
     if not boundary:
         raise ServeError("bad_request", "multipart/form-data without a boundary parameter")
-    parts: list[dict[str, Any]] = []
-    state: dict[str, Any] = {"field": b"", "ended": False}
-
-    def begin() -> None:
-        if len(parts) >= max_files + _MAX_FIELDS:
-            raise ServeError("too_many_files", f"more than {max_files} images in one request")
-        parts.append({"headers": {}, "data": []})
-
-    def header_field(data: bytes, start: int, end: int) -> None:
-        state["field"] += data[start:end]
-
-    def header_value(data: bytes, start: int, end: int) -> None:
-        headers = parts[-1]["headers"]
-        name = state["field"].lower()
-        headers[name] = headers.get(name, b"") + data[start:end]
-
-    def header_end() -> None:
-        state["field"] = b""
-
-    def part_data(data: bytes, start: int, end: int) -> None:
-        parts[-1]["data"].append(data[start:end])
-
-    def end() -> None:
-        state["ended"] = True
-
-    callbacks = {
-        "on_part_begin": begin,
-        "on_header_field": header_field,
-        "on_header_value": header_value,
-        "on_header_end": header_end,
-        "on_part_data": part_data,
-        "on_end": end,
-    }
+    collected = _Parts(max_files + _MAX_FIELDS)
     try:
-        parser = MultipartParser(boundary, callbacks)  # type: ignore[arg-type]
+        parser = MultipartParser(boundary, collected.callbacks())  # type: ignore[arg-type]
         parser.write(body)  # type: ignore[arg-type]  # a bytearray parses the same, uncopied
         parser.finalize()
     except MultipartParseError as e:
         raise ServeError("bad_request", f"broken multipart body: {e}") from None
-    if not state["ended"]:
+    if not collected.ended:
         raise ServeError("bad_request", "the multipart body ends before its closing boundary")
-    return _multipart_upload(parts)
+    return _multipart_upload(collected.parts)
 
 
 def _multipart_upload(parts: list[dict[str, Any]]) -> Upload:
