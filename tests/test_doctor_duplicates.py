@@ -11,7 +11,13 @@ import pytest
 from PIL import Image, ImageEnhance
 
 from tests.synthetic import _photo
-from tlearn.doctor.duplicates import exact_duplicates, near_duplicates, pixel_hashes
+from tlearn.doctor.duplicates import (
+    exact_duplicates,
+    iter_decoded,
+    near_duplicates,
+    pixel_hashes,
+    thumbnail,
+)
 from tlearn.exceptions import DataError
 
 PHOTOS = ("astronaut", "coffee", "rocket", "chelsea", "immunohistochemistry", "hubble_deep_field")
@@ -83,6 +89,15 @@ def features(planted):
     return PretrainedFeatures(batch_size=16).fit().transform(planted[0])  # the defaults
 
 
+@pytest.fixture(scope="module")
+def thumbs(planted):
+    return _thumbs(planted[0])
+
+
+def _thumbs(paths) -> np.ndarray:
+    return np.stack([thumbnail(arr) for _, arr, _ in iter_decoded(paths)])
+
+
 def test_exact_duplicates_are_the_same_pixels_whatever_the_file(planted, tmp_path):
     paths, truth, exact = planted
     (tmp_path / "empty.jpg").write_bytes(b"")
@@ -95,15 +110,17 @@ def test_exact_duplicates_are_the_same_pixels_whatever_the_file(planted, tmp_pat
     assert {(p.i, list(truth)[p.j]) for p in across} == {(truth[c], c) for c in exact}
 
 
-def test_near_duplicates_find_every_planted_copy(planted, features):
+def test_near_duplicates_find_every_planted_copy(planted, features, thumbs):
     paths, truth, _ = planted
-    pairs = near_duplicates(features)
+    pairs = near_duplicates(features, thumbnails=thumbs)
     found = {(p.i, p.j) for p in pairs}
     planted_pairs = {(truth[c], c) for c in truth}
     assert planted_pairs <= found, sorted(planted_pairs - found)
     assert all(a.similarity >= b.similarity for a, b in zip(pairs, pairs[1:], strict=False))
-    # tiles of one photo (a star field, a tissue sample) are alike, so this set is no
-    # measure of false pairs: test_few_false_pairs_among_real_photos is
+    # tiles of one photo (a star field, a tissue sample) are alike in features; the pixel
+    # check keeps them apart
+    by_features = {(p.i, p.j) for p in near_duplicates(features, threshold=0.5)}
+    assert len(by_features - planted_pairs) > len(found - planted_pairs), found - planted_pairs
 
 
 @pytest.mark.needs_data
@@ -112,15 +129,17 @@ def test_few_false_pairs_among_real_photos(cifar_zip):
     from tlearn import PretrainedFeatures, load_image_folder
 
     paths = load_image_folder(f"{cifar_zip}/test", max_per_class=40).filenames
-    pairs = near_duplicates(PretrainedFeatures(batch_size=32).fit().transform(paths))
+    features = PretrainedFeatures(batch_size=32).fit().transform(paths)
+    pairs = near_duplicates(features, thumbnails=_thumbs(paths))
     assert len(pairs) <= 0.01 * len(paths), [(paths[p.i], paths[p.j]) for p in pairs]
 
 
-def test_leakage_pairs_test_images_with_their_training_originals(planted, features):
+def test_leakage_pairs_test_images_with_their_training_originals(planted, features, thumbs):
     paths, truth, _ = planted
     n = len(paths) - len(truth)
     test_rows = list(truth)
-    pairs = near_duplicates(features[:n], features[test_rows])
+    pairs = near_duplicates(features[:n], features[test_rows], thumbnails=thumbs[:n],
+                            other_thumbnails=thumbs[test_rows])  # fmt: skip
     best: dict[int, int] = {}
     for pair in pairs:  # most similar first
         best.setdefault(test_rows[pair.j], pair.i)

@@ -297,7 +297,10 @@ def doctor(
     cache_dir: Annotated[str | None, typer.Option(help="Feature cache folder.")] = None,
     near_threshold: Annotated[
         float | None,
-        typer.Option(help="Centred cosine similarity for near duplicates (default 0.75)."),
+        typer.Option(
+            help="Feature cosine from which a near duplicate needs only a loose pixel "
+            "match (default 0.85)."
+        ),
     ] = None,
     write_clean: Annotated[
         Path | None,

@@ -20,6 +20,7 @@ from tlearn.doctor.duplicates import (
     iter_decoded,
     near_duplicates,
     pixel_hash,
+    thumbnail,
 )
 from tlearn.doctor.labels import find_label_issues, label_quality
 from tlearn.doctor.quality import THRESHOLDS, image_properties, quality_scores
@@ -88,6 +89,7 @@ class _Set:
     split: list[str]
     labels: np.ndarray | None
     hashes: list[str | None] = field(default_factory=list)
+    thumbs: list[np.ndarray] = field(default_factory=list)  # readable images only
     props: list[dict[str, Any]] = field(default_factory=list)
     readable: list[int] = field(default_factory=list)
     errors: dict[int, str] = field(default_factory=dict)
@@ -142,6 +144,7 @@ def _scan(X: Any, X_test: Any, y: Any, y_test: Any, say: Callable[[str], None]) 
                 data.errors[i] = error
                 continue
             data.props.append(image_properties(Image.fromarray(arr)))
+            data.thumbs.append(thumbnail(arr))
             data.readable.append(i)
         offset += len(source)
     return data
@@ -242,7 +245,8 @@ def _near(
 ) -> list[dict[str, Any]]:
     """Near-duplicate and leakage rows, leaving out the pairs already found exact."""
     rows = []
-    for pair in near_duplicates(F, threshold=threshold or NEAR_THRESHOLD):
+    thumbs = np.stack(data.thumbs)
+    for pair in near_duplicates(F, threshold=threshold or NEAR_THRESHOLD, thumbnails=thumbs):
         i, j = data.readable[pair.i], data.readable[pair.j]
         if frozenset((data.paths[i], data.paths[j])) in exact:
             continue
