@@ -39,61 +39,30 @@ class Metrics:
         )
 
         disable_created_metrics()  # the *_created series only add noise to a scrape
-        self.registry = CollectorRegistry()
-        r = self.registry
-        self.requests = Counter(
-            "tlearn_requests", "HTTP requests by route and status", ["route", "status"], registry=r
-        )
-        self.rejections = Counter(
-            "tlearn_rejections",
-            "Requests or images refused, by reason (the error code)",
-            ["reason"],
-            registry=r,
-        )
-        self.queue_seconds = Histogram(
-            "tlearn_queue_seconds",
-            "Time an image waited for the engine",
-            buckets=_LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.decode_seconds = Histogram(
-            "tlearn_decode_seconds",
-            "Time to check, decode and preprocess one image",
-            buckets=_LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.inference_seconds = Histogram(
-            "tlearn_inference_seconds",
-            "Time of one engine call (one batch)",
-            buckets=_LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.request_seconds = Histogram(
-            "tlearn_request_seconds",
-            "Time from the first byte to the answer of /v1/predict",
-            buckets=_LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.refusal_seconds = Histogram(
-            "tlearn_refusal_seconds",
-            "Server time of a 503 refusal (overloaded, shutting down, not ready)",
-            buckets=_LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.batch_size = Histogram(
-            "tlearn_batch_size", "Images per engine call", buckets=_BATCH_BUCKETS, registry=r
-        )
-        self.queue_depth = Gauge("tlearn_queue_depth", "Images waiting for the engine", registry=r)
-        self.admitted = Gauge(
-            "tlearn_admitted_images", "Images admitted and not yet answered", registry=r
-        )
-        self.admitted_peak = Gauge(
-            "tlearn_admitted_images_peak",
-            "Most images ever admitted at once (never above tlearn_queue_cap)",
-            registry=r,
-        )
-        self.queue_cap = Gauge("tlearn_queue_cap", "Most images admitted at once", registry=r)
-        self.ready = Gauge("tlearn_ready", "1 when the server takes predictions", registry=r)
+        self.registry = r = CollectorRegistry()
+
+        def seconds(name: str, doc: str) -> Any:
+            return Histogram(f"tlearn_{name}_seconds", doc, buckets=_LATENCY_BUCKETS, registry=r)
+
+        def gauge(name: str, doc: str) -> Any:
+            return Gauge(f"tlearn_{name}", doc, registry=r)
+
+        self.requests = Counter("tlearn_requests", "HTTP requests by route and status",
+                                ["route", "status"], registry=r)  # fmt: skip
+        self.rejections = Counter("tlearn_rejections", "Requests or images refused, by reason "
+                                  "(the error code)", ["reason"], registry=r)  # fmt: skip
+        self.queue_seconds = seconds("queue", "Time an image waited for the engine")
+        self.decode_seconds = seconds("decode", "Time to check, decode and preprocess one image")
+        self.inference_seconds = seconds("inference", "Time of one engine call (one batch)")
+        self.request_seconds = seconds("request", "Time from the first byte to the answer")
+        self.refusal_seconds = seconds("refusal", "Server time of a 503 refusal")
+        self.batch_size = Histogram("tlearn_batch_size", "Images per engine call",
+                                    buckets=_BATCH_BUCKETS, registry=r)  # fmt: skip
+        self.queue_depth = gauge("queue_depth", "Images waiting for the engine")
+        self.admitted = gauge("admitted_images", "Images admitted and not yet answered")
+        self.admitted_peak = gauge("admitted_images_peak", "Most images ever admitted at once")
+        self.queue_cap = gauge("queue_cap", "Most images admitted at once, now")
+        self.ready = gauge("ready", "1 when the server takes predictions")
 
     def on_batch(self, size: int, waits: list[float], spent: float) -> None:
         self.batch_size.observe(size)
