@@ -265,8 +265,11 @@ def _add_error_handlers(app: Any, service: Service) -> None:
 
 # -- routes ---------------------------------------------------------------------------
 def _add_routes(app: Any, service: Service) -> None:
-    from tlearn.serve.page import page_html
+    _add_probes(app, service)
+    _add_model_routes(app, service)
 
+
+def _add_probes(app: Any, service: Service) -> None:
     @app.get("/livez", tags=["probes"])
     async def livez() -> dict[str, str]:
         """The process is alive (no model needed)."""
@@ -287,6 +290,12 @@ def _add_routes(app: Any, service: Service) -> None:
         batch sizes, queue depth, rejections by reason."""
         body, content_type = service.metrics.render()
         return Response(body, media_type=content_type)
+
+    del livez, readyz, metrics  # registered on the app
+
+
+def _add_model_routes(app: Any, service: Service) -> None:
+    from tlearn.serve.page import page_html
 
     @app.get("/v1/model", tags=["model"])
     async def model() -> dict[str, Any]:
@@ -317,7 +326,7 @@ def _add_routes(app: Any, service: Service) -> None:
     async def favicon() -> Any:
         return Response(status_code=204)
 
-    del livez, readyz, metrics, model, predict, page, favicon  # registered on the app
+    del model, predict, page, favicon  # registered on the app
 
 
 _PAGE_HEADERS = {
