@@ -3,6 +3,7 @@ benchmark: started the way a user starts it, stopped with SIGTERM."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -74,11 +75,9 @@ class Served:
             assert self.proc is not None
             if self.proc.poll() is not None:
                 raise RuntimeError(f"the server exited ({self.proc.returncode}):\n{self.output()}")
-            try:
+            with contextlib.suppress(httpx.TransportError):  # not listening yet
                 if httpx.get(self.url + path, timeout=2).status_code == status:
                     return
-            except httpx.TransportError:
-                pass
             time.sleep(0.05)
         raise TimeoutError(f"{path} never answered {status}:\n{self.output()}")
 

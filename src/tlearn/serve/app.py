@@ -210,12 +210,16 @@ def _key_matches(headers: dict[bytes, bytes], key: str) -> bool:
     return hmac.compare_digest(given, expected)
 
 
+_CLOSE = {"Connection": "close"}
+
+
 def _too_large(config: ServeConfig, n: int | None) -> ServeError:
     size = f"{n:,} bytes" if n is not None else "the body"
     return ServeError(
         "payload_too_large",
         f"{size} is over this server's limit of {config.max_body_mb:g} MB "
         f"({config.max_body_bytes:,} bytes); send a smaller image",
+        _CLOSE,  # the rest of the body is never read: the connection cannot be reused
     )
 
 
@@ -225,8 +229,6 @@ async def _send_error(send: Send, error: ServeError) -> None:
     body = json.dumps(error.body()).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     headers += [(k.lower().encode(), v.encode()) for k, v in error.headers.items()]
-    if error.status == 413:
-        headers.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": error.status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
@@ -403,7 +405,7 @@ async def _read_body(request: Any, deadline: float) -> bytearray:
                     return body
     except TimeoutError:
         raise ServeError(
-            "request_timeout", "the body did not arrive within the request's deadline"
+            "request_timeout", "the body did not arrive within the request's deadline", _CLOSE
         ) from None
 
 
