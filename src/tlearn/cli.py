@@ -41,6 +41,42 @@ EngineOpt = Annotated[
 ]
 
 
+ResumeOpt = Annotated[
+    bool,
+    typer.Option(
+        help="Continue an interrupted run into OUTPUT, skipping the images it already has."
+    ),
+]
+OverwriteOpt = Annotated[bool, typer.Option(help="Replace OUTPUT if it exists.")]
+_SCALE = "Scale-out"
+ClusterOpt = Annotated[
+    str,
+    typer.Option(
+        help="local: this process. ray: a Ray cluster (tlearn[ray]); the output is a Parquet "
+        "folder written by the workers.",
+        rich_help_panel=_SCALE,
+    ),
+]
+AddressOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="The Ray cluster to join (default: $RAY_ADDRESS, else a local instance).",
+        rich_help_panel=_SCALE,
+    ),
+]
+WorkersOpt = Annotated[
+    int | None,
+    typer.Option(
+        min=1,
+        help="Ray workers (default: one per --threads CPUs, less one CPU for decoding).",
+        rich_help_panel=_SCALE,
+    ),
+]
+ThreadsOpt = Annotated[
+    int, typer.Option(min=1, help="CPUs (engine threads) per Ray worker.", rich_help_panel=_SCALE)
+]
+
+
 def _fail(message: str) -> None:
     err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(2)
@@ -356,34 +392,99 @@ def predict(
     ] = None,
     top_k: Annotated[int, typer.Option(help="How many labels per image.")] = 1,
     tta: Annotated[bool, typer.Option(help="Average over a horizontal flip.")] = False,
-    resume: Annotated[
-        bool,
-        typer.Option(
-            help="Continue an interrupted run into OUTPUT, skipping the images it already has."
-        ),
-    ] = False,
-    overwrite: Annotated[bool, typer.Option(help="Replace OUTPUT if it exists.")] = False,
+    resume: ResumeOpt = False,
+    overwrite: OverwriteOpt = False,
     engine: EngineOpt = None,
+    cluster: ClusterOpt = "local",
+    address: AddressOpt = None,
+    workers: WorkersOpt = None,
+    threads: ThreadsOpt = 1,
 ) -> None:
     """Predict the class of every image in INPUTS; unreadable files get a row with the error.
 
-    Streams: memory stays flat however many images, rows are written as they come."""
+    Streams: memory stays flat however many images, rows are written as they come. With
+    --cluster ray the images are decoded and predicted by Ray workers."""
     from tlearn.inference import predict_to_file
     from tlearn.predictor import Predictor
 
+    if _on_ray(cluster, output):
+        from tlearn.scale import ray as scale_ray
+
+        counts = scale_ray.predict(model, inputs, str(output), top_k=top_k, tta=tta,
+                                   resume=resume, overwrite=overwrite, engine=engine,
+                                   address=address, workers=workers, threads=threads)  # fmt: skip
+        _say_written(counts, "predicted", output)
+        return
     predictor = Predictor.load(model, engine=engine)
     if output is not None:
         with _row_progress() as on_row:
             counts = predict_to_file(predictor, inputs, output, top_k=top_k, tta=tta,
                                      resume=resume, overwrite=overwrite, on_row=on_row)  # fmt: skip
-        done = f"; {counts['skipped']} were already done" if counts["skipped"] else ""
-        console.print(
-            f"{counts['ok']} images predicted, {counts['failed']} failed{done}; written to {output}"
-        )
+        _say_written(counts, "predicted", output)
     else:
         counts = _print_predictions(predictor.iter_predict(inputs, top_k=top_k, tta=tta), top_k)
     if counts["ok"] == 0 and counts["failed"] > 0:
         raise typer.Exit(1)
+
+
+@app.command()
+def featurize(
+    inputs: Annotated[list[str], typer.Argument(help="Images, folders, zips, CSVs or globs.")],
+    output: Annotated[
+        Path,
+        typer.Option("--output", "-o", help="A Parquet folder (*.parquet) or a JSONL file."),
+    ],
+    model: Annotated[
+        str,
+        typer.Option(
+            help="imagenet:BACKBONE (any timm or torchvision name), or a model file from "
+            "`tlearn fit` for the features its backbone computes."
+        ),
+    ] = "imagenet:efficientnet_lite0",
+    resume: ResumeOpt = False,
+    overwrite: OverwriteOpt = False,
+    engine: EngineOpt = None,
+    cluster: ClusterOpt = "local",
+    address: AddressOpt = None,
+    workers: WorkersOpt = None,
+    threads: ThreadsOpt = 1,
+) -> None:
+    """Write the backbone's feature vector of every image in INPUTS to OUTPUT, one row each
+    (row_id, path, features, error): embeddings for your own search, clustering or models.
+
+    Streams with flat memory; --resume continues an interrupted run."""
+    if _on_ray(cluster, output):
+        from tlearn.scale import ray as scale_ray
+
+        counts = scale_ray.featurize(model, inputs, str(output), resume=resume,
+                                     overwrite=overwrite, engine=engine, address=address,
+                                     workers=workers, threads=threads)  # fmt: skip
+    else:
+        from tlearn.inference import featurize_to_file
+        from tlearn.predictor import Predictor
+
+        predictor = Predictor.load(model, engine=engine)
+        with _row_progress() as on_row:
+            counts = featurize_to_file(predictor, inputs, output, resume=resume,
+                                       overwrite=overwrite, on_row=on_row)  # fmt: skip
+    _say_written(counts, "featurized", output)
+    if counts["ok"] == 0 and counts["failed"] > 0:
+        raise typer.Exit(1)
+
+
+def _on_ray(cluster: str, output: Path | None) -> bool:
+    if cluster not in ("local", "ray"):
+        _fail(f"--cluster must be 'local' or 'ray', got {cluster!r}")
+    if cluster == "ray" and output is None:
+        _fail("--cluster ray writes its rows to a Parquet folder: pass --output NAME.parquet")
+    return cluster == "ray"
+
+
+def _say_written(counts: dict[str, int], verb: str, output: Path | None) -> None:
+    done = f"; {counts['skipped']} were already done" if counts["skipped"] else ""
+    console.print(
+        f"{counts['ok']} images {verb}, {counts['failed']} failed{done}; written to {output}"
+    )
 
 
 def _print_predictions(rows: Any, top_k: int) -> dict[str, int]:

@@ -15,7 +15,8 @@ Three entry points, from the lowest level up:
 - :meth:`Predictor.predict_pixels`: a batch of preprocessed uint8 pixels -> probabilities;
 - :meth:`Predictor.predict_images`: image bytes, PIL images or arrays -> one prediction
   (top-k) or one error per image;
-- :meth:`Predictor.iter_predict`: paths (folders, zips, CSVs, globs) -> rows, streaming.
+- :meth:`Predictor.iter_predict` (and :meth:`Predictor.iter_featurize`): paths (folders,
+  zips, CSVs, globs) -> rows, streaming.
 """
 
 from __future__ import annotations
@@ -41,12 +42,13 @@ from tlearn.exceptions import EngineError, ImageReadError, InvalidParameterError
 from tlearn.features import FeatureErrors, iter_engine
 from tlearn.models import IMAGENET_PREFIX, ModelParts, imagenet_parts, python_value, split_model
 
-__all__ = ["Predictor", "load_predictor"]
+__all__ = ["Predictor", "error_row", "iter_manifest", "load_predictor", "top_k_rows"]
 
 _EXPORTS = (".onnx", ".xml")
 
 
-def _rows(proba: np.ndarray, classes: np.ndarray, top_k: int) -> list[dict[str, Any]]:
+def top_k_rows(proba: np.ndarray, classes: np.ndarray, top_k: int) -> list[dict[str, Any]]:
+    """One prediction row per row of ``proba``: the ``top_k`` labels, best first."""
     k = min(top_k, len(classes))
     top = np.argsort(-proba, axis=1, kind="stable")[:, :k]
     rows = []
@@ -65,7 +67,8 @@ def _rows(proba: np.ndarray, classes: np.ndarray, top_k: int) -> list[dict[str, 
     return rows
 
 
-def _error_row(reason: str) -> dict[str, Any]:
+def error_row(reason: str) -> dict[str, Any]:
+    """The row of an image that could not be read (``reason`` says why)."""
     return {
         "label": None,
         "probability": None,
@@ -242,16 +245,16 @@ class Predictor:
         ``top_probabilities`` and ``error`` (empty), or only ``error`` filled in for an item
         that could not be read. A bad item never affects the others."""
         _check_top_k(top_k)
-        pixels, where, results = [], [], [_error_row("")] * len(items)
+        pixels, where, results = [], [], [error_row("")] * len(items)
         for i, item in enumerate(items):
             try:
                 pixels.append(self.preprocess(item))
                 where.append(i)
             except ImageReadError as e:
-                results[i] = _error_row(e.reason)
+                results[i] = error_row(e.reason)
         if pixels:
             proba = self.predict_pixels(np.stack(pixels), tta=tta)
-            for i, row in zip(where, _rows(proba, self.classes, top_k), strict=True):
+            for i, row in zip(where, top_k_rows(proba, self.classes, top_k), strict=True):
                 results[i] = row
         return results
 
@@ -289,25 +292,62 @@ class Predictor:
         chunk_size: int = 1024,
         skip: set[str] | None = None,
     ) -> Iterator[dict[str, Any]]:
-        """One row per image, in input order: ``path``, ``label``, ``probability``,
-        ``top_labels``, ``top_probabilities`` and ``error`` (empty when the image was
-        read). ``inputs`` are files, folders, zips, CSVs or globs, expanded lazily; images
-        are taken ``chunk_size`` at a time, so memory stays flat. Unreadable images get a
-        row with the error; paths in ``skip`` (done by an earlier run) are passed over."""
+        """One row per image, in input order: ``row_id`` (the image's position in the
+        expanded input), ``path``, ``label``, ``probability``, ``top_labels``,
+        ``top_probabilities`` and ``error`` (empty when the image was read). ``inputs`` are
+        files, folders, zips, CSVs or globs, expanded lazily; images are taken
+        ``chunk_size`` at a time, so memory stays flat. Unreadable images get a row with
+        the error; paths in ``skip`` (done by an earlier run) are passed over."""
         _check_top_k(top_k)
-        paths = (p for p in iter_image_paths(inputs) if not skip or p not in skip)
-        while True:
-            chunk = [p for _, p in zip(range(chunk_size), paths, strict=False)]
-            if not chunk:
-                return
+        for chunk in iter_manifest(inputs, chunk_size, skip):
+            paths = [p for _, p in chunk]
             rows: list[dict[str, Any] | None] = [None] * len(chunk)
-            for idx, proba, errors in self.iter_proba(chunk, on_error="skip", tta=tta):
-                for i, row in zip(idx, _rows(proba, self.classes, top_k), strict=True):
+            for idx, proba, errors in self.iter_proba(paths, on_error="skip", tta=tta):
+                for i, row in zip(idx, top_k_rows(proba, self.classes, top_k), strict=True):
                     rows[i] = row
                 for i, _, reason in errors:
-                    rows[i] = _error_row(reason)
-            for path, done in zip(chunk, rows, strict=True):
-                yield {"path": path, **(done or _error_row("not processed"))}
+                    rows[i] = error_row(reason)
+            for (row_id, path), done in zip(chunk, rows, strict=True):
+                yield {"row_id": row_id, "path": path, **(done or error_row("not processed"))}
+
+    def iter_featurize(
+        self, inputs: Iterable[str], *, chunk_size: int = 1024, skip: set[str] | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """One row per image, in input order: ``row_id``, ``path``, ``features`` (float32
+        vector, ``None`` for an unreadable image) and ``error``; streamed like
+        :meth:`iter_predict`. The features are the backbone's (not for exports)."""
+        features = self.parts.features
+        if features is None:
+            raise EngineError(
+                "an exported model gives probabilities, not features; featurize with a model "
+                "file from `tlearn fit` or imagenet:BACKBONE"
+            )
+        for chunk in iter_manifest(inputs, chunk_size, skip):
+            rows: list[dict[str, Any] | None] = [None] * len(chunk)
+            for idx, feats, errors in features.iter_features(
+                [p for _, p in chunk], on_error="skip", batch_size=self.batch_size
+            ):
+                for i, vector in zip(idx, feats, strict=True):
+                    rows[i] = {"features": vector, "error": ""}
+                for i, _, reason in errors:
+                    rows[i] = {"features": None, "error": reason}
+            for (row_id, path), done in zip(chunk, rows, strict=True):
+                yield {
+                    "row_id": row_id,
+                    "path": path,
+                    **(done or {"features": None, "error": "not processed"}),
+                }
+
+
+def iter_manifest(
+    inputs: Iterable[str], chunk_size: int, skip: set[str] | None = None
+) -> Iterator[list[tuple[int, str]]]:
+    """``(row_id, path)`` pairs in chunks of ``chunk_size``: the row id is the image's
+    position in the expanded input, so it stays the same when a resumed run passes over
+    the paths in ``skip``."""
+    pairs = ((i, p) for i, p in enumerate(iter_image_paths(inputs)) if not skip or p not in skip)
+    while chunk := [pair for _, pair in zip(range(chunk_size), pairs, strict=False)]:
+        yield chunk
 
 
 def _check_top_k(top_k: int) -> None:

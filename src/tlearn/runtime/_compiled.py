@@ -12,9 +12,16 @@ from typing import Any, TypeVar
 
 from tlearn.exceptions import EngineError
 
-__all__ = ["cache_path", "cached", "engine_cache_dir", "extra_missing"]
+__all__ = ["cache_path", "cached", "engine_cache_dir", "engine_threads", "extra_missing"]
 
 T = TypeVar("T")
+
+
+def engine_threads() -> int | None:
+    """The threads a compiled engine may use: ``$TLEARN_NUM_THREADS`` (set by a worker
+    that was given that many cores, such as a Ray actor), else ``None`` (all of them)."""
+    n = int(os.environ.get("TLEARN_NUM_THREADS", "0") or 0)
+    return n if n > 0 else None
 
 
 def engine_cache_dir() -> Path:

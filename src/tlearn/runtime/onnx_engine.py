@@ -17,7 +17,7 @@ import torch
 
 from tlearn.data.images import Preprocessing
 from tlearn.exceptions import EngineError
-from tlearn.runtime._compiled import cache_path, cached, extra_missing
+from tlearn.runtime._compiled import cache_path, cached, engine_threads, extra_missing
 from tlearn.runtime.normalise import normalise_numpy
 from tlearn.runtime.torch_engine import cpu_micro_batch
 
@@ -57,9 +57,7 @@ def _session(source: str | bytes) -> Any:
     except ImportError:
         raise extra_missing("onnxruntime", "onnx", "ONNX Runtime") from None
     options = ort.SessionOptions()
-    options.intra_op_num_threads = int(os.environ.get("TLEARN_NUM_THREADS", 0)) or (
-        os.cpu_count() or 1
-    )
+    options.intra_op_num_threads = engine_threads() or os.cpu_count() or 1
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
 

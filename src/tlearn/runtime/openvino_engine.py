@@ -28,7 +28,7 @@ import torch
 
 from tlearn.data.images import Preprocessing
 from tlearn.exceptions import EngineError
-from tlearn.runtime._compiled import cache_path, cached, extra_missing
+from tlearn.runtime._compiled import cache_path, cached, engine_threads, extra_missing
 from tlearn.runtime.normalise import normalise_numpy, pixel_mean_std
 
 __all__ = [
@@ -199,7 +199,9 @@ class _Runner:
 def _compile(model: Any, precision: str) -> _Runner:
     ov = _ov()
     core = ov.Core()
-    config = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32"}
+    config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32"}
+    if engine_threads() is not None:
+        config["INFERENCE_NUM_THREADS"] = engine_threads()
     throughput = core.compile_model(model, "CPU", {**config, "PERFORMANCE_HINT": "THROUGHPUT"})
     latency = core.compile_model(model, "CPU", {**config, "PERFORMANCE_HINT": "LATENCY"})
     return _Runner(throughput, latency)

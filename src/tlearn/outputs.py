@@ -1,0 +1,337 @@
+"""Where batch rows go: CSV, JSON Lines, or a Parquet dataset folder, each written so that a
+killed run loses at most the rows in flight and a resumed one can tell what is done.
+
+Two kinds of row share these writers: predictions (``row_id``, ``path``, ``label``,
+``probability``, ``top_labels``, ``top_probabilities``, ``error``) and features
+(``row_id``, ``path``, ``features``, ``error``).
+
+Parquet output is a folder of part files, as Spark and Ray Data write it
+(``pandas.read_parquet(folder)`` reads it whole, in row order): each part is written under a
+temporary name and renamed when complete, and is named by its first row id
+(``part-000000000.parquet``), so a part written twice (a retried worker) replaces itself
+instead of adding rows, and a resumed run knows exactly which rows are done.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+import numpy as np
+
+from tlearn.exceptions import DataError
+
+__all__ = [
+    "FORMATS",
+    "PART_ROWS",
+    "RowWriter",
+    "check_output",
+    "output_format",
+    "prepare_output",
+    "read_done_paths",
+    "rows_table",
+    "write_part",
+    "write_rows",
+]
+
+FORMATS = {
+    ".csv": "csv",
+    ".jsonl": "jsonl",
+    ".json": "jsonl",
+    ".ndjson": "jsonl",
+    ".parquet": "parquet",
+}
+#: Rows per Parquet part written by a single process.
+PART_ROWS = 4096
+_PART = "part-{:09d}.parquet"
+
+
+def output_format(output: str, kind: str = "predictions") -> str:
+    """``csv``, ``jsonl`` or ``parquet``, from the extension; features have no CSV form."""
+    ext = os.path.splitext(output)[1].lower()
+    allowed = FORMATS if kind == "predictions" else {k: v for k, v in FORMATS.items() if v != "csv"}
+    if ext not in allowed:
+        names = ".csv, .jsonl or .parquet" if kind == "predictions" else ".parquet or .jsonl"
+        raise DataError(f"unknown output format {ext!r} for {output!r}; use {names}")
+    return allowed[ext]
+
+
+def check_output(output: str) -> None:
+    """The folder that will hold ``output`` exists and is writable."""
+    folder = os.path.dirname(os.path.abspath(output))
+    if not os.path.isdir(folder):
+        raise DataError(f"cannot write {output!r}: the folder {folder!r} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise DataError(f"cannot write {output!r}: the folder {folder!r} is not writable")
+
+
+def prepare_output(output: str, kind: str, *, resume: bool, overwrite: bool) -> set[str] | None:
+    """Check ``output`` before a run: the paths already done when resuming, ``None`` when
+    starting afresh (an existing output is removed with ``overwrite``, refused without)."""
+    output_format(output, kind)
+    check_output(output)
+    if os.path.exists(output):
+        if resume:
+            return read_done_paths(output)
+        if not overwrite:
+            raise DataError(
+                f"the output {output!r} exists; pass --overwrite to replace it or "
+                "--resume to continue an interrupted run"
+            )
+        if os.path.isdir(output):
+            shutil.rmtree(output)
+        else:
+            os.remove(output)
+    return None
+
+
+def read_done_paths(output: str | os.PathLike[str]) -> set[str]:
+    """Paths already written to an output: every row of a CSV or JSON Lines file (a torn
+    last line is ignored), every row of the complete parts of a Parquet folder (stale
+    temporary parts of a killed run are deleted)."""
+    output = os.fspath(output)
+    done: set[str] = set()
+    if output_format(output) == "parquet":
+        import pyarrow.parquet as pq
+
+        for name in sorted(os.listdir(output)):
+            if name.startswith(".tmp-"):
+                os.remove(os.path.join(output, name))
+            elif name.endswith(".parquet"):
+                done.update(
+                    pq.read_table(os.path.join(output, name), columns=["path"])[0].to_pylist()
+                )
+        return done
+    with open(output, encoding="utf-8", newline="") as f:
+        if output_format(output) == "csv":
+            for row in csv.DictReader(f):
+                if row.get("path") and "error" in row and row["error"] is not None:
+                    done.add(row["path"])
+        else:
+            for line in f:
+                with contextlib.suppress(json.JSONDecodeError, KeyError):  # a torn last line
+                    done.add(json.loads(line)["path"])
+    return done
+
+
+# -- CSV and JSON Lines -----------------------------------------------------------------
+def _csv_header(top_k: int) -> list[str]:
+    header = ["row_id", "path", "label", "probability"]
+    for j in range(1, top_k + 1 if top_k > 1 else 1):
+        header += [f"label_{j}", f"probability_{j}"]
+    return [*header, "error"]
+
+
+def _csv_line(row: dict[str, Any], top_k: int) -> list[Any]:
+    line = [
+        row["row_id"],
+        row["path"],
+        "" if row["label"] is None else row["label"],
+        "" if row["probability"] is None else f"{row['probability']:.6f}",
+    ]
+    if top_k > 1:
+        for j in range(top_k):
+            has = j < len(row["top_labels"])
+            line += [
+                row["top_labels"][j] if has else "",
+                f"{row['top_probabilities'][j]:.6f}" if has else "",
+            ]
+    return [*line, row["error"]]
+
+
+def _json_ready(row: dict[str, Any]) -> dict[str, Any]:
+    vector = row.get("features")
+    if isinstance(vector, np.ndarray):
+        return {**row, "features": vector.tolist()}
+    return row
+
+
+def _truncate_torn_tail(output: str) -> None:
+    """Drop a half-written last line left by a killed run, so appending stays valid."""
+    with open(output, "rb+") as f:
+        f.seek(0, os.SEEK_END)
+        size = f.tell()
+        if size == 0:
+            return
+        f.seek(max(0, size - 65536))
+        tail = f.read()
+        if tail.endswith(b"\n"):
+            return
+        cut = tail.rfind(b"\n")
+        f.truncate(size - len(tail) + cut + 1 if cut >= 0 else 0)
+
+
+# -- Parquet parts ----------------------------------------------------------------------
+def _schema(kind: str) -> Any:
+    import pyarrow as pa
+
+    if kind == "features":
+        return pa.schema(
+            [
+                ("row_id", pa.int64()),
+                ("path", pa.string()),
+                ("features", pa.list_(pa.float32())),
+                ("error", pa.string()),
+            ]
+        )
+    return pa.schema(
+        [
+            ("row_id", pa.int64()),
+            ("path", pa.string()),
+            ("label", pa.string()),
+            ("probability", pa.float64()),
+            ("top_labels", pa.list_(pa.string())),
+            ("top_probabilities", pa.list_(pa.float64())),
+            ("error", pa.string()),
+        ]
+    )
+
+
+def _pyarrow() -> Any:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise DataError(
+            "writing Parquet needs pyarrow: pip install 'tlearn[parquet]' (or write .jsonl)"
+        ) from None
+    return pq
+
+
+def rows_table(rows: list[dict[str, Any]], kind: str) -> Any:
+    """Rows as a pyarrow Table with the fixed schema of their kind (labels as strings),
+    the same whichever rows a part happens to hold (all failed, say)."""
+    import pyarrow as pa
+
+    schema = _schema(kind)
+    columns: dict[str, list[Any]] = {name: [] for name in schema.names}
+    for row in rows:
+        for name in schema.names:
+            value = row[name]
+            if name == "label" and value is not None:
+                value = str(value)
+            elif name == "top_labels":
+                value = [str(v) for v in value]
+            columns[name].append(value)
+    return pa.table(columns, schema=schema)
+
+
+def write_part(rows: list[dict[str, Any]], folder: str, kind: str) -> str | None:
+    """Write ``rows`` (in row-id order) as one complete part of the Parquet folder, named
+    by the first row id, atomically: a part written again replaces itself. Returns the
+    part's path (``None`` for no rows)."""
+    if not rows:
+        return None
+    pq = _pyarrow()
+    table = rows_table(rows, kind)
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, _PART.format(int(rows[0]["row_id"])))
+    tmp = os.path.join(folder, f".tmp-{uuid.uuid4().hex}.parquet")
+    try:
+        pq.write_table(table, tmp)
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+    return path
+
+
+class RowWriter:
+    """Append rows to an output of any format, flushing as it goes: CSV and JSON Lines every
+    256 rows, Parquet a complete part every ``part_rows`` rows."""
+
+    def __init__(
+        self,
+        output: str,
+        kind: str = "predictions",
+        top_k: int = 1,
+        *,
+        append: bool = False,
+        part_rows: int = PART_ROWS,
+    ) -> None:
+        self.output, self.kind, self.top_k = output, kind, top_k
+        self.fmt = output_format(output, kind)
+        self.part_rows = part_rows
+        self._pending: list[dict[str, Any]] = []
+        self._n = 0
+        self._file: Any = None
+        self._csv: Any = None
+        if self.fmt == "parquet":
+            _pyarrow()
+            os.makedirs(output, exist_ok=True)
+            return
+        if append:
+            _truncate_torn_tail(output)
+        self._file = open(output, "a" if append else "w", newline="", encoding="utf-8")  # noqa: SIM115
+        if self.fmt == "csv":
+            self._csv = csv.writer(self._file)
+            if self._file.tell() == 0:
+                self._csv.writerow(_csv_header(top_k))
+
+    def write(self, row: dict[str, Any]) -> None:
+        self._n += 1
+        if self.fmt == "parquet":
+            self._pending.append(row)
+            if len(self._pending) >= self.part_rows:
+                self._flush_part()
+            return
+        if self._csv is not None:
+            self._csv.writerow(_csv_line(row, self.top_k))
+        else:
+            self._file.write(json.dumps(_json_ready(row)) + "\n")
+        if self._n % 256 == 0:
+            self._file.flush()
+
+    def _flush_part(self) -> None:
+        write_part(self._pending, self.output, self.kind)
+        self._pending = []
+
+    def close(self) -> None:
+        """Write what is pending; the output is complete after this."""
+        if self.fmt == "parquet":
+            self._flush_part()
+        elif self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def __enter__(self) -> RowWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def write_rows(
+    rows: Iterable[dict[str, Any]],
+    output: str | os.PathLike[str],
+    kind: str = "predictions",
+    top_k: int = 1,
+    *,
+    append: bool = False,
+    on_row: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, int]:
+    """Write every row to ``output``; returns ``{"ok": n, "failed": m}`` for them."""
+    output = os.fspath(output)
+    check_output(output)
+    counts = {"ok": 0, "failed": 0}
+    with RowWriter(output, kind, top_k, append=append) as writer:
+        for row in _counted(rows, counts, on_row):
+            writer.write(row)
+    return counts
+
+
+def _counted(
+    rows: Iterable[dict[str, Any]],
+    counts: dict[str, int],
+    on_row: Callable[[dict[str, Any]], None] | None,
+) -> Iterator[dict[str, Any]]:
+    for row in rows:
+        counts["failed" if row["error"] else "ok"] += 1
+        if on_row is not None:
+            on_row(row)
+        yield row

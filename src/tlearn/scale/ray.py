@@ -1,0 +1,383 @@
+"""Batch prediction and featurisation on Ray Data, the same rows as ``tlearn predict``.
+
+The pipeline (:func:`dataset`):
+
+1. a manifest of ``(row_id, path)`` on the driver, in shards of ``shard_rows`` rows (one
+   Ray block each); the row id is the image's position in the expanded input, as in the
+   single-process output;
+2. reading and decoding in Ray tasks (``decode_cpus`` each): an unreadable image becomes a
+   row with its error, never a failed block;
+3. an actor pool of predictors (``workers`` actors of ``threads`` CPUs, or one GPU each):
+   every actor rebuilds the :class:`~tlearn.predictor.Predictor` from its pickle (the model
+   file's path, or its bytes for a cluster without a shared disk) with its engine's thread
+   count set to the CPUs Ray gave it;
+4. with an output (:func:`predict`, :func:`featurize`), each actor writes its shard as one
+   Parquet part named by the shard's first row id, atomically.
+
+Nothing lost, nothing twice: Ray restarts a killed actor and retries its shard with the same
+rows, and the retry replaces the part of the same name; a killed driver leaves only complete
+parts, and ``resume=True`` predicts only the rows they lack. The driver checks at the end
+that the folder holds exactly one row per input.
+
+A local Ray instance (started when no ``address`` is given and ``RAY_ADDRESS`` is unset) runs
+with usage statistics off, no dashboard, and an object store sized for this machine.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import pickle
+import sys
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import numpy as np
+
+from tlearn.exceptions import DataError, ImageReadError, TlearnError
+from tlearn.outputs import output_format, prepare_output, rows_table, write_part
+from tlearn.predictor import Predictor, error_row, iter_manifest, load_predictor, top_k_rows
+
+__all__ = ["connect", "dataset", "featurize", "predict"]
+
+#: Rows per shard: one Ray block, one actor call, one Parquet part.
+SHARD_ROWS = 256
+#: The local instance's object store: decoded shards in flight (256 x 224 px = 38 MB each).
+OBJECT_STORE_BYTES = 2 * 1024**3
+_WORKERS_DIR = ".tlearn-workers"
+
+
+def _ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise TlearnError(
+            "--cluster ray needs Ray, which is not installed: pip install 'tlearn[ray]'"
+        ) from None
+    return ray
+
+
+@contextlib.contextmanager
+def connect(
+    address: str | None = None, *, num_cpus: int | None = None, quiet: bool = True
+) -> Iterator[Any]:
+    """Join the Ray cluster at ``address`` (or ``$RAY_ADDRESS``), or start a local instance
+    with ``num_cpus`` logical CPUs for the length of the block; an instance that was
+    already initialised in this process is used as it is."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    ray = _ray()
+    if ray.is_initialized():
+        yield ray
+        return
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    options: dict[str, Any] = {
+        "include_dashboard": False,
+        "log_to_driver": not quiet,
+        "logging_level": logging.WARNING if quiet else logging.INFO,
+    }
+    if address is None:
+        options.update(
+            num_cpus=num_cpus or os.cpu_count() or 1,
+            object_store_memory=OBJECT_STORE_BYTES,
+            _node_ip_address="127.0.0.1",
+        )
+    ray.init(address=address, **options)
+    try:
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = not quiet and sys.stderr.isatty()
+        ctx.print_on_execution_start = not quiet
+        if quiet:
+            logging.getLogger("ray.data").setLevel(logging.ERROR)
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+# -- the stages -------------------------------------------------------------------------
+def _decode(batch: dict[str, np.ndarray], pre: Any) -> dict[str, np.ndarray]:
+    """Ray task: read and preprocess one shard; unreadable images get an error, zeros."""
+    from tlearn.data.loader import load_preprocessed
+
+    paths = [str(p) for p in batch["path"]]
+    size = pre.input_size
+    pixels = np.zeros((len(paths), size, size, 3), np.uint8)
+    errors = [""] * len(paths)
+    for i in range(len(paths)):
+        try:
+            pixels[i] = load_preprocessed(paths, i, pre)
+        except ImageReadError as e:
+            errors[i] = e.reason
+    return {**batch, "pixels": pixels, "error": np.asarray(errors, dtype=object)}
+
+
+class _Predict:
+    """Ray actor: one predictor, built in the actor from its pickle, threads set to the
+    CPUs Ray assigned; turns decoded shards into rows (or writes them as parts)."""
+
+    def __init__(
+        self, blob: bytes, kind: str, top_k: int, tta: bool, output: str | None, threads: int
+    ) -> None:
+        import ray
+
+        cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", threads)
+        self.threads = max(1, int(cpus or threads))
+        os.environ["TLEARN_NUM_THREADS"] = str(self.threads)
+        import torch
+
+        torch.set_num_threads(self.threads)
+        self.predictor: Predictor = pickle.loads(blob)
+        self.kind, self.top_k, self.tta, self.output = kind, top_k, tta, output
+        self.batches = 0
+        if output is not None:  # found by operators and tests: which process holds a worker
+            folder = os.path.join(output, _WORKERS_DIR)
+            os.makedirs(folder, exist_ok=True)
+            self._pid_file = os.path.join(folder, f"{os.getpid()}.pid")
+            self._mark()
+
+    def _mark(self) -> None:
+        with open(self._pid_file, "w") as f:
+            f.write(f"{self.batches}\n")
+
+    def _outputs(self, pixels: np.ndarray) -> list[dict[str, Any]]:
+        p, step = self.predictor, self.predictor.batch_size
+        if self.kind == "features":
+            if not len(pixels):
+                return []
+            feats = np.concatenate(
+                [p.features_pixels(pixels[i : i + step]) for i in range(0, len(pixels), step)]
+            )
+            return [{"features": f, "error": ""} for f in feats.astype(np.float32)]
+        proba = np.concatenate(
+            [
+                p.predict_pixels(pixels[i : i + step], tta=self.tta)
+                for i in range(0, len(pixels), step)
+            ]
+            or [np.empty((0, len(p.classes)))]
+        )
+        return top_k_rows(proba, p.classes, self.top_k)
+
+    def rows(self, batch: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+        errors = [str(e) for e in batch["error"]]
+        ok = [i for i, e in enumerate(errors) if not e]
+        done = iter(self._outputs(batch["pixels"][ok]))
+        failed: dict[str, Any] = {"features": None} if self.kind == "features" else error_row("")
+        rows = []
+        for row_id, path, err in zip(batch["row_id"], batch["path"], errors, strict=True):
+            row = next(done) if not err else {**failed, "error": err}
+            rows.append({"row_id": int(row_id), "path": str(path), **row})
+        return rows
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> Any:
+        rows = self.rows(batch)
+        if self.output is None:
+            return rows_table(rows, self.kind)
+        write_part(rows, self.output, self.kind)
+        self.batches += 1
+        self._mark()
+        n_failed = sum(1 for r in rows if r["error"])
+        return {
+            "row_id": np.asarray([rows[0]["row_id"]], np.int64),
+            "ok": np.asarray([len(rows) - n_failed], np.int64),
+            "failed": np.asarray([n_failed], np.int64),
+        }
+
+
+# -- the pipeline -----------------------------------------------------------------------
+def _plan(workers: int | None, threads: int, gpus: float, ray: Any) -> int:
+    if workers is not None:
+        if workers < 1:
+            raise DataError(f"workers must be at least 1, got {workers}")
+        return workers
+    if gpus:
+        return max(1, int(ray.cluster_resources().get("GPU", 1) // gpus))
+    return max(1, int(ray.cluster_resources().get("CPU", 1) // threads) - 1)
+
+
+def dataset(
+    model: Any,
+    inputs: Iterable[str],
+    *,
+    kind: str = "predictions",
+    top_k: int = 1,
+    tta: bool = False,
+    workers: int | None = None,
+    threads: int = 1,
+    gpus: float = 0,
+    decode_cpus: float = 0.5,
+    shard_rows: int = SHARD_ROWS,
+    skip: set[str] | None = None,
+    ship: str | None = None,
+    engine: str | None = None,
+    _output: str | None = None,
+) -> Any:
+    """The Ray Dataset of prediction rows (``kind="predictions"``: ``row_id``, ``path``,
+    ``label``, ``probability``, ``top_labels``, ``top_probabilities``, ``error``) or
+    feature rows (``kind="features"``: ``row_id``, ``path``, ``features``, ``error``), for
+    users already on Ray; lazy, like every Ray Dataset. Needs ``ray.init()`` first (or
+    :func:`connect`). ``model``: a model file, an export, ``imagenet:BACKBONE``, a fitted
+    model or a :class:`~tlearn.predictor.Predictor`; ``ship="bytes"`` sends the model
+    file's bytes to the workers (default when joining a cluster), ``"path"`` its path."""
+    ray = _ray()
+    if not ray.is_initialized():
+        raise TlearnError("call ray.init() (or use tlearn.scale.ray.connect()) first")
+    import pyarrow as pa
+
+    predictor = _shippable(model, ship, engine)
+    pre = predictor.preprocessing
+    if kind == "features" and predictor.parts.features is None:
+        raise DataError("an export gives probabilities, not features; use a model file")
+    blob = pickle.dumps(predictor)
+    del predictor
+    shards = [
+        pa.table({"row_id": [i for i, _ in chunk], "path": [p for _, p in chunk]})
+        for chunk in iter_manifest(inputs, shard_rows, skip)
+    ]
+    if not shards:
+        shards = [pa.table({"row_id": pa.array([], pa.int64()), "path": pa.array([], pa.string())})]
+    n_workers = _plan(workers, threads, gpus, ray)
+    resources: dict[str, Any] = {"num_gpus": gpus} if gpus else {"num_cpus": threads}
+    return (
+        ray.data.from_arrow(shards)
+        .map_batches(_decode, fn_kwargs={"pre": pre}, batch_size=None, num_cpus=decode_cpus)
+        .map_batches(
+            _Predict,
+            fn_constructor_args=(blob, kind, top_k, tta, _output, threads),
+            batch_size=None,
+            batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=n_workers),
+            **resources,
+        )
+    )
+
+
+def _shippable(model: Any, ship: str | None, engine: str | None) -> Predictor:
+    if isinstance(model, Predictor):
+        return model
+    if ship is None:
+        ship = "path" if _is_local() else "bytes"
+    if isinstance(model, (str, os.PathLike)):
+        return Predictor.load(model, engine=engine, ship=ship, warmup=False)
+    return load_predictor(model, engine=engine, warmup=False)
+
+
+def _is_local() -> bool:
+    ray = _ray()
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    return len(nodes) <= 1
+
+
+def _run(
+    kind: str,
+    model: Any,
+    inputs: Iterable[str],
+    output: str | os.PathLike[str],
+    *,
+    resume: bool,
+    overwrite: bool,
+    address: str | None,
+    workers: int | None,
+    threads: int,
+    **options: Any,
+) -> dict[str, int]:
+    output = os.fspath(output)
+    if output_format(output, kind) != "parquet":
+        raise DataError(
+            f"with --cluster ray the output is a Parquet folder (workers write its parts); "
+            f"got {output!r}: name it *.parquet"
+        )
+    done = prepare_output(output, kind, resume=resume, overwrite=overwrite) or set()
+    cpus = None if workers is None else workers * threads + 1
+    with connect(address, num_cpus=cpus or (os.cpu_count() or 1) + 1):
+        ds = dataset(
+            model, inputs, kind=kind, workers=workers, threads=threads, skip=done,
+            _output=output, **options,
+        )  # fmt: skip
+        summaries = ds.to_pandas()
+    with contextlib.suppress(FileNotFoundError):
+        import shutil
+
+        shutil.rmtree(os.path.join(output, _WORKERS_DIR))
+    counts = {
+        "ok": int(summaries["ok"].sum()) if len(summaries) else 0,
+        "failed": int(summaries["failed"].sum()) if len(summaries) else 0,
+        "skipped": len(done),
+    }
+    _check_complete(output, counts["ok"] + counts["failed"] + len(done))
+    return counts
+
+
+def _check_complete(output: str, expected: int) -> None:
+    """Exactly one row per input: a retried shard must have replaced its part."""
+    import pyarrow.parquet as pq
+
+    ids = pq.read_table(output, columns=["row_id"])["row_id"].to_numpy()
+    if len(ids) != expected or len(np.unique(ids)) != len(ids):
+        raise TlearnError(
+            f"the output {output!r} has {len(ids)} rows ({len(np.unique(ids))} distinct) "
+            f"for {expected} images; rerun with --resume to fill it in"
+        )
+
+
+def predict(
+    model: Any,
+    inputs: Iterable[str],
+    output: str | os.PathLike[str],
+    *,
+    top_k: int = 1,
+    tta: bool = False,
+    resume: bool = False,
+    overwrite: bool = False,
+    address: str | None = None,
+    workers: int | None = None,
+    threads: int = 1,
+    **options: Any,
+) -> dict[str, int]:
+    """Predict every image in ``inputs`` on Ray into the Parquet folder ``output``: the
+    rows of single-process ``tlearn predict``. Returns counts of ``ok``, ``failed`` and
+    ``skipped`` (done by an earlier run, with ``resume``).
+
+    Parameters
+    ----------
+    model : str or estimator
+        A model file, an export, ``imagenet:BACKBONE`` or a fitted model.
+    inputs : iterable of str
+        Images, folders, zips, CSVs or globs, visible from every Ray node.
+    output : str
+        A ``.parquet`` folder.
+    address : str, optional
+        A Ray cluster to join (default: ``$RAY_ADDRESS``, else a local instance).
+    workers : int, optional
+        Predictor actors (default: one per ``threads`` CPUs of the cluster, less one
+        CPU for decoding).
+    threads : int, default=1
+        CPUs (and engine threads) per actor.
+    **options
+        ``engine``, ``gpus`` (per actor), ``decode_cpus``, ``shard_rows``, ``ship``: see
+        :func:`dataset`.
+    """
+    return _run(
+        "predictions", model, inputs, output, resume=resume, overwrite=overwrite,
+        address=address, workers=workers, threads=threads, top_k=top_k, tta=tta, **options,
+    )  # fmt: skip
+
+
+def featurize(
+    model: Any,
+    inputs: Iterable[str],
+    output: str | os.PathLike[str],
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    address: str | None = None,
+    workers: int | None = None,
+    threads: int = 1,
+    **options: Any,
+) -> dict[str, int]:
+    """The backbone features of every image in ``inputs``, on Ray, into the Parquet folder
+    ``output``: the rows of single-process ``tlearn featurize``. Arguments as
+    :func:`predict`."""
+    return _run(
+        "features", model, inputs, output, resume=resume, overwrite=overwrite,
+        address=address, workers=workers, threads=threads, **options,
+    )  # fmt: skip
