@@ -66,11 +66,15 @@ def connect(
     with ``num_cpus`` logical CPUs for the length of the block; an instance that was
     already initialised in this process is used as it is."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address is None or address.split(":")[0] in ("127.0.0.1", "localhost"):
+        # keep a loopback address on loopback: Ray swaps it for the machine's own address
+        # unless its "no multi-node cluster" mode is on (read when Ray is imported)
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     ray = _ray()
     if ray.is_initialized():
         yield ray
         return
-    address = address or os.environ.get("RAY_ADDRESS") or None
     options: dict[str, Any] = {
         "include_dashboard": False,
         "log_to_driver": not quiet,
@@ -82,7 +86,11 @@ def connect(
             object_store_memory=OBJECT_STORE_BYTES,
             _node_ip_address="127.0.0.1",
         )
-    ray.init(address=address, **options)
+    try:  # "local": a new instance even when a `ray start` cluster runs on this machine
+        ray.init(address=address or "local", **options)
+    except (ConnectionError, ValueError, RuntimeError) as e:
+        where = f"the Ray cluster at {address}" if address else "a local Ray instance"
+        raise TlearnError(f"cannot reach {where}: {str(e).splitlines()[0][:300]}") from e
     try:
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = not quiet and sys.stderr.isatty()

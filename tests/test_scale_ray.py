@@ -1,0 +1,218 @@
+"""Prediction and featurisation on Ray, against single-process `tlearn predict` and
+`tlearn featurize` on real CIFAR-10 photos: the same rows, a bad-file mix, a predictor
+actor SIGKILLed mid-job, a driver SIGKILLed then resumed, and a local instance against a
+separately started head.
+
+One Ray head per module (`ray start --head` on 127.0.0.1, usage statistics off); the jobs
+run through the real command, as a user runs them."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("ray", reason="the Ray tests need the extra: pip install 'tlearn[ray]'")
+pd = pytest.importorskip("pandas")
+
+pytestmark = [pytest.mark.needs_data, pytest.mark.slow]
+
+TLEARN = [sys.executable, "-m", "tlearn"]
+MODEL = "imagenet:efficientnet_lite0"
+N_PER_CLASS = 200  # 2,000 photos
+
+
+def _env(home: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # loopback stays loopback
+        "RAY_AUTH_MODE": "token",  # the head and every job share ~/.ray/auth_token
+        "TLEARN_HOME": str(home),
+        "TLEARN_OFFLINE": "1",
+        "COLUMNS": "200",
+    }
+
+
+@pytest.fixture(scope="module")
+def photos(cifar_zip, tmp_path_factory) -> Path:
+    """2,000 CIFAR-10 test JPEGs in class folders, plus two files that are not images."""
+    root = tmp_path_factory.mktemp("ray-photos") / "photos"
+    with zipfile.ZipFile(cifar_zip) as zf:
+        names = sorted(n for n in zf.namelist() if n.startswith("test/") and n.endswith(".jpg"))
+        taken: dict[str, int] = {}
+        for name in names:
+            cls = name.split("/")[1]
+            if taken.get(cls, 0) < N_PER_CLASS:
+                taken[cls] = taken.get(cls, 0) + 1
+                target = root / cls / Path(name).name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(zf.read(name))
+    good = (root / "cat" / "0000.jpg").read_bytes()
+    (root / "cat" / "0000-truncated.jpg").write_bytes(good[: len(good) // 3])
+    (root / "dog" / "notes.jpg").write_text("not a picture")
+    return root
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("ray-home")
+
+
+@pytest.fixture(scope="module")
+def head(home, tmp_path_factory):
+    """A Ray head started apart, on loopback: the cluster the jobs join with --address."""
+    port = 6399
+    temp = tmp_path_factory.mktemp("ray-tmp")
+    ray = str(Path(sys.executable).with_name("ray"))
+    cmd = [ray, "start", "--head", f"--port={port}", "--num-cpus=3",
+           "--object-store-memory=1500000000", "--node-ip-address=127.0.0.1",
+           "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp}"]  # fmt: skip
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=_env(home))
+    assert r.returncode == 0, r.stdout + r.stderr
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        subprocess.run([ray, "stop", "--force"], capture_output=True, timeout=120)
+
+
+def tlearn(*args: str, home: Path, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*TLEARN, *args], capture_output=True, text=True, timeout=timeout, env=_env(home)
+    )
+
+
+@pytest.fixture(scope="module")
+def single(photos, home, tmp_path_factory) -> pd.DataFrame:
+    """Single-process `tlearn predict` on the photos: the reference."""
+    out = tmp_path_factory.mktemp("single") / "preds.parquet"
+    r = tlearn("predict", MODEL, str(photos), "-o", str(out), "--top-k", "3", home=home)
+    assert r.returncode == 0, r.stderr
+    return pd.read_parquet(out)
+
+
+def assert_same_predictions(got: pd.DataFrame, want: pd.DataFrame) -> None:
+    got = got.sort_values("row_id").reset_index(drop=True)
+    assert got["row_id"].is_unique and len(got) == len(want)
+    assert (got["row_id"].to_numpy() == want["row_id"].to_numpy()).all()
+    assert (got["path"] == want["path"]).all()
+    assert (got["error"] == want["error"]).all()
+    assert (got["label"].fillna("") == want["label"].fillna("")).all()
+    ok = want["error"] == ""
+    for a, b in zip(got["top_labels"][ok], want["top_labels"][ok], strict=True):
+        assert list(a) == list(b)
+    gp = np.stack(got["top_probabilities"][ok].to_numpy())
+    wp = np.stack(want["top_probabilities"][ok].to_numpy())
+    assert np.abs(gp - wp).max() < 1e-5
+
+
+def test_ray_predict_equals_single_process(photos, single, head, home, tmp_path):
+    out = tmp_path / "ray.parquet"
+    r = tlearn("predict", MODEL, str(photos), "-o", str(out), "--top-k", "3",
+               "--cluster", "ray", "--address", head, "--workers", "2", home=home)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "2000 images predicted, 2 failed" in r.stdout
+    got = pd.read_parquet(out)
+    assert_same_predictions(got, single)
+    errors = dict(zip(got["path"], got["error"], strict=True))
+    assert "truncated" in errors[str(photos / "cat" / "0000-truncated.jpg")].lower()
+    assert "not a recognised image" in errors[str(photos / "dog" / "notes.jpg")]
+    parts = sorted(p.name for p in out.iterdir())
+    assert parts[0] == "part-000000000.parquet" and len(parts) == 8  # 2,002 rows / 256
+
+
+def test_ray_featurize_equals_single_process(photos, head, home, tmp_path):
+    cat = photos / "cat"
+    local, ray_out = tmp_path / "local.parquet", tmp_path / "ray.parquet"
+    r = tlearn("featurize", str(cat), "-o", str(local), home=home)
+    assert r.returncode == 0, r.stderr
+    r = tlearn("featurize", str(cat), "-o", str(ray_out), "--cluster", "ray",
+               "--address", head, home=home)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    a, b = pd.read_parquet(local), pd.read_parquet(ray_out)
+    assert len(a) == len(b) == N_PER_CLASS + 1
+    assert (a["row_id"] == b["row_id"]).all() and (a["error"] == b["error"]).all()
+    ok = a["error"] == ""
+    fa, fb = np.stack(a["features"][ok].to_numpy()), np.stack(b["features"][ok].to_numpy())
+    assert fa.shape == (N_PER_CLASS, 1280) and np.abs(fa - fb).max() < 1e-5
+    assert b["features"][~ok].isna().all()
+
+
+def _wait_for(what, timeout: float = 300):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = what()
+        if found:
+            return found
+        time.sleep(0.05)
+    raise AssertionError("timed out waiting")
+
+
+def test_killed_predictor_actor_is_retried_without_duplicates(photos, single, head, home, tmp_path):
+    out = tmp_path / "ray.parquet"
+    proc = subprocess.Popen(
+        [*TLEARN, "predict", MODEL, str(photos), "-o", str(out), "--top-k", "3",
+         "--cluster", "ray", "--address", head, "--workers", "2"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(home),
+    )  # fmt: skip
+    workers = out / ".tlearn-workers"
+
+    def busy_worker() -> int | None:  # a worker that has written at least one part
+        for f in workers.glob("*.pid") if workers.is_dir() else []:
+            if f.read_text().strip() not in ("", "0"):
+                return int(f.stem)
+        return None
+
+    pid = _wait_for(busy_worker)
+    os.kill(pid, signal.SIGKILL)
+    stdout, stderr = proc.communicate(timeout=900)
+    assert proc.returncode == 0, stderr[-3000:]
+    assert "2000 images predicted, 2 failed" in stdout
+    assert_same_predictions(pd.read_parquet(out), single)
+
+
+def test_killed_driver_then_resume_predicts_only_the_rest(photos, single, head, home, tmp_path):
+    out = tmp_path / "ray.parquet"
+    args = ["predict", MODEL, str(photos), "-o", str(out), "--top-k", "3",
+            "--cluster", "ray", "--address", head, "--workers", "2"]  # fmt: skip
+    proc = subprocess.Popen(
+        [*TLEARN, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env(home)
+    )
+    _wait_for(lambda: len(list(out.glob("part-*.parquet"))) >= 2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    parts_before = len(list(out.glob("part-*.parquet")))
+    assert 2 <= parts_before < 8
+    r = tlearn(*args, home=home)
+    assert r.returncode != 0 and "--resume" in r.stderr  # never silently overwritten
+    r = tlearn(*args, "--resume", home=home)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "were already done" in r.stdout
+    skipped = int(r.stdout.split("; ")[1].split()[0])
+    assert 0 < skipped < 2002
+    assert_same_predictions(pd.read_parquet(out), single)
+
+
+def test_local_instance_matches_the_separate_head(photos, head, home, tmp_path):
+    """Without --address a local instance is started (not the running head)."""
+    inputs = [str(photos / "ship"), str(photos / "dog")]
+    joined, local = tmp_path / "joined.parquet", tmp_path / "local.parquet"
+    r = tlearn("predict", MODEL, *inputs, "-o", str(joined), "--cluster", "ray",
+               "--address", head, home=home)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = tlearn("predict", MODEL, *inputs, "-o", str(local), "--cluster", "ray", home=home)
+    assert r.returncode == 0, r.stderr[-3000:]
+    a, b = pd.read_parquet(joined), pd.read_parquet(local)
+    assert len(a) == 2 * N_PER_CLASS + 1
+    assert a.drop(columns="top_probabilities").equals(b.drop(columns="top_probabilities"))
+    assert np.abs(np.stack(a["top_probabilities"][a.error == ""])
+                  - np.stack(b["top_probabilities"][b.error == ""])).max() < 1e-6  # fmt: skip
+    shutil.rmtree(local)
