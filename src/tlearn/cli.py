@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import inspect
+import json
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -125,6 +126,11 @@ _FIT_GENERAL: list[tuple[str, Any, Any]] = [
      "or top-level keys, named like the flags).")], None),
     ("resume", Annotated[bool, typer.Option(help="finetune: continue from the checkpoint in "
      "--checkpoint-dir (default OUT.run/).")], False),
+    ("cluster", ClusterOpt, "local"),
+    ("address", AddressOpt, None),
+    ("workers", Annotated[int, typer.Option(min=1, help="Ray Train workers.",
+     rich_help_panel=_SCALE)], 2),
+    ("threads", ThreadsOpt, 1),
 ]  # fmt: skip
 _PANELS = {"both": "Features", "probe": "Probe", "finetune": "Fine-tuning"}
 
@@ -197,6 +203,10 @@ def fit(ctx: typer.Context, data: str, **values: Any) -> None:
     s = _fit_settings(ctx, values)
     out, json_path = Path(s.pop("out")), s.pop("json_path")
     s["time_budget"] = _seconds(s["time_budget"])
+    scale = {k: s.pop(k) for k in ("cluster", "address", "workers", "threads")}
+    if _on_ray(scale.pop("cluster"), out):
+        _fit_on_ray(data, out, json_path, scale, s)
+        return
     if s["method"] in ("finetune", "lp-ft") and s.get("checkpoint_dir") is None:
         s["checkpoint_dir"] = str(out.with_suffix("")) + ".run"
     result = train(data, out=out, say=console.print, **s)
@@ -215,6 +225,23 @@ def fit(ctx: typer.Context, data: str, **values: Any) -> None:
         f"[bold]{which} loss: {result.report.log_loss:.4f}  {which} accuracy: "
         f"{result.report.accuracy:.4f}[/] ({result.report.n_images} images, {how}); model "
         f"saved to {out} ({result.seconds:.0f} s)"
+    )
+
+
+def _fit_on_ray(
+    data: str, out: Path, json_path: Path | None, scale: dict[str, Any], s: dict[str, Any]
+) -> None:
+    from tlearn.scale.ray_train import fit as fit_ray
+
+    s = {k: v for k, v in s.items() if v is not None and k != "time_budget"}
+    done = fit_ray(data, out, **scale, **s)
+    if json_path is not None:
+        json_path.write_text(json.dumps(done["report"], indent=2) + "\n")
+    which = "test" if "test" in done["method"] else "held-out"
+    console.print(
+        f"[bold]{which} loss: {done['log_loss']:.4f}  {which} accuracy: "
+        f"{done['accuracy']:.4f}[/] ({done['n_images']} images, {done['method']}); model "
+        f"saved to {out} ({done['seconds']:.0f} s, {scale['workers']} Ray Train workers)"
     )
 
 

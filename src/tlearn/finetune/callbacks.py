@@ -14,6 +14,8 @@ import copy
 import csv
 import math
 import os
+import shutil
+import tempfile
 import time
 from typing import Any
 
@@ -200,6 +202,28 @@ class History(Callback):
         plot_history(state.history, os.path.join(self.folder, "curves.png"))
 
 
+class RayTrainReport(Callback):
+    """Under Ray Train: every worker reports each epoch's metrics (a barrier Ray Train
+    needs), and the main one the epoch's checkpoint, which Ray Train keeps in its storage
+    and hands back to the workers it restarts after a failure (``max_failures``)."""
+
+    def __init__(self, folder: str | None, info: DistInfo) -> None:
+        self.folder, self.info = folder, info
+
+    def on_epoch_end(self, state: LoopState) -> None:
+        import ray.train
+
+        metrics = {**state.history[-1], "epoch": state.epoch}
+        if not (self.info.is_main and self.folder):
+            ray.train.report(metrics)
+            return
+        with tempfile.TemporaryDirectory(prefix="tlearn-ckpt-") as tmp:
+            for name in (CHECKPOINT_NAME, "history.csv"):
+                if os.path.isfile(os.path.join(self.folder, name)):
+                    shutil.copy2(os.path.join(self.folder, name), tmp)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+
 class ProgressLog(Callback):
     """One line per epoch (losses, accuracy, images/s, time left) on the ``tlearn`` logger."""
 
@@ -245,6 +269,8 @@ def default_callbacks(
             Checkpoint(cfg.checkpoint_dir, cfg, info, resume),
             History(cfg.checkpoint_dir, info),
         ]
+    if info.launcher == "ray":  # after Checkpoint: it reports the file just written
+        callbacks.append(RayTrainReport(cfg.checkpoint_dir, info))
     return [*callbacks, ProgressLog(cfg, info)]
 
 

@@ -1,6 +1,9 @@
-"""DistributedDataParallel under ``torchrun``: gloo on CPU, NCCL on CUDA.
+"""DistributedDataParallel under ``torchrun`` or Ray Train: gloo on CPU, NCCL on CUDA.
 
-Every process reads its own shard of each epoch's (shared, seeded) permutation; gradients
+Both launchers set the same environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``); Ray Train
+also joins the process group before the loop starts, and :mod:`tlearn.scale.ray_train` sets
+``TLEARN_LAUNCHER=ray`` so that the loop reports its epochs and checkpoints to Ray Train
+(:class:`~tlearn.finetune.callbacks.RayTrainReport`). Every process reads its own shard of each epoch's (shared, seeded) permutation; gradients
 are averaged across processes, so ``batch_size`` is the global batch as in one process. Only
 rank 0 writes files.
 """
@@ -22,6 +25,7 @@ class DistInfo:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    launcher: str = "none"  # "torchrun" or "ray" when distributed
 
     @property
     def is_main(self) -> bool:
@@ -33,14 +37,15 @@ class DistInfo:
 
 
 def dist_info(device: torch.device) -> DistInfo:
-    """Read torchrun's environment and join the process group (once)."""
+    """Read the launcher's environment and join the process group (once)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
+    launcher = os.environ.get("TLEARN_LAUNCHER", "torchrun")
     if world <= 1:
-        return DistInfo()
+        return DistInfo(launcher="ray" if launcher == "ray" else "none")
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return DistInfo(rank, world, local)
+    return DistInfo(rank, world, local, launcher)
 
 
 def maybe_wrap(net: nn.Module, info: DistInfo, device: torch.device) -> nn.Module:
