@@ -25,12 +25,26 @@ def _run(code: str) -> str:
 
 
 def test_import_tlearn_imports_neither_torch_nor_sklearn():
-    listed = "print(sorted(m for m in ('torch', 'sklearn', 'timm') if m in sys.modules))"
+    listed = "print(sorted(m for m in ('torch', 'sklearn', 'timm', 'ray') if m in sys.modules))"
     out = _run(f"import sys, tlearn; {listed}")
     assert out == "[]"
     out = _run(f"import sys, tlearn.cli; {listed}")
     assert out == "[]"  # `tlearn --help` stays fast
     assert _run("import tlearn; print(tlearn.LinearProbe.__name__)") == "LinearProbe"
+
+
+def test_cluster_ray_without_the_extra_names_it(tmp_path):
+    """Without Ray installed, --cluster ray says which extra to install, in one line."""
+    code = (
+        "import sys; sys.modules['ray'] = None; from tlearn.cli import main; "
+        f"sys.argv = ['tlearn', 'featurize', {str(tmp_path)!r}, '-o', "
+        f"{str(tmp_path / 'f.parquet')!r}, '--cluster', 'ray']; main()"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 2
+    assert r.stderr.strip() == (
+        "error: --cluster ray needs Ray, which is not installed: pip install 'tlearn[ray]'"
+    )
 
 
 def _module_imports(path: Path) -> set[str]:

@@ -17,6 +17,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from tlearn.exceptions import TlearnError
@@ -79,7 +80,7 @@ ThreadsOpt = Annotated[
 
 
 def _fail(message: str) -> None:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(2)
 
 
@@ -93,7 +94,7 @@ def _write_skipped(skipped: list[tuple[int, str, str]], beside: str) -> str | No
         w.writerows((p, r) for _, p, r in skipped)
     err_console.print(f"[yellow]{len(skipped)} unreadable image(s) skipped[/], listed in {path}:")
     for _, p, r in skipped[:10]:
-        err_console.print(f"  {p}: {r}", highlight=False)
+        err_console.print(f"  {escape(p)}: {escape(r)}", highlight=False)
     return path
 
 
@@ -716,7 +717,7 @@ def main() -> None:
     try:
         app()
     except (TlearnError, FileNotFoundError, PermissionError, IsADirectoryError) as e:
-        err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         sys.exit(2)
 
 

@@ -3,7 +3,9 @@
 Both launchers set the same environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``); Ray Train
 also joins the process group before the loop starts, and :mod:`tlearn.scale.ray_train` sets
 ``TLEARN_LAUNCHER=ray`` so that the loop reports its epochs and checkpoints to Ray Train
-(:class:`~tlearn.finetune.callbacks.RayTrainReport`). Every process reads its own shard of each epoch's (shared, seeded) permutation; gradients
+(:class:`~tlearn.finetune.callbacks.RayTrainReport`).
+
+Every process reads its own shard of each epoch's (shared, seeded) permutation; gradients
 are averaged across processes, so ``batch_size`` is the global batch as in one process. Only
 rank 0 writes files.
 """
