@@ -30,6 +30,7 @@ import logging
 import os
 import pickle
 import sys
+import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -188,6 +189,7 @@ class _Predict:
             "row_id": np.asarray([rows[0]["row_id"]], np.int64),
             "ok": np.asarray([len(rows) - n_failed], np.int64),
             "failed": np.asarray([n_failed], np.int64),
+            "finished": np.asarray([time.time()]),  # for throughput after start-up
         }
 
 
@@ -287,7 +289,7 @@ def _run(
     workers: int | None,
     threads: int,
     **options: Any,
-) -> dict[str, int]:
+) -> dict[str, Any]:
     output = os.fspath(output)
     if output_format(output, kind) != "parquet":
         raise DataError(
@@ -306,13 +308,25 @@ def _run(
         import shutil
 
         shutil.rmtree(os.path.join(output, _WORKERS_DIR))
-    counts = {
+    counts: dict[str, Any] = {
         "ok": int(summaries["ok"].sum()) if len(summaries) else 0,
         "failed": int(summaries["failed"].sum()) if len(summaries) else 0,
         "skipped": len(done),
+        "images_per_second": _steady_rate(summaries),
     }
     _check_complete(output, counts["ok"] + counts["failed"] + len(done))
     return counts
+
+
+def _steady_rate(summaries: Any) -> float | None:
+    """Images per second once the workers were up: from the first part written to the
+    last, not counting the first part's rows (None with fewer than two parts)."""
+    if len(summaries) < 2:
+        return None
+    order = summaries.sort_values("finished")
+    seconds = float(order["finished"].iloc[-1] - order["finished"].iloc[0])
+    rows = (order["ok"] + order["failed"]).iloc[1:].sum()
+    return float(rows / seconds) if seconds > 0 else None
 
 
 def _check_complete(output: str, expected: int) -> None:
@@ -340,10 +354,11 @@ def predict(
     workers: int | None = None,
     threads: int = 1,
     **options: Any,
-) -> dict[str, int]:
+) -> dict[str, Any]:
     """Predict every image in ``inputs`` on Ray into the Parquet folder ``output``: the
     rows of single-process ``tlearn predict``. Returns counts of ``ok``, ``failed`` and
-    ``skipped`` (done by an earlier run, with ``resume``).
+    ``skipped`` (done by an earlier run, with ``resume``), and ``images_per_second`` once
+    the workers were up.
 
     Parameters
     ----------
@@ -381,7 +396,7 @@ def featurize(
     workers: int | None = None,
     threads: int = 1,
     **options: Any,
-) -> dict[str, int]:
+) -> dict[str, Any]:
     """The backbone features of every image in ``inputs``, on Ray, into the Parquet folder
     ``output``: the rows of single-process ``tlearn featurize``. Arguments as
     :func:`predict`."""
