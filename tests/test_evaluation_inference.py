@@ -103,3 +103,59 @@ def test_tta_averages_the_mirror_image(probe, shapes3):
     got = np.array([sorted(t, reverse=True) for t in tta])
     assert np.allclose(got, -np.sort(-expected, axis=1), atol=1e-6)
     assert not np.allclose(np.array(plain), got)
+
+
+def test_parquet_output_is_a_folder_of_parts_that_resumes(probe, shapes3, tmp_path, monkeypatch):
+    import pandas as pd
+
+    import tlearn.outputs
+    from tlearn.inference import predict_to_file
+
+    monkeypatch.setattr(tlearn.outputs, "PART_ROWS", 4)  # 10 images: parts of 4, 4 and 2
+    paths = list(shapes3[2][:10])
+    out = tmp_path / "p.parquet"
+    assert predict_to_file(probe, paths, out, top_k=2)["ok"] == 10
+    parts = sorted(p.name for p in out.iterdir())
+    assert parts == [f"part-{i:09d}.parquet" for i in (0, 4, 8)]
+    whole = pd.read_parquet(out)
+    assert whole["row_id"].tolist() == list(range(10)) and whole["path"].tolist() == paths
+    (out / "part-000000004.parquet").unlink()  # rows 4-7 lost, as by a killed run
+    (out / ".tmp-abc.parquet").write_bytes(b"half a part")  # a torn part is ignored
+    counts = predict_to_file(probe, paths, out, top_k=2, resume=True)
+    assert counts == {"ok": 4, "failed": 0, "skipped": 6}
+    again = pd.read_parquet(out).sort_values("row_id")
+    assert again["row_id"].tolist() == list(range(10))
+    assert (
+        again.drop(columns="top_probabilities")
+        .reset_index(drop=True)
+        .equals(whole.drop(columns="top_probabilities"))
+    )
+    assert not (out / ".tmp-abc.parquet").exists()
+
+
+def test_featurize_rows_match_the_transformer(probe, shapes3, tmp_path):
+    import pandas as pd
+
+    from tlearn import DataError
+    from tlearn.inference import featurize_to_file
+
+    paths = list(shapes3[2][:5])
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"not an image")
+    inputs = [*paths[:2], str(bad), *paths[2:]]
+    expected = probe.features_.transform(paths)
+    out = tmp_path / "f.parquet"
+    assert featurize_to_file(probe, inputs, out) == {"ok": 5, "failed": 1, "skipped": 0}
+    table = pd.read_parquet(out)
+    assert table["row_id"].tolist() == list(range(6)) and table["path"].tolist() == inputs
+    assert table["features"][2] is None and "not a recognised image" in table["error"][2]
+    got = np.stack(table["features"].drop(index=2).to_numpy())
+    assert got.dtype == np.float32 and np.allclose(got, expected, atol=1e-5)
+    jsonl = tmp_path / "f.jsonl"
+    featurize_to_file(probe, inputs[:3], jsonl)
+    featurize_to_file(probe, inputs, jsonl, resume=True)
+    lines = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    assert [r["row_id"] for r in lines] == list(range(6))
+    assert np.allclose(lines[5]["features"], expected[4], atol=1e-5)
+    with pytest.raises(DataError, match=r"use \.parquet or \.jsonl"):
+        featurize_to_file(probe, inputs, tmp_path / "f.csv")

@@ -252,11 +252,11 @@ class RowWriter:
         top_k: int = 1,
         *,
         append: bool = False,
-        part_rows: int = PART_ROWS,
+        part_rows: int | None = None,
     ) -> None:
         self.output, self.kind, self.top_k = output, kind, top_k
         self.fmt = output_format(output, kind)
-        self.part_rows = part_rows
+        self.part_rows = part_rows or PART_ROWS
         self._pending: list[dict[str, Any]] = []
         self._n = 0
         self._file: Any = None
