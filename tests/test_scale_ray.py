@@ -9,6 +9,7 @@ run through the real command, as a user runs them."""
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -28,6 +29,7 @@ pytestmark = [pytest.mark.needs_data, pytest.mark.slow]
 TLEARN = [sys.executable, "-m", "tlearn"]
 MODEL = "imagenet:efficientnet_lite0"
 N_PER_CLASS = 200  # 2,000 photos
+TOKEN = secrets.token_hex(32)
 
 
 def _env(home: Path) -> dict[str, str]:
@@ -35,7 +37,9 @@ def _env(home: Path) -> dict[str, str]:
         **os.environ,
         "RAY_USAGE_STATS_ENABLED": "0",
         "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # loopback stays loopback
-        "RAY_AUTH_MODE": "token",  # the head and every job share ~/.ray/auth_token
+        # the head and every job share one token of their own, whatever ~/.ray holds
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": TOKEN,
         "TLEARN_HOME": str(home),
         "TLEARN_OFFLINE": "1",
         "COLUMNS": "200",
@@ -198,6 +202,10 @@ def test_killed_driver_then_resume_predicts_only_the_rest(photos, single, head, 
     assert "were already done" in r.stdout
     skipped = int(r.stdout.split("; ")[1].split()[0])
     assert 0 < skipped < 2002
+    assert_same_predictions(pd.read_parquet(out), single)
+    r = tlearn(*args, "--resume", home=home)  # nothing left to do: nothing changes
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "0 images predicted, 0 failed; 2002 were already done" in " ".join(r.stdout.split())
     assert_same_predictions(pd.read_parquet(out), single)
 
 

@@ -185,11 +185,12 @@ class _Predict:
         self.batches += 1
         self._mark()
         n_failed = sum(1 for r in rows if r["error"])
+        one = len(rows) > 0  # a summary row per part written
         return {
-            "row_id": np.asarray([rows[0]["row_id"]], np.int64),
-            "ok": np.asarray([len(rows) - n_failed], np.int64),
-            "failed": np.asarray([n_failed], np.int64),
-            "finished": np.asarray([time.time()]),  # for throughput after start-up
+            "row_id": np.asarray([rows[0]["row_id"]] if one else [], np.int64),
+            "ok": np.asarray([len(rows) - n_failed] if one else [], np.int64),
+            "failed": np.asarray([n_failed] if one else [], np.int64),
+            "finished": np.asarray([time.time()] if one else []),  # rate after start-up
         }
 
 
@@ -297,6 +298,7 @@ def _run(
             f"got {output!r}: name it *.parquet"
         )
     done = prepare_output(output, kind, resume=resume, overwrite=overwrite) or set()
+    os.makedirs(output, exist_ok=True)
     cpus = None if workers is None else workers * threads + 1
     with connect(address, num_cpus=cpus or (os.cpu_count() or 1) + 1):
         ds = dataset(
@@ -333,7 +335,10 @@ def _check_complete(output: str, expected: int) -> None:
     """Exactly one row per input: a retried shard must have replaced its part."""
     import pyarrow.parquet as pq
 
-    ids = pq.read_table(output, columns=["row_id"])["row_id"].to_numpy()
+    if not any(name.endswith(".parquet") for name in os.listdir(output)):
+        ids = np.empty(0, np.int64)
+    else:
+        ids = pq.read_table(output, columns=["row_id"])["row_id"].to_numpy()
     if len(ids) != expected or len(np.unique(ids)) != len(ids):
         raise TlearnError(
             f"the output {output!r} has {len(ids)} rows ({len(np.unique(ids))} distinct) "
