@@ -232,20 +232,13 @@ def dataset(
     ray = _ray()
     if not ray.is_initialized():
         raise TlearnError("call ray.init() (or use tlearn.scale.ray.connect()) first")
-    import pyarrow as pa
-
     predictor = _shippable(model, ship, engine)
     pre = predictor.preprocessing
     if kind == "features" and predictor.parts.features is None:
         raise DataError("an export gives probabilities, not features; use a model file")
     blob = pickle.dumps(predictor)
     del predictor
-    shards = [
-        pa.table({"row_id": [i for i, _ in chunk], "path": [p for _, p in chunk]})
-        for chunk in iter_manifest(inputs, shard_rows, skip)
-    ]
-    if not shards:
-        shards = [pa.table({"row_id": pa.array([], pa.int64()), "path": pa.array([], pa.string())})]
+    shards = _manifest(inputs, shard_rows, skip)
     n_workers = _plan(workers, threads, gpus, ray)
     resources: dict[str, Any] = {"num_gpus": gpus} if gpus else {"num_cpus": threads}
     return (
@@ -260,6 +253,20 @@ def dataset(
             **resources,
         )
     )
+
+
+def _manifest(inputs: Iterable[str], shard_rows: int, skip: set[str] | None) -> list[Any]:
+    """The ``(row_id, path)`` manifest as Arrow tables of ``shard_rows`` rows: one block,
+    one actor call and one part each."""
+    import pyarrow as pa
+
+    shards = [
+        pa.table({"row_id": [i for i, _ in chunk], "path": [p for _, p in chunk]})
+        for chunk in iter_manifest(inputs, shard_rows, skip)
+    ]
+    return shards or [
+        pa.table({"row_id": pa.array([], pa.int64()), "path": pa.array([], pa.string())})
+    ]
 
 
 def _shippable(model: Any, ship: str | None, engine: str | None) -> Predictor:

@@ -37,7 +37,6 @@ def _worker(config: dict[str, Any]) -> None:
     import ray.train
     import torch
 
-    from tlearn.finetune.checkpoint import CHECKPOINT_NAME
     from tlearn.training import train
 
     rank = ray.train.get_context().get_world_rank()
@@ -46,14 +45,7 @@ def _worker(config: dict[str, Any]) -> None:
     (run_dir / WORKERS_DIR / f"rank-{rank}.pid").write_text(f"{os.getpid()}\n")
     ckpt_dir = run_dir / f"worker-{rank}"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    resume = False
-    restored = ray.train.get_checkpoint()
-    if restored is not None:  # a restart after a failure: every worker starts from it
-        with restored.as_directory() as folder:
-            for name in (CHECKPOINT_NAME, "history.csv"):
-                if (Path(folder) / name).is_file():
-                    shutil.copy2(Path(folder) / name, ckpt_dir / name)
-        resume = True
+    resume = _restore(ray.train.get_checkpoint(), ckpt_dir)
     os.environ["TLEARN_LAUNCHER"] = "ray"
     torch.set_num_threads(max(1, int(config["threads"])))
     with tempfile.TemporaryDirectory(prefix="tlearn-model-") as tmp:
@@ -65,19 +57,39 @@ def _worker(config: dict[str, Any]) -> None:
         if rank != 0:
             ray.train.report({"done": 1})
             return
-        summary = {
-            "accuracy": result.report.accuracy,
-            "log_loss": result.report.log_loss,
-            "n_images": result.report.n_images,
-            "method": result.evaluation["method"],
-            "seconds": result.seconds,
-            "skipped": len(result.skipped),
-        }
-        with open(os.path.join(tmp, _REPORT), "w", encoding="utf-8") as f:
-            f.write(result.report.to_json())
-        ray.train.report(
-            {"done": 1, **summary}, checkpoint=ray.train.Checkpoint.from_directory(tmp)
-        )
+        _report_model(result, tmp)
+
+
+def _restore(checkpoint: Any, ckpt_dir: Path) -> bool:
+    """After a failure Ray Train hands every restarted worker the last checkpoint: copy it
+    where the loop resumes from. Returns whether there was one."""
+    from tlearn.finetune.checkpoint import CHECKPOINT_NAME
+
+    if checkpoint is None:
+        return False
+    with checkpoint.as_directory() as folder:
+        for name in (CHECKPOINT_NAME, "history.csv"):
+            if (Path(folder) / name).is_file():
+                shutil.copy2(Path(folder) / name, ckpt_dir / name)
+    return True
+
+
+def _report_model(result: Any, folder: str) -> None:
+    """The main worker's last report: the saved model (in ``folder``) as the final
+    checkpoint, its evaluation as metrics and ``report.json``."""
+    import ray.train
+
+    summary = {
+        "accuracy": result.report.accuracy,
+        "log_loss": result.report.log_loss,
+        "n_images": result.report.n_images,
+        "method": result.evaluation["method"],
+        "seconds": result.seconds,
+        "skipped": len(result.skipped),
+    }
+    with open(os.path.join(folder, _REPORT), "w", encoding="utf-8") as f:
+        f.write(result.report.to_json())
+    ray.train.report({"done": 1, **summary}, checkpoint=ray.train.Checkpoint.from_directory(folder))
 
 
 def fit(
@@ -125,13 +137,18 @@ def fit(
         result = _trainer(config, workers, threads, gpus, max_failures, run).fit()
     if result.error is not None:
         raise TlearnError(f"training on Ray failed: {str(result.error).splitlines()[0]}")
-    with result.checkpoint.as_directory() as folder:
+    return {**result.metrics, "path": str(out), "report": _copy_model(result.checkpoint, out)}
+
+
+def _copy_model(checkpoint: Any, out: Path) -> dict[str, Any]:
+    """The model files of the final checkpoint to ``out`` (and its settings beside it);
+    returns the evaluation report."""
+    with checkpoint.as_directory() as folder:
         saved = Path(folder)
         for f in saved.iterdir():
             if f.name.startswith(out.name):
                 shutil.copy2(f, out.parent / f.name)
-        report = json.loads((saved / _REPORT).read_text())
-    return {**result.metrics, "path": str(out), "report": report}
+        return dict(json.loads((saved / _REPORT).read_text()))
 
 
 def _trainer(
