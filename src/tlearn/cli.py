@@ -416,7 +416,11 @@ def predict(
     inputs: Annotated[list[str], typer.Argument(help="Images, folders, zips, CSVs or globs.")],
     output: Annotated[
         Path | None,
-        typer.Option("--output", "-o", help="CSV, JSONL or Parquet file (default: a table)."),
+        typer.Option(
+            "--output",
+            "-o",
+            help="A CSV or JSONL file, or a Parquet folder (*.parquet); default: a table.",
+        ),
     ] = None,
     top_k: Annotated[int, typer.Option(help="How many labels per image.")] = 1,
     tta: Annotated[bool, typer.Option(help="Average over a horizontal flip.")] = False,
