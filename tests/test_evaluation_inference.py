@@ -109,6 +109,7 @@ def test_parquet_output_is_a_folder_of_parts_that_resumes(probe, shapes3, tmp_pa
     import pandas as pd
 
     import tlearn.outputs
+    from tlearn import DataError
     from tlearn.inference import predict_to_file
 
     monkeypatch.setattr(tlearn.outputs, "PART_ROWS", 4)  # 10 images: parts of 4, 4 and 2
@@ -131,6 +132,10 @@ def test_parquet_output_is_a_folder_of_parts_that_resumes(probe, shapes3, tmp_pa
         .equals(whole.drop(columns="top_probabilities"))
     )
     assert not (out / ".tmp-abc.parquet").exists()
+    old = tmp_path / "old.parquet"  # one file, as an earlier tlearn wrote it
+    old.write_bytes((out / "part-000000000.parquet").read_bytes())
+    with pytest.raises(DataError, match="single Parquet file.*--overwrite"):
+        predict_to_file(probe, paths, old, resume=True)
 
 
 def test_featurize_rows_match_the_transformer(probe, shapes3, tmp_path):

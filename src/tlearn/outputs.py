@@ -100,6 +100,12 @@ def read_done_paths(output: str | os.PathLike[str]) -> set[str]:
     if output_format(output) == "parquet":
         import pyarrow.parquet as pq
 
+        if not os.path.isdir(output):
+            raise DataError(
+                f"{output!r} is a single Parquet file (written by an earlier tlearn, which "
+                "could not resume); Parquet outputs are now folders of parts: pass "
+                "--overwrite to start afresh"
+            )
         for name in sorted(os.listdir(output)):
             if name.startswith(".tmp-"):
                 os.remove(os.path.join(output, name))

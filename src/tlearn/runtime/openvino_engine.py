@@ -200,11 +200,12 @@ def _compile(model: Any, precision: str) -> _Runner:
     ov = _ov()
     core = ov.Core()
     config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32"}
-    if engine_threads() is not None:
+    threads = engine_threads()
+    if threads is not None:
         # A worker given some of the cores (a Ray actor): never pin. OpenVINO pins its
         # threads to the first cores, so two 1-thread processes shared one core (measured:
         # 43 + 46 images/s side by side against 96 alone; unpinned, see benchmarks/scale_ray.py)
-        config["INFERENCE_NUM_THREADS"] = engine_threads()
+        config["INFERENCE_NUM_THREADS"] = threads
         config["ENABLE_CPU_PINNING"] = False
     throughput = core.compile_model(model, "CPU", {**config, "PERFORMANCE_HINT": "THROUGHPUT"})
     latency = core.compile_model(model, "CPU", {**config, "PERFORMANCE_HINT": "LATENCY"})

@@ -29,6 +29,7 @@ import contextlib
 import logging
 import os
 import pickle
+import shutil
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -149,20 +150,12 @@ class _Predict:
             f.write(f"{self.batches}\n")
 
     def _outputs(self, pixels: np.ndarray) -> list[dict[str, Any]]:
-        p, step = self.predictor, self.predictor.batch_size
+        p = self.predictor
         if self.kind == "features":
-            if not len(pixels):
-                return []
-            feats = np.concatenate(
-                [p.features_pixels(pixels[i : i + step]) for i in range(0, len(pixels), step)]
-            )
+            feats = _in_steps(p.features_pixels, pixels, p.batch_size, 0)
             return [{"features": f, "error": ""} for f in feats.astype(np.float32)]
-        proba = np.concatenate(
-            [
-                p.predict_pixels(pixels[i : i + step], tta=self.tta)
-                for i in range(0, len(pixels), step)
-            ]
-            or [np.empty((0, len(p.classes)))]
+        proba = _in_steps(
+            lambda x: p.predict_pixels(x, tta=self.tta), pixels, p.batch_size, len(p.classes)
         )
         return top_k_rows(proba, p.classes, self.top_k)
 
@@ -192,6 +185,13 @@ class _Predict:
             "failed": np.asarray([n_failed] if one else [], np.int64),
             "finished": np.asarray([time.time()] if one else []),  # rate after start-up
         }
+
+
+def _in_steps(run: Any, pixels: np.ndarray, step: int, width: int) -> np.ndarray:
+    """``run`` over ``pixels`` ``step`` images at a time (the model's batch size)."""
+    if not len(pixels):
+        return np.empty((0, width))
+    return np.concatenate([run(pixels[i : i + step]) for i in range(0, len(pixels), step)])
 
 
 # -- the pipeline -----------------------------------------------------------------------
@@ -306,17 +306,15 @@ def _run(
         )
     done = prepare_output(output, kind, resume=resume, overwrite=overwrite) or set()
     os.makedirs(output, exist_ok=True)
-    cpus = None if workers is None else workers * threads + 1
-    with connect(address, num_cpus=cpus or (os.cpu_count() or 1) + 1):
+    # the actors' CPUs, and one for the decode tasks
+    cpus = (os.cpu_count() or 1) if workers is None else workers * threads
+    with connect(address, num_cpus=cpus + 1):
         ds = dataset(
             model, inputs, kind=kind, workers=workers, threads=threads, skip=done,
             _output=output, **options,
         )  # fmt: skip
         summaries = ds.to_pandas()
-    with contextlib.suppress(FileNotFoundError):
-        import shutil
-
-        shutil.rmtree(os.path.join(output, _WORKERS_DIR))
+    shutil.rmtree(os.path.join(output, _WORKERS_DIR), ignore_errors=True)
     counts: dict[str, Any] = {
         "ok": int(summaries["ok"].sum()) if len(summaries) else 0,
         "failed": int(summaries["failed"].sum()) if len(summaries) else 0,
