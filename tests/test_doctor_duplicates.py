@@ -22,6 +22,7 @@ from tlearn.exceptions import DataError
 
 PHOTOS = ("astronaut", "coffee", "rocket", "chelsea", "immunohistochemistry", "hubble_deep_field")
 TILE = 96
+COPIES = 4  # of each edit, from distinct tiles
 
 
 def tiles() -> list[Image.Image]:
@@ -50,13 +51,16 @@ EDITS = {
     ),
     "shifted": lambda im: im.crop((3, 3, TILE, TILE)).resize((TILE, TILE)),
     "mirrored": lambda im: im.transpose(Image.Transpose.FLIP_LEFT_RIGHT),
+    "cropped": lambda im: im.crop((10, 0, TILE, TILE - 10)),  # 90%, off-centre, kept small
+    "zoomed": lambda im: im.crop((12, 12, TILE - 12, TILE - 12)).resize((TILE, TILE)),  # 75%
 }
 
 
 @pytest.fixture(scope="module")
 def planted(tmp_path_factory):
-    """A folder of distinct JPEG tiles, then a byte copy, a PNG re-save (same pixels) and one
-    edited copy of each edit kind; ``truth`` maps each copy to its original."""
+    """A folder of distinct JPEG tiles, then a byte copy, a PNG re-save (same pixels) and
+    ``COPIES`` edited copies of each edit kind (each of another tile); ``truth`` maps each
+    copy to its original."""
     root = tmp_path_factory.mktemp("dups")
     paths, truth, exact = [], {}, set()
     originals = tiles()
@@ -65,7 +69,7 @@ def planted(tmp_path_factory):
         path.write_bytes(_jpeg(img))
         paths.append(str(path))
     rng = np.random.default_rng(0)
-    chosen = rng.choice(len(originals), 2 + len(EDITS), replace=False)
+    chosen = rng.choice(len(originals), 2 + len(EDITS) * COPIES, replace=False)
     byte_copy = root / "copy.jpg"
     byte_copy.write_bytes((root / f"tile{chosen[0]:03d}.jpg").read_bytes())
     resaved = root / "resaved.png"
@@ -74,7 +78,8 @@ def planted(tmp_path_factory):
         truth[len(paths)] = int(src)
         exact.add(len(paths))
         paths.append(str(path))
-    for (name, edit), src in zip(EDITS.items(), chosen[2:], strict=True):
+    edits = [(f"{name}{n}", edit) for n in range(COPIES) for name, edit in EDITS.items()]
+    for (name, edit), src in zip(edits, chosen[2:], strict=True):
         path = root / f"{name}.jpg"
         path.write_bytes(_jpeg(edit(Image.open(paths[src]).convert("RGB"))))
         truth[len(paths)] = int(src)
@@ -119,7 +124,7 @@ def test_near_duplicates_find_every_planted_copy(planted, features, thumbs):
     assert all(a.similarity >= b.similarity for a, b in zip(pairs, pairs[1:], strict=False))
     # tiles of one photo (a star field, a tissue sample) are alike in features; the pixel
     # check keeps them apart
-    by_features = {(p.i, p.j) for p in near_duplicates(features, threshold=0.5)}
+    by_features = {(p.i, p.j) for p in near_duplicates(features, min_cosine=0.5)}
     assert len(by_features - planted_pairs) > len(found - planted_pairs), found - planted_pairs
 
 
@@ -146,5 +151,7 @@ def test_leakage_pairs_test_images_with_their_training_originals(planted, featur
     assert best == truth  # every copy's closest training image is its original
     with pytest.raises(DataError, match="threshold"):
         near_duplicates(features, threshold=1.5)
+    with pytest.raises(DataError, match="min_cosine"):
+        near_duplicates(features, min_cosine=0.0)
     with pytest.raises(DataError, match="2-D"):
         near_duplicates(features[0])

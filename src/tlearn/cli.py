@@ -362,8 +362,8 @@ def doctor(
     near_threshold: Annotated[
         float | None,
         typer.Option(
-            help="Feature cosine from which a near duplicate needs only a loose pixel "
-            "match (default 0.85)."
+            help="Pixel-detail correlation a near duplicate needs at the best alignment of "
+            "the two images (default 0.8; lower finds more, and more merely similar photos)."
         ),
     ] = None,
     write_clean: Annotated[
@@ -542,12 +542,12 @@ class _row_progress:
             return None
         from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-        from tlearn.features import _RateColumn
+        from tlearn._progress import RateColumn
 
         self.bar = Progress(
             SpinnerColumn(),
             TextColumn("{task.completed} images"),
-            _RateColumn(),
+            RateColumn(),
             TimeElapsedColumn(),
             console=err_console,
             transient=True,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import sys
 import warnings
 from collections.abc import Iterator
 from numbers import Integral
@@ -15,6 +14,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
 from tlearn._log import ensure_handler, logger
+from tlearn._progress import progress
 from tlearn._validation import Interval, Options, validate_params
 from tlearn.backbones import DEFAULT_BACKBONE, Backbone, load_backbone
 from tlearn.backbones.pooling import FeatureNet, pyramid_stages, supports_stages
@@ -456,7 +456,7 @@ class PretrainedFeatures(TransformerMixin, BaseEstimator):
         n = len(check_images(X))
         out = np.full((n, self.n_features_out_), np.nan, dtype=np.float32)
         errors: FeatureErrors = []
-        with _progress(n, self.verbose, f"features ({self.backbone})") as advance:
+        with progress(n, self.verbose, f"features ({self.backbone})") as advance:
             for idx, feats, errs in self.iter_features(X, on_error=on_error, hflip=hflip):
                 if len(idx):
                     out[idx] = feats
@@ -507,53 +507,3 @@ class ForwardsFeatureParams:
             if forward:
                 features.set_params(**forward)
         return self
-
-
-class _RateColumn:
-    """Images per second, for rich's Progress."""
-
-    def __new__(cls) -> Any:
-        from rich.progress import ProgressColumn
-        from rich.text import Text
-
-        class Rate(ProgressColumn):
-            def render(self, task: Any) -> Text:
-                speed = task.finished_speed or task.speed
-                return Text(f"{speed:6.0f} img/s" if speed else "    ... img/s")
-
-        return Rate()
-
-
-class _progress:
-    """A rich progress bar for long runs on a terminal; silent otherwise."""
-
-    def __init__(self, total: int, verbose: int, label: str) -> None:
-        self.enabled = verbose > 0 and total >= 256 and sys.stderr.isatty()
-        self.total, self.label = total, label
-
-    def __enter__(self) -> Any:
-        if not self.enabled:
-            return lambda k: None
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-        )
-
-        self._bar = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            _RateColumn(),
-            TimeRemainingColumn(),
-            transient=True,
-        )
-        self._bar.start()
-        task = self._bar.add_task(self.label, total=self.total)
-        return lambda k: self._bar.advance(task, k)
-
-    def __exit__(self, *exc: object) -> None:
-        if self.enabled:
-            self._bar.stop()

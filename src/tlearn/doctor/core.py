@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from tlearn._log import logger
+from tlearn._progress import progress
 from tlearn.doctor.duplicates import (
     NEAR_THRESHOLD,
     exact_duplicates,
@@ -122,7 +123,8 @@ def _names(X: Any, prefix: str) -> list[str]:
     return [str(p) for p in X]
 
 
-def _scan(X: Any, X_test: Any, y: Any, y_test: Any, say: Callable[[str], None]) -> _Set:
+def _scan(X: Any, X_test: Any, y: Any, y_test: Any, say: Callable[[str], None],
+          verbose: int) -> _Set:  # fmt: skip
     n_test = 0 if X_test is None else len(X_test)
     labels = None
     if y is not None:
@@ -132,22 +134,29 @@ def _scan(X: Any, X_test: Any, y: Any, y_test: Any, say: Callable[[str], None]) 
     data = _Set(_names(X, "train") + ([] if X_test is None else _names(X_test, "test")),
                 ["train"] * len(X) + ["test"] * n_test, labels)  # fmt: skip
     say(f"doctor: reading {len(data.paths)} images")
-    from PIL import Image
-
     sources = [X] if X_test is None else [X, X_test]
     offset = 0
-    for source in sources:
-        for index, arr, error in iter_decoded(source):
-            i = offset + index
-            data.hashes.append(None if arr is None else pixel_hash(arr))
-            if arr is None:
-                data.errors[i] = error
-                continue
-            data.props.append(image_properties(Image.fromarray(arr)))
-            data.thumbs.append(thumbnail(arr))
-            data.readable.append(i)
-        offset += len(source)
+    with progress(len(data.paths), verbose, "reading images") as advance:
+        for source in sources:
+            offset = _scan_one(data, source, offset, advance)
     return data
+
+
+def _scan_one(data: _Set, source: Any, offset: int, advance: Callable[[int], None]) -> int:
+    """Hash, quality and thumbnail of each image of one split; the next split's offset."""
+    from PIL import Image
+
+    for index, arr, error in iter_decoded(source):
+        advance(1)
+        i = offset + index
+        data.hashes.append(None if arr is None else pixel_hash(arr))
+        if arr is None:
+            data.errors[i] = error
+            continue
+        data.props.append(image_properties(Image.fromarray(arr)))
+        data.thumbs.append(thumbnail(arr))
+        data.readable.append(i)
+    return offset + len(source)
 
 
 def _features(data: _Set, X: Any, X_test: Any, params: dict[str, Any]) -> np.ndarray:
@@ -173,6 +182,7 @@ def inspect(
     *,
     near_threshold: float | None = None,
     say: Callable[[str], None] = logger.info,
+    verbose: int = 1,
     **feature_params: Any,
 ) -> Findings:
     """Find unreadable files, exact and near duplicates, train/test leakage, likely label
@@ -185,8 +195,13 @@ def inspect(
     y, y_test : array-like, optional
         Their labels (without ``y`` the label checks are left out).
     near_threshold : float, optional
-        Centred cosine similarity for near duplicates (default
-        :data:`tlearn.doctor.duplicates.NEAR_THRESHOLD`).
+        The pixel-detail correlation a near duplicate needs, at the best alignment of the
+        two images (default :data:`tlearn.doctor.duplicates.NEAR_THRESHOLD`; lower finds
+        more, and more merely similar photos).
+    say : callable, default=logger.info
+        Receives one line as each stage starts.
+    verbose : int, default=1
+        A progress bar per stage on a terminal (0: none).
     **feature_params
         :class:`tlearn.PretrainedFeatures` parameters (``backbone``, ``cache_dir``...).
 
@@ -200,7 +215,7 @@ def inspect(
         raise DataError(f"{len(X)} training images but {len(y)} labels")
     clock = _Clock()
     with clock("read, hash and quality"):
-        data = _scan(X, X_test, y, y_test, say)
+        data = _scan(X, X_test, y, y_test, say, verbose)
         quality: dict[str, float] = {}
         rows = [data.row(i, "unreadable", 0.0, partner=r) for i, r in data.errors.items()]
         rows += _duplicates_by_pixels(data)
@@ -208,13 +223,14 @@ def inspect(
     if len(data.readable) >= 2:
         say(f"doctor: features of {len(data.readable)} images")
         with clock("features"):
-            F = _features(data, X, X_test, {"verbose": 1, **feature_params})
+            F = _features(data, X, X_test, {"verbose": verbose, **feature_params})
         with clock("near duplicates"):
             exact = {frozenset((r["path"], r["partner"])) for r in rows
                      if r["issue"] in ("exact_duplicate", "leakage")}  # fmt: skip
-            rows += _near(data, F, near_threshold, exact)
+            with progress(len(data.readable), verbose, "near duplicates") as advance:
+                rows += _near(data, F, near_threshold, exact, advance)
         if data.labels is not None:
-            with clock("labels and outliers"):
+            with clock("labels and outliers"), progress(None, verbose, "labels"):
                 rows += _label_checks(data, F, say, quality)
     findings = Findings(rows, label_quality=quality)
     findings.summary = {**_summary(data, findings), "seconds": clock.seconds}
@@ -241,12 +257,18 @@ def _quality(data: _Set) -> list[dict[str, Any]]:
 
 
 def _near(
-    data: _Set, F: np.ndarray, threshold: float | None, exact: set[frozenset[str]]
+    data: _Set,
+    F: np.ndarray,
+    threshold: float | None,
+    exact: set[frozenset[str]],
+    advance: Callable[[int], None],
 ) -> list[dict[str, Any]]:
     """Near-duplicate and leakage rows, leaving out the pairs already found exact."""
     rows = []
     thumbs = np.stack(data.thumbs)
-    for pair in near_duplicates(F, threshold=threshold or NEAR_THRESHOLD, thumbnails=thumbs):
+    pairs = near_duplicates(F, threshold=threshold or NEAR_THRESHOLD, thumbnails=thumbs,
+                            advance=advance)  # fmt: skip
+    for pair in pairs:
         i, j = data.readable[pair.i], data.readable[pair.j]
         if frozenset((data.paths[i], data.paths[j])) in exact:
             continue
