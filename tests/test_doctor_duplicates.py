@@ -155,3 +155,35 @@ def test_leakage_pairs_test_images_with_their_training_originals(planted, featur
         near_duplicates(features, min_cosine=0.0)
     with pytest.raises(DataError, match="2-D"):
         near_duplicates(features[0])
+
+
+def test_every_doctor_stage_reports_progress(monkeypatch):
+    """inspect, on an array of images with two classes, drives one progress bar per stage,
+    each to its total (the bars show on a terminal only: tests/test_progress.py)."""
+    import tlearn.doctor.core as core
+    import tlearn.features as features
+
+    calls: dict[str, list] = {}
+
+    class Recorder:
+        def __init__(self, total, verbose, label):
+            self.label = label
+            calls[label] = [total, 0]
+
+        def __enter__(self):
+            return lambda k: calls[self.label].__setitem__(1, calls[self.label][1] + k)
+
+        def __exit__(self, *exc):
+            return None
+
+    monkeypatch.setattr(core, "progress", Recorder)
+    monkeypatch.setattr(features, "progress", Recorder)
+    images = np.stack([np.asarray(t.resize((48, 48))) for t in tiles()[:12]])
+    findings = core.inspect(images, ["a", "b"] * 6, say=lambda s: None)
+    # array images are read (they were all "unreadable" once), two classes get probabilities
+    assert not findings.of("unreadable") and len(findings.label_quality) == 12
+    assert calls.pop("reading images") == [12, 12]
+    assert calls.pop("near duplicates") == [12, 12]
+    assert calls.pop("labels") == [None, 0]  # a solver: elapsed time, no count
+    ((label, counts),) = calls.items()
+    assert label.startswith("features") and counts == [12, 12]

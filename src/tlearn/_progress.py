@@ -43,6 +43,7 @@ class progress:
     def __enter__(self) -> Callable[[int], None]:
         if not self.enabled:
             return lambda k: None
+        from rich.console import Console
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
@@ -57,7 +58,7 @@ class progress:
             columns.append(TimeElapsedColumn())
         else:
             columns += [MofNCompleteColumn(), RateColumn(), TimeRemainingColumn()]
-        self._bar = Progress(*columns, transient=True)
+        self._bar = Progress(*columns, console=Console(stderr=True), transient=True)
         self._bar.start()
         task = self._bar.add_task(self.label, total=self.total)
         return lambda k: self._bar.advance(task, k)

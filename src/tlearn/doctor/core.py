@@ -310,7 +310,7 @@ def _oof_proba(F: np.ndarray, y: np.ndarray) -> np.ndarray:
     folds = int(min(5, np.bincount(y).min()))
     head = tune_linear_head(F, y, cv=StratifiedKFold(folds, shuffle=True, random_state=0))
     assert head.oof_scores is not None and head.oof_index is not None
-    proba = np.full((len(y), head.oof_scores.shape[1]), np.nan)
+    proba = np.full((len(y), int(y.max()) + 1), np.nan)  # binary scores are 1-D
     proba[head.oof_index] = softmax(head.oof_scores, head.temperature)
     return proba
 

@@ -73,7 +73,7 @@ def iter_decoded(X: object) -> Iterator[tuple[int, np.ndarray | None, str]]:
     for index in range(len(images)):
         try:
             if isinstance(images, np.ndarray):
-                img = load_array_image(images, index)
+                img = load_array_image(images[index], index)
             else:
                 img = decode_image(read_bytes(str(images[index])), str(images[index]))
             yield index, np.ascontiguousarray(np.asarray(to_rgb(img))), ""
