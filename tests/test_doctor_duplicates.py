@@ -187,3 +187,15 @@ def test_every_doctor_stage_reports_progress(monkeypatch):
     assert calls.pop("labels") == [None, 0]  # a solver: elapsed time, no count
     ((label, counts),) = calls.items()
     assert label.startswith("features") and counts == [12, 12]
+
+
+def test_unreadable_rows_are_never_paired():
+    """Rows of NaN (unreadable images) pair with nothing, as a query or as a partner."""
+    rng = np.random.default_rng(0)
+    F = rng.random((6, 8)).astype(np.float32)
+    F[3] = F[1] + 0.001
+    F[5] = np.nan
+    assert [(p.i, p.j) for p in near_duplicates(F, min_cosine=0.9)] == [(1, 3)]
+    across = near_duplicates(F[:5], F[[1, 5]], min_cosine=0.9)
+    assert {(p.i, p.j) for p in across} == {(1, 0), (3, 0)}
+    assert np.isnan(F[5]).all()  # the caller's features are left as they were
