@@ -11,6 +11,7 @@ import pytest
 from PIL import Image, ImageEnhance
 
 from tests.synthetic import _photo
+from tlearn.doctor import inspect
 from tlearn.doctor.duplicates import (
     exact_duplicates,
     iter_decoded,
@@ -153,6 +154,10 @@ def test_leakage_pairs_test_images_with_their_training_originals(planted, featur
         near_duplicates(features, threshold=1.5)
     with pytest.raises(DataError, match="min_cosine"):
         near_duplicates(features, min_cosine=0.0)
+    with pytest.raises(DataError, match=r"thumbnails must have shape \(\d+, 32, 32\)"):
+        near_duplicates(features, thumbnails=thumbs[:, :16])
+    with pytest.raises(DataError, match="threshold"):  # at once, before reading any image
+        inspect(["/nowhere/a.jpg"] * 2, ["a", "b"], near_threshold=0.0)
     with pytest.raises(DataError, match="2-D"):
         near_duplicates(features[0])
 
@@ -183,7 +188,7 @@ def test_every_doctor_stage_reports_progress(monkeypatch):
     # array images are read (they were all "unreadable" once), two classes get probabilities
     assert not findings.of("unreadable") and len(findings.label_quality) == 12
     assert calls.pop("reading images") == [12, 12]
-    assert calls.pop("near duplicates") == [12, 12]
+    assert calls.pop("near duplicates") == [24, 24]  # the search, then the pixel check
     assert calls.pop("labels") == [None, 0]  # a solver: elapsed time, no count
     ((label, counts),) = calls.items()
     assert label.startswith("features") and counts == [12, 12]

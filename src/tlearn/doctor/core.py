@@ -17,6 +17,7 @@ from tlearn._log import logger
 from tlearn._progress import progress
 from tlearn.doctor.duplicates import (
     NEAR_THRESHOLD,
+    check_thresholds,
     exact_duplicates,
     iter_decoded,
     near_duplicates,
@@ -213,6 +214,9 @@ def inspect(
     """
     if y is not None and len(y) != len(X):
         raise DataError(f"{len(X)} training images but {len(y)} labels")
+    if near_threshold is None:
+        near_threshold = NEAR_THRESHOLD
+    check_thresholds(near_threshold)  # before minutes of reading
     clock = _Clock()
     with clock("read, hash and quality"):
         data = _scan(X, X_test, y, y_test, say, verbose)
@@ -227,7 +231,8 @@ def inspect(
         with clock("near duplicates"):
             exact = {frozenset((r["path"], r["partner"])) for r in rows
                      if r["issue"] in ("exact_duplicate", "leakage")}  # fmt: skip
-            with progress(len(data.readable), verbose, "near duplicates") as advance:
+            # the search, then the pixel check: one unit per image each
+            with progress(2 * len(data.readable), verbose, "near duplicates") as advance:
                 rows += _near(data, F, near_threshold, exact, advance)
         if data.labels is not None:
             with clock("labels and outliers"), progress(None, verbose, "labels"):
@@ -259,14 +264,14 @@ def _quality(data: _Set) -> list[dict[str, Any]]:
 def _near(
     data: _Set,
     F: np.ndarray,
-    threshold: float | None,
+    threshold: float,
     exact: set[frozenset[str]],
     advance: Callable[[int], None],
 ) -> list[dict[str, Any]]:
     """Near-duplicate and leakage rows, leaving out the pairs already found exact."""
     rows = []
     thumbs = np.stack(data.thumbs)
-    pairs = near_duplicates(F, threshold=threshold or NEAR_THRESHOLD, thumbnails=thumbs,
+    pairs = near_duplicates(F, threshold=threshold, thumbnails=thumbs,
                             advance=advance)  # fmt: skip
     for pair in pairs:
         i, j = data.readable[pair.i], data.readable[pair.j]
