@@ -177,13 +177,16 @@ def tune_linear_head(
     calibrate: bool = True,
     random_state: int | None = 0,
     n_jobs: int | None = None,
+    refit: bool = True,
 ) -> TunedHead:
     """Choose ``C`` for StandardScaler + LogisticRegression on features ``F`` by
     stratified k-fold cross-validation (scikit-learn's ``GridSearchCV``), scored by mean log
     loss across folds (it separates values of C that accuracy ties; ties left fall to the
     stronger regularisation); take the out-of-fold scores at that C over all the images
     (k-fold, or one 20% hold-out above :data:`HOLDOUT_ABOVE`); fit the temperature on them;
-    refit on everything. ``y`` holds class indices ``0..n_classes-1``."""
+    refit on everything (with ``refit=False`` the scaler and classifier come back unfitted,
+    for a caller that wants only ``C`` and the out-of-fold scores). ``y`` holds class
+    indices ``0..n_classes-1``."""
     from sklearn.pipeline import Pipeline
 
     pipe = Pipeline([("scaler", StandardScaler()), ("clf", LogisticRegression(max_iter=max_iter))])
@@ -195,7 +198,8 @@ def tune_linear_head(
         if calibrate:
             splitter = _splitter(cv, len(y), np.bincount(y), random_state)
             oof, index = _oof_scores(pipe, F, y, splitter, n_jobs)
-        pipe.fit(F, y)
+        if refit:
+            pipe.fit(F, y)
     temperature, calibration = 1.0, {}
     if oof is not None and index is not None:
         temperature = fit_temperature(oof, y[index])

@@ -7,11 +7,13 @@ import contextlib
 import csv
 import os
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from sklearn.exceptions import ConvergenceWarning
 
 from tlearn._log import logger
 from tlearn._progress import progress
@@ -306,18 +308,45 @@ def _label_checks(
 
 
 def _oof_proba(F: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Calibrated out-of-fold probabilities of every image (stratified k-fold, C tuned)."""
-    from sklearn.model_selection import StratifiedKFold
+    """Calibrated out-of-fold probabilities of every image, in two passes.
 
-    from tlearn.calibration import softmax
+    1. ``C`` tuned and out-of-fold probabilities by stratified k-fold (the probe's own
+       tuning, :func:`tlearn.probe.tune_linear_head`).
+    2. The images that pass flags as label issues are left out of the *training* part of
+       each fold, and every image is scored again out of fold (Northcutt et al.'s "prune,
+       then retrain": the mislabelled images no longer teach the model their wrong labels).
+       A class keeps all its images when half or more of them are flagged.
+
+    On 50,000 CIFAR-10 training images with 5% of the labels flipped to look-alike classes,
+    the second pass raises the AUROC of the label-quality score from 0.922 to 0.942; with
+    random flips it changes by under 0.002 (``benchmarks/doctor.py``).
+    """
+    from sklearn.base import clone
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.pipeline import Pipeline
+
+    from tlearn.calibration import fit_temperature, softmax
     from tlearn.probe import tune_linear_head
 
     folds = int(min(5, np.bincount(y).min()))
-    head = tune_linear_head(F, y, cv=StratifiedKFold(folds, shuffle=True, random_state=0))
+    head = tune_linear_head(F, y, cv=StratifiedKFold(folds, shuffle=True, random_state=0),
+                            refit=False)  # fmt: skip
     assert head.oof_scores is not None and head.oof_index is not None
     proba = np.full((len(y), int(y.max()) + 1), np.nan)  # binary scores are 1-D
     proba[head.oof_index] = softmax(head.oof_scores, head.temperature)
-    return proba
+    keep = np.ones(len(y), dtype=bool)
+    keep[find_label_issues(y, proba).indices] = False
+    trusted = np.bincount(y[keep], minlength=proba.shape[1]) > np.bincount(y) / 2
+    keep |= ~trusted[y]
+    if keep.all():
+        return proba
+    splits = [(train[keep[train]], test) for train, test
+              in StratifiedKFold(folds, shuffle=True, random_state=1).split(F, y)]  # fmt: skip
+    pipe = clone(Pipeline([("scaler", head.scaler), ("clf", head.classifier)]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        scores = cross_val_predict(pipe, F, y, cv=splits, method="decision_function")
+    return softmax(scores, fit_temperature(scores[keep], y[keep]))
 
 
 def _outliers(data: _Set, F: np.ndarray, y: np.ndarray, index: list[int]) -> list[dict[str, Any]]:
