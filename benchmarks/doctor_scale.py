@@ -21,9 +21,8 @@ import time
 
 import numpy as np
 
-from tlearn.doctor.core import _oof_proba
 from tlearn.doctor.duplicates import near_duplicates
-from tlearn.doctor.labels import find_label_issues
+from tlearn.doctor.labels import find_label_issues, out_of_fold_proba
 
 
 def peak_mib() -> float:
@@ -59,7 +58,7 @@ def main() -> None:
           f"MiB; peak so far {peak_mib():.0f} MiB (Python and libraries {base:.0f})")  # fmt: skip
     for stage, run in (
         ("near duplicates", lambda: len(near_duplicates(F, thumbnails=thumbs))),
-        ("out-of-fold probe", lambda: _oof_proba(F, y)),
+        ("out-of-fold probe", lambda: out_of_fold_proba(F, y)),
     ):
         before, t0 = peak_mib(), time.perf_counter()
         out = run()

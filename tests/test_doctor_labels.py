@@ -76,11 +76,8 @@ def test_flipped_labels_are_found_and_suggested_back():
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_second_pass_without_the_flagged_images_ranks_the_flips_better(seed):
     from sklearn.metrics import roc_auc_score
-    from sklearn.model_selection import StratifiedKFold
 
-    from tlearn.calibration import softmax
-    from tlearn.doctor.core import _oof_proba
-    from tlearn.probe import tune_linear_head
+    from tlearn.doctor.labels import out_of_fold_proba
 
     # three Gaussian classes; 30% of class 0 labelled 1: systematic noise that pulls a model
     # trained on it toward the wrong labels (random flips barely move a linear model)
@@ -92,28 +89,27 @@ def test_second_pass_without_the_flagged_images_ranks_the_flips_better(seed):
     noisy[flipped] = 1
     positive = np.isin(np.arange(len(y)), flipped)
     rows = np.arange(len(y))
-    first = tune_linear_head(F, noisy, cv=StratifiedKFold(5, shuffle=True, random_state=0),
-                             refit=False)  # fmt: skip
-    assert first.oof_scores is not None
-    one_pass = softmax(first.oof_scores, first.temperature)[rows, noisy]
-    proba = _oof_proba(F, noisy)
+    one_pass = out_of_fold_proba(F, noisy, prune=False)
+    proba = out_of_fold_proba(F, noisy)
     assert proba.shape == (len(y), 3) and np.allclose(proba.sum(axis=1), 1)
     # measured: 0.785 -> 0.842, 0.827 -> 0.893, 0.858 -> 0.924
     # low label quality should mean flipped: AUROC of the negated score
     two = roc_auc_score(positive, -proba[rows, noisy])
-    assert two >= roc_auc_score(positive, -one_pass) + 0.04
+    assert two >= roc_auc_score(positive, -one_pass[rows, noisy]) + 0.04
 
 
 def test_two_classes_and_tiny_classes_get_probabilities():
-    from tlearn.doctor.core import _oof_proba
+    from tlearn.doctor.labels import out_of_fold_proba
 
     rng = np.random.default_rng(0)
     y = np.array([0] * 20 + [1] * 3)
     F = rng.normal(size=(len(y), 8)) + 3.0 * y[:, None]
     y[[0, 21]] = [1, 0]  # one flip each way: the small class is never pruned to nothing
-    proba = _oof_proba(F, y)
+    proba = out_of_fold_proba(F, y)
     assert proba.shape == (23, 2) and np.isfinite(proba).all()
     assert np.allclose(proba.sum(axis=1), 1)
+    with pytest.raises(DataError, match="at least twice"):
+        out_of_fold_proba(F[:20], y[:20])  # one image of class 1 left
 
 
 def test_bad_inputs_say_what_is_wrong():

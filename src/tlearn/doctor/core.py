@@ -7,13 +7,11 @@ import contextlib
 import csv
 import os
 import time
-import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from sklearn.exceptions import ConvergenceWarning
 
 from tlearn._log import logger
 from tlearn._progress import progress
@@ -26,7 +24,7 @@ from tlearn.doctor.duplicates import (
     pixel_hash,
     thumbnail,
 )
-from tlearn.doctor.labels import find_label_issues, label_quality
+from tlearn.doctor.labels import find_label_issues, label_quality, out_of_fold_proba
 from tlearn.doctor.quality import THRESHOLDS, image_properties, quality_scores
 from tlearn.exceptions import DataError
 
@@ -297,7 +295,7 @@ def _label_checks(
     if len(names) < 2 or np.bincount(y).min() < 2:
         return rows
     say("doctor: out-of-fold probabilities (linear probe, k-fold)")
-    proba = _oof_proba(F[known], y)
+    proba = out_of_fold_proba(F[known], y)
     issues = find_label_issues(y, proba)
     for k, score in enumerate(label_quality(y, proba)):
         quality[data.paths[data.readable[known[k]]]] = float(score)
@@ -305,49 +303,6 @@ def _label_checks(
         rows.append(data.row(data.readable[known[k]], "label_issue", score,
                              suggested=names[suggested]))  # fmt: skip
     return rows + _outliers(data, F[known], y, [data.readable[k] for k in known])
-
-
-def _oof_proba(F: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Calibrated out-of-fold probabilities of every image, in two passes.
-
-    1. ``C`` tuned and out-of-fold probabilities by stratified k-fold (the probe's own
-       tuning, :func:`tlearn.probe.tune_linear_head`).
-    2. The images that pass flags as label issues are left out of the *training* part of
-       each fold, and every image is scored again out of fold (Northcutt et al.'s "prune,
-       then retrain": the mislabelled images no longer teach the model their wrong labels).
-       A class keeps all its images when half or more of them are flagged.
-
-    On 50,000 CIFAR-10 training images with 5% of the labels flipped to look-alike classes
-    (and the 10,000 test images), the second pass raises the AUROC of the label-quality
-    score from 0.929 to 0.945; with random flips it changes by under 0.002 (the README;
-    ``benchmarks/doctor.py --lookalike``).
-    """
-    from sklearn.base import clone
-    from sklearn.model_selection import StratifiedKFold, cross_val_predict
-    from sklearn.pipeline import Pipeline
-
-    from tlearn.calibration import fit_temperature, softmax
-    from tlearn.probe import tune_linear_head
-
-    folds = int(min(5, np.bincount(y).min()))
-    head = tune_linear_head(F, y, cv=StratifiedKFold(folds, shuffle=True, random_state=0),
-                            refit=False)  # fmt: skip
-    assert head.oof_scores is not None and head.oof_index is not None
-    proba = np.full((len(y), int(y.max()) + 1), np.nan)  # binary scores are 1-D
-    proba[head.oof_index] = softmax(head.oof_scores, head.temperature)
-    keep = np.ones(len(y), dtype=bool)
-    keep[find_label_issues(y, proba).indices] = False
-    trusted = np.bincount(y[keep], minlength=proba.shape[1]) > np.bincount(y) / 2
-    keep |= ~trusted[y]
-    if keep.all():
-        return proba
-    splits = [(train[keep[train]], test) for train, test
-              in StratifiedKFold(folds, shuffle=True, random_state=1).split(F, y)]  # fmt: skip
-    pipe = clone(Pipeline([("scaler", head.scaler), ("clf", head.classifier)]))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        scores = cross_val_predict(pipe, F, y, cv=splits, method="decision_function")
-    return softmax(scores, fit_temperature(scores[keep], y[keep]))
 
 
 def _outliers(data: _Set, F: np.ndarray, y: np.ndarray, index: list[int]) -> list[dict[str, Any]]:

@@ -19,6 +19,7 @@ AGPL-3.0 and tlearn is Apache-2.0.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,6 +33,7 @@ __all__ = [
     "confident_thresholds",
     "find_label_issues",
     "label_quality",
+    "out_of_fold_proba",
 ]
 
 RANKINGS = ("self_confidence", "normalized_margin")
@@ -154,3 +156,75 @@ def find_label_issues(
         joint=confident_joint(labels, proba),
         thresholds=thresholds,
     )
+
+
+def out_of_fold_proba(
+    features: np.ndarray, labels: np.ndarray, *, n_splits: int = 5, prune: bool = True
+) -> np.ndarray:
+    """Calibrated out-of-fold probabilities of every image from a linear probe on its
+    features: the doctor's input to :func:`find_label_issues`.
+
+    1. ``C`` is tuned and out-of-fold probabilities are computed by stratified k-fold (the
+       probe's own tuning, :func:`tlearn.probe.tune_linear_head`), with a temperature
+       fitted on them.
+    2. With ``prune``, the images that pass flags as label issues are left out of the
+       *training* part of each of k new folds and every image is scored again out of fold
+       (Northcutt et al.'s "prune, then retrain": the mislabelled images no longer teach
+       the model their wrong labels), with the temperature fitted on the unflagged images.
+       A class keeps all its images when half or more of them are flagged.
+
+    Parameters
+    ----------
+    features : ndarray of shape (n_samples, n_features)
+        Image features, such as those of :class:`tlearn.PretrainedFeatures`.
+    labels : ndarray of shape (n_samples,)
+        Given labels as class indices ``0..n_classes - 1``, each class at least twice.
+    n_splits : int, default=5
+        Folds (fewer when a class has fewer images).
+    prune : bool, default=True
+        Run the second pass. On 50,000 CIFAR-10 training images with 5% of the labels
+        flipped to look-alike classes (and the 10,000 test images) it raises the AUROC of
+        the label-quality score from 0.929 to 0.945; with random flips it changes it by
+        under 0.002 (the README; ``benchmarks/doctor.py --lookalike``).
+
+    Returns
+    -------
+    proba : ndarray of shape (n_samples, n_classes)
+    """
+    from sklearn.base import clone
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.pipeline import Pipeline
+
+    from tlearn.calibration import fit_temperature, softmax
+    from tlearn.probe import tune_linear_head
+
+    features, labels = np.asarray(features), np.asarray(labels)
+    counts = np.bincount(labels)
+    if len(features) != len(labels) or len(counts) < 2 or counts.min() < 2:
+        raise DataError(
+            f"need one feature row per label ({len(features)} rows, {len(labels)} labels) "
+            f"and every class index 0..{len(counts) - 1} at least twice (counts "
+            f"{counts.tolist()})"
+        )
+    folds = int(min(n_splits, counts.min()))
+    head = tune_linear_head(features, labels, refit=False,
+                            cv=StratifiedKFold(folds, shuffle=True, random_state=0))  # fmt: skip
+    assert head.oof_scores is not None and head.oof_index is not None
+    proba = np.full((len(labels), len(counts)), np.nan)
+    proba[head.oof_index] = softmax(head.oof_scores, head.temperature)
+    if not prune:
+        return proba
+    keep = np.ones(len(labels), dtype=bool)
+    keep[find_label_issues(labels, proba).indices] = False
+    trusted = np.bincount(labels[keep], minlength=len(counts)) > counts / 2
+    keep |= ~trusted[labels]
+    if keep.all():
+        return proba
+    refolds = StratifiedKFold(folds, shuffle=True, random_state=1).split(features, labels)
+    splits = [(train[keep[train]], test) for train, test in refolds]
+    pipe = clone(Pipeline([("scaler", head.scaler), ("clf", head.classifier)]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        scores = cross_val_predict(pipe, features, labels, cv=splits, method="decision_function")
+    return softmax(scores, fit_temperature(scores[keep], labels[keep]))
