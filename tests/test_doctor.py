@@ -136,7 +136,8 @@ def test_cli_writes_the_report_changes_nothing_and_its_clean_csv_trains(planted,
     before = _snapshot(train.parent)
     out, clean = tmp_path / "report", tmp_path / "clean.csv"
     r = subprocess.run([*TLEARN, "doctor", str(train), "--test", str(test), "--out", str(out),
-                        "--write-clean", str(clean), "--relabel"],
+                        "--write-clean", str(clean), "--relabel",
+                        "--label-backbone", "efficientnet_lite1"],
                        capture_output=True, text=True, timeout=900)  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert _snapshot(train.parent) == before  # nothing moved, deleted or written there
@@ -144,6 +145,8 @@ def test_cli_writes_the_report_changes_nothing_and_its_clean_csv_trains(planted,
     assert {row["path"] for row in rows if row["issue"] == "unreadable"} == truth["unreadable"]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["unreadable"] == 2 and summary["issues"]["leakage"] >= 1
+    assert summary["label_backbones"] == ["efficientnet_lite1"]
+    assert summary["seconds"]["features (efficientnet_lite1)"] > 0
     cleaned = list(csv.DictReader(clean.read_text().splitlines()))
     kept = {row["path"] for row in cleaned}
     assert not (truth["unreadable"] & kept)
@@ -155,6 +158,27 @@ def test_cli_writes_the_report_changes_nothing_and_its_clean_csv_trains(planted,
                          capture_output=True, text=True, timeout=900)  # fmt: skip
     assert fit.returncode == 0, fit.stderr
     _renders_in_chromium(out / "report.html", summary["issues"], tmp_path)
+
+
+def test_label_backbones_average_each_backbones_out_of_fold_probabilities(cifar_zip):
+    from tlearn import PretrainedFeatures
+    from tlearn.data import load_image_folder
+    from tlearn.doctor.labels import out_of_fold_proba
+
+    data = load_image_folder(f"{cifar_zip}/train", categories=list(CLASSES[:3]),
+                             max_per_class=10, random_state=3)  # fmt: skip
+    X, y = np.asarray(data.filenames), np.asarray(data.target_names)[data.target]
+    y[[0, 15]] = y[[15, 0]]  # two labels swapped
+    params = {"engine": "torch", "image_size": 96, "verbose": 0}  # small and quick
+    alone = inspect(X, y, say=lambda s: None, **params)
+    both = inspect(X, y, label_backbones=["efficientnet_lite1"], say=lambda s: None, **params)
+    codes = np.unique(y, return_inverse=True)[1]
+    views = [PretrainedFeatures(backbone=b, **params).fit(X).transform(X)
+             for b in ("efficientnet_lite0", "efficientnet_lite1")]  # fmt: skip
+    expected = np.mean([out_of_fold_proba(V, codes) for V in views], axis=0)
+    got = np.array([both.label_quality[str(p)] for p in X])
+    np.testing.assert_allclose(got, expected[np.arange(len(y)), codes], atol=1e-6)
+    assert not np.allclose(got, [alone.label_quality[str(p)] for p in X], atol=1e-3)
 
 
 def _renders_in_chromium(page: Path, issues: dict[str, int], tmp_path: Path) -> None:

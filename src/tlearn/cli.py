@@ -357,6 +357,14 @@ def doctor(
         typer.Option("--out", "-o", help="Folder for issues.csv, summary.json and report.html."),
     ] = Path("doctor"),
     backbone: str = "efficientnet_lite0",
+    label_backbone: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Another backbone for the label check (repeatable): the check uses the mean "
+            "of each backbone's out-of-fold probabilities. Ranks label errors better, for the "
+            "time of featurising every image again (e.g. tf_efficientnet_lite2)."
+        ),
+    ] = None,
     max_per_class: int | None = None,
     cache_dir: Annotated[str | None, typer.Option(help="Feature cache folder.")] = None,
     near_threshold: Annotated[
@@ -391,7 +399,8 @@ def doctor(
     X, y = load_labelled(data, max_per_class, seed)
     X_test, y_test = load_labelled(test, None, seed) if test else (None, None)
     findings = inspect(X, y, X_test, y_test, near_threshold=near_threshold,
-                       backbone=backbone, cache_dir=cache_dir, say=console.print)  # fmt: skip
+                       label_backbones=label_backbone or (), backbone=backbone,
+                       cache_dir=cache_dir, say=console.print)  # fmt: skip
     paths = write_report(findings, out, title=f"tlearn doctor: {data}")
     table = Table("issue", "images", title=f"{findings.summary['images']} images checked")
     for issue, n in findings.counts().items():

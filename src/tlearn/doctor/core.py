@@ -7,7 +7,7 @@ import contextlib
 import csv
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -182,6 +182,7 @@ def inspect(
     y_test: Any = None,
     *,
     near_threshold: float | None = None,
+    label_backbones: Sequence[str] = (),
     say: Callable[[str], None] = logger.info,
     verbose: int = 1,
     **feature_params: Any,
@@ -199,6 +200,13 @@ def inspect(
         The pixel-detail correlation a near duplicate needs, at the best alignment of the
         two images (default :data:`tlearn.doctor.duplicates.NEAR_THRESHOLD`; lower finds
         more, and more merely similar photos).
+    label_backbones : sequence of str, default=()
+        More backbones for the label check: each gives its own out-of-fold probabilities
+        (:func:`tlearn.doctor.labels.out_of_fold_proba` on its features), and the label
+        check uses their mean with the main backbone's. An ensemble ranks label errors
+        better (10,000 CIFAR-10 images, 5% look-alike flips: AUROC 0.930 with Lite0, 0.943
+        with Lite0 + ``tf_efficientnet_lite2``) for the time of featurising every image
+        again with each.
     say : callable, default=logger.info
         Receives one line as each stage starts.
     verbose : int, default=1
@@ -235,10 +243,17 @@ def inspect(
             with progress(2 * len(data.readable), verbose, "near duplicates") as advance:
                 rows += _near(data, F, near_threshold, exact, advance)
         if data.labels is not None:
+            views = [F]
+            for name in label_backbones:
+                say(f"doctor: features of {len(data.readable)} images with {name} (labels)")
+                with clock(f"features ({name})"):
+                    params = {"verbose": verbose, **feature_params, "backbone": name}
+                    views.append(_features(data, X, X_test, params))
             with clock("labels and outliers"), progress(None, verbose, "labels"):
-                rows += _label_checks(data, F, say, quality)
+                rows += _label_checks(data, views, say, quality)
     findings = Findings(rows, label_quality=quality)
-    findings.summary = {**_summary(data, findings), "seconds": clock.seconds}
+    findings.summary = {**_summary(data, findings), "seconds": clock.seconds,
+                        "label_backbones": list(label_backbones)}  # fmt: skip
     return findings
 
 
@@ -285,8 +300,11 @@ def _near(
 
 
 def _label_checks(
-    data: _Set, F: np.ndarray, say: Callable[[str], None], quality: dict[str, float]
+    data: _Set, views: list[np.ndarray], say: Callable[[str], None], quality: dict[str, float]
 ) -> list[dict[str, Any]]:
+    """Label issues from the mean out-of-fold probabilities of a probe on each of ``views``
+    (features of the readable images: the main backbone's first), outliers on the first."""
+    F = views[0]
     labels = data.labels
     assert labels is not None
     known = [k for k, i in enumerate(data.readable) if labels[i] is not None]
@@ -295,7 +313,7 @@ def _label_checks(
     if len(names) < 2 or np.bincount(y).min() < 2:
         return rows
     say("doctor: out-of-fold probabilities (linear probe, k-fold)")
-    proba = out_of_fold_proba(F[known], y)
+    proba = np.mean([out_of_fold_proba(V[known], y) for V in views], axis=0)
     issues = find_label_issues(y, proba)
     for k, score in enumerate(label_quality(y, proba)):
         quality[data.paths[data.readable[known[k]]]] = float(score)
