@@ -32,6 +32,7 @@ def main() -> None:
     ap.add_argument("--image-size", type=int, default=128)
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--precision", default="fp32")
+    ap.add_argument("--crop", default="auto", choices=["auto", "center"])
     ap.add_argument("--cache-dir", default=str(ROOT / "bench-output" / "feature-cache"))
     ap.add_argument("--run-dir", default=str(ROOT / "bench-output" / "finetune-run"))
     ap.add_argument("--skip-probe", action="store_true")
@@ -59,6 +60,7 @@ def main() -> None:
         image_size=args.image_size,
         epochs=args.epochs,
         precision=args.precision,
+        crop=args.crop,
         checkpoint_dir=args.run_dir,
     )
     ft.fit(train.filenames, y)
@@ -66,9 +68,9 @@ def main() -> None:
     r = evaluate(ft, test.filenames, y_test)
     rates = [h["images_per_second"] for h in ft.history_]
     print(
-        f"fine-tuned lp-ft ({args.image_size} px, {len(ft.history_)} epochs, best "
-        f"{ft.best_epoch_}): test accuracy {r.accuracy:.4f}, loss {r.log_loss:.4f}, train "
-        f"{t_fit:.0f} s ({np.mean(rates):.0f} images/s), total "
+        f"fine-tuned lp-ft ({args.image_size} px, crop={args.crop}, {len(ft.history_)} "
+        f"epochs, best {ft.best_epoch_}): test accuracy {r.accuracy:.4f}, loss "
+        f"{r.log_loss:.4f}, train {t_fit:.0f} s ({np.mean(rates):.0f} images/s), total "
         f"{time.perf_counter() - t0:.0f} s",
         flush=True,
     )

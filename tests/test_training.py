@@ -108,3 +108,25 @@ def test_small_images_are_enlarged_whole_and_large_ones_cropped():
         preprocess_image(Image.fromarray(large), Preprocessing(64, (0.5,) * 3, (0.5,) * 3,
                                                                "bilinear", 0.875)),
     )  # fmt: skip
+
+
+def test_fine_tuning_crops_see_a_small_image_at_its_evaluation_scale():
+    from PIL import Image
+
+    from tlearn import FineTuneClassifier
+
+    pre_eval = Preprocessing(64, (0.5,) * 3, (0.5,) * 3, "bilinear", 0.875, crop_small=False)
+    pre_train = FineTuneClassifier()._train_preprocessing(pre_eval)
+    assert (pre_train.input_size, pre_train.pad_small) == (72, 4)
+    small = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    evaluated = preprocess_image(Image.fromarray(small), pre_eval)
+    trained = preprocess_image(Image.fromarray(small), pre_train)
+    assert trained.shape == (72, 72, 3)
+    # the centre is the evaluated image itself (a crop at offset 4 sees exactly it), not a
+    # zoomed-in copy; the border is the image reflected
+    np.testing.assert_array_equal(trained[4:68, 4:68], evaluated)
+    np.testing.assert_array_equal(trained[3, 4:68], evaluated[1])
+    large = np.random.default_rng(1).integers(0, 256, (200, 160, 3), dtype=np.uint8)
+    assert preprocess_image(Image.fromarray(large), pre_train).shape == (72, 72, 3)
+    with pytest.raises(ValueError, match="pad_small"):
+        Preprocessing(64, (0.5,) * 3, (0.5,) * 3, pad_small=16)

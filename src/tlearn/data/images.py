@@ -75,6 +75,11 @@ class Preprocessing:
         cropped like the others. ``False``: they are enlarged so the shorter side is exactly
         ``input_size`` and only the longer side is cropped to a square, so a 32 px image
         keeps its border (measured in the README).
+    pad_small : int
+        With ``crop_small`` off: pixels of reflected border added on each side of a small
+        image, which is enlarged to ``input_size - 2 * pad_small`` first. Fine-tuning's
+        random crops use it, so that a small image is seen at the scale it is evaluated at
+        (whole, at the evaluation size), shifted, rather than zoomed in.
     """
 
     input_size: int
@@ -83,6 +88,7 @@ class Preprocessing:
     interpolation: str = "bicubic"
     crop_pct: float = 0.875
     crop_small: bool = True
+    pad_small: int = 0
 
     def __post_init__(self) -> None:
         if self.interpolation not in _INTERPOLATIONS:
@@ -94,6 +100,10 @@ class Preprocessing:
             raise ValueError(f"Preprocessing.crop_pct must be in (0, 1], got {self.crop_pct}")
         if self.input_size < 8:
             raise ValueError(f"Preprocessing.input_size must be at least 8, got {self.input_size}")
+        if not 0 <= 4 * self.pad_small < self.input_size:
+            raise ValueError(
+                f"Preprocessing.pad_small must be in [0, input_size / 4), got {self.pad_small}"
+            )
 
     @property
     def resize_size(self) -> int:
@@ -103,10 +113,15 @@ class Preprocessing:
         """The same preprocessing at another input size (``None`` keeps this one)."""
         return self if input_size is None else replace(self, input_size=int(input_size))
 
+    def is_small(self, width: int, height: int) -> bool:
+        """Whether a ``width`` x ``height`` image is enlarged whole (``crop_small`` off and
+        its shorter side below the size it is enlarged to)."""
+        return not self.crop_small and min(width, height) < self.input_size - 2 * self.pad_small
+
     def short_side(self, width: int, height: int) -> int:
         """The length the shorter side of a ``width`` x ``height`` image is resized to."""
-        if not self.crop_small and min(width, height) < self.input_size:
-            return self.input_size
+        if self.is_small(width, height):
+            return self.input_size - 2 * self.pad_small
         return self.resize_size
 
     def to_dict(self) -> dict[str, Any]:
@@ -123,6 +138,7 @@ class Preprocessing:
             interpolation=str(d.get("interpolation", "bicubic")),
             crop_pct=float(d.get("crop_pct", 0.875)),
             crop_small=bool(d.get("crop_small", True)),
+            pad_small=int(d.get("pad_small", 0)),
         )
 
 
@@ -295,13 +311,15 @@ def _load_upright(img: Image.Image, path: str, min_side: int | None) -> Image.Im
 def preprocess_image(img: Image.Image, pre: Preprocessing) -> np.ndarray:
     """Resize the shorter side to ``pre.short_side(...)`` (``resize_size``, or the input
     size itself for a small image when ``crop_small`` is off) and centre-crop
-    ``pre.input_size``.
+    ``pre.input_size`` (a small image with ``pad_small``: crop less, then reflect the
+    border out to the input size).
 
     Returns a ``(input_size, input_size, 3)`` uint8 array. Normalisation happens later,
     on whole batches.
     """
-    size = pre.input_size
     w, h = img.size
+    pad = pre.pad_small if pre.is_small(w, h) else 0
+    size = pre.input_size - 2 * pad
     short = pre.short_side(w, h)
     if (w, h) != (size, size):
         if w <= h:
@@ -313,7 +331,10 @@ def preprocess_image(img: Image.Image, pre: Preprocessing) -> np.ndarray:
         left = int(round((new_w - size) / 2.0))
         top = int(round((new_h - size) / 2.0))
         img = img.crop((left, top, left + size, top + size))
-    return np.array(img, dtype=np.uint8)  # writable, so torch.from_numpy may take it
+    arr = np.array(img, dtype=np.uint8)  # writable, so torch.from_numpy may take it
+    if pad:
+        arr = np.pad(arr, ((pad, pad), (pad, pad), (0, 0)), mode="reflect")
+    return arr
 
 
 def load_array_image(arr: np.ndarray, index: int = 0) -> Image.Image:
