@@ -1,6 +1,6 @@
 """Exact and near duplicates (tlearn.doctor.duplicates) on copies planted in a folder of
 real photo tiles: byte copies, PNG re-saves, JPEG re-encodes, resizes, colour shifts,
-small shifts and mirrors, within a set and across train/test."""
+crops, zooms, moves with a new border and mirrors, within a set and across train/test."""
 
 from __future__ import annotations
 
@@ -54,7 +54,18 @@ EDITS = {
     "mirrored": lambda im: im.transpose(Image.Transpose.FLIP_LEFT_RIGHT),
     "cropped": lambda im: im.crop((10, 0, TILE, TILE - 10)),  # 90%, off-centre, kept small
     "zoomed": lambda im: im.crop((12, 12, TILE - 12, TILE - 12)).resize((TILE, TILE)),  # 75%
+    # moved, not zoomed: the uncovered border black, or the edge pixels repeated
+    "moved": lambda im: _moved(im, 12, 8, "black"),
+    "moved_edge": lambda im: _moved(im, -4, 3, "edge"),
 }
+
+
+def _moved(im: Image.Image, dx: int, dy: int, border: str) -> Image.Image:
+    a = np.asarray(im)
+    pad = ((max(dy, 0), max(-dy, 0)), (max(dx, 0), max(-dx, 0)), (0, 0))
+    padded = np.pad(a, pad, mode="edge" if border == "edge" else "constant")
+    top, left = max(-dy, 0), max(-dx, 0)
+    return Image.fromarray(padded[top : top + a.shape[0], left : left + a.shape[1]])
 
 
 @pytest.fixture(scope="module")

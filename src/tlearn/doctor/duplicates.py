@@ -49,7 +49,10 @@ PIXEL_MATCH = 0.9
 #: Correlation of their details at that alignment: the near-duplicate threshold.
 NEAR_THRESHOLD = 0.8
 #: Windows tried: (share of each side, places along the side); sides are crossed.
-WINDOW_SCALES = ((0.95, 3), (0.9, 3), (0.85, 3), (0.8, 5), (0.75, 5), (0.7, 5))
+WINDOW_SCALES = ((0.95, 3), (0.9, 3), (0.875, 5), (0.85, 3), (0.8, 5), (0.75, 5), (0.7, 5))
+#: Square windows of at least this share of the side are also matched with windows of the
+#: same size at other places (a copy moved, with a new border).
+SHIFT_SCALE = 0.8
 THUMB = 32  # stored: grey, uint8, 1 KB an image
 SIDE = 16  # compared
 BLOCK = 256
@@ -104,13 +107,39 @@ def _axis(start: float, width: float) -> np.ndarray:
 
 
 @functools.cache
-def _windows() -> np.ndarray:
-    """Resampling of the whole side (first), then of each window of ``WINDOW_SCALES`` at
-    evenly spaced places along the side: ``(n_windows, SIDE, THUMB)``."""
+def _spans() -> tuple[tuple[float, float], ...]:
+    """(start, width) of the whole side (first), then of each window of ``WINDOW_SCALES``
+    at evenly spaced places along the side."""
     spans = [(0.0, float(THUMB))]
     for scale, places in WINDOW_SCALES:
         spans += [(p * (1 - scale) * THUMB, scale * THUMB) for p in np.linspace(0, 1, places)]
-    return np.stack([_axis(a, w) for a, w in spans]).astype(np.float32)
+    return tuple(spans)
+
+
+@functools.cache
+def _windows() -> np.ndarray:
+    """Resampling of each span of :func:`_spans` into ``SIDE`` pixels:
+    ``(n_windows, SIDE, THUMB)``."""
+    return np.stack([_axis(a, w) for a, w in _spans()]).astype(np.float32)
+
+
+@functools.cache
+def _shift_groups() -> tuple[tuple[np.ndarray, ...], np.ndarray]:
+    """The square views (as in :func:`_views`: row span x column span of one scale) of at
+    least ``SHIFT_SCALE`` of the side, grouped by scale: two windows of one scale at
+    different places line up an image with a shifted copy of it. And the permutation that
+    mirrors views: view ``v`` of a mirrored image is view ``perm[v]`` mirrored."""
+    spans = _spans()
+    k = len(spans)
+    mirror = [next(m for m, (b, u) in enumerate(spans) if u == w and abs(b + a + w - THUMB) < 1e-6)
+              for a, w in spans]  # fmt: skip
+    groups: dict[float, list[int]] = {}
+    for r, (_, height) in enumerate(spans):
+        for c, (_, width) in enumerate(spans):
+            if height == width >= SHIFT_SCALE * THUMB - 1e-6:
+                groups.setdefault(width, []).append(r * k + c)
+    perm = np.array([r * k + mirror[c] for r in range(k) for c in range(k)])
+    return tuple(np.array(g) for g in groups.values()), perm
 
 
 def _unit(v: np.ndarray) -> np.ndarray:
@@ -151,8 +180,9 @@ def _aligned(ta: np.ndarray, tb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     shifted; similar but distinct photos (ships on a sea) can line up their broad layout,
     not their details."""
     layout, detail = np.full(len(ta), -1.0), np.full(len(ta), -1.0)
+    views = {id(ta): _views(ta), id(tb): _views(tb)}
     for x, y in ((ta, tb), (tb, ta)):
-        vx, wy = _views(x), _whole(y)
+        vx, wy = views[id(x)], _whole(y)
         unit_wy = _unit(wy)  # centred, so vx @ unit_wy == (centred vx) @ unit_wy
         centred_sq = (vx * vx).sum(axis=2) - vx.sum(axis=2) ** 2 / (SIDE * SIDE)
         corr = np.matmul(vx, unit_wy.transpose(0, 2, 1))
@@ -162,7 +192,32 @@ def _aligned(ta: np.ndarray, tb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         fine = np.einsum("kd,kd->k", _unit(_detail(vx[n, v].reshape(-1, SIDE, SIDE))),
                          _unit(_detail(wy))[n, m])  # fmt: skip
         np.maximum.at(detail, n, fine)
+    _shifted(views[id(ta)], views[id(tb)], layout, detail)
     return layout, detail
+
+
+def _shifted(va: np.ndarray, vb: np.ndarray, layout: np.ndarray, detail: np.ndarray) -> None:
+    """Raise ``layout`` and ``detail`` (in place) to the best match between square windows
+    of one scale of each image at any places, the second mirrored or not: a copy moved,
+    with a new border (padding, or the scene beyond the old edge), matches in the overlap
+    (up to 6 px of 32 each way, at most 0.4 px from a place tried)."""
+    groups, perm = _shift_groups()
+    sel = np.concatenate(groups)
+    bounds = np.cumsum([0] + [len(g) for g in groups])
+    a = va[:, sel].reshape(len(va), len(sel), SIDE, SIDE)
+    ua = _unit(a)
+    b = vb[:, sel].reshape(a.shape)
+    mirrored = vb[:, perm[sel]].reshape(a.shape)[..., ::-1]
+    for other in (b, mirrored):
+        ub = _unit(other)
+        for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
+            corr = np.matmul(ua[:, lo:hi], ub[:, lo:hi].transpose(0, 2, 1))
+            np.maximum(layout, corr.max(axis=(1, 2)), out=layout)
+            n, i, j = np.nonzero(corr >= PIXEL_MATCH)
+            if len(n):
+                da = _unit(_detail(a[n, lo + i]))
+                db = _unit(_detail(other[n, lo + j]))
+                np.maximum.at(detail, n, np.einsum("kd,kd->k", da, db))
 
 
 def pixel_hash(arr: np.ndarray) -> str:
