@@ -1,9 +1,10 @@
 """The doctor's near-duplicate rule against features alone, on the same features.
 
 10,000 CIFAR-10 training images (1,000 a class) and the 10,000 test images; 300 test images
-copied eight ways (JPEG quality 40, resized to 3/4 and back, recoloured, shifted 2 px,
-cropped 2 px a side, 26 px at JPEG quality 70, cropped 10% off-centre, cropped 20% and
-saved at JPEG quality 75). Prints, for each rule: the pairs flagged
+copied ten ways (JPEG quality 40, resized to 3/4 and back, recoloured, "shifted 2 px"
+(cropped 2 px at one corner and enlarged back), cropped 2 px a side, 26 px at JPEG quality
+70, cropped 10% off-centre, cropped 20% and saved at JPEG quality 75, moved 3,2 px with a
+black border, moved 5,4 px with the edge repeated). Prints, for each rule: the pairs flagged
 among the 20,000 (and how many join train and test), and the share of copies paired with
 their original. Features are cached (``--cache-dir``), so a second run takes a few minutes.
 
@@ -34,6 +35,19 @@ def _jpeg(img: Image.Image, quality: int) -> Image.Image:
     return Image.open(buf).convert("RGB")
 
 
+def _moved(im: Image.Image, dx: int, dy: int, border: str) -> Image.Image:
+    """``im`` moved ``dx`` px right and ``dy`` down, the uncovered border black or the
+    edge pixels repeated (what a shift augmentation or a re-framed screenshot leaves)."""
+    a = np.asarray(im)
+    h, w = a.shape[:2]
+    if border == "black":
+        out = np.zeros_like(a)
+        out[dy:, dx:] = a[: h - dy, : w - dx]
+    else:
+        out = np.pad(a, ((dy, 0), (dx, 0), (0, 0)), mode="edge")[:h, :w]
+    return Image.fromarray(out)
+
+
 EDITS = {
     "jpeg q40": lambda im: _jpeg(im, 40),
     "resized 3/4": lambda im: im.resize((24, 24), Image.Resampling.BICUBIC).resize((32, 32)),
@@ -51,6 +65,8 @@ EDITS = {
     "cropped 20% + q75": lambda im: _jpeg(
         im.crop((3, 3, 29, 29)).resize((32, 32), Image.Resampling.BICUBIC), 75
     ),
+    "moved 3,2 px, black border": lambda im: _moved(im, 3, 2, "black"),
+    "moved 5,4 px, edge border": lambda im: _moved(im, 5, 4, "edge"),
 }
 
 
