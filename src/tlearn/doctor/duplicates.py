@@ -180,9 +180,9 @@ def _aligned(ta: np.ndarray, tb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     shifted; similar but distinct photos (ships on a sea) can line up their broad layout,
     not their details."""
     layout, detail = np.full(len(ta), -1.0), np.full(len(ta), -1.0)
-    views = {id(ta): _views(ta), id(tb): _views(tb)}
-    for x, y in ((ta, tb), (tb, ta)):
-        vx, wy = views[id(x)], _whole(y)
+    va, vb = _views(ta), _views(tb)
+    for vx, y in ((va, tb), (vb, ta)):
+        wy = _whole(y)
         unit_wy = _unit(wy)  # centred, so vx @ unit_wy == (centred vx) @ unit_wy
         centred_sq = (vx * vx).sum(axis=2) - vx.sum(axis=2) ** 2 / (SIDE * SIDE)
         corr = np.matmul(vx, unit_wy.transpose(0, 2, 1))
@@ -192,7 +192,7 @@ def _aligned(ta: np.ndarray, tb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         fine = np.einsum("kd,kd->k", _unit(_detail(vx[n, v].reshape(-1, SIDE, SIDE))),
                          _unit(_detail(wy))[n, m])  # fmt: skip
         np.maximum.at(detail, n, fine)
-    _shifted(views[id(ta)], views[id(tb)], layout, detail)
+    _shifted(va, vb, layout, detail)
     return layout, detail
 
 
