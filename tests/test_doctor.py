@@ -181,6 +181,19 @@ def test_label_backbones_average_each_backbones_out_of_fold_probabilities(cifar_
     assert not np.allclose(got, [alone.label_quality[str(p)] for p in X], atol=1e-3)
 
 
+@pytest.mark.parametrize("where", ["backbone", "label_backbones"])
+def test_a_misspelt_backbone_fails_before_any_image_is_read(tmp_path, where):
+    from tlearn.exceptions import UnknownBackboneError
+
+    # not even files: without the check up front every image would be reported
+    # unreadable and the label backbone never loaded, so no error at all
+    X = [str(tmp_path / f"missing{i}.jpg") for i in range(4)]
+    kwargs = ({"backbone": "efficientnet_litee0"} if where == "backbone"
+              else {"label_backbones": ["efficientnet_lite1", "efficientnet_litee2"]})  # fmt: skip
+    with pytest.raises(UnknownBackboneError, match="efficientnet_lite"):
+        inspect(X, ["a", "a", "b", "b"], say=lambda s: None, verbose=0, **kwargs)
+
+
 def _renders_in_chromium(page: Path, issues: dict[str, int], tmp_path: Path) -> None:
     html = page.read_text()
     assert "http://" not in html and "https://" not in html  # self-contained, offline

@@ -225,6 +225,7 @@ def inspect(
     if near_threshold is None:
         near_threshold = NEAR_THRESHOLD
     check_thresholds(near_threshold)  # before minutes of reading
+    _load_backbones(feature_params, label_backbones if y is not None else ())
     clock = _Clock()
     with clock("read, hash and quality"):
         data = _scan(X, X_test, y, y_test, say, verbose)
@@ -255,6 +256,19 @@ def inspect(
     findings.summary = {**_summary(data, findings), "seconds": clock.seconds,
                         "label_backbones": list(label_backbones)}  # fmt: skip
     return findings
+
+
+def _load_backbones(feature_params: dict[str, Any], label_backbones: Sequence[str]) -> None:
+    """Load every backbone the checks will use, so that a misspelt name or missing weights
+    fail before minutes of reading rather than after them (loads are cached: no cost later)."""
+    from tlearn.backbones import DEFAULT_BACKBONE, load_backbone
+    from tlearn.features import FINE_TUNED
+
+    weights = feature_params.get("weights", "pretrained")
+    if weights == FINE_TUNED:  # lives in a fitted model: PretrainedFeatures says so
+        return
+    for name in (feature_params.get("backbone", DEFAULT_BACKBONE), *label_backbones):
+        load_backbone(name, weights)
 
 
 def _duplicates_by_pixels(data: _Set) -> list[dict[str, Any]]:
