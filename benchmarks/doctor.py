@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tlearn.cli import _label_backbones
 from tlearn.doctor import inspect
 from tlearn.training import load_labelled
 
@@ -52,12 +53,16 @@ def main() -> None:
                         help="flip to look-alike classes (cat<->dog, truck->automobile...) "
                         "instead of at random")  # fmt: skip
     parser.add_argument("--cache-dir", default=None)
+    parser.add_argument("--label-backbone", action="append", default=None,
+                        help="as tlearn doctor's (default: auto; 'none': Lite0 alone)")  # fmt: skip
     args = parser.parse_args()
     X, y = load_labelled(f"{ZIP}/train", args.per_class)
     X_test, y_test = load_labelled(f"{ZIP}/test", args.test_per_class)
     noisy, flipped = flip(y, args.flip, lookalike=args.lookalike)
     t0 = time.perf_counter()
-    findings = inspect(X, noisy, X_test, y_test, cache_dir=args.cache_dir, say=print)
+    label_backbones = _label_backbones(args.label_backbone)
+    findings = inspect(X, noisy, X_test, y_test, cache_dir=args.cache_dir,
+                       label_backbones=label_backbones, say=print)  # fmt: skip
     total = time.perf_counter() - t0
     index = {p: i for i, p in enumerate(X)}
     flagged = {index[r["path"]] for r in findings.of("label_issue") if r["path"] in index}
@@ -80,6 +85,7 @@ def main() -> None:
     precision, recall = hits / max(1, len(flagged)), hits / len(flipped)
     print(f"label issues flagged in train: {len(flagged)}; precision {precision:.3f}, "
           f"recall {recall:.3f}; AUROC of the label-quality score {auroc:.3f}")  # fmt: skip
+    print(f"label backbones besides the main one: {findings.summary['label_backbones']}")
     print(f"issues: {findings.counts()}")
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak memory (max RSS): {peak:.0f} MiB")

@@ -170,7 +170,7 @@ def test_label_backbones_average_each_backbones_out_of_fold_probabilities(cifar_
     X, y = np.asarray(data.filenames), np.asarray(data.target_names)[data.target]
     y[[0, 15]] = y[[15, 0]]  # two labels swapped
     params = {"engine": "torch", "image_size": 96, "verbose": 0}  # small and quick
-    alone = inspect(X, y, say=lambda s: None, **params)
+    alone = inspect(X, y, label_backbones=(), say=lambda s: None, **params)
     both = inspect(X, y, label_backbones=["efficientnet_lite1"], say=lambda s: None, **params)
     codes = np.unique(y, return_inverse=True)[1]
     views = [PretrainedFeatures(backbone=b, **params).fit(X).transform(X)
@@ -179,6 +179,25 @@ def test_label_backbones_average_each_backbones_out_of_fold_probabilities(cifar_
     got = np.array([both.label_quality[str(p)] for p in X])
     np.testing.assert_allclose(got, expected[np.arange(len(y)), codes], atol=1e-6)
     assert not np.allclose(got, [alone.label_quality[str(p)] for p in X], atol=1e-3)
+
+
+def test_the_label_check_adds_the_larger_embedded_backbone_by_default(findings):
+    from tlearn.doctor.core import _label_backbones
+
+    # `make setup` installs tlearn[lite12], so Lite2 is there (the fixture ran the default)
+    assert findings.summary["label_backbones"] == ["efficientnet_lite2"]
+    assert findings.summary["seconds"]["features (efficientnet_lite2)"] > 0
+    assert _label_backbones("auto", {"backbone": "tf_efficientnet_lite0"}) == ["efficientnet_lite2"]
+    # a backbone of the user's own choice, or weights that are not the pretrained ones,
+    # are used alone; so is an explicit empty list
+    assert _label_backbones("auto", {"backbone": "efficientnet_lite1"}) == []
+    assert _label_backbones("auto", {"weights": None}) == []
+    assert _label_backbones((), {}) == []
+    assert _label_backbones("efficientnet_lite1", {}) == ["efficientnet_lite1"]
+    from tlearn.cli import _label_backbones as from_flags
+
+    assert from_flags(None) == "auto" and from_flags(["none"]) == []
+    assert from_flags(["efficientnet_lite1"]) == ["efficientnet_lite1"]
 
 
 @pytest.mark.parametrize("where", ["backbone", "label_backbones"])

@@ -195,7 +195,7 @@ def test_every_doctor_stage_reports_progress(monkeypatch):
     monkeypatch.setattr(core, "progress", Recorder)
     monkeypatch.setattr(features, "progress", Recorder)
     images = np.stack([np.asarray(t.resize((48, 48))) for t in tiles()[:12]])
-    findings = core.inspect(images, ["a", "b"] * 6, say=lambda s: None)
+    findings = core.inspect(images, ["a", "b"] * 6, label_backbones=(), say=lambda s: None)
     # array images are read (they were all "unreadable" once), two classes get probabilities
     assert not findings.of("unreadable") and len(findings.label_quality) == 12
     assert calls.pop("reading images") == [12, 12]
