@@ -76,8 +76,8 @@ def main() -> None:
     leaks = {r["path"] for r in findings.of("leakage")}
     print(f"\n{len(X)} training + {len(X_test)} test images; {len(flipped)} labels flipped")
     for stage, seconds in findings.summary["seconds"].items():
-        print(f"  {stage:<24} {seconds / 60:6.1f} min")
-    print(f"  {'total':<24} {total / 60:6.1f} min ({len(X) + len(X_test)} images, "
+        print(f"  {stage:<30} {seconds / 60:6.1f} min")
+    print(f"  {'total':<30} {total / 60:6.1f} min ({len(X) + len(X_test)} images, "
           f"{(len(X) + len(X_test)) / total:.0f} images/s)")  # fmt: skip
     print(f"test images with a near or exact duplicate in train: {len(leaks)}")
     print(f"near duplicates within train: {len(findings.of('near_duplicate'))}, "

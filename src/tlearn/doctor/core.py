@@ -242,11 +242,7 @@ def inspect(
         with clock("features"):
             F = _features(data, X, X_test, {"verbose": verbose, **feature_params})
         with clock("near duplicates"):
-            exact = {frozenset((r["path"], r["partner"])) for r in rows
-                     if r["issue"] in ("exact_duplicate", "leakage")}  # fmt: skip
-            # the search, then the pixel check: one unit per image each
-            with progress(2 * len(data.readable), verbose, "near duplicates") as advance:
-                rows += _near(data, F, near_threshold, exact, advance)
+            rows += _near(data, F, near_threshold, rows, verbose)
         if data.labels is not None:
             views = [F]
             for name in label_backbones:
@@ -317,14 +313,17 @@ def _near(
     data: _Set,
     F: np.ndarray,
     threshold: float,
-    exact: set[frozenset[str]],
-    advance: Callable[[int], None],
+    found: list[dict[str, Any]],
+    verbose: int,
 ) -> list[dict[str, Any]]:
-    """Near-duplicate and leakage rows, leaving out the pairs already found exact."""
+    """Near-duplicate and leakage rows, leaving out the pairs ``found`` exact."""
+    exact = {frozenset((r["path"], r["partner"])) for r in found
+             if r["issue"] in ("exact_duplicate", "leakage")}  # fmt: skip
     rows = []
-    thumbs = np.stack(data.thumbs)
-    pairs = near_duplicates(F, threshold=threshold, thumbnails=thumbs,
-                            advance=advance)  # fmt: skip
+    # the search, then the pixel check: one unit per image each
+    with progress(2 * len(data.readable), verbose, "near duplicates") as advance:
+        pairs = near_duplicates(F, threshold=threshold, thumbnails=np.stack(data.thumbs),
+                                advance=advance)  # fmt: skip
     for pair in pairs:
         i, j = data.readable[pair.i], data.readable[pair.j]
         if frozenset((data.paths[i], data.paths[j])) in exact:
