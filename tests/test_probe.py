@@ -80,6 +80,34 @@ def test_large_sets_search_C_on_a_sample_and_hold_out_20_percent():
     assert head.scaler.n_samples_seen_ == 300
 
 
+def test_the_C_search_and_out_of_fold_fits_run_blas_on_one_thread(monkeypatch):
+    """Many small solves: BLAS threads cost more than they give (10x per fit on 2 cores).
+    Every fit sees one BLAS thread, and the setting is restored afterwards."""
+    from threadpoolctl import threadpool_info
+
+    from tlearn import probe as probe_module
+
+    def blas_threads():
+        return {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
+
+    seen = []
+
+    class Spy(probe_module.LogisticRegression):
+        def fit(self, X, y, sample_weight=None):
+            seen.append(blas_threads())
+            return super().fit(X, y, sample_weight)
+
+    before = blas_threads()
+    monkeypatch.setattr(probe_module, "LogisticRegression", Spy)
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 90)
+    head = tune_linear_head(rng.normal(size=(90, 8)) + y[:, None], y, Cs=(0.01, 1.0))
+    assert head.C in (0.01, 1.0)
+    assert len(seen) == 2 * 5 + 5 + 1  # the search, the out-of-fold scores, the refit
+    assert all(threads == {1} for threads in seen), seen
+    assert blas_threads() == before
+
+
 def test_probe_contract(shapes3):
     est = make_probe("efficientnet_lite0", image_size=64, Cs=[0.1, 1.0])
     with pytest.raises(NotFittedError):

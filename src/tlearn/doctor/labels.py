@@ -197,7 +197,7 @@ def out_of_fold_proba(
     from sklearn.pipeline import Pipeline
 
     from tlearn.calibration import fit_temperature, softmax
-    from tlearn.probe import tune_linear_head
+    from tlearn.probe import one_blas_thread, tune_linear_head
 
     features, labels = np.asarray(features), np.asarray(labels)
     counts = np.bincount(labels)
@@ -224,7 +224,7 @@ def out_of_fold_proba(
     refolds = StratifiedKFold(folds, shuffle=True, random_state=1).split(features, labels)
     splits = [(train[keep[train]], test) for train, test in refolds]
     pipe = clone(Pipeline([("scaler", head.scaler), ("clf", head.classifier)]))
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), one_blas_thread():
         warnings.simplefilter("ignore", ConvergenceWarning)
         scores = cross_val_predict(pipe, features, labels, cv=splits, method="decision_function")
     return softmax(scores, fit_temperature(scores[keep], labels[keep]))
