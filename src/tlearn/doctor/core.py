@@ -238,24 +238,38 @@ def inspect(
         rows += _duplicates_by_pixels(data)
         rows += _quality(data) if data.props else []
     if len(data.readable) >= 2:
+        params = {"verbose": verbose, **feature_params}
         say(f"doctor: features of {len(data.readable)} images")
         with clock("features"):
-            F = _features(data, X, X_test, {"verbose": verbose, **feature_params})
+            F = _features(data, X, X_test, params)
         with clock("near duplicates"):
             rows += _near(data, F, near_threshold, rows, verbose)
         if data.labels is not None:
-            views = [F]
-            for name in label_backbones:
-                say(f"doctor: features of {len(data.readable)} images with {name} (labels)")
-                with clock(f"features ({name})"):
-                    params = {"verbose": verbose, **feature_params, "backbone": name}
-                    views.append(_features(data, X, X_test, params))
+            views = [F, *_label_views(data, X, X_test, label_backbones, params, clock, say)]
             with clock("labels and outliers"), progress(None, verbose, "labels"):
                 rows += _label_checks(data, views, say, quality)
     findings = Findings(rows, label_quality=quality)
     findings.summary = {**_summary(data, findings), "seconds": clock.seconds,
                         "label_backbones": list(label_backbones)}  # fmt: skip
     return findings
+
+
+def _label_views(
+    data: _Set,
+    X: Any,
+    X_test: Any,
+    names: Sequence[str],
+    params: dict[str, Any],
+    clock: _Clock,
+    say: Callable[[str], None],
+) -> list[np.ndarray]:
+    """Features of the readable images with each label backbone, each stage timed."""
+    views = []
+    for name in names:
+        say(f"doctor: features of {len(data.readable)} images with {name} (labels)")
+        with clock(f"features ({name})"):
+            views.append(_features(data, X, X_test, {**params, "backbone": name}))
+    return views
 
 
 def _label_backbones(names: Sequence[str] | str, feature_params: dict[str, Any]) -> list[str]:
