@@ -51,7 +51,7 @@ def test_fit_by_default_tries_candidates_and_prints_accuracy_and_saves(trained):
     assert "test accuracy:" in r.stdout and out.is_file()
     assert "candidates (the best on held-out accuracy is kept)" in r.stdout  # --method auto
     board = json.loads(Path(f"{out}.leaderboard.json").read_text())
-    assert board[0]["candidate"].startswith("probe efficientnet_lite0")
+    assert board[0]["candidate"].startswith("probe efficientnet_lite1+efficientnet_lite2")
     assert sum(row["chosen"] for row in board) >= 1
     metrics = json.loads(out.with_suffix(".json").read_text())
     assert metrics["n_images"] == 15 and len(metrics["classes"]) == 3

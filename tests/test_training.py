@@ -64,7 +64,10 @@ def test_auto_keeps_the_best_candidate_within_its_budget(folder, tmp_path, monke
     out = tmp_path / "auto.safetensors"
     result = tlearn.train(folder, out=out, method="auto", time_budget=60, Cs=[0.1], **SMALL)
     rows = result.leaderboard
-    assert rows[0]["candidate"].startswith("probe efficientnet_lite0")
+    # first the ensemble of the two largest embedded backbones, then no second-backbone probe
+    assert rows[0]["candidate"].startswith(f"probe {automl.ensemble_backbone()} (")
+    assert result.model.features_.blocks_ == [1752, 1800]  # Lite1 and Lite2, 32 px
+    assert not any(r["candidate"].startswith("probe efficientnet_lite2") for r in rows)
     assert all({"candidate", "accuracy", "seconds", "images_per_second"} <= set(r) for r in rows)
     tried = [r for r in rows if r["accuracy"] is not None]
     chosen = [r for r in rows if r["chosen"]]

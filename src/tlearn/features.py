@@ -17,7 +17,7 @@ from tlearn._log import ensure_handler, logger
 from tlearn._progress import progress
 from tlearn._validation import Interval, Options, validate_params
 from tlearn.backbones import DEFAULT_BACKBONE, Backbone, load_backbone
-from tlearn.backbones.pooling import FeatureNet, pyramid_stages, supports_stages
+from tlearn.backbones.pooling import EnsembleNet, FeatureNet, pyramid_stages, supports_stages
 from tlearn.data.images import Preprocessing
 from tlearn.data.loader import ImageInput, check_images, iter_batches, sample_indices
 from tlearn.exceptions import EngineError, InvalidParameterError
@@ -118,7 +118,11 @@ class PretrainedFeatures(TransformerMixin, BaseEstimator):
     ----------
     backbone : str, default="efficientnet_lite0"
         A name for :func:`tlearn.load_backbone`: ``"efficientnet_lite0"``, ``"resnet50"``,
-        ``"timm:convnext_tiny"``, ``"torchvision:resnet18"``...
+        ``"timm:convnext_tiny"``, ``"torchvision:resnet18"``... Names joined by ``+``
+        (``"efficientnet_lite0+efficientnet_lite2"``) run each backbone on the same
+        images, preprocessed as the first wants, and put their features side by side
+        (``blocks_``); :class:`~tlearn.probe.LinearProbe` fits one head per block and
+        averages their scores.
     weights : "pretrained", path or None, default="pretrained"
         Where the weights come from (``None``: random, for speed tests only;
         ``"fine-tuned"``: the weights a FineTuneClassifier trained, kept in its model).
@@ -164,6 +168,8 @@ class PretrainedFeatures(TransformerMixin, BaseEstimator):
     backbone_ : Backbone
     preprocessing_ : Preprocessing
     n_features_out_ : int
+    blocks_ : list of int
+        The columns of each backbone's features, in order (one block for one backbone).
     engine_ : str
         The engine that runs (what ``auto`` chose, or the one asked for).
     engine_reason_ : str
@@ -301,6 +307,10 @@ class PretrainedFeatures(TransformerMixin, BaseEstimator):
         self.preprocessing_: Preprocessing = self._preprocessing(backbone)
         self.stages_, extra = self._stages(backbone)
         self.n_features_out_ = backbone.n_features + extra
+        model = backbone.model
+        self.blocks_ = (
+            list(model.widths) if isinstance(model, EnsembleNet) else [self.n_features_out_]
+        )
         net = FeatureNet(backbone.model, self.stages_, bool(self.flip_average))
         self.network_ = net
         if engine is None:
@@ -359,6 +369,17 @@ class PretrainedFeatures(TransformerMixin, BaseEstimator):
 
     def _stages(self, backbone: Backbone) -> tuple[tuple[int, ...], int]:
         """The feature-pyramid stages to pool, and how many features they add."""
+        if isinstance(backbone.model, EnsembleNet):  # each member pools its own stages
+            try:
+                backbone.model.use_stages(
+                    self.pooling != "last", required=self.pooling == "multistage"
+                )
+            except ValueError as e:
+                raise InvalidParameterError(
+                    f"pooling='multistage' needs backbones with timm's feature API; in "
+                    f"{backbone.name!r} {e}. Use pooling='last' or 'auto'"
+                ) from None
+            return (), sum(backbone.model.widths) - backbone.n_features
         if self.pooling == "last":
             return (), 0
         if not supports_stages(backbone.model):
@@ -371,12 +392,15 @@ class PretrainedFeatures(TransformerMixin, BaseEstimator):
         return pyramid_stages(backbone.model)
 
     def _model_key(self) -> dict[str, Any]:
+        model = self.backbone_.model
+        ensemble = {"member_stages": model.stages} if isinstance(model, EnsembleNet) else {}
         return {
             "architecture": self.backbone_.architecture,
             "weights_sha256": self.backbone_.weights_sha256,
             "preprocessing": self.preprocessing_.to_dict(),
             "stages": list(self.stages_),
             "flip_average": bool(self.flip_average),
+            **ensemble,
         }
 
     def _cache_key(self) -> dict[str, Any]:

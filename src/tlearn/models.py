@@ -183,11 +183,13 @@ def _probe_from_file(
     params: dict[str, Any],
 ) -> LinearProbe:
     probe = LinearProbe(**params)
-    scaler, clf = _logistic_from_arrays(arrays, head["C"], int(params.get("max_iter", 1000)))
+    C = head["C"] if isinstance(head["C"], (int, float)) else tuple(head["C"])  # ensembles
+    nominal = C if isinstance(C, (int, float)) else float(np.exp(np.mean(np.log(C))))
+    scaler, clf = _logistic_from_arrays(arrays, nominal, int(params.get("max_iter", 1000)))
     clf.classes_ = np.arange(len(classes))
     probe.features_, probe.classes_ = features, classes
     probe.scaler_, probe.classifier_ = scaler, clf
-    probe.C_, probe.cv_results_ = head["C"], head.get("cv_results", {})
+    probe.C_, probe.cv_results_ = C, head.get("cv_results", {})
     probe.skipped_, probe.n_features_in_ = [], clf.n_features_in_
     probe.temperature_ = float(head.get("temperature", 1.0))
     probe.calibration_ = head.get("calibration", {})

@@ -31,6 +31,7 @@ __all__ = [
     "TunedHead",
     "check_labels",
     "make_probe",
+    "tune_block_heads",
     "tune_linear_head",
 ]
 
@@ -79,7 +80,7 @@ class TunedHead:
 
     scaler: StandardScaler
     classifier: LogisticRegression
-    C: float
+    C: float | tuple[float, ...]
     cv_results: dict[str, Any]
     temperature: float
     oof_scores: np.ndarray | None
@@ -212,23 +213,86 @@ def tune_linear_head(
             oof, index = _oof_scores(pipe, F, y, splitter, n_jobs)
         if refit:
             pipe.fit(F, y)
-    temperature, calibration = 1.0, {}
-    if oof is not None and index is not None:
-        temperature = fit_temperature(oof, y[index])
-        calibration = {
-            "temperature": temperature,
-            "oof_ece_before": expected_calibration_error(softmax(oof), y[index]),
-            "oof_ece_after": expected_calibration_error(softmax(oof, temperature), y[index]),
-            "oof_accuracy": float((softmax(oof).argmax(1) == y[index]).mean()),
-            "n_oof": len(index),
-        }
+    temperature, calibration = _calibrate(oof, index, y)
     return TunedHead(pipe["scaler"], pipe["clf"], C, results, temperature, oof, index,
                      calibration)  # fmt: skip
+
+
+def _calibrate(
+    oof: np.ndarray | None, index: np.ndarray | None, y: np.ndarray
+) -> tuple[float, dict[str, float]]:
+    """The temperature fitted on out-of-fold scores, and what it did to them."""
+    if oof is None or index is None:
+        return 1.0, {}
+    temperature = fit_temperature(oof, y[index])
+    return temperature, {
+        "temperature": temperature,
+        "oof_ece_before": expected_calibration_error(softmax(oof), y[index]),
+        "oof_ece_after": expected_calibration_error(softmax(oof, temperature), y[index]),
+        "oof_accuracy": float((softmax(oof).argmax(1) == y[index]).mean()),
+        "n_oof": len(index),
+    }
+
+
+def tune_block_heads(F: np.ndarray, y: np.ndarray, blocks: list[int], **options: Any) -> TunedHead:
+    """:func:`tune_linear_head` on each block of columns of ``F`` (one per backbone of an
+    ensemble, ``blocks`` their widths), in parallel threads, combined into one linear head
+    whose scores are the mean of the blocks' calibrated scores (a geometric mean of their
+    probabilities), with a temperature fitted on the mean of their out-of-fold scores.
+    ``C`` is then the tuple of the blocks' values. One block: :func:`tune_linear_head`."""
+    if len(blocks) == 1:
+        return tune_linear_head(F, y, **options)
+    from concurrent.futures import ThreadPoolExecutor
+
+    edges = np.cumsum([0, *blocks])
+    if edges[-1] != F.shape[1]:
+        raise ValueError(f"blocks {blocks} do not cover the {F.shape[1]} features")
+    # one outer limit and filter for all threads: each thread's own enter and exit then
+    # restore what the outer ones set, and these restore the caller's state at the end
+    with one_blas_thread(), warnings.catch_warnings(), ThreadPoolExecutor(2) as pool:
+        heads = list(
+            pool.map(
+                lambda i: tune_linear_head(F[:, edges[i] : edges[i + 1]], y, **options),
+                range(len(blocks)),
+            )  # fmt: skip
+        )
+    return _combine(heads, y, int(options.get("max_iter", 1000)))
+
+
+def _combine(heads: list[TunedHead], y: np.ndarray, max_iter: int) -> TunedHead:
+    """One StandardScaler + LogisticRegression equal to the mean of the heads' scores,
+    each divided by its temperature."""
+    k = len(heads)
+    Cs = tuple(h.C for h in heads)
+    scaler = StandardScaler()
+    clf = LogisticRegression(C=float(np.exp(np.mean(np.log(Cs)))), max_iter=max_iter)
+    if hasattr(heads[0].classifier, "coef_"):
+        for name in ("mean_", "scale_", "var_"):
+            setattr(scaler, name, np.concatenate([getattr(h.scaler, name) for h in heads]))
+        scaler.n_features_in_ = len(scaler.mean_)
+        scaler.n_samples_seen_ = heads[0].scaler.n_samples_seen_
+        clf.coef_ = np.hstack([h.classifier.coef_ / h.temperature for h in heads]) / k
+        clf.intercept_ = sum(h.classifier.intercept_ / h.temperature for h in heads) / k
+        clf.classes_, clf.n_features_in_ = heads[0].classifier.classes_, clf.coef_.shape[1]
+        clf.n_iter_ = np.max([h.classifier.n_iter_ for h in heads], axis=0)
+    oof, index = None, heads[0].oof_index
+    scores = [(h.oof_scores, h.oof_index, h.temperature) for h in heads]
+    if all(z is not None and i is not None for z, i, _ in scores):
+        if any(not np.array_equal(i, index) for _, i, _ in scores):  # type: ignore[arg-type]
+            raise RuntimeError("the blocks' out-of-fold rows differ")  # same y, same splits
+        oof = np.mean([np.asarray(z) / t for z, _, t in scores], axis=0)
+    temperature, calibration = _calibrate(oof, index, y)
+    results = {"blocks": [h.cv_results for h in heads]}
+    return TunedHead(scaler, clf, Cs, results, temperature, oof, index, calibration)  # type: ignore[arg-type]
 
 
 class LinearProbe(ForwardsFeatureParams, ClassifierMixin, BaseEstimator):
     """Image classifier: pretrained features -> StandardScaler -> LogisticRegression, with
     ``C`` chosen by cross-validation and calibrated probabilities.
+
+    With several backbones (``backbone="efficientnet_lite1+efficientnet_lite2"``) each
+    one's features get their own head, tuned as below, and the probe's scores are the mean
+    of theirs (:func:`tune_block_heads`), calibrated again.
 
     ``fit`` computes the features once, chooses ``C`` from ``Cs`` by stratified k-fold
     cross-validation on them (mean log loss across folds; above 20,000 images a single 20%
@@ -263,10 +327,10 @@ class LinearProbe(ForwardsFeatureParams, ClassifierMixin, BaseEstimator):
     scaler_ : StandardScaler
     classifier_ : LogisticRegression
         Trained on class indices ``0..n_classes-1`` (``classes_`` maps them back).
-    C_ : float
+    C_ : float, or tuple of float for an ensemble
     cv_results_ : dict
         ``C``, ``mean_log_loss``, ``std_log_loss``, ``mean_accuracy``, ``std_accuracy`` for
-        each value tried.
+        each value tried (an ensemble: ``{"blocks": [...]}``, one such dict per backbone).
     temperature_ : float
         Divides the scores before the softmax (1.0 without calibration).
     calibration_ : dict
@@ -359,9 +423,10 @@ class LinearProbe(ForwardsFeatureParams, ClassifierMixin, BaseEstimator):
         ok = ~np.isnan(F).any(axis=1)
         if self.skipped_:
             _warn_left_out(self.skipped_, y_enc[ok], len(classes))
-        head = tune_linear_head(
+        head = tune_block_heads(
             F[ok],
             y_enc[ok],
+            features.blocks_,
             Cs=DEFAULT_CS if self.Cs is None else tuple(float(c) for c in self.Cs),
             cv=self.cv,
             max_iter=self.max_iter,

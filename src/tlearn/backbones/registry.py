@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -98,10 +99,13 @@ def _unknown(name: str, pool: frozenset[str] | set[str], where: str) -> UnknownB
 
 
 def resolve_name(name: str) -> tuple[str, str]:
-    """``name`` -> ``(library, model)``: embedded aliases, then timm, then torchvision."""
+    """``name`` -> ``(library, model)``: embedded aliases, then timm, then torchvision.
+    Names joined by ``+`` are an ensemble: ``("ensemble", "timm:a+timm:b")``."""
     if not isinstance(name, str) or not name.strip():
         raise UnknownBackboneError(f"a backbone name must be a non-empty string, got {name!r}")
     name = name.strip()
+    if "+" in name:
+        return "ensemble", "+".join(":".join(resolve_name(m)) for m in ensemble_members(name))
     if name in EMBEDDED:
         return "timm", EMBEDDED[name][0]
     lib, sep, model = name.partition(":")
@@ -128,6 +132,19 @@ def resolve_name(name: str) -> tuple[str, str]:
         f"unknown backbone library {lib!r} in {name!r}; use 'timm:NAME', 'torchvision:NAME' "
         "or a plain name"
     )
+
+
+def ensemble_members(name: str) -> list[str]:
+    """The member names of ``"a+b"`` (or of ``"ensemble:a+b"``); one name for others."""
+    if name.startswith("ensemble:"):
+        name = name[len("ensemble:") :]
+    members = [m.strip() for m in name.split("+")]
+    if len(members) > 1 and (not all(members) or len(set(members)) < len(members)):
+        raise UnknownBackboneError(
+            f"{name!r}: an ensemble joins two or more different backbone names with '+', "
+            "as in 'efficientnet_lite0+efficientnet_lite2'"
+        )
+    return members
 
 
 def _embedded_alias(library: str, model: str) -> str | None:
@@ -314,6 +331,8 @@ def build_backbone(
     """Build the backbone ``name`` with ``weights``: ``"pretrained"`` (searched for, see
     :mod:`tlearn.backbones.weights`), a local file path, or ``None`` for random weights."""
     library, model_name = resolve_name(name)
+    if library == "ensemble":
+        return _build_ensemble(name, model_name, weights, alias)
     if library == "timm":
         model, source = _build_timm(model_name, weights)
         pre = _timm_preprocessing(model)
@@ -336,6 +355,40 @@ def build_backbone(
         weights_sha256=state_dict_sha256(model.state_dict()),
         weights_source=source,
         classifier=classifier if isinstance(classifier, nn.Linear) else None,
+    )
+
+
+def _build_ensemble(
+    name: str, members: str, weights: str | os.PathLike[str] | None, alias: str | None
+) -> Backbone:
+    """Backbones side by side (:class:`~tlearn.backbones.pooling.EnsembleNet`); the first
+    sets the preprocessing, and each member is fed the input in its own normalisation."""
+    from tlearn.backbones.pooling import EnsembleNet
+
+    if weights not in (None, PRETRAINED):
+        raise BackboneError(
+            f"{name!r} is an ensemble: its members take their own pretrained weights "
+            f"(weights='pretrained'), not one file ({weights!r})"
+        )
+    parts = [build_backbone(m, weights) for m in members.split("+")]
+    pre = parts[0].preprocessing
+    m0, s0 = np.asarray(pre.mean), np.asarray(pre.std)
+    # a member wants (p - m) / s of pixels p = x * s0 + m0 in [0, 1]
+    scale = [tuple(map(float, s0 / np.asarray(b.preprocessing.std))) for b in parts]
+    shift = [
+        tuple(map(float, (m0 - b.preprocessing.mean) / np.asarray(b.preprocessing.std)))
+        for b in parts
+    ]
+    model = EnsembleNet([b.model for b in parts], [b.n_features for b in parts], scale, shift)
+    model.eval()
+    return Backbone(
+        name=alias or name,
+        architecture=f"ensemble:{members}",
+        model=model,
+        n_features=sum(b.n_features for b in parts),
+        preprocessing=pre,
+        weights_sha256=state_dict_sha256(model.state_dict()),
+        weights_source="; ".join(f"{b.name}: {b.weights_source}" for b in parts),
     )
 
 
