@@ -74,8 +74,8 @@ class EnsembleNet(nn.Module):
         self,
         members: list[nn.Module],
         n_features: list[int],
-        scale: list[tuple[float, float, float]],
-        shift: list[tuple[float, float, float]],
+        scale: list[tuple[float, ...]],
+        shift: list[tuple[float, ...]],
     ) -> None:
         super().__init__()
         self.members = nn.ModuleList(FeatureNet(m) for m in members)
