@@ -167,7 +167,9 @@ def _read_config(path: Path | None) -> dict[str, Any]:
 
 def _fit_settings(ctx: typer.Context, values: dict[str, Any]) -> dict[str, Any]:
     """The command line's values, with a --config file filling what was left unset; flags
-    that the chosen method does not take are refused."""
+    that the chosen method does not take are refused. Estimator flags left at their
+    defaults are dropped: the estimator's own defaults apply, and ``--method auto`` knows
+    what the user chose (a named ``--backbone`` is used alone)."""
     settings = dict(values)
     from_file = _read_config(settings.pop("config"))
     unknown = sorted(set(from_file) - set(settings))
@@ -184,8 +186,8 @@ def _fit_settings(ctx: typer.Context, values: dict[str, Any]) -> dict[str, Any]:
         if explicit and method in ("probe", "finetune") and method not in option.methods:
             flag = "--" + option.name.replace("_", "-")
             _fail(f"{flag} applies to --method {' or '.join(option.methods)}, not {method}")
-        if not explicit and option.default is None:
-            settings.pop(option.name, None)  # the method's own default
+        if not explicit:  # the method's own default, and auto sees what the user set
+            settings.pop(option.name, None)
     return settings
 
 

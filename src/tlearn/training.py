@@ -213,7 +213,7 @@ def train(data: str | os.PathLike[str], **options: Any) -> TrainResult:
         raise DataError("resume continues an interrupted fine-tuning run; the probe has none")
     X, y = load_labelled(req.data, req.max_per_class, req.seed)
     split = _split(X, y, req.test, req.test_size, req.test_max_per_class, req.seed)
-    req.say(_plan(model, req.method, y, split, req.test))
+    req.say(_plan(model, req.method, y, split, req.test, "backbone" in req.params))
     with _feature_cache(req, model) as model:
         model, report, evaluation, leaderboard = _fit_and_evaluate(req, model, X, y, split)
     if os.environ.get("RANK", "0") != "0":  # torchrun: only the main process goes on
@@ -286,15 +286,16 @@ def _split(
     return X_tr, y_tr, X_te, y_te
 
 
-def _plan(model: Any, method: str, y: np.ndarray, split: Any, test: Any) -> str:
+def _plan(model: Any, method: str, y: np.ndarray, split: Any, test: Any, named: bool) -> str:
     tested = (
         f"testing on {len(split[2])} ({'the test data' if test else 'a held-out split'})"
         if split[2] is not None
         else "evaluating by its own held-out predictions, then using every image"
     )
+    backbone = "as auto chooses" if method == "auto" and not named else model.backbone
     return (
         f"training on {len(split[0])} images in {len(set(y))} classes, {tested}; backbone "
-        f"{model.backbone}, method {method}"
+        f"{backbone}, method {method}"
     )
 
 
