@@ -229,17 +229,19 @@ def _first_probe(
     default budget) the cheapest probe anyway, saying so: `tlearn fit DATA` never fails
     for want of time."""
     candidates: list[Candidate] = []
-    for settings in probe_settings(small, len(X), _ensemble(params)):
-        chosen = {**common, **settings, **params}  # what the user set explicitly wins
-        if any(c.params == chosen for c in candidates):  # the user's flags made it a repeat
-            continue
-        rate = feature_rate(_feature_params(chosen), X)
-        estimate = _probe_seconds(len(X), rate, _heads(chosen))
-        shown = {k: v for k, v in settings.items() if k != "backbone"}
-        name = f"probe {chosen.get('backbone', DEFAULT)} ({_describe(shown)})"
-        candidates.append(Candidate(name, "probe", chosen, _known(estimate)))
-        if estimate <= share:
-            return candidates[-1]
+    for group in _variant_groups(probe_settings(small, len(X), _ensemble(params)), common, params):
+        # measure the dearest (the best); if it does not fit, the cheapest too, and
+        # interpolate the others between them (each measurement builds an engine)
+        rates = [feature_rate(_feature_params(group[0][1]), X)]
+        for i, (settings, chosen) in enumerate(group):
+            if i == 1:
+                rates = _interpolated_rates(X, [c for _, c in group], rates[0])
+            estimate = _probe_seconds(len(X), rates[i], _heads(chosen))
+            shown = {k: v for k, v in settings.items() if k != "backbone"}
+            name = f"probe {chosen.get('backbone', DEFAULT)} ({_describe(shown)})"
+            candidates.append(Candidate(name, "probe", chosen, _known(estimate)))
+            if estimate <= share:
+                return candidates[-1]
     cheapest = min(candidates, key=lambda c: c.estimate())
     need = cheapest.estimate()
     if not explicit:
@@ -251,6 +253,52 @@ def _first_probe(
         f"images, which would take about {_seconds(need)} here; give --time-budget "
         f"{math.ceil(need / 60)}m or more, or use --method probe"
     )
+
+
+def _variant_groups(
+    variants: list[dict[str, Any]], common: dict[str, Any], params: dict[str, Any]
+) -> list[list[tuple[dict[str, Any], dict[str, Any]]]]:
+    """``(settings, parameters)`` of each variant, best first, in runs of one backbone;
+    repeats (the user's flags override what varies) left out."""
+    groups: list[list[tuple[dict[str, Any], dict[str, Any]]]] = []
+    seen: list[dict[str, Any]] = []
+    for settings in variants:
+        chosen = {**common, **settings, **params}  # what the user set explicitly wins
+        if chosen in seen:
+            continue
+        seen.append(chosen)
+        backbone = chosen.get("backbone", DEFAULT)
+        if not groups or groups[-1][0][1].get("backbone", DEFAULT) != backbone:
+            groups.append([])
+        groups[-1].append((settings, chosen))
+    return groups
+
+
+def _work(params: dict[str, Any]) -> float:
+    """Pixels through the network per image: input side squared, twice with flips."""
+    from tlearn.backbones import load_backbone
+
+    size = (
+        params.get("image_size")
+        or load_backbone(
+            params.get("backbone", DEFAULT), params.get("weights", "pretrained")
+        ).preprocessing.input_size
+    )
+    return float(size) ** 2 * (2 if params.get("flip_average", True) else 1)
+
+
+def _interpolated_rates(X: np.ndarray, variants: list[dict[str, Any]], first: float) -> list[float]:
+    """Images per second of each variant of one backbone, given the first's (the
+    dearest): the cheapest is measured too, the others follow seconds per image = fixed
+    + per-pixel x :func:`_work`, fitted to those two (decoding costs the same at any
+    size, the network's work grows with the pixels)."""
+    work = [_work(v) for v in variants]
+    last = len(variants) - 1
+    seconds = {0: 1 / first, last: 1 / feature_rate(_feature_params(variants[last]), X)}
+    span = work[0] - work[last]
+    per_pixel = max(0.0, (seconds[0] - seconds[last]) / span) if span > 0 else 0.0
+    fixed = max(0.0, seconds[last] - per_pixel * work[last])
+    return [1 / seconds.get(i, fixed + per_pixel * w) for i, w in enumerate(work)]
 
 
 def _ensemble(params: dict[str, Any]) -> str | None:
