@@ -112,3 +112,15 @@ def test_an_ensemble_probe_saves_pickles_and_predicts_from_threads(pair_probe, s
         t.join()
     assert all(np.allclose(results[i], serial) for i in range(4))
     np.testing.assert_allclose(serial, proba.max(1), atol=1e-5)
+
+
+def test_an_ensemble_probe_exports_as_one_onnx_classifier(pair_probe, shapes3, tmp_path):
+    from tlearn.export import export_model, load_exported
+    from tlearn.inference import iter_predictions
+
+    paths = list(shapes3[2])
+    path = export_model(pair_probe, tmp_path / "pair", "onnx")
+    rows = list(iter_predictions(load_exported(path), paths, top_k=3))
+    got = np.array([[dict(zip(r["top_labels"], r["top_probabilities"], strict=True))[c]
+                     for c in pair_probe.classes_] for r in rows])  # fmt: skip
+    assert np.abs(got - pair_probe.predict_proba(paths)).max() < 1e-4
