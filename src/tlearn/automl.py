@@ -326,7 +326,7 @@ def _further(
     from tlearn.backbones.weights import embedded_weights_file
 
     out = []
-    if "backbone" not in params and "+" not in str(first.params.get("backbone", "")):
+    if "backbone" not in params and _heads(first.params) == 1:
         for name in SECOND_BACKBONES:
             if embedded_weights_file(name) is not None:
                 chosen = {**common, **params, "backbone": name}

@@ -19,7 +19,7 @@ from tlearn.data.images import Preprocessing
 from tlearn.exceptions import ModelFileError
 from tlearn.features import PretrainedFeatures
 from tlearn.finetune import FineTuneClassifier
-from tlearn.probe import LinearProbe
+from tlearn.probe import LinearProbe, nominal_C
 from tlearn.runtime.engines import Engine
 
 __all__ = [
@@ -184,8 +184,7 @@ def _probe_from_file(
 ) -> LinearProbe:
     probe = LinearProbe(**params)
     C = head["C"] if isinstance(head["C"], (int, float)) else tuple(head["C"])  # ensembles
-    nominal = C if isinstance(C, (int, float)) else float(np.exp(np.mean(np.log(C))))
-    scaler, clf = _logistic_from_arrays(arrays, nominal, int(params.get("max_iter", 1000)))
+    scaler, clf = _logistic_from_arrays(arrays, nominal_C(C), int(params.get("max_iter", 1000)))
     clf.classes_ = np.arange(len(classes))
     probe.features_, probe.classes_ = features, classes
     probe.scaler_, probe.classifier_ = scaler, clf

@@ -259,13 +259,19 @@ def tune_block_heads(F: np.ndarray, y: np.ndarray, blocks: list[int], **options:
     return _combine(heads, y, int(options.get("max_iter", 1000)))
 
 
+def nominal_C(C: float | tuple[float, ...]) -> float:
+    """One ``C`` for the combined classifier of an ensemble (the geometric mean of its
+    blocks' values; nothing is fitted with it); a single value as it is."""
+    return float(C) if isinstance(C, (int, float)) else float(np.exp(np.mean(np.log(C))))
+
+
 def _combine(heads: list[TunedHead], y: np.ndarray, max_iter: int) -> TunedHead:
     """One StandardScaler + LogisticRegression equal to the mean of the heads' scores,
     each divided by its temperature."""
     k = len(heads)
-    Cs = tuple(h.C for h in heads)
+    Cs = tuple(float(h.C) for h in heads)  # type: ignore[arg-type]
     scaler = StandardScaler()
-    clf = LogisticRegression(C=float(np.exp(np.mean(np.log(Cs)))), max_iter=max_iter)
+    clf = LogisticRegression(C=nominal_C(Cs), max_iter=max_iter)
     if hasattr(heads[0].classifier, "coef_"):
         for name in ("mean_", "scale_", "var_"):
             setattr(scaler, name, np.concatenate([getattr(h.scaler, name) for h in heads]))
@@ -283,7 +289,7 @@ def _combine(heads: list[TunedHead], y: np.ndarray, max_iter: int) -> TunedHead:
         oof = np.mean([np.asarray(z) / t for z, _, t in scores], axis=0)
     temperature, calibration = _calibrate(oof, index, y)
     results = {"blocks": [h.cv_results for h in heads]}
-    return TunedHead(scaler, clf, Cs, results, temperature, oof, index, calibration)  # type: ignore[arg-type]
+    return TunedHead(scaler, clf, Cs, results, temperature, oof, index, calibration)
 
 
 class LinearProbe(ForwardsFeatureParams, ClassifierMixin, BaseEstimator):
