@@ -37,6 +37,20 @@ def test_engines_agree_with_fp32_torch(engine, min_cos, reference):
     assert est.engine_ == engine and est.engine_reason_ == f"engine {engine}"
 
 
+def test_openvino_runs_fixed_chunks_then_the_rest_in_order(reference):
+    """Bulk batches run in chunks compiled for a fixed batch, several requests in turn;
+    the rest (and small batches) on the dynamic latency compilation: rows stay in order."""
+    from tlearn.runtime.openvino_engine import STATIC_BATCH
+
+    paths, expected = reference
+    est = PretrainedFeatures(image_size=64, engine="openvino").fit()
+    assert est._engine._run.chunk == STATIC_BATCH
+    many, want = paths * 3, np.concatenate([expected] * 3)  # 36: 4 chunks of 8 + 4 left
+    for batch_size in (1, 5, STATIC_BATCH, 12, 36):
+        got = est.set_params(batch_size=batch_size).transform(many)
+        assert cosine(got, want) >= 0.9999, batch_size
+
+
 def test_onnx_export_is_cached_and_a_corrupt_cache_rebuilt(reference, tmp_path, monkeypatch):
     monkeypatch.setenv("TLEARN_HOME", str(tmp_path))
     paths, expected = reference
