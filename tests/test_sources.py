@@ -47,6 +47,31 @@ def test_zip_read_in_place(image_folder, tmp_path):
     assert read_bytes(inner.filenames[0]) == read_bytes(on_disk.filenames[0])
 
 
+def test_zip_members_read_from_threads_a_replaced_archive_and_a_forked_child(tmp_path):
+    """One open archive serves every thread; rewritten on disk it is opened again; a forked
+    child opens its own (the parent's shares its file offset)."""
+    import multiprocessing
+    from concurrent.futures import ThreadPoolExecutor
+
+    archive = tmp_path / "members.zip"
+    payload = {f"m/{i:03d}.bin": bytes([i % 251]) * (100 + 37 * i) for i in range(200)}
+    with zipfile.ZipFile(archive, "w") as zf:
+        for i, (name, data) in enumerate(payload.items()):
+            zf.writestr(name, data, compress_type=zipfile.ZIP_DEFLATED if i % 2 else None)
+    names = list(payload) * 5
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(lambda n: read_bytes(f"{archive}/{n}"), names))
+    assert got == [payload[n] for n in names]
+    assert read_bytes(f"{archive}/m/000.bin") == payload["m/000.bin"]
+    with zipfile.ZipFile(archive, "w") as zf:  # the same names, new contents
+        zf.writestr("m/000.bin", b"new")
+    assert read_bytes(f"{archive}/m/000.bin") == b"new"
+    with pytest.raises(Exception, match="no member 'm/001.bin'"):
+        read_bytes(f"{archive}/m/001.bin")
+    with multiprocessing.get_context("fork").Pool(2) as pool:
+        assert pool.map(read_bytes, [f"{archive}/m/000.bin"] * 4) == [b"new"] * 4
+
+
 def test_zip_subfolder_read_in_place(shapes_zip):
     data = load_image_folder(f"{shapes_zip}/test", max_per_class=3)
     assert len(data.target_names) == 3 and len(data.filenames) == 9

@@ -162,17 +162,45 @@ def split_zip_path(path: str) -> tuple[str, str] | None:
         start = i + 5
 
 
-_local = threading.local()
+class _Archive:
+    """One open zip per archive and process, shared by every thread: opening an archive
+    parses its whole index (0.5 s for the 60,000-member CIFAR-10 zip), which per thread
+    and per call was a tenth of a 500-image featurising call. Reads take the archive's
+    lock (a member read is microseconds; decoding happens outside it). A file replaced
+    on disk (new size, mtime or inode) is opened again."""
+
+    _lock = threading.Lock()
+    _open: dict[str, _Archive] = {}
+
+    def __init__(self, path: str, signature: tuple[int, int, int]) -> None:
+        self.signature = signature
+        self.zip = zipfile.ZipFile(path)
+        self.lock = threading.Lock()
+
+    @classmethod
+    def read(cls, path: str, member: str) -> bytes:
+        st = os.stat(path)
+        signature = (st.st_size, st.st_mtime_ns, st.st_ino)
+        with cls._lock:
+            archive = cls._open.get(path)
+            if archive is None or archive.signature != signature:
+                if archive is not None:
+                    with archive.lock:
+                        archive.zip.close()
+                archive = cls._open[path] = cls(path, signature)
+        with archive.lock:
+            if archive.zip.fp is not None:
+                return archive.zip.read(member)
+        return cls.read(path, member)  # replaced on disk and closed meanwhile
+
+    @classmethod
+    def forget(cls) -> None:
+        """In a forked child: the parent's handles share their file offsets with it."""
+        cls._lock = threading.Lock()
+        cls._open = {}
 
 
-def _zip_handle(archive: str) -> zipfile.ZipFile:
-    """One open ZipFile per thread and archive: random access without re-reading the index."""
-    handles: dict[str, zipfile.ZipFile] = getattr(_local, "zips", None) or {}
-    _local.zips = handles
-    zf = handles.get(archive)
-    if zf is None:
-        zf = handles[archive] = zipfile.ZipFile(archive)
-    return zf
+os.register_at_fork(after_in_child=_Archive.forget)
 
 
 def read_bytes(path: str) -> bytes:
@@ -185,7 +213,7 @@ def read_bytes(path: str) -> bytes:
     if parts is not None:
         archive, member = parts
         try:
-            return _zip_handle(archive).read(member)
+            return _Archive.read(archive, member)
         except KeyError:
             raise ImageReadError(path, f"no member {member!r} in archive {archive!r}") from None
         except (zipfile.BadZipFile, OSError) as e:
