@@ -46,7 +46,7 @@ def test_openvino_runs_fixed_chunks_then_the_rest_in_order(reference):
     est = PretrainedFeatures(image_size=64, engine="openvino").fit()
     assert est._engine._run.chunk == STATIC_BATCH
     many, want = paths * 3, np.concatenate([expected] * 3)  # 36: 4 chunks of 8 + 4 left
-    for batch_size in (1, 5, STATIC_BATCH, 12, 36):
+    for batch_size in (1, 5, STATIC_BATCH, 12, 2 * STATIC_BATCH, 20, 36):
         got = est.set_params(batch_size=batch_size).transform(many)
         assert cosine(got, want) >= 0.9999, batch_size
 
