@@ -159,9 +159,9 @@ def quantize_int8(converted: Any, calibration: np.ndarray) -> Any:
 
 #: Images per infer request in bulk runs. OpenVINO's CPU plugin runs a model compiled for a
 #: fixed batch faster than one compiled for any batch: EfficientNet-Lite0 at 224 px on 2
-#: cores, batch 64 split over the two throughput streams, 93-109 images/s in fixed chunks
-#: of 8 (88-101 in 16, 79-92 in 32) against 73-76 with the dynamic batch; the outputs are
-#: bit-identical.
+#: cores, batches of 64 over the two throughput streams, interleaved rounds: 93-121
+#: images/s in fixed chunks of 8 (85-101 in 16, 79-92 in 32) against 73-82 with the
+#: dynamic batch; Lite1 + Lite2 at 128 px +14%; the outputs are bit-identical.
 STATIC_BATCH = 8
 
 
@@ -184,8 +184,8 @@ class _Runner:
     (compiled for that batch size: see :data:`STATIC_BATCH`), the requests kept busy in
     turn; what is left over, and a whole batch with fewer chunks than requests (one image
     at an idle server), runs on a second compilation with a dynamic batch, tuned for
-    latency, which spreads it over every core instead of leaving some idle. Measured on 2 cores,
-    lite0 at 224 px: one image in 4.4 ms instead of 7.2 ms.
+    latency, which spreads it over every core instead of leaving some idle (2 cores, lite0
+    at 224 px: one image in 4.4 ms instead of 7.2 ms).
 
     A call owns the requests while it runs (a lock), and reads their outputs before it
     lets go: concurrent callers can never see each other's results. Each call already uses
