@@ -192,27 +192,25 @@ class _Runner:
     every core, so serialising calls costs no throughput.
     """
 
-    def __init__(self, compiled: Any, latency: Any = None, chunk: int | None = None) -> None:
+    def __init__(self, compiled: Any, latency: Any, chunk: int | None = None) -> None:
         ov = _ov()
         n = max(1, int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
         self.uint8 = compiled.inputs[0].get_element_type() == ov.Type.u8
         self.chunk = chunk
         self._requests = [compiled.create_infer_request() for _ in range(n)]
-        self._latency = latency.create_infer_request() if latency is not None else None
+        self._latency = latency.create_infer_request()
         self._lock = threading.Lock()
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         n = len(self._requests)
         if self.chunk is None:  # any batch size: one slice per request
-            if self._latency is not None and len(batch) < n:
+            if len(batch) < n:
                 return self._run_chunks([], batch)
             step = -(-len(batch) // n)
             return self._run_chunks([batch[i : i + step] for i in range(0, len(batch), step)])
         # fewer chunks than requests would leave cores idle: a server's batch of 8-15
         # runs on the latency compilation, spread over every core, instead of one stream
         full = 0 if len(batch) < self.chunk * n else len(batch) - len(batch) % self.chunk
-        if self._latency is None and full < len(batch):
-            raise EngineError(f"this engine runs batches of {self.chunk} images only")
         chunks = [batch[i : i + self.chunk] for i in range(0, full, self.chunk)]
         return self._run_chunks(chunks, batch[full:])
 
@@ -235,7 +233,6 @@ class _Runner:
             for k in range(max(0, len(chunks) - n), len(chunks)):
                 read(self._requests[k % n])
             if rest is not None and len(rest):
-                assert self._latency is not None
                 self._latency.infer({0: rest})
                 outs.append(np.array(self._latency.get_output_tensor(0).data, dtype=np.float32))
         return np.concatenate(outs)
