@@ -145,19 +145,26 @@ def _scan(X: Any, X_test: Any, y: Any, y_test: Any, say: Callable[[str], None],
 
 def _scan_one(data: _Set, source: Any, offset: int, advance: Callable[[int], None]) -> int:
     """Hash, quality and thumbnail of each image of one split; the next split's offset."""
-    from PIL import Image
-
-    for index, arr, error in iter_decoded(source):
+    for index, measured, error in iter_decoded(source, then=_examine):
         advance(1)
         i = offset + index
-        data.hashes.append(None if arr is None else pixel_hash(arr))
-        if arr is None:
+        if measured is None:
+            data.hashes.append(None)
             data.errors[i] = error
             continue
-        data.props.append(image_properties(Image.fromarray(arr)))
-        data.thumbs.append(thumbnail(arr))
+        digest, props, thumb = measured
+        data.hashes.append(digest)
+        data.props.append(props)
+        data.thumbs.append(thumb)
         data.readable.append(i)
     return offset + len(source)
+
+
+def _examine(arr: np.ndarray) -> tuple[str, dict[str, Any], np.ndarray]:
+    """What the scan keeps of one decoded image (run in the decoding threads)."""
+    from PIL import Image
+
+    return pixel_hash(arr), image_properties(Image.fromarray(arr)), thumbnail(arr)
 
 
 def _features(data: _Set, X: Any, X_test: Any, params: dict[str, Any]) -> np.ndarray:

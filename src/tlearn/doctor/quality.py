@@ -20,6 +20,11 @@ below the threshold:
   [Q1 - 3 IQR, Q3 + 3 IQR] over the set, divided by that range's width;
 - grayscale (0.5): 0 for an image whose channels are all equal, in a set that is mostly
   colour (cleanvision flags every single-channel file).
+
+An image over :data:`QUALITY_SIDE` pixels a side is measured reduced by an integer factor
+(a box filter) to at most that; its size and aspect ratio are the original's. cleanvision
+measures every pixel: a 12 MP photo then takes about 1 s; reduced, a few tens of ms, and
+percentiles of brightness, the grey histogram and the edges hardly change.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageFilter
 
-__all__ = ["THRESHOLDS", "image_properties", "quality_scores"]
+__all__ = ["QUALITY_SIDE", "THRESHOLDS", "image_properties", "quality_scores"]
 
 THRESHOLDS = {
     "dark": 0.32,
@@ -42,20 +47,30 @@ THRESHOLDS = {
     "grayscale": 0.5,
 }
 BLUR_SIDE = 64
+#: Larger images are measured reduced to at most this many pixels a side.
+QUALITY_SIDE = 1024
+_SQUARES = np.arange(256, dtype=np.float64) ** 2  # the same values as r.astype(float) ** 2
 
 
 def _brightness(arr: np.ndarray) -> np.ndarray:
-    r, g, b = (arr[..., c].astype(np.float64) for c in range(3))
-    return np.sqrt(0.241 * r * r + 0.691 * g * g + 0.068 * b * b) / 255
+    r, g, b = (_SQUARES[arr[..., c]] for c in range(3))
+    return np.sqrt(0.241 * r + 0.691 * g + 0.068 * b) / 255
 
 
 def image_properties(img: Image.Image) -> dict[str, Any]:
     """The raw measurements of one decoded RGB image."""
+    w, h = img.size
+    factor = -(-max(w, h) // QUALITY_SIDE)
+    if factor > 1:
+        img = img.reduce(factor)
     arr = np.asarray(img)
     p5, p99 = np.percentile(_brightness(arr), [5, 99])
-    w, h = img.size
-    ratio = max(w, h) / BLUR_SIDE
-    small = img.resize((max(int(w // ratio), 1), max(int(h // ratio), 1))) if ratio > 1 else img
+    ratio = max(img.size) / BLUR_SIDE
+    small = (
+        img.resize((max(int(img.width // ratio), 1), max(int(img.height // ratio), 1)))
+        if ratio > 1
+        else img
+    )
     grey = small.convert("L")
     return {
         "brightness_p5": float(p5),
