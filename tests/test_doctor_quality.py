@@ -61,20 +61,26 @@ def test_large_photos_are_measured_reduced_like_every_pixel(camera_photos):
     assert not flagged["odd_size"] and not flagged["low_information"]
 
 
-def test_threaded_decoding_keeps_order_and_reasons(tmp_path):
+@pytest.mark.parametrize("side", [8, 200])  # one thread for tiny images, a pool for others
+def test_decoding_keeps_order_and_reasons(tmp_path, side, monkeypatch):
+    import tlearn.doctor.duplicates as duplicates
+
+    pools = []
+    real_pool = duplicates.ThreadPoolExecutor
+    monkeypatch.setattr(duplicates, "ThreadPoolExecutor",
+                        lambda *a, **k: pools.append(a) or real_pool(*a, **k))  # fmt: skip
     paths = []
-    for i in range(23):
+    for i in range(40):
         path = tmp_path / f"{i:02d}.png"
-        Image.new("RGB", (8 + i, 5), (i, 0, 0)).save(path)
+        Image.new("RGB", (side + i, 160), (i, 0, 0)).save(path)
         paths.append(str(path))
     (tmp_path / "07.png").write_bytes(b"")  # empty
-    (tmp_path / "15.png").write_bytes(b"not an image at all")
-    for workers in (1, 3):
-        got = list(iter_decoded(paths, then=lambda a: (a.shape[1], int(a[0, 0, 0])),
-                                n_workers=workers))  # fmt: skip
-        assert [index for index, _, _ in got] == list(range(23))
-        assert [i for i, value, _ in got if value is None] == [7, 15]
-        assert all(value == (8 + i, i) for i, value, _ in got if value is not None)
-        assert "empty" in got[7][2] and got[15][2]
-        raw = list(iter_decoded(paths, n_workers=workers))
-        assert raw[3][1].shape == (5, 11, 3) and raw[7][1] is None
+    (tmp_path / "31.png").write_bytes(b"not an image at all")
+    got = list(iter_decoded(paths, then=lambda a: (a.shape[1], int(a[0, 0, 0])), n_workers=3))
+    assert [index for index, _, _ in got] == list(range(40))
+    assert [i for i, value, _ in got if value is None] == [7, 31]
+    assert all(value == (side + i, i) for i, value, _ in got if value is not None)
+    assert "empty" in got[7][2] and got[31][2]
+    raw = list(iter_decoded(paths, n_workers=3))
+    assert raw[3][1].shape == (160, side + 3, 3) and raw[7][1] is None
+    assert len(pools) == (2 if side == 200 else 0), pools

@@ -20,6 +20,7 @@ __all__ = ["LEFT_OUT", "write_clean", "write_report"]
 #: quality issues and outliers are reported but kept: they are often valid images.
 LEFT_OUT = ("unreadable", "exact_duplicate", "near_duplicate", "label_issue")
 GALLERY_MAX = 60
+THUMB_SIDE = 112
 
 
 def write_report(findings: Findings, folder: str | os.PathLike[str], title: str) -> dict[str, str]:
@@ -93,8 +94,8 @@ def _thumb(path: str) -> str:
     from tlearn.data.images import decode_image, read_bytes
     from tlearn.evaluation.html import image_data_uri
 
-    try:
-        return image_data_uri(decode_image(read_bytes(path), path), 112)
+    try:  # a large JPEG is decoded at a reduced scale (still >= 112 px)
+        return image_data_uri(decode_image(read_bytes(path), path, min_side=THUMB_SIDE), THUMB_SIDE)
     except (ImageReadError, OSError):
         return ""
 
