@@ -213,6 +213,24 @@ def test_a_misspelt_backbone_fails_before_any_image_is_read(tmp_path, where):
         inspect(X, ["a", "a", "b", "b"], say=lambda s: None, verbose=0, **kwargs)
 
 
+_LAYOUT_PROBE = """
+let bad = 0;
+for (const item of document.querySelectorAll('.item')) {
+  const box = item.getBoundingClientRect();
+  const pics = [...item.querySelectorAll('img, .none')].map(p => p.getBoundingClientRect());
+  for (const [n, p] of pics.entries()) {
+    if (p.left < box.left - 0.5 || p.right > box.right + 0.5) bad++;
+    for (const q of pics.slice(n + 1)) {
+      if (p.left < q.right - 0.5 && q.left < p.right - 0.5 &&
+          p.top < q.bottom - 0.5 && q.top < p.bottom - 0.5) bad++;
+    }
+  }
+}
+document.body.dataset.overlaps = bad;
+document.body.dataset.pairs = document.querySelectorAll('.item figure + figure').length;
+"""
+
+
 def _renders_in_chromium(page: Path, issues: dict[str, int], tmp_path: Path) -> None:
     html = page.read_text()
     assert "http://" not in html and "https://" not in html  # self-contained, offline
@@ -222,10 +240,14 @@ def _renders_in_chromium(page: Path, issues: dict[str, int], tmp_path: Path) -> 
     flags = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
              "--disable-background-networking",
              f"--user-data-dir={tmp_path / 'profile'}"]  # fmt: skip
-    dom = subprocess.run([*flags, "--dump-dom", f"file://{page}"], capture_output=True,
+    probed = tmp_path / "probed.html"  # the page, with a script that measures its layout
+    probed.write_text(html.replace("</body>", f"<script>{_LAYOUT_PROBE}</script></body>"))
+    dom = subprocess.run([*flags, "--dump-dom", f"file://{probed}"], capture_output=True,
                          text=True, timeout=120, check=True).stdout  # fmt: skip
     for issue in issues:
         assert f'id="{issue}"' in dom, issue  # a gallery per issue type
+    # duplicate pairs side by side: no picture overlaps another or leaves its box
+    assert 'data-overlaps="0"' in dom and 'data-pairs="0"' not in dom, dom[:300]
     shot = tmp_path / "shot.png"
     subprocess.run([*flags, "--window-size=1200,1600", f"--screenshot={shot}", f"file://{page}"],
                    capture_output=True, timeout=120, check=True)  # fmt: skip

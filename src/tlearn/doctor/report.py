@@ -121,11 +121,12 @@ def _item(row: dict[str, Any]) -> str:
     return "<div class='item'>" + "".join(parts) + "</div>"
 
 
+# after the report's PAGE_CSS: an item holds one figure or a pair, each 120 px wide
 _STYLE = """
-.item{display:flex;gap:4px;background:#fafafa;border:1px solid #eee;border-radius:6px;
-padding:6px;font-size:12px}figure{margin:0;width:120px}figure img{width:112px;height:112px;
-object-fit:contain;image-rendering:pixelated;background:#fff}.none{width:112px;height:112px;
-background:#eee}
+.item{display:flex;gap:4px;width:auto;background:#fafafa;border:1px solid #eee;
+border-radius:6px;padding:6px;font-size:12px}figure{margin:0;width:120px;
+overflow-wrap:anywhere}.item figure img{width:112px;height:112px;object-fit:contain;
+image-rendering:pixelated;background:#fff}.none{width:112px;height:112px;background:#eee}
 """
 
 
