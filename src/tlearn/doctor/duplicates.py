@@ -26,7 +26,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 
@@ -68,7 +68,6 @@ DECODE_CHUNK = 16
 #: Mean pixels from which decoding and measuring run in threads (~200x150: below, one
 #: thread is faster; a 12 MP photo runs 1.9x faster on 2 cores).
 THREADED_PIXELS = 30_000
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -83,7 +82,7 @@ class Pair:
 
 
 def iter_decoded(
-    X: object, then: Callable[[np.ndarray], T] | None = None, n_workers: int | None = None
+    X: object, then: Callable[[np.ndarray], Any] | None = None, n_workers: int | None = None
 ) -> Iterator[tuple[int, Any, str]]:
     """``(index, RGB pixels or None, error)`` for each image of ``X`` (paths or an array),
     in order; an unreadable image gives its reason, never an exception.
