@@ -63,11 +63,11 @@ def test_large_photos_are_measured_reduced_like_every_pixel(camera_photos):
 
 @pytest.mark.parametrize("side", [8, 200])  # one thread for tiny images, a pool for others
 def test_decoding_keeps_order_and_reasons(tmp_path, side, monkeypatch):
-    import tlearn.doctor.duplicates as duplicates
+    import tlearn.data.loader as loader  # its ordered_map runs the threads
 
     pools = []
-    real_pool = duplicates.ThreadPoolExecutor
-    monkeypatch.setattr(duplicates, "ThreadPoolExecutor",
+    real_pool = loader.ThreadPoolExecutor
+    monkeypatch.setattr(loader, "ThreadPoolExecutor",
                         lambda *a, **k: pools.append(a) or real_pool(*a, **k))  # fmt: skip
     paths = []
     for i in range(40):

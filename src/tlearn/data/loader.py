@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Literal
+from itertools import islice
+from typing import Literal, TypeVar
 
 import numpy as np
 
@@ -24,6 +25,9 @@ from tlearn.data.images import (
     read_bytes,
 )
 from tlearn.exceptions import DataError, ImageReadError
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 __all__ = [
     "Batch",
@@ -157,16 +161,18 @@ def iter_batches(
         return Batch(np.asarray(idx, dtype=np.int64), images, errors)
 
     # One batch per task keeps ordering trivial; several tasks in flight keep the threads busy.
-    starts = iter(range(0, n, batch_size))
+    yield from ordered_map(work, range(0, n, batch_size), n_workers, max(prefetch, n_workers))
+
+
+def ordered_map(
+    fn: Callable[[T], R], items: Iterable[T], n_workers: int, ahead: int
+) -> Iterator[R]:
+    """``fn(item)`` for each item, in order, computed in ``n_workers`` threads with at most
+    ``ahead`` results pending (memory stays bounded however many items there are)."""
+    rest = iter(items)
     with ThreadPoolExecutor(max_workers=n_workers, thread_name_prefix="tlearn-decode") as pool:
-        pending: deque[Future[Batch]] = deque()
-        for start in starts:
-            pending.append(pool.submit(work, start))
-            if len(pending) >= max(prefetch, n_workers):
-                break
+        pending: deque[Future[R]] = deque(pool.submit(fn, x) for x in islice(rest, ahead))
         while pending:
-            batch = pending.popleft().result()
-            nxt = next(starts, None)
-            if nxt is not None:
-                pending.append(pool.submit(work, nxt))
-            yield batch
+            result = pending.popleft().result()
+            pending.extend(pool.submit(fn, x) for x in islice(rest, 1))  # the next, if any
+            yield result

@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import itertools
 import os
-from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -31,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from tlearn.data.images import decode_image, load_array_image, read_bytes, to_rgb
-from tlearn.data.loader import check_images
+from tlearn.data.loader import check_images, ordered_map
 from tlearn.exceptions import DataError, ImageReadError
 
 __all__ = [
@@ -81,6 +79,11 @@ class Pair:
     similarity: float
 
 
+def _n_threads() -> int:
+    """One thread per core, at most 8."""
+    return max(1, min(8, os.cpu_count() or 1))
+
+
 def iter_decoded(
     X: object, then: Callable[[np.ndarray], Any] | None = None, n_workers: int | None = None
 ) -> Iterator[tuple[int, Any, str]]:
@@ -93,7 +96,7 @@ def iter_decoded(
     ones in this thread, where threads would only contend for the GIL.
     """
     images = check_images(X)
-    n_workers = n_workers or max(1, min(8, os.cpu_count() or 1))
+    n_workers = n_workers or _n_threads()
     pixels: list[int] = []
 
     def one(index: int) -> tuple[int, Any, str]:
@@ -122,13 +125,8 @@ def iter_decoded(
         for start in starts:
             yield from chunk(start)
         return
-    with ThreadPoolExecutor(n_workers, thread_name_prefix="tlearn-doctor") as pool:
-        pending = deque(pool.submit(chunk, s) for s in itertools.islice(starts, 2 * n_workers))
-        while pending:
-            done = pending.popleft().result()
-            if (start := next(starts, None)) is not None:
-                pending.append(pool.submit(chunk, start))
-            yield from done
+    for done in ordered_map(chunk, starts, n_workers, 2 * n_workers):
+        yield from done
 
 
 def thumbnail(arr: np.ndarray) -> np.ndarray:
@@ -416,8 +414,7 @@ def _pixel_scores(
         return min(start + PAIR_BLOCK, len(qi))
 
     done = 0
-    n_workers = max(1, min(8, os.cpu_count() or 1))
-    with ThreadPoolExecutor(n_workers, thread_name_prefix="tlearn-doctor") as pool:
+    with ThreadPoolExecutor(_n_threads(), thread_name_prefix="tlearn-doctor") as pool:
         for end in pool.map(block, range(0, len(qi), PAIR_BLOCK)):
             units = n_queries * end // len(qi)
             advance(units - done)
