@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import zipfile
 
@@ -141,3 +142,107 @@ def test_tsv_and_semicolon_files_are_split_on_their_own_separator(image_folder, 
     semicolons = tmp_path / "labels.csv"
     semicolons.write_text("path;label\n" + "".join(f"{p};{p.parent.name}\n" for p in files))
     assert list(load_image_csv(semicolons).filenames) == list(data.filenames)
+
+
+def test_a_link_loop_is_walked_once_and_never_relabels(image_folder):
+    """``coffee/loop -> ..`` listed every image 40 more times as 'coffee' (the kernel's link
+    limit); with a second loop the walk had 2**40 routes. Each folder is entered once."""
+    (image_folder / "coffee" / "loop").symlink_to("..")
+    with pytest.warns(UserWarning, match=r"1 symbolic link.*coffee/loop' -> '.*train'"):
+        data = load_image_folder(image_folder)
+    assert len(data.filenames) == 18 and np.bincount(data.target).tolist() == [6, 6, 6]
+    assert len(set(data.filenames)) == 18 and not any("/loop/" in f for f in data.filenames)
+    (image_folder / "rocket" / "up").symlink_to("..")
+    (image_folder / "rocket" / "self").symlink_to(".")
+    for inputs in ([str(image_folder)], [f"{image_folder}/**/*.jpg"]):
+        with pytest.warns(UserWarning, match="3 symbolic link"):
+            paths = list(iter_image_paths(inputs))
+        assert len(paths) == len(set(paths)) == 18, inputs
+    with pytest.warns(UserWarning, match="3 symbolic link"):
+        assert np.bincount(load_image_folder(image_folder).target).tolist() == [6, 6, 6]
+
+
+def test_an_image_linked_into_two_classes_is_refused_naming_both(image_folder):
+    """The label of an image reached from two class folders is the user's call; silently
+    listed twice, it would sit on both sides of a train/test split."""
+    folder_link = image_folder / "coffee" / "more"
+    folder_link.symlink_to(image_folder / "rocket")
+    with pytest.raises(DataError, match=r"coffee/more' \(class 'coffee'\) and .*rocket' \(class"):
+        load_image_folder(image_folder)
+    folder_link.unlink()
+    (image_folder / "coffee" / "odd.jpg").symlink_to(image_folder / "rocket" / "0003.jpg")
+    with pytest.raises(DataError, match=r"(?=.*coffee/odd\.jpg)(?=.*rocket/0003\.jpg).*two labels"):
+        load_image_folder(image_folder)
+    assert len(list(iter_image_paths([str(image_folder)]))) == 19  # predicting: both names
+
+
+def test_a_second_name_in_the_same_class_is_listed_once(image_folder):
+    (image_folder / "coffee" / "again.jpg").symlink_to("0000.jpg")
+    (image_folder / "coffee" / "nested").mkdir()
+    (image_folder / "coffee" / "nested" / "same").symlink_to("../../coffee")
+    with pytest.warns(UserWarning, match=r"2 symbolic link.*again.jpg' -> '.*coffee/0000.jpg'"):
+        data = load_image_folder(image_folder, shuffle=False)
+    assert np.bincount(data.target).tolist() == [6, 6, 6]
+
+
+def test_an_empty_class_folder_is_named_in_a_warning(image_folder, tmp_path):
+    (image_folder / "bird").mkdir()
+    (image_folder / "fish" / "deep").mkdir(parents=True)
+    (image_folder / "fish" / ".DS_Store").write_bytes(b"\0")
+    with pytest.warns(UserWarning, match=r"class folder\(s\) \['bird', 'fish'\].*are empty"):
+        data = load_image_folder(image_folder)
+    assert data.target_names == ["astronaut", "coffee", "rocket"]
+    with pytest.raises(DataError, match=r"\['bird'\] not found.*are empty folders"):
+        load_image_folder(image_folder, categories=["bird"])
+    assert len(load_image_folder(image_folder, categories=["coffee"]).filenames) == 6
+    archive = tmp_path / "with-empty.zip"
+    with zipfile.ZipFile(archive, "w") as zf, pytest.warns(UserWarning, match="Duplicate"):
+        zf.writestr("bird/", b"")
+        for p in sorted((image_folder / "coffee").glob("*.jpg")):
+            zf.write(p, f"coffee/{p.name}")
+            zf.write(p, f"coffee/{p.name}")  # a name stored twice is one image
+    with pytest.warns(UserWarning, match=r"\['bird'\].*empty"):
+        assert len(load_image_folder(archive).filenames) == 6
+    only_empty = tmp_path / "only-empty"
+    (only_empty / "a").mkdir(parents=True)
+    with pytest.raises(DataError, match=r"only empty class folders \['a'\]"):
+        load_image_folder(only_empty)
+
+
+def _open_files() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts /proc/self/fd (Linux)")
+def test_listing_and_loading_500_files_hold_few_files_and_threads(tmp_path):
+    """The budget in tlearn.data.sources' docstring: listing holds no folder open between
+    paths; the loader holds at most one file per decoding thread."""
+    import threading
+
+    from PIL import Image
+
+    from tlearn.data import Preprocessing, iter_batches
+
+    for i in range(500):
+        (tmp_path / f"c{i % 5}" / f"d{i % 3}").mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (8, 8), (i % 256, 0, 0)).save(tmp_path / f"c{i % 5}/d{i % 3}/{i}.png")
+    before = _open_files()
+    paths, most = [], 0
+    for p in iter_image_paths([str(tmp_path)]):
+        paths.append(p)
+        most = max(most, _open_files() - before)
+    assert len(paths) == 500 and most == 0
+    pre = Preprocessing(input_size=8, mean=(0.5,) * 3, std=(0.5,) * 3, crop_pct=1.0)
+    threads, files, idle = 0, 0, threading.active_count()
+    for batch in iter_batches(paths, pre, batch_size=16, n_workers=2, prefetch=2):
+        assert len(batch.errors) == 0
+        threads = max(threads, threading.active_count() - idle)
+        files = max(files, _open_files() - before)
+    assert threads <= 2 and files <= 2
+
+
+def test_csv_columns_named_twice_are_refused(tmp_path):
+    twice = tmp_path / "twice.csv"
+    twice.write_text("path,label,path\na.jpg,cat,b.jpg\n")  # which path is meant?
+    with pytest.raises(DataError, match="2 columns named 'path'"):
+        load_image_csv(twice)
