@@ -103,7 +103,8 @@ def test_the_C_search_and_out_of_fold_fits_run_blas_on_one_thread(monkeypatch):
     y = rng.integers(0, 3, 90)
     head = tune_linear_head(rng.normal(size=(90, 8)) + y[:, None], y, Cs=(0.01, 1.0))
     assert head.C in (0.01, 1.0)
-    assert len(seen) == 2 * 5 + 5 + 1  # the search, the out-of-fold scores, the refit
+    # nested: 5 outer folds x (2 Cs x 3 inner folds + the fold's own fit), the refit
+    assert len(seen) == 5 * (2 * 3 + 1) + 1
     assert all(threads == {1} for threads in seen), seen
     assert blas_threads() == before
 
@@ -138,3 +139,88 @@ def test_unreadable_training_images_are_left_out(shapes3, tmp_path):
     assert p.skipped_[0][1] == str(bad) and "empty" in p.skipped_[0][2]
     assert p.scaler_.n_samples_seen_ == len(X)
     assert np.isnan(p.oof_proba_[-1]).all() and not np.isnan(p.oof_proba_[:-1]).any()
+
+
+def _spy_on_choices(monkeypatch):
+    """Record the rows every C search saw and, for every out-of-fold scoring, its held-out
+    rows and the C it used. Row ids ride in column 0 of F."""
+    from tlearn import probe as probe_module
+
+    searches, scorings = [], []
+    search, score = probe_module._search_C, probe_module._scores_at
+
+    def spy_search(pipe, F, y, Cs, cv, random_state, n_jobs):
+        C, results = search(pipe, F, y, Cs, cv, random_state, n_jobs)
+        searches.append((set(F[:, 0].astype(int)), C))
+        return C, results
+
+    def spy_score(pipe, F, y, train, test, C):
+        scorings.append((set(F[test, 0].astype(int)), C, len(searches)))
+        return score(pipe, F, y, train, test, C)
+
+    monkeypatch.setattr(probe_module, "_search_C", spy_search)
+    monkeypatch.setattr(probe_module, "_scores_at", spy_score)
+    return searches, scorings
+
+
+def _row_id_problem(n, seed=0):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, n)
+    F = np.column_stack([np.arange(n), rng.normal(size=(n, 6)) + y[:, None]])
+    return F, y
+
+
+def test_no_held_out_score_comes_from_a_C_its_image_helped_choose(monkeypatch):
+    """Issue 26.13: C was chosen on the very folds whose out-of-fold scores made the
+    reported accuracy (3.5 points optimistic on a synthetic problem). Now each outer
+    fold's C is searched on that fold's training rows alone."""
+    searches, scorings = _spy_on_choices(monkeypatch)
+    F, y = _row_id_problem(90)
+    head = tune_linear_head(F, y, Cs=(0.001, 0.1, 10.0))
+    assert len(scorings) == 5 and head.honest is not None and head.honest.all()
+    for held_out, C, n_searches in scorings:
+        seen, chosen = searches[n_searches - 1]  # the search just before this scoring
+        assert C == chosen and not (seen & held_out), "a held-out row chose its C"
+    assert sorted(np.concatenate([sorted(h) for h, _, _ in scorings])) == list(range(90))
+    assert "nested" in head.estimate
+
+
+def test_large_sets_are_honest_on_the_images_outside_the_search(monkeypatch):
+    from tlearn import probe as probe_module
+
+    searches, scorings = _spy_on_choices(monkeypatch)
+    monkeypatch.setattr(probe_module, "SEARCH_SAMPLES", 100)
+    monkeypatch.setattr(probe_module, "HOLDOUT_ABOVE", 200)
+    for n in (180, 300):  # k-fold, then one 20% hold-out
+        searches.clear(), scorings.clear()
+        F, y = _row_id_problem(n)
+        head = tune_linear_head(F, y, Cs=(0.01, 1.0))
+        (seen, _), = searches
+        honest_rows = set(head.oof_index[head.honest])
+        assert honest_rows and not (honest_rows & seen)
+        assert honest_rows == set(head.oof_index) - seen
+        assert str(len(honest_rows)) in head.estimate
+    assert len(honest_rows) == 60  # the hold-out: the search sampled only the other 240
+
+
+def test_held_out_probabilities_are_honest_and_say_how(probe, shapes3):
+    X, y = shapes3[0], shapes3[1]
+    proba = probe.heldout_proba_
+    assert proba.shape == (len(X), 3) and np.allclose(proba.sum(1), 1)
+    assert "nested 5-fold cross-validation" in probe.heldout_method_
+    # the same out-of-fold scores, calibrated without their own labels: same predictions
+    assert (proba.argmax(1) == probe.oof_proba_.argmax(1)).all()
+
+
+def test_one_image_classes_say_what_works_and_it_does(shapes3):
+    """Issue 26.15: the advice (Cs=[1.0]) still failed; above 5,000 images such a class
+    gave scikit-learn's raw ValueError."""
+    rng = np.random.default_rng(0)
+    y = np.r_[np.zeros(20, int), np.ones(20, int), [2]]
+    F = rng.normal(size=(41, 5)) + y[:, None]
+    with pytest.raises(DataError, match="calibrate=False"):
+        tune_linear_head(F, y, Cs=(0.1, 1.0))
+    with pytest.raises(DataError, match="calibrate=False"):
+        tune_linear_head(F, y, Cs=(1.0,))
+    head = tune_linear_head(F, y, Cs=(1.0,), calibrate=False)
+    assert head.classifier.predict(head.scaler.transform(F[:1])).shape == (1,)

@@ -27,12 +27,13 @@ def test_without_test_data_the_probe_reports_cross_validation_and_keeps_every_im
     out = tmp_path / "m.safetensors"
     result = tlearn.train(folder, out=out, method="probe", Cs=[0.01, 1.0], **SMALL)
     assert result.model.scaler_.n_samples_seen_ == 36  # every image, none held out
-    assert result.evaluation["method"] == "5-fold cross-validation"
+    nested = "nested 5-fold cross-validation (C chosen inside each fold's training images)"
+    assert result.evaluation["method"] == nested
     assert result.evaluation["n_images"] == 36
     assert result.report.accuracy == pytest.approx(result.evaluation["accuracy"])
     assert result.report.calibration["temperature"] == result.model.temperature_
     recorded = read_metadata(out)["evaluation"]
-    assert recorded["method"] == "5-fold cross-validation"
+    assert recorded["method"] == nested
     assert recorded["accuracy"] == pytest.approx(result.evaluation["accuracy"])
     assert read_metadata(out)["params"]["cache_dir"] is None  # the run's cache is not kept
 
@@ -50,7 +51,11 @@ def test_fine_tuning_is_refit_on_all_images_for_its_best_epochs(folder):
         lr=3e-3, **SMALL,
     )  # fmt: skip
     model = result.model
-    assert result.evaluation["method"] == "held-out 25% validation split"
+    assert result.evaluation["method"] == (
+        "held-out 25% validation split, each half judged at the epoch the other half chose "
+        "(cross-fitted)"
+    )
+    assert result.report.n_images == 9  # the validation split, before the refit on all
     assert model.validation_size == 0 and len(model.history_) == model.epochs
     assert model.epochs <= 3 and model.temperature_ > 0
     with pytest.raises(tlearn.DataError, match="resume"):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["expected_calibration_error", "fit_temperature", "softmax"]
+__all__ = ["crossfit_softmax", "expected_calibration_error", "fit_temperature", "softmax"]
 
 
 def softmax(scores: np.ndarray, temperature: float = 1.0) -> np.ndarray:
@@ -46,6 +46,21 @@ def fit_temperature(scores: np.ndarray, y: np.ndarray) -> float:
         options={"xatol": 1e-4},
     )
     return float(np.exp(result.x))
+
+
+def crossfit_softmax(scores: np.ndarray, y: np.ndarray, random_state: int | None = 0) -> np.ndarray:
+    """Probabilities of held-out ``scores`` calibrated without their own labels: the rows
+    are split in two random halves, and each half is divided by the temperature fitted on
+    the other (the temperature is a choice too, so an honest estimate of the calibration
+    error must not fit it on the rows it is measured on)."""
+    scores = np.asarray(scores, dtype=np.float64)
+    y = np.asarray(y, dtype=np.int64)
+    half = np.random.default_rng(random_state).permutation(len(y)) % 2 == 0
+    out = np.empty((len(y), scores.shape[1] if scores.ndim == 2 else 2))
+    for part in (half, ~half):
+        fitted_on = ~part if (~part).any() else part
+        out[part] = softmax(scores[part], fit_temperature(scores[fitted_on], y[fitted_on]))
+    return out
 
 
 def reliability(confidence: np.ndarray, correct: np.ndarray, n_bins: int = 15) -> list[dict]:

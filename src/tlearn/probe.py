@@ -19,7 +19,12 @@ from sklearn.utils.validation import check_is_fitted
 
 from tlearn._validation import Interval, Predicate, validate_params
 from tlearn.backbones import DEFAULT_BACKBONE
-from tlearn.calibration import expected_calibration_error, fit_temperature, softmax
+from tlearn.calibration import (
+    crossfit_softmax,
+    expected_calibration_error,
+    fit_temperature,
+    softmax,
+)
 from tlearn.data.loader import check_images
 from tlearn.exceptions import DataError
 from tlearn.features import ForwardsFeatureParams, PretrainedFeatures
@@ -41,6 +46,9 @@ DEFAULT_CS = tuple(float(c) for c in np.logspace(-4, 2, 13))
 HOLDOUT_ABOVE = 20_000
 #: C is searched on a stratified sample of at most this many images.
 SEARCH_SAMPLES = 5_000
+#: Folds of nested cross-validation's inner search (each outer fold's C): 3 folds cost
+#: half of 5 and choose the same C but for noise (measured in benchmarks/honest.py).
+INNER_FOLDS = 3
 
 
 def check_labels(
@@ -76,7 +84,10 @@ def check_labels(
 class TunedHead:
     """A logistic-regression head tuned on features: the scaler and classifier refit on all
     the images at the chosen ``C``, the search's results, the temperature that calibrates
-    it, and the out-of-fold scores it was calibrated on (``None`` rows left out of them)."""
+    it, and the out-of-fold scores it was calibrated on (``None`` rows left out of them).
+    ``honest`` marks the out-of-fold rows whose scores come from a ``C`` chosen without
+    them (nested cross-validation, or rows outside the search's sample), and ``estimate``
+    says in one line how they were held out."""
 
     scaler: StandardScaler
     classifier: LogisticRegression
@@ -86,6 +97,8 @@ class TunedHead:
     oof_scores: np.ndarray | None
     oof_index: np.ndarray | None
     calibration: dict[str, float] = field(default_factory=dict)
+    honest: np.ndarray | None = None
+    estimate: str = ""
 
 
 def one_blas_thread() -> Any:
@@ -99,6 +112,15 @@ def one_blas_thread() -> Any:
     return threadpool_limits(limits=1, user_api="blas")
 
 
+def _too_few(counts: np.ndarray, what: str) -> DataError:
+    return DataError(
+        f"too few images to {what}: the smallest class has {counts.min()} image(s); add "
+        "images (at least 2 per class, 5 for 5-fold) or remove the class; in Python a single "
+        "C without calibration fits without holding images out (LinearProbe(Cs=[1.0], "
+        "calibrate=False)), with no held-out estimate"
+    )
+
+
 def _splitter(cv: Any, n_samples: int, counts: np.ndarray, random_state: int | None) -> Any:
     """k-fold, stratified and shuffled; a single stratified 20% hold-out above
     :data:`HOLDOUT_ABOVE` images, where k-fold costs more than it adds."""
@@ -106,29 +128,21 @@ def _splitter(cv: Any, n_samples: int, counts: np.ndarray, random_state: int | N
 
     if not isinstance(cv, (int, np.integer)):
         return cv
+    if counts.min() < 2:
+        raise _too_few(counts, "hold images out")
     if n_samples > HOLDOUT_ABOVE:
         return StratifiedShuffleSplit(n_splits=1, test_size=0.2, random_state=random_state)
     folds = int(min(cv, counts.min()))
-    if folds < 2:
-        raise DataError(
-            f"too few images to choose C by cross-validation: the smallest class has "
-            f"{counts.min()} image(s); give at least 2 per class (5 for 5-fold), or a single "
-            "C (Cs=[1.0])"
-        )
     return StratifiedKFold(n_splits=folds, shuffle=True, random_state=random_state)
 
 
-def _oof_scores(
-    pipe: Any, F: np.ndarray, y: np.ndarray, splitter: Any, n_jobs: int | None
-) -> tuple[np.ndarray, np.ndarray]:
-    """Held-out decision scores at the chosen C, and the rows they belong to."""
+def _scores_at(pipe: Any, F: np.ndarray, y: np.ndarray, train: Any, test: Any, C: float) -> Any:
     from sklearn.base import clone
 
-    index, scores = [], []
-    for train, test in splitter.split(F, y):
-        model = clone(pipe).fit(F[train], y[train])
-        index.append(test)
-        scores.append(model.decision_function(F[test]))
+    return clone(pipe).set_params(clf__C=C).fit(F[train], y[train]).decision_function(F[test])
+
+
+def _assemble(index: list[np.ndarray], scores: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     order = np.concatenate(index)
     return np.concatenate(scores)[np.argsort(order)], np.sort(order)
 
@@ -142,19 +156,11 @@ def _search_C(
     random_state: int | None,
     n_jobs: int | None,
 ) -> tuple[float, dict[str, Any]]:
-    """``GridSearchCV`` over ``Cs`` (on a stratified sample of :data:`SEARCH_SAMPLES`
-    images when there are more: the best C barely moves with more images, and each fit
-    costs time in proportion), scored by mean log loss across folds."""
-    from sklearn.model_selection import GridSearchCV, train_test_split
+    """``GridSearchCV`` over ``Cs`` on all of ``F``, scored by mean log loss across
+    folds."""
+    from sklearn.model_selection import GridSearchCV
 
-    if len(Cs) == 1:
-        return float(Cs[0]), {"C": [float(Cs[0])]}
-    searched = np.arange(len(y))
-    if len(y) > SEARCH_SAMPLES:
-        searched, _ = train_test_split(
-            searched, train_size=SEARCH_SAMPLES, stratify=y, random_state=random_state
-        )
-    splitter = _splitter(cv, len(searched), np.bincount(y[searched]), random_state)
+    splitter = _splitter(cv, len(y), np.bincount(y), random_state)
     search = GridSearchCV(
         pipe,
         {"clf__C": sorted(Cs)},  # ascending: a tie goes to the smaller C, seen first
@@ -163,9 +169,7 @@ def _search_C(
         cv=splitter,
         n_jobs=n_jobs,
     )
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        search.fit(F[searched], y[searched])
+    search.fit(F, y)
     r = search.cv_results_
     results: dict[str, Any] = {
         "C": [float(c) for c in r["param_clf__C"]],
@@ -173,10 +177,80 @@ def _search_C(
         "std_log_loss": [float(v) for v in r["std_test_log_loss"]],
         "mean_accuracy": [float(v) for v in r["mean_test_accuracy"]],
         "std_accuracy": [float(v) for v in r["std_test_accuracy"]],
-        "n_images": len(searched),
+        "n_images": len(y),
     }
+    return _best_C(results), results
+
+
+def _best_C(results: dict[str, Any]) -> float:
     losses = np.round(np.asarray(results["mean_log_loss"]), 6)
-    return float(results["C"][int(np.argmin(losses))]), results
+    return float(results["C"][int(np.argmin(losses))])
+
+
+def _nested(
+    pipe: Any, F: np.ndarray, y: np.ndarray, Cs: tuple[float, ...], cv: Any, options: Any
+) -> tuple[float, dict[str, Any], np.ndarray, np.ndarray]:
+    """Nested cross-validation: in each outer fold ``C`` is searched on its training images
+    alone (an inner k-fold) and the held-out images are scored at that ``C``, so no score
+    comes from a choice that saw its image. The model's own ``C`` minimises the inner
+    searches' log loss averaged over the outer folds (every image took part in choosing
+    it). Returns ``C``, the averaged results, and the out-of-fold scores and rows."""
+    random_state, n_jobs = options
+    outer = _splitter(cv, len(y), np.bincount(y), random_state)
+    runs, index, scores = [], [], []
+    inner = min(cv, INNER_FOLDS) if isinstance(cv, (int, np.integer)) else cv
+    for train, test in outer.split(F, y):
+        C_fold, results = _search_C(pipe, F[train], y[train], Cs, inner, random_state, n_jobs)
+        runs.append(results)
+        index.append(test)
+        scores.append(_scores_at(pipe, F, y, train, test, C_fold))
+    merged: dict[str, Any] = {"C": runs[0]["C"], "n_images": len(y), "nested": True,
+                              "fold_C": [_best_C(r) for r in runs]}  # fmt: skip
+    for key in ("mean_log_loss", "mean_accuracy"):
+        merged[key] = np.mean([r[key] for r in runs], axis=0).tolist()
+        merged["std" + key[4:]] = np.std([r[key] for r in runs], axis=0).tolist()
+    oof, rows = _assemble(index, scores)
+    return _best_C(merged), merged, oof, rows
+
+
+def _oof_at(
+    pipe: Any, F: np.ndarray, y: np.ndarray, C: float, cv: Any, random_state: int | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Out-of-fold scores at one ``C``, and their rows."""
+    outer = list(_splitter(cv, len(y), np.bincount(y), random_state).split(F, y))
+    return _assemble(
+        [te for _, te in outer], [_scores_at(pipe, F, y, tr, te, C) for tr, te in outer]
+    )
+
+
+def _can_nest(cv: Any, y: np.ndarray) -> bool:
+    """Whether every outer fold's training images hold 2 or more of every class (an
+    inner split needs them): 3 or more images of each class, or a splitter of the
+    caller's."""
+    return not isinstance(cv, (int, np.integer)) or int(np.bincount(y).min()) >= 3
+
+
+def _sampled_search(
+    pipe: Any, F: np.ndarray, y: np.ndarray, Cs: tuple[float, ...], cv: Any, options: Any
+) -> tuple[float, dict[str, Any], np.ndarray, np.ndarray, np.ndarray]:
+    """Above :data:`SEARCH_SAMPLES` images: ``C`` is searched on a stratified sample of
+    that many (the best C barely moves with more images, and each fit costs time in
+    proportion), drawn from the training side of the hold-out when there is one; the
+    out-of-fold scores at that ``C`` are honest on every image outside the sample."""
+    from sklearn.model_selection import train_test_split
+
+    random_state, n_jobs = options
+    outer = list(_splitter(cv, len(y), np.bincount(y), random_state).split(F, y))
+    pool = outer[0][0] if len(outer) == 1 else np.arange(len(y))
+    searched = pool
+    if len(pool) > SEARCH_SAMPLES:
+        searched, _ = train_test_split(
+            pool, train_size=SEARCH_SAMPLES, stratify=y[pool], random_state=random_state
+        )
+    C, results = _search_C(pipe, F[searched], y[searched], Cs, cv, random_state, n_jobs)
+    index = [test for _, test in outer]
+    oof, rows = _assemble(index, [_scores_at(pipe, F, y, tr, te, C) for tr, te in outer])
+    return C, results, oof, rows, ~np.isin(rows, searched)
 
 
 def tune_linear_head(
@@ -191,31 +265,66 @@ def tune_linear_head(
     n_jobs: int | None = None,
     refit: bool = True,
 ) -> TunedHead:
-    """Choose ``C`` for StandardScaler + LogisticRegression on features ``F`` by
-    stratified k-fold cross-validation (scikit-learn's ``GridSearchCV``), scored by mean log
-    loss across folds (it separates values of C that accuracy ties; ties left fall to the
-    stronger regularisation); take the out-of-fold scores at that C over all the images
-    (k-fold, or one 20% hold-out above :data:`HOLDOUT_ABOVE`); fit the temperature on them;
-    refit on everything (with ``refit=False`` the scaler and classifier come back unfitted,
-    for a caller that wants only ``C`` and the out-of-fold scores). ``y`` holds class
-    indices ``0..n_classes-1``."""
+    """Choose ``C`` for StandardScaler + LogisticRegression on features ``F``, scored by
+    mean log loss across stratified folds (it separates values of C that accuracy ties;
+    ties left fall to the stronger regularisation), take out-of-fold scores, fit the
+    temperature on them, and refit on everything (with ``refit=False`` the scaler and
+    classifier come back unfitted, for a caller that wants only ``C`` and the scores).
+    ``y`` holds class indices ``0..n_classes-1``.
+
+    Up to :data:`SEARCH_SAMPLES` images the out-of-fold scores come from nested
+    cross-validation (:func:`_nested`), so they are an honest estimate; above, from k-fold
+    (one 20% hold-out above :data:`HOLDOUT_ABOVE`) at a C searched on a sample, honest on
+    the images outside it. Without calibration there are no out-of-fold scores: C is
+    searched once (or simply taken, when ``Cs`` has one value)."""
     from sklearn.pipeline import Pipeline
 
     pipe = Pipeline([("scaler", StandardScaler()), ("clf", LogisticRegression(max_iter=max_iter))])
-    with one_blas_thread():
-        C, results = _search_C(pipe, F, y, Cs, cv, random_state, n_jobs)
-    pipe.set_params(clf__C=C)
-    oof, index = None, None
+    oof = index = honest = None
+    estimate, options = "", (random_state, n_jobs)
     with warnings.catch_warnings(), one_blas_thread():
         warnings.simplefilter("ignore", ConvergenceWarning)
-        if calibrate:
-            splitter = _splitter(cv, len(y), np.bincount(y), random_state)
-            oof, index = _oof_scores(pipe, F, y, splitter, n_jobs)
+        if not calibrate:
+            C, results = float(Cs[0]), {"C": [float(Cs[0])]}
+            if len(Cs) > 1:
+                C, results = _search_C(pipe, F, y, Cs, cv, *options)
+        elif len(Cs) == 1:  # no choice to hide from the scores
+            C, results = float(Cs[0]), {"C": [float(Cs[0])]}
+            oof, index = _oof_at(pipe, F, y, C, cv, random_state)
+            honest, estimate = np.ones(len(index), bool), _describe_estimate(cv, len(y), "given")
+        elif len(y) <= SEARCH_SAMPLES and _can_nest(cv, y):
+            C, results, oof, index = _nested(pipe, F, y, Cs, cv, options)
+            honest, estimate = np.ones(len(index), bool), _describe_estimate(cv, len(y), "nested")
+        elif len(y) <= SEARCH_SAMPLES:  # too few images per class to nest: say so
+            C, results = _search_C(pipe, F, y, Cs, cv, *options)
+            oof, index = _oof_at(pipe, F, y, C, cv, random_state)
+            honest = np.zeros(len(index), bool)
+            estimate = _describe_estimate(cv, len(y), "same folds")
+        else:
+            C, results, oof, index, honest = _sampled_search(pipe, F, y, Cs, cv, options)
+            estimate = _describe_estimate(cv, len(y), f"outside {int(honest.sum())}")
+        pipe.set_params(clf__C=C)
         if refit:
             pipe.fit(F, y)
     temperature, calibration = _calibrate(oof, index, y)
     return TunedHead(pipe["scaler"], pipe["clf"], C, results, temperature, oof, index,
-                     calibration)  # fmt: skip
+                     calibration, honest, estimate)  # fmt: skip
+
+
+def _describe_estimate(cv: Any, n: int, kind: str) -> str:
+    """One line: how the held-out scores were kept from every choice. ``kind``: "nested",
+    "given" (one C), "same folds" (too few images to nest) or "outside N" (the N images
+    outside the search's sample)."""
+    folds = cv if isinstance(cv, (int, np.integer)) else cv.get_n_splits()
+    how = "one 20% hold-out" if n > HOLDOUT_ABOVE else f"{folds}-fold cross-validation"
+    if kind.startswith("outside"):
+        return f"{how}, on the {kind.split()[1]} images that did not choose C"
+    return {
+        "nested": f"nested {how} (C chosen inside each fold's training images)",
+        "given": f"{how} (C given, not chosen)",
+        "same folds": f"{how} on the folds that chose C (optimistic: nesting needs 3 or "
+        "more images per class)",
+    }[kind]
 
 
 def _calibrate(
@@ -289,7 +398,11 @@ def _combine(heads: list[TunedHead], y: np.ndarray, max_iter: int) -> TunedHead:
         oof = np.mean([np.asarray(z) / t for z, _, t in scores], axis=0)
     temperature, calibration = _calibrate(oof, index, y)
     results = {"blocks": [h.cv_results for h in heads]}
-    return TunedHead(scaler, clf, Cs, results, temperature, oof, index, calibration)
+    honest = None  # the blocks share y and the splits: the same rows are honest in each
+    if all(h.honest is not None for h in heads):
+        honest = np.logical_and.reduce([np.asarray(h.honest) for h in heads])
+    return TunedHead(scaler, clf, Cs, results, temperature, oof, index, calibration, honest,
+                     heads[0].estimate)  # fmt: skip
 
 
 class LinearProbe(ForwardsFeatureParams, ClassifierMixin, BaseEstimator):
@@ -343,8 +456,16 @@ class LinearProbe(ForwardsFeatureParams, ClassifierMixin, BaseEstimator):
         ``temperature``, and the out-of-fold accuracy and expected calibration error before
         and after it.
     oof_proba_ : ndarray of shape (n_samples, n_classes)
-        Calibrated out-of-fold probabilities of the training images at the chosen C (rows
-        of NaN for images left out: unreadable, or outside the hold-out on large sets).
+        Calibrated out-of-fold probabilities of the training images (rows of NaN for
+        images left out: unreadable, or outside the hold-out on large sets). Up to 5,000
+        images they come from nested cross-validation: each fold's C is chosen on its own
+        training images.
+    heldout_proba_ : ndarray of shape (n_samples, n_classes)
+        The honest estimate every model kind gives (:func:`tlearn.train` reports it): the
+        out-of-fold probabilities of the images no choice has seen (C, and the temperature,
+        which is cross-fitted between two halves of them); rows of NaN for the others.
+    heldout_method_ : str
+        How they were held out, in one line.
     skipped_ : list of (int, str, str)
 
     Examples
@@ -444,9 +565,16 @@ class LinearProbe(ForwardsFeatureParams, ClassifierMixin, BaseEstimator):
         self.cv_results_, self.temperature_ = head.cv_results, head.temperature
         self.calibration_ = head.calibration
         self.oof_proba_ = np.full((len(F), len(classes)), np.nan)
+        self.heldout_proba_ = np.full((len(F), len(classes)), np.nan)
+        self.heldout_method_ = head.estimate
         if head.oof_scores is not None and head.oof_index is not None:
             rows = np.flatnonzero(ok)[head.oof_index]
             self.oof_proba_[rows] = softmax(head.oof_scores, head.temperature)
+            assert head.honest is not None
+            honest = head.honest
+            self.heldout_proba_[rows[honest]] = crossfit_softmax(
+                head.oof_scores[honest], y_enc[rows[honest]], self.random_state
+            )
         self.n_features_in_ = F.shape[1]
         return self
 

@@ -112,27 +112,26 @@ def _test_data(
 
 
 def held_out_report(model: Any, X: np.ndarray, y: np.ndarray) -> tuple[Any, dict[str, Any]]:
-    """The report on the estimator's own held-out predictions: the probe's out-of-fold
-    probabilities, or fine-tuning's validation split."""
+    """The report on the estimator's honest held-out probabilities (``heldout_proba_``:
+    the probe's nested out-of-fold ones, fine-tuning's cross-fitted validation split):
+    images no choice has seen. ``heldout_method_`` says how, in one line."""
     from tlearn.evaluation import Report, compute_metrics
 
-    proba = getattr(model, "oof_proba_", None)
-    if proba is None:  # fine-tuned: predicted on its validation split
-        from tlearn.evaluation import evaluate
-
-        X_val, y_val = model.validation_
-        report = evaluate(model, X_val, y_val, on_error="skip")
-        what = f"held-out {model.validation_size:.0%} validation split"
-        return report, {"method": what, "n_images": report.n_images, "accuracy": report.accuracy}
+    proba = getattr(model, "heldout_proba_", np.zeros((0, 0)))
     ok = ~np.isnan(proba).any(axis=1)
+    if not ok.any():
+        raise DataError(
+            "this model has no held-out estimate (a probe with calibrate=False, or "
+            "fine-tuning with validation_size=0); give --test DATA or --test-size 0.2"
+        )
     report = Report.from_metrics(compute_metrics(model.classes_, y[ok], proba[ok], X[ok]))
-    folds = getattr(model.cv, "get_n_splits", lambda: model.cv)()
-    what = f"{folds}-fold cross-validation" if ok.all() else "held-out 20% split"
+    calibration = getattr(model, "calibration_", {}) or {}
     report.calibration = {
         "temperature": model.temperature_,
-        "ece_before": model.calibration_.get("oof_ece_before", float("nan")),
+        "ece_before": calibration.get("oof_ece_before", calibration.get("val_ece_before", 0.0)),
         "ece_after": report.expected_calibration_error,
     }
+    what = model.heldout_method_
     return report, {"method": what, "n_images": report.n_images, "accuracy": report.accuracy}
 
 

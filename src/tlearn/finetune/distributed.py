@@ -15,11 +15,12 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
 
-__all__ = ["DistInfo", "all_reduce_sum", "dist_info", "maybe_wrap"]
+__all__ = ["DistInfo", "all_reduce_array", "all_reduce_sum", "dist_info", "maybe_wrap"]
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,15 @@ def maybe_wrap(net: nn.Module, info: DistInfo, device: torch.device) -> nn.Modul
         return net
     ids = [device.index] if device.type == "cuda" else None
     return nn.parallel.DistributedDataParallel(net, device_ids=ids)
+
+
+def all_reduce_array(values: np.ndarray, info: DistInfo) -> np.ndarray:
+    """An array summed over processes (each fills its own rows, zeros elsewhere)."""
+    if not info.enabled:
+        return values
+    t = torch.from_numpy(values).to(torch.float64)
+    dist.all_reduce(t)
+    return t.numpy().astype(values.dtype)
 
 
 def all_reduce_sum(values: list[float], info: DistInfo) -> list[float]:

@@ -27,6 +27,7 @@ from tlearn.features import FINE_TUNED, ForwardsFeatureParams, PretrainedFeature
 from tlearn.finetune.augment import AUGMENTATIONS
 from tlearn.finetune.callbacks import default_callbacks
 from tlearn.finetune.distributed import DistInfo, dist_info
+from tlearn.finetune.heldout import crossfit_epochs
 from tlearn.finetune.loop import Classifier, LoopConfig, LoopData, fit_loop
 from tlearn.probe import check_labels
 from tlearn.runtime import resolve_device
@@ -135,6 +136,11 @@ class FineTuneClassifier(ForwardsFeatureParams, ClassifierMixin, BaseEstimator):
         Calibrates the probabilities (fitted on the validation images; 1.0 without them).
     calibration_ : dict
         The temperature, and the validation accuracy and calibration error before/after.
+    heldout_proba_ : ndarray of shape (n_samples, n_classes)
+        Honest probabilities of the validation split's images (rows of NaN for the
+        others): each half scored by the epoch the other half chose, with a cross-fitted
+        temperature (:mod:`tlearn.finetune.heldout`); ``heldout_method_`` says so in one
+        line.
     validation_ : tuple of (images, labels) or None
         The images the validation scores come from.
     """
@@ -308,7 +314,7 @@ class FineTuneClassifier(ForwardsFeatureParams, ClassifierMixin, BaseEstimator):
         )
         self._check_size(bb, pre_eval.input_size)
         keep, self.skipped_ = self._check_images_readable(images, pre_eval)
-        X_tr, y_tr, X_v, y_v = self._split(
+        X_tr, y_tr, X_v, y_v, rows_v = self._split(
             _subset(images, keep), y_enc[keep], classes, X_val, y_val
         )
         torch.manual_seed(self.random_state)  # the new head starts the same on every process
@@ -325,7 +331,32 @@ class FineTuneClassifier(ForwardsFeatureParams, ClassifierMixin, BaseEstimator):
         self._finish(bb, net, classes, state, X_tr)
         self._calibrate(X_v, y_v)
         self.validation_ = None if X_v is None or y_v is None else (X_v, classes[y_v])
+        rows = None if rows_v is None else np.flatnonzero(keep)[rows_v]
+        self._held_out(state, len(images), y_v, rows, len(X_tr))
         return self
+
+    def _held_out(
+        self, state: Any, n: int, y_v: np.ndarray | None, rows: np.ndarray | None, n_tr: int
+    ) -> None:
+        """``heldout_proba_`` over the images given to ``fit`` (NaN but the validation
+        split's rows): each half of the split scored by the epoch the other half chose
+        (:func:`crossfit_epochs`). Validation images given apart have no rows in ``X``;
+        a resumed run lacks the earlier epochs' logits, so it says it is optimistic."""
+        self.heldout_proba_ = np.full((n, len(self.classes_)), np.nan)
+        self.heldout_method_ = ""
+        if rows is None or y_v is None or not state.val_logits:
+            return
+        size = f"held-out {len(rows) / (len(rows) + n_tr):.0%} validation split"
+        if len(state.val_logits) != len(state.history) and self.validation_ is not None:
+            F, _ = self.features_.extract(self.validation_[0], on_error="skip")
+            logits = F @ self.head_weight_.T + self.head_bias_
+            self.heldout_proba_[rows] = softmax(logits, self.temperature_)
+            self.heldout_method_ = f"{size} that also chose the epoch (a resumed run)"
+            return
+        self.heldout_proba_[rows], _ = crossfit_epochs(state.val_logits, y_v, self.random_state)
+        self.heldout_method_ = (
+            f"{size}, each half judged at the epoch the other half chose (cross-fitted)"
+        )
 
     def _calibrate(self, X_val: ImageInput | None, y_val: np.ndarray | None) -> None:
         """Temperature scaling on the validation images (label smoothing leaves a
@@ -404,16 +435,19 @@ class FineTuneClassifier(ForwardsFeatureParams, ClassifierMixin, BaseEstimator):
 
     def _split(
         self, X: ImageInput, y: np.ndarray, classes: np.ndarray, X_val: object, y_val: object
-    ) -> tuple[ImageInput, np.ndarray, ImageInput | None, np.ndarray | None]:
+    ) -> tuple[ImageInput, np.ndarray, ImageInput | None, np.ndarray | None, np.ndarray | None]:
+        """Training and validation images and labels, and the validation rows' positions
+        in ``X`` (``None`` when the validation images were given apart, or there are
+        none)."""
         if X_val is not None:
             Xv = check_images(X_val)
             yv = np.asarray(y_val)
             unknown = sorted({str(v) for v in yv if v not in set(classes.tolist())})
             if unknown:
                 raise DataError(f"the validation labels {unknown} are not training classes")
-            return X, y, Xv, np.searchsorted(classes, yv).astype(np.int64)
+            return X, y, Xv, np.searchsorted(classes, yv).astype(np.int64), None
         if self.validation_size == 0:
-            return X, y, None, None
+            return X, y, None, None, None
         counts = np.bincount(y, minlength=len(classes))
         need = max(2, int(np.ceil(1 / self.validation_size)))
         if counts.min() < need:
@@ -430,7 +464,7 @@ class FineTuneClassifier(ForwardsFeatureParams, ClassifierMixin, BaseEstimator):
             random_state=self.random_state,
         )
         idx_tr, idx_v = np.sort(idx_tr), np.sort(idx_v)
-        return _subset(X, idx_tr), y[idx_tr], _subset(X, idx_v), y[idx_v]
+        return _subset(X, idx_tr), y[idx_tr], _subset(X, idx_v), y[idx_v], idx_v
 
     def _fingerprint(
         self, bb: Backbone, classes: np.ndarray, pre: Preprocessing, n_train: int

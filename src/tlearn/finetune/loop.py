@@ -27,7 +27,7 @@ from tlearn.data.images import Preprocessing
 from tlearn.data.loader import ImageInput, iter_batches
 from tlearn.exceptions import TrainingError
 from tlearn.finetune.augment import augment_batch
-from tlearn.finetune.distributed import DistInfo, all_reduce_sum
+from tlearn.finetune.distributed import DistInfo, all_reduce_array, all_reduce_sum
 from tlearn.finetune.optim import lr_factor, make_optimizer
 from tlearn.runtime.normalise import normalise_torch
 
@@ -119,6 +119,7 @@ class LoopState:
     bad_epochs: int = 0
     stop: bool = False
     scaler: Any = None  # gradient scaling for fp16 autocast
+    val_logits: list[np.ndarray] = field(default_factory=list)  # this run's epochs only
 
 
 def train_step(
@@ -214,19 +215,22 @@ def run_epoch(
 
 @torch.no_grad()
 def validate(
-    net: nn.Module,
+    net: Classifier,
     X: ImageInput,
     y: np.ndarray,
     cfg: LoopConfig,
     info: DistInfo,
     pre_eval: Preprocessing,
     device: torch.device,
-) -> tuple[float, float]:
-    """(mean cross-entropy, accuracy) on the validation images, summed over processes."""
+) -> tuple[float, float, np.ndarray]:
+    """(mean cross-entropy, accuracy, logits) on the validation images, summed over
+    processes; the logits ``(n_val, n_classes)`` let the caller choose an epoch on some of
+    the images and judge it on the others."""
     net.eval()
     idx = np.arange(len(y))[info.rank :: info.world_size]
     X_part = X[idx] if isinstance(X, np.ndarray) else [X[i] for i in idx]
     loss_sum, correct = 0.0, 0.0
+    all_logits = np.zeros((len(y), net.head.out_features), np.float32)
     for batch in iter_batches(X_part, pre_eval, max(1, cfg.batch_size), n_workers=cfg.n_workers):
         x = torch.from_numpy(batch.images).to(device).permute(0, 3, 1, 2)
         x = normalise_torch(x, pre_eval, cfg.channels_last)
@@ -239,8 +243,9 @@ def validate(
         target = torch.from_numpy(y[idx[batch.indices]]).to(x.device)
         loss_sum += float(F.cross_entropy(logits, target, reduction="sum"))
         correct += float((logits.argmax(1) == target).sum())
+        all_logits[idx[batch.indices]] = logits.cpu().numpy()
     loss_sum, correct, n = all_reduce_sum([loss_sum, correct, float(len(idx))], info)
-    return loss_sum / max(1.0, n), correct / max(1.0, n)
+    return loss_sum / max(1.0, n), correct / max(1.0, n), all_reduce_array(all_logits, info)
 
 
 def notify(callbacks: Sequence[Callback], event: str, state: LoopState) -> None:
@@ -251,10 +256,15 @@ def notify(callbacks: Sequence[Callback], event: str, state: LoopState) -> None:
 def run_validation(
     state: LoopState, data: LoopData, cfg: LoopConfig, info: DistInfo, device: torch.device
 ) -> tuple[float, float]:
-    """(loss, accuracy) on the validation images, or NaNs when there are none."""
+    """(loss, accuracy) on the validation images, or NaNs when there are none; their
+    logits are kept in ``state.val_logits``, one array per epoch."""
     if data.X_val is None or data.y_val is None or not len(data.y_val):
         return float("nan"), float("nan")
-    return validate(state.net, data.X_val, data.y_val, cfg, info, data.pre_eval, device)
+    loss, accuracy, logits = validate(
+        state.net, data.X_val, data.y_val, cfg, info, data.pre_eval, device
+    )
+    state.val_logits.append(logits)
+    return loss, accuracy
 
 
 def fit_loop(

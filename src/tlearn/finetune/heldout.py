@@ -1,0 +1,42 @@
+"""Fine-tuning's honest held-out estimate.
+
+The validation split chooses the epoch whose weights are kept (and early stopping), so the
+best epoch's validation accuracy is the maximum of several noisy figures: optimistic. Here
+the validation images are split in two halves; each half is scored by the epoch the
+*other* half would have chosen (by the same rule as :class:`BestWeights`: accuracy, then
+lower loss, the earlier epoch on a tie), so no image's score comes from a choice it took
+part in. The temperature is cross-fitted the same way (:func:`crossfit_softmax`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tlearn.calibration import crossfit_softmax
+
+__all__ = ["crossfit_epochs"]
+
+
+def _key(logits: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """(accuracy, -mean cross-entropy) of ``logits`` for labels ``y``."""
+    z = logits.astype(np.float64)
+    z = z - z.max(axis=1, keepdims=True)
+    log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    return float((z.argmax(1) == y).mean()), float(log_p[np.arange(len(y)), y].mean())
+
+
+def crossfit_epochs(
+    val_logits: list[np.ndarray], y: np.ndarray, random_state: int | None = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Honest probabilities of the validation images ``(n_val, n_classes)`` from the
+    logits of every epoch, and the epoch (1-based) that scored each image."""
+    y = np.asarray(y, dtype=np.int64)
+    half = np.arange(len(y)) % 2 == 0
+    logits = np.empty_like(val_logits[0], dtype=np.float64)
+    epoch = np.zeros(len(y), np.int64)
+    for part in (half, ~half):
+        chooser = ~part if (~part).any() else part
+        keys = [_key(z[chooser], y[chooser]) for z in val_logits]
+        best = max(range(len(keys)), key=lambda e: (keys[e], -e))
+        logits[part], epoch[part] = val_logits[best][part], best + 1
+    return crossfit_softmax(logits, y, random_state), epoch

@@ -1,0 +1,75 @@
+"""Honest held-out estimates (issue 26.13): fine-tuning's epoch and auto's candidate are
+choices, so the figure reported for them comes from images that did not make the choice."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+
+from tlearn.automl import _choose, _select
+from tlearn.calibration import crossfit_softmax
+from tlearn.finetune.heldout import crossfit_epochs
+
+
+def _logits(right: np.ndarray, y: np.ndarray, margin: float = 3.0) -> np.ndarray:
+    """Two classes' logits that are right exactly where ``right`` is true."""
+    z = np.zeros((len(y), 2), np.float32)
+    pred = np.where(right, y, (y + 1) % 2)
+    z[np.arange(len(y)), pred] = margin
+    return z
+
+
+def test_each_half_is_judged_at_the_epoch_the_other_half_chose():
+    y = np.zeros(8, np.int64)
+    even = np.arange(8) % 2 == 0
+    # epoch 1 is right on the even rows only, epoch 2 on the odd rows only: the best epoch
+    # on all rows would look perfect on its own half, but each half must take the other's
+    epochs = [_logits(even, y), _logits(~even, y)]
+    proba, epoch = crossfit_epochs(epochs, y)
+    assert (epoch[even] == 2).all() and (epoch[~even] == 1).all()
+    assert (proba.argmax(1) == y).mean() == 0.0  # honest: neither choice holds up
+    # one clearly better epoch (as accurate on the even rows, and surer) is chosen by both
+    better = _logits(np.ones(8, bool), y, margin=5.0)
+    proba, epoch = crossfit_epochs([_logits(even, y), better], y)
+    assert (epoch == 2).all() and (proba.argmax(1) == y).all()
+
+
+def test_cross_fitted_temperature_keeps_predictions_and_sums_to_one():
+    rng = np.random.default_rng(0)
+    scores, y = rng.normal(size=(50, 3)) * 4, rng.integers(0, 3, 50)
+    proba = crossfit_softmax(scores, y)
+    assert np.allclose(proba.sum(1), 1) and (proba.argmax(1) == scores.argmax(1)).all()
+
+
+def _model(proba: np.ndarray, name: str) -> SimpleNamespace:
+    return SimpleNamespace(
+        heldout_proba_=proba, heldout_method_=name, classes_=np.array(["a", "b"])
+    )
+
+
+def test_auto_reports_its_choice_cross_fitted_and_marks_one_winner_on_a_tie():
+    """Two candidates with the same accuracy: one winner (ties marked several before), and
+    the figure reported is not the better of two noisy ones."""
+    y = np.array(["a", "b"] * 50)
+    right = np.eye(2)[(y == "b").astype(int)]
+    wrong = right[:, ::-1]
+    rng = np.random.default_rng(1)
+    first = np.where(rng.random(100)[:, None] < 0.7, right, wrong)
+    second = np.where(rng.random(100)[:, None] < 0.7, right, wrong)
+    fitted = [(_model(first, "one"), {"candidate": "one"}),
+              (_model(second, "two"), {"candidate": "two"})]  # fmt: skip
+    rows = [r for _, r in fitted]
+    model = _choose(fitted, y, rows, seed=0)
+    assert sum(r["chosen"] for r in rows) == 1
+    assert "cross-fitted between two halves" in model.heldout_method_
+    assert not np.isnan(model.heldout_proba_).any()
+
+
+def test_a_later_candidate_must_beat_the_incumbent_on_the_images_both_predicted():
+    correct = np.array([[1, 1, 0, 0, 1, 1], [np.nan, np.nan, 1, 1, np.nan, np.nan]], float)
+    everything = np.ones(6, bool)
+    # on its 2 images the second is right where the first was wrong: 1.0 > 0.0 + margin
+    assert _select(correct, everything) == 1
+    # on rows where only the first predicted, there is nothing to compare: the first stays
+    assert _select(correct, np.array([1, 1, 0, 0, 1, 1], bool)) == 0
