@@ -51,6 +51,7 @@ def test_fine_tuning_is_refit_on_all_images_for_its_best_epochs(folder):
         lr=3e-3, **SMALL,
     )  # fmt: skip
     model = result.model
+    assert model.cache_dir is None and model.features_.cache_dir is None  # issue 26.12
     assert result.evaluation["method"] == (
         "held-out 25% validation split, each half judged at the epoch the other half chose "
         "(cross-fitted)"
@@ -72,6 +73,9 @@ def test_auto_keeps_the_best_candidate_within_its_budget(folder, tmp_path, monke
     # first the ensemble of the two largest embedded backbones, then no second-backbone probe
     assert rows[0]["candidate"].startswith(f"probe {automl.ensemble_backbone()} (")
     assert result.model.features_.blocks_ == [1752, 1800]  # Lite1 and Lite2, 32 px
+    # issue 26.12: the run's temporary feature cache is gone, and no model points at it
+    assert result.model.cache_dir is None and result.model.features_.cache_dir is None
+    assert read_metadata(out)["params"].get("cache_dir") is None
     assert not any(r["candidate"].startswith("probe efficientnet_lite2") for r in rows)
     assert all({"candidate", "accuracy", "seconds", "images_per_second"} <= set(r) for r in rows)
     tried = [r for r in rows if r["accuracy"] is not None]

@@ -213,8 +213,10 @@ def train(data: str | os.PathLike[str], **options: Any) -> TrainResult:
     X, y = load_labelled(req.data, req.max_per_class, req.seed)
     split = _split(X, y, req.test, req.test_size, req.test_max_per_class, req.seed)
     req.say(_plan(model, req.method, y, split, req.test, "backbone" in req.params))
-    with _feature_cache(req, model) as model:
+    with _feature_cache(req, model) as temporary:
         model, report, evaluation, leaderboard = _fit_and_evaluate(req, model, X, y, split)
+        if temporary:  # the model made (a refit, auto's winner) must not keep the folder
+            model.set_params(cache_dir=None)
     if os.environ.get("RANK", "0") != "0":  # torchrun: only the main process goes on
         return TrainResult(model, None, {}, list(model.skipped_))
     evaluation["seconds"] = round(time.perf_counter() - t0, 1)
@@ -224,18 +226,19 @@ def train(data: str | os.PathLike[str], **options: Any) -> TrainResult:
 
 
 @contextlib.contextmanager
-def _feature_cache(req: TrainRequest, model: Any) -> Iterator[Any]:
+def _feature_cache(req: TrainRequest, model: Any) -> Iterator[bool]:
     """Features computed once for every fit of the run (a refit, auto's candidates reuse
-    them), in a temporary cache that is not kept in the saved model."""
+    them), in a temporary cache (yields whether it is one: then the caller drops it from
+    the model it keeps, which is not always ``model``)."""
     if req.params.get("cache_dir") is not None:
-        yield model
+        yield False
         return
     with tempfile.TemporaryDirectory(prefix="tlearn-features-") as cache:
         req.params["cache_dir"] = cache
         if "cache_dir" in model.get_params():
             model.set_params(cache_dir=cache)
         try:
-            yield model
+            yield True
         finally:
             req.params.pop("cache_dir")
             if "cache_dir" in model.get_params():
