@@ -246,3 +246,23 @@ def test_csv_columns_named_twice_are_refused(tmp_path):
     twice.write_text("path,label,path\na.jpg,cat,b.jpg\n")  # which path is meant?
     with pytest.raises(DataError, match="2 columns named 'path'"):
         load_image_csv(twice)
+
+
+def test_glob_patterns_match_as_glob_does_without_following_loops(image_folder, monkeypatch):
+    """Patterns are matched on the loop-safe walk; on a tree without loops they find what
+    glob.glob(recursive=True) finds, hidden names and character classes included."""
+    import glob
+
+    from tlearn.data.walk import glob_files
+
+    (image_folder / "coffee" / "deep" / ".hid").mkdir(parents=True)
+    for name in ("deep/a.jpg", "deep/.b.jpg", "deep/.hid/c.jpg", ".d.jpg", "e.JPG"):
+        (image_folder / "coffee" / name).write_bytes(b"x")
+    monkeypatch.chdir(image_folder)
+    patterns = [
+        "**/*.jpg", "coffee/**", "*/00[0-2]?.jpg", "**/.hid/*.jpg", "coffee/.*.jpg",
+        "coffee/**/", "*", "**/deep/**/*.jpg", f"{image_folder}/*/*.JPG", f"{image_folder}/**/.*",
+    ]  # fmt: skip
+    for pattern in patterns:
+        want = sorted(p for p in glob.glob(pattern, recursive=True) if os.path.isfile(p))
+        assert glob_files(pattern, []) == want, pattern

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import re
 from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
@@ -123,22 +124,26 @@ def glob_files(pattern: str, links: list[Link]) -> list[str]:
     parts = pattern.split("/")
     fixed = next((i for i, p in enumerate(parts) if _has_magic(p)), len(parts))
     base = "/".join(parts[:fixed]) or ("/" if pattern.startswith("/") else "")
-    rest = [p for p in parts[fixed:-1] if p] + parts[-1:]  # "a/*//b" is "a/*/b"
-    if not rest or not os.path.isdir(base or "."):
+    rest = _Pattern([p for p in parts[fixed:-1] if p] + parts[-1:])  # "a/*//b" is "a/*/b"
+    if not os.path.isdir(base or "."):
         return []
+    reached = {"": rest.start}  # folder -> the positions in the pattern it reaches
+
+    def step(rel: str) -> frozenset[int]:
+        folder, _, name = rel.rpartition("/")
+        return rest.step(reached[folder], name)
 
     def enter(rel: str) -> bool:
-        return any(s < len(rest) for s in _states(rest, rel.split("/")))
+        reached[rel] = step(rel)
+        return any(s < rest.end for s in reached[rel])
 
-    def where(rel: str) -> str:
-        return (os.path.join(base, rel) if rel else base) if base else rel or "."
-
+    prefix = "" if not base else base if base.endswith("/") else base + "/"
     matches: list[str] = []
     found: list[Link] = []
     for rel, _ in walk_files(base or ".", found, enter=enter):
-        if len(rest) in _states(rest, rel.split("/")) and os.path.isfile(where(rel)):
-            matches.append(where(rel))
-    links.extend(Link(where(a), where(b)) for a, b in found)
+        if rest.end in step(rel) and os.path.isfile(prefix + rel):
+            matches.append(prefix + rel)
+    links.extend(Link(prefix + a, prefix + b if b else base or ".") for a, b in found)
     return sorted(matches)
 
 
@@ -146,31 +151,33 @@ def _has_magic(part: str) -> bool:
     return any(ch in part for ch in "*?[")
 
 
-def _states(pattern: list[str], names: list[str]) -> set[int]:
-    """The positions in ``pattern`` (its parts) reachable after matching ``names``, a small
-    automaton: ``**`` matches any number of names (none included), other parts one name."""
-    states = _closure(pattern, {0})
-    for name in names:
-        step = set()
+class _Pattern:
+    """The parts of a glob pattern as a small automaton over the names of a path: ``**``
+    matches any number of names (none included), any other part one name; its states are
+    positions in the parts, ``end`` when all are matched."""
+
+    def __init__(self, parts: list[str]) -> None:
+        self.parts, self.end = parts, len(parts)
+        self.match = [re.compile(fnmatch.translate(p)).match for p in parts]
+        self.start = self._closure({0})
+
+    def step(self, states: frozenset[int], name: str) -> frozenset[int]:
+        after = set()
         for s in states:
-            part = pattern[s] if s < len(pattern) else None
+            part = self.parts[s] if s < self.end else None
             if part is None or (name.startswith(".") and not part.startswith(".")):
                 continue  # glob's rule: wildcards do not match hidden names
             if part == "**":
-                step.add(s)
-            elif fnmatch.fnmatchcase(name, part):
-                step.add(s + 1)
-        states = _closure(pattern, step)
-        if not states:
-            break
-    return states
+                after.add(s)
+            elif self.match[s](name):
+                after.add(s + 1)
+        return self._closure(after)
 
-
-def _closure(pattern: list[str], states: set[int]) -> set[int]:
-    out, todo = set(states), list(states)
-    while todo:
-        s = todo.pop()
-        if s < len(pattern) and pattern[s] == "**" and s + 1 not in out:
-            out.add(s + 1)
-            todo.append(s + 1)
-    return out
+    def _closure(self, states: set[int]) -> frozenset[int]:
+        out, todo = set(states), list(states)
+        while todo:
+            s = todo.pop()
+            if s < self.end and self.parts[s] == "**" and s + 1 not in out:
+                out.add(s + 1)
+                todo.append(s + 1)
+        return frozenset(out)
