@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -164,3 +165,129 @@ def test_featurize_rows_match_the_transformer(probe, shapes3, tmp_path):
     assert np.allclose(lines[5]["features"], expected[4], atol=1e-5)
     with pytest.raises(DataError, match=r"use \.parquet or \.jsonl"):
         featurize_to_file(probe, inputs, tmp_path / "f.csv")
+
+
+def _read_rows(output) -> list[dict]:
+    """The rows of an output of any format, reading CSV strictly (a torn record raises)."""
+    import pandas as pd
+
+    output = str(output)
+    if output.endswith(".parquet"):
+        table = pd.read_parquet(output).sort_values("row_id")
+        return [{**r, "row_id": int(r["row_id"])} for r in table.to_dict("records")]
+    with open(output, newline="", encoding="utf-8") as f:
+        if output.endswith(".csv"):
+            return [
+                {**r, "row_id": int(r["row_id"])}
+                for r in csv.DictReader(f, strict=True, restval=None)
+            ]
+        return [json.loads(line) for line in f.read().split("\n") if line]
+
+
+def _same_rows(got: list[dict], want: list[dict]) -> None:
+    """One complete row per input, equal to the uninterrupted run's (probabilities to
+    1e-5: a resumed run predicts the last images in a smaller batch)."""
+    assert [r["row_id"] for r in got] == [r["row_id"] for r in want]
+    for g, w in zip(got, want, strict=True):
+        assert g.keys() == w.keys(), g
+        for key in w:
+            if "probabilit" in key and not w["error"]:
+                assert np.allclose(np.asarray(g[key], float), np.asarray(w[key], float), atol=1e-5)
+            else:
+                assert str(g[key]) == str(w[key]), (key, g, w)
+
+
+@pytest.fixture(scope="module")
+def predictor(probe):
+    from tlearn.predictor import load_predictor
+
+    return load_predictor(probe)
+
+
+def _torn_inputs(shapes3, tmp_path) -> list[str]:
+    """Images with a row listed twice, and a missing file whose name holds a quote, a
+    comma and a line break (a CSV record over two lines) last: its error row is the one
+    a killed run most often tears."""
+    good = list(shapes3[2][:3])
+    return [good[0], good[1], good[0], good[2], str(tmp_path / 'a "b",\nc.jpg')]
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl"])
+def test_resume_after_a_tear_at_every_byte_of_the_last_rows(predictor, shapes3, tmp_path, suffix):
+    """A killed run leaves its last record cut at any byte. Resuming must count as done
+    only complete records: a CSV line cut inside its error field used to count as done and
+    was then cut off, so that image never got a row; a JSON line cut before its newline
+    likewise."""
+    from tlearn.inference import predict_to_file
+
+    inputs = _torn_inputs(shapes3, tmp_path)
+    full = tmp_path / f"full{suffix}"
+    predict_to_file(predictor, inputs, full, top_k=2)
+    want, data = _read_rows(full), full.read_bytes()
+    last_two = data.find(b"\r\n3," if suffix == ".csv" else b'\n{"row_id": 3,') + 2
+    assert 100 < len(data) - last_two < 800  # an ok row, and the error row over two lines
+    out = tmp_path / f"torn{suffix}"
+    for cut in range(last_two, len(data)):
+        out.write_bytes(data[:cut])
+        counts = predict_to_file(predictor, inputs, out, top_k=2, resume=True)
+        assert counts["ok"] + counts["failed"] + counts["skipped"] == len(inputs), cut
+        _same_rows(_read_rows(out), want)
+
+
+def test_resume_after_a_torn_or_stale_parquet_part(predictor, shapes3, tmp_path, monkeypatch):
+    """A part is renamed into place only once written, but after a power cut its bytes may
+    not have reached the disk: a part that cannot be read is not done, and goes."""
+    import tlearn.outputs
+    from tlearn.inference import predict_to_file
+
+    monkeypatch.setattr(tlearn.outputs, "PART_ROWS", 2)
+    inputs = _torn_inputs(shapes3, tmp_path)
+    full = tmp_path / "full.parquet"
+    predict_to_file(predictor, inputs, full, top_k=2)
+    want = _read_rows(full)
+    last = sorted(full.iterdir())[-2]  # rows 2 and 3; the next part holds row 4
+    data = last.read_bytes()
+    out = tmp_path / "torn.parquet"
+    for cut in [*range(0, len(data), max(1, len(data) // 40)), *range(len(data) - 9, len(data))]:
+        shutil.rmtree(out, ignore_errors=True)
+        shutil.copytree(full, out)
+        (out / last.name).write_bytes(data[:cut])
+        (out / ".tmp-0123.parquet").write_bytes(data[: cut // 2])
+        counts = predict_to_file(predictor, inputs, out, top_k=2, resume=True)
+        assert counts == {"ok": 2, "failed": 0, "skipped": 3}, cut
+        _same_rows(_read_rows(out), want)
+        assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in full.iterdir())
+
+
+def test_resume_keys_on_row_ids_and_refuses_changed_inputs(predictor, shapes3, tmp_path):
+    """Keyed on paths, a path listed twice was done (or skipped) twice: rows went missing
+    for ever. Row ids also tell when the inputs changed since the interrupted run."""
+    from tlearn import DataError
+    from tlearn.inference import featurize_to_file, predict_to_file
+
+    good = list(shapes3[2][:3])
+    inputs = [good[0], good[1], good[0], good[2]]
+    for suffix in (".csv", ".jsonl", ".parquet"):
+        out = tmp_path / f"p{suffix}"
+        predict_to_file(predictor, inputs[:1], out)  # killed after the first row
+        counts = predict_to_file(predictor, inputs, out, resume=True)
+        assert counts == {"ok": 3, "failed": 0, "skipped": 1}, suffix
+        rows = _read_rows(out)
+        assert [(r["row_id"], r["path"]) for r in rows] == list(enumerate(inputs)), suffix
+        with pytest.raises(DataError, match=r"row 1 .* inputs changed.*--overwrite"):
+            predict_to_file(predictor, [good[0], good[2]], out, resume=True)
+    out = tmp_path / "f.jsonl"
+    featurize_to_file(predictor, inputs[:3], out)
+    assert featurize_to_file(predictor, inputs, out, resume=True)["skipped"] == 3
+    assert [r["row_id"] for r in _read_rows(out)] == [0, 1, 2, 3]
+
+
+def test_a_csv_is_resumed_only_with_its_own_columns(predictor, shapes3, tmp_path):
+    from tlearn import DataError
+    from tlearn.inference import predict_to_file
+
+    out = tmp_path / "p.csv"
+    predict_to_file(predictor, list(shapes3[2][:2]), out, top_k=3)
+    with pytest.raises(DataError, match="columns are.*top_k=1.*--top-k"):
+        predict_to_file(predictor, list(shapes3[2][:4]), out, resume=True)
+    assert len(_read_rows(out)) == 2

@@ -224,3 +224,45 @@ def test_local_instance_matches_the_separate_head(photos, head, home, tmp_path):
     assert np.abs(np.stack(a["top_probabilities"][a.error == ""])
                   - np.stack(b["top_probabilities"][b.error == ""])).max() < 1e-6  # fmt: skip
     shutil.rmtree(local)
+
+
+def test_resume_with_an_image_listed_twice_completes(photos, head, home, tmp_path):
+    """Resume took the done rows as a set of paths and checked completeness in rows: with
+    an image listed twice, every --resume failed ("rerun with --resume")."""
+    cat = sorted(str(p) for p in (photos / "cat").glob("00*.jpg"))[:3]
+    inputs = [cat[0], cat[1], cat[0], cat[2]]
+    out = tmp_path / "twice.parquet"
+    r = tlearn("predict", MODEL, *inputs[:3], "-o", str(out), home=home)  # rows 0-2 done
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = tlearn("predict", MODEL, *inputs, "-o", str(out), "--resume", "--cluster", "ray",
+               "--address", head, "--workers", "1", home=home)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "1 images predicted, 0 failed; 3 were already done" in " ".join(r.stdout.split())
+    got = pd.read_parquet(out).sort_values("row_id")
+    assert got["row_id"].tolist() == [0, 1, 2, 3] and got["path"].tolist() == inputs
+
+
+def test_any_failure_to_read_one_image_becomes_its_error_row(tmp_path, monkeypatch):
+    """The decode task caught ImageReadError only: any other exception (an encrypted zip
+    member's RuntimeError, an OSError from a failing disk) failed the block, and the job."""
+    import tlearn.data.loader
+    from tests.synthetic import make_folder
+    from tlearn.data.images import Preprocessing
+    from tlearn.scale.ray import _decode
+
+    paths = sorted(str(p) for p in make_folder(tmp_path, 1).rglob("*.jpg"))[:3]
+    real = tlearn.data.loader.load_preprocessed
+    failures = {1: RuntimeError("File is encrypted"), 2: OSError(5, "Input/output error")}
+
+    def flaky(X, i, pre):
+        if i in failures:
+            raise failures[i]
+        return real(X, i, pre)
+
+    monkeypatch.setattr(tlearn.data.loader, "load_preprocessed", flaky)
+    pre = Preprocessing(input_size=32, mean=(0.5,) * 3, std=(0.5,) * 3)
+    batch = {"row_id": np.arange(3), "path": np.asarray(paths, dtype=object)}
+    decoded = _decode(batch, pre)
+    assert decoded["error"][0] == "" and decoded["pixels"][0].any()
+    assert "RuntimeError: File is encrypted" in decoded["error"][1]
+    assert "Input/output error" in decoded["error"][2] and not decoded["pixels"][2].any()

@@ -10,10 +10,10 @@ cluster.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
-from tlearn.outputs import FORMATS, prepare_output, read_done_paths, write_rows
+from tlearn.outputs import FORMATS, prepare_output, read_done_paths, read_done_rows, write_rows
 from tlearn.predictor import load_predictor
 
 __all__ = [
@@ -22,6 +22,7 @@ __all__ = [
     "iter_predictions",
     "predict_to_file",
     "read_done_paths",
+    "read_done_rows",
     "write_predictions",
 ]
 
@@ -33,14 +34,15 @@ def iter_predictions(
     top_k: int = 1,
     tta: bool = False,
     chunk_size: int = 1024,
-    skip: set[str] | None = None,
+    skip: Mapping[int, str] | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Yield one dict per image, in input order: ``row_id``, ``path``, ``label``,
     ``probability``, ``top_labels``, ``top_probabilities`` and ``error`` (empty when the
     image was read).
 
     ``model`` is a :class:`~tlearn.predictor.Predictor`, a fitted model, a model file, an
-    export or ``imagenet:NAME``; see :meth:`Predictor.iter_predict`.
+    export or ``imagenet:NAME``; see :meth:`Predictor.iter_predict`. ``skip``: the rows
+    done by an earlier run, ``{row id: path}`` (:func:`read_done_rows`).
     """
     predictor = load_predictor(model)
     yield from predictor.iter_predict(
@@ -75,7 +77,8 @@ def predict_to_file(
     on_row: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, int]:
     """Predict every image in ``inputs`` into ``output``; returns counts of ``ok``,
-    ``failed`` and ``skipped`` (already done by an earlier run, with ``resume``)."""
+    ``failed`` and ``skipped`` (already done by an earlier run, with ``resume``: its
+    complete rows, by row id, so an image listed twice is done twice)."""
     output = os.fspath(output)
     done = prepare_output(output, "predictions", resume=resume, overwrite=overwrite)
     rows = iter_predictions(model, inputs, top_k=top_k, tta=tta, skip=done)

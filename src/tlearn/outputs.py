@@ -32,9 +32,11 @@ __all__ = [
     "PART_ROWS",
     "RowWriter",
     "check_output",
+    "cut_torn_tail",
     "output_format",
     "prepare_output",
     "read_done_paths",
+    "read_done_rows",
     "rows_table",
     "write_part",
     "write_rows",
@@ -71,14 +73,17 @@ def check_output(output: str) -> None:
         raise DataError(f"cannot write {output!r}: the folder {folder!r} is not writable")
 
 
-def prepare_output(output: str, kind: str, *, resume: bool, overwrite: bool) -> set[str] | None:
-    """Check ``output`` before a run: the paths already done when resuming, ``None`` when
-    starting afresh (an existing output is removed with ``overwrite``, refused without)."""
+def prepare_output(
+    output: str, kind: str, *, resume: bool, overwrite: bool
+) -> dict[int, str] | None:
+    """Check ``output`` before a run: when resuming, cut what a killed run left half
+    written and return the rows already done (``{row id: path}``); ``None`` when starting
+    afresh (an existing output is removed with ``overwrite``, refused without)."""
     output_format(output, kind)
     check_output(output)
     if os.path.exists(output):
         if resume:
-            return read_done_paths(output)
+            return cut_torn_tail(output)
         if not overwrite:
             raise DataError(
                 f"the output {output!r} exists; pass --overwrite to replace it or "
@@ -91,42 +96,135 @@ def prepare_output(output: str, kind: str, *, resume: bool, overwrite: bool) -> 
     return None
 
 
-def read_done_paths(output: str | os.PathLike[str]) -> set[str]:
-    """Paths already written to an output: every row of a CSV or JSON Lines file (a torn
-    last line is ignored), every row of the complete parts of a Parquet folder (stale
-    temporary parts of a killed run are deleted)."""
+def read_done_rows(output: str | os.PathLike[str]) -> dict[int, str]:
+    """``{row id: path}`` of every complete row of an output: the complete records of a CSV
+    or JSON Lines file (a record cut short by a killed run does not count, wherever the cut
+    fell), the rows of the complete parts of a Parquet folder (a part that cannot be read
+    does not count). Reads only; :func:`cut_torn_tail` removes what does not count."""
     output = os.fspath(output)
-    done: set[str] = set()
     if output_format(output) == "parquet":
-        import pyarrow.parquet as pq
+        return _part_rows(output, drop=False)
+    return _scan_records(output)[0]
 
-        if not os.path.isdir(output):
-            raise DataError(
-                f"{output!r} is a single Parquet file (written by an earlier tlearn, which "
-                "could not resume); Parquet outputs are now folders of parts: pass "
-                "--overwrite to start afresh"
-            )
-        for name in sorted(os.listdir(output)):
-            if name.startswith(".tmp-"):
-                os.remove(os.path.join(output, name))
-            elif name.endswith(".parquet"):
-                done.update(
-                    pq.read_table(os.path.join(output, name), columns=["path"])[0].to_pylist()
-                )
-        return done
-    with open(output, encoding="utf-8", newline="") as f:
-        if output_format(output) == "csv":
-            for row in csv.DictReader(f):
-                if row.get("path") and "error" in row and row["error"] is not None:
-                    done.add(row["path"])
-        else:
-            for line in f:
-                with contextlib.suppress(json.JSONDecodeError, KeyError):  # a torn last line
-                    done.add(json.loads(line)["path"])
+
+def read_done_paths(output: str | os.PathLike[str]) -> set[str]:
+    """The paths of the complete rows of an output (see :func:`read_done_rows`)."""
+    return set(read_done_rows(output).values())
+
+
+def cut_torn_tail(output: str | os.PathLike[str]) -> dict[int, str]:
+    """Remove what a killed run left half written, so that appending stays valid: the
+    bytes after the last complete record of a CSV or JSON Lines file; the temporary and
+    unreadable parts of a Parquet folder (their rows are not done, and are written again).
+    Returns the rows that remain, as :func:`read_done_rows` (one pass over the file)."""
+    output = os.fspath(output)
+    if output_format(output) == "parquet":
+        return _part_rows(output, drop=True)
+    done, end = _scan_records(output)
+    if os.path.getsize(output) != end:
+        with open(output, "rb+") as f:
+            f.truncate(end)
     return done
 
 
+def _part_rows(folder: str, *, drop: bool) -> dict[int, str]:
+    """The rows of the readable parts of a Parquet folder; with ``drop``, the others go."""
+    if not os.path.isdir(folder):
+        raise DataError(
+            f"{folder!r} is a single Parquet file (written by an earlier tlearn, which "
+            "could not resume); Parquet outputs are now folders of parts: pass "
+            "--overwrite to start afresh"
+        )
+    done: dict[int, str] = {}
+    for name in sorted(os.listdir(folder)):
+        if not name.endswith(".parquet"):
+            continue
+        path = os.path.join(folder, name)
+        # a temporary part was being written when the run was killed
+        table = None if name.startswith(".tmp-") else _read_part(path)
+        if table is not None:
+            done.update(zip(table["row_id"].to_pylist(), table["path"].to_pylist(), strict=True))
+        elif drop:
+            os.remove(path)
+    return done
+
+
+def _read_part(path: str) -> Any:
+    """A part's row ids and paths; ``None`` for a part cut short (renamed before its bytes
+    reached the disk, or damaged since)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_table(path, columns=["row_id", "path"])
+    except (pa.ArrowException, OSError):
+        return None
+
+
 # -- CSV and JSON Lines -----------------------------------------------------------------
+class _Lines:
+    """The newline-terminated lines of a binary file, decoded, counting their bytes in
+    ``consumed``; a last line without its newline was cut by a killed run: never given."""
+
+    def __init__(self, f: Any) -> None:
+        self.f, self.consumed, self.number, self.finished = f, 0, 0, False
+
+    def __iter__(self) -> Iterator[str]:
+        for raw in self.f:
+            if not raw.endswith(b"\n"):
+                break
+            self.consumed += len(raw)
+            self.number += 1
+            yield raw.decode("utf-8", "surrogateescape")
+        self.finished = True
+
+
+def _scan_records(output: str) -> tuple[dict[int, str], int]:
+    """The rows of the complete records of a CSV or JSON Lines output, and the byte offset
+    where the last of them ends (what follows was cut short)."""
+    done: dict[int, str] = {}
+    with open(output, "rb") as f:
+        lines = _Lines(f)
+        records = _csv_records(lines) if output_format(output) == "csv" else _json_records(lines)
+        end = 0
+        try:
+            for record in records:
+                if record is not None:
+                    row_id, path = record
+                    done[row_id] = path
+                end = lines.consumed  # the reader never reads past the record it gives
+        except (csv.Error, ValueError, KeyError, TypeError) as e:
+            if not lines.finished:  # not at the end: damaged, not torn
+                raise DataError(
+                    f"cannot resume {output!r}: line {lines.number} is not a row of a tlearn "
+                    f"output ({e}); pass --overwrite to start afresh"
+                ) from e
+    return done, end
+
+
+def _csv_records(lines: _Lines) -> Iterator[tuple[int, str] | None]:
+    """``(row id, path)`` for each complete row (``None`` for the header)."""
+    reader = csv.reader(lines, strict=True)  # strict: a quote left open at the end raises
+    header = next(reader, None)
+    if header is None:
+        return
+    if header[:2] != ["row_id", "path"] or header[-1] != "error":
+        raise ValueError(f"the header is {header[:3]}..., not row_id, path, ..., error")
+    yield None
+    for record in reader:
+        if len(record) != len(header):
+            raise ValueError(f"{len(record)} fields for {len(header)} columns")
+        yield int(record[0]), record[1]
+
+
+def _json_records(lines: _Lines) -> Iterator[tuple[int, str]]:
+    for line in lines:
+        row = json.loads(line)
+        if not isinstance(row["row_id"], int) or not isinstance(row["path"], str):
+            raise TypeError("row_id or path of the wrong type")
+        yield row["row_id"], row["path"]
+
+
 def _csv_header(top_k: int) -> list[str]:
     header = ["row_id", "path", "label", "probability"]
     for j in range(1, top_k + 1 if top_k > 1 else 1):
@@ -156,21 +254,6 @@ def _json_ready(row: dict[str, Any]) -> dict[str, Any]:
     if isinstance(vector, np.ndarray):
         return {**row, "features": vector.tolist()}
     return row
-
-
-def _truncate_torn_tail(output: str) -> None:
-    """Drop a half-written last line left by a killed run, so appending stays valid."""
-    with open(output, "rb+") as f:
-        f.seek(0, os.SEEK_END)
-        size = f.tell()
-        if size == 0:
-            return
-        f.seek(max(0, size - 65536))
-        tail = f.read()
-        if tail.endswith(b"\n"):
-            return
-        cut = tail.rfind(b"\n")
-        f.truncate(size - len(tail) + cut + 1 if cut >= 0 else 0)
 
 
 # -- Parquet parts ----------------------------------------------------------------------
@@ -247,6 +330,20 @@ def write_part(rows: list[dict[str, Any]], folder: str, kind: str) -> str | None
     return path
 
 
+def _check_columns(output: str, fmt: str, top_k: int) -> None:
+    """A CSV is appended to only with its own columns (``top_k`` sets how many)."""
+    if fmt != "csv" or os.path.getsize(output) == 0:
+        return
+    with open(output, newline="", encoding="utf-8", errors="replace") as f:
+        header = next(csv.reader(f), [])
+    if header != _csv_header(top_k):
+        raise DataError(
+            f"cannot append to {output!r}: its columns are {header}, and top_k={top_k} "
+            f"writes {_csv_header(top_k)}; resume with the first run's --top-k, or pass "
+            "--overwrite"
+        )
+
+
 class RowWriter:
     """Append rows to an output of any format, flushing as it goes: CSV and JSON Lines every
     256 rows, Parquet a complete part every ``part_rows`` rows."""
@@ -272,7 +369,8 @@ class RowWriter:
             os.makedirs(output, exist_ok=True)
             return
         if append:
-            _truncate_torn_tail(output)
+            cut_torn_tail(output)
+            _check_columns(output, self.fmt, top_k)
         self._file = open(output, "a" if append else "w", newline="", encoding="utf-8")  # noqa: SIM115
         if self.fmt == "csv":
             self._csv = csv.writer(self._file)

@@ -24,7 +24,7 @@ from __future__ import annotations
 import functools
 import os
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -38,7 +38,7 @@ from tlearn.data.images import (
 )
 from tlearn.data.loader import ImageInput, check_images
 from tlearn.data.sources import iter_image_paths
-from tlearn.exceptions import EngineError, ImageReadError, InvalidParameterError
+from tlearn.exceptions import DataError, EngineError, ImageReadError, InvalidParameterError
 from tlearn.features import FeatureErrors, iter_engine
 from tlearn.models import IMAGENET_PREFIX, ModelParts, imagenet_parts, python_value, split_model
 
@@ -290,14 +290,15 @@ class Predictor:
         top_k: int = 1,
         tta: bool = False,
         chunk_size: int = 1024,
-        skip: set[str] | None = None,
+        skip: Mapping[int, str] | None = None,
     ) -> Iterator[dict[str, Any]]:
         """One row per image, in input order: ``row_id`` (the image's position in the
         expanded input), ``path``, ``label``, ``probability``, ``top_labels``,
         ``top_probabilities`` and ``error`` (empty when the image was read). ``inputs`` are
         files, folders, zips, CSVs or globs, expanded lazily; images are taken
         ``chunk_size`` at a time, so memory stays flat. Unreadable images get a row with
-        the error; paths in ``skip`` (done by an earlier run) are passed over."""
+        the error; the rows in ``skip`` (``{row id: path}``, done by an earlier run) are
+        passed over."""
         _check_top_k(top_k)
         for chunk in iter_manifest(inputs, chunk_size, skip):
             paths = [p for _, p in chunk]
@@ -311,7 +312,11 @@ class Predictor:
                 yield {"row_id": row_id, "path": path, **(done or error_row("not processed"))}
 
     def iter_featurize(
-        self, inputs: Iterable[str], *, chunk_size: int = 1024, skip: set[str] | None = None
+        self,
+        inputs: Iterable[str],
+        *,
+        chunk_size: int = 1024,
+        skip: Mapping[int, str] | None = None,
     ) -> Iterator[dict[str, Any]]:
         """One row per image, in input order: ``row_id``, ``path``, ``features`` (float32
         vector, ``None`` for an unreadable image) and ``error``; streamed like
@@ -340,14 +345,27 @@ class Predictor:
 
 
 def iter_manifest(
-    inputs: Iterable[str], chunk_size: int, skip: set[str] | None = None
+    inputs: Iterable[str], chunk_size: int, skip: Mapping[int, str] | None = None
 ) -> Iterator[list[tuple[int, str]]]:
     """``(row_id, path)`` pairs in chunks of ``chunk_size``: the row id is the image's
     position in the expanded input, so it stays the same when a resumed run passes over
-    the paths in ``skip``."""
-    pairs = ((i, p) for i, p in enumerate(iter_image_paths(inputs)) if not skip or p not in skip)
+    the rows in ``skip`` (``{row id: path}``, done by an earlier run). Keyed on row ids, an
+    image listed twice is done twice; a row whose path changed is refused."""
+    pairs = ((i, p) for i, p in enumerate(iter_image_paths(inputs)) if not _done(skip, i, p))
     while chunk := [pair for _, pair in zip(range(chunk_size), pairs, strict=False)]:
         yield chunk
+
+
+def _done(skip: Mapping[int, str] | None, row_id: int, path: str) -> bool:
+    if not skip or row_id not in skip:
+        return False
+    if skip[row_id] != path:
+        raise DataError(
+            f"row {row_id} of the output being resumed is {skip[row_id]!r}, but image "
+            f"{row_id} of the inputs is now {path!r}: the inputs changed since that run; "
+            "resume with the same inputs, or pass --overwrite to start afresh"
+        )
+    return True
 
 
 def _check_top_k(top_k: int) -> None:

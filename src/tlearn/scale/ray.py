@@ -32,7 +32,7 @@ import pickle
 import shutil
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -106,7 +106,8 @@ def connect(
 
 # -- the stages -------------------------------------------------------------------------
 def _decode(batch: dict[str, np.ndarray], pre: Any) -> dict[str, np.ndarray]:
-    """Ray task: read and preprocess one shard; unreadable images get an error, zeros."""
+    """Ray task: read and preprocess one shard; an image that fails, whatever the
+    exception, gets it as its error (and zeros): a failed task would fail the whole job."""
     from tlearn.data.loader import load_preprocessed
 
     paths = [str(p) for p in batch["path"]]
@@ -118,6 +119,8 @@ def _decode(batch: dict[str, np.ndarray], pre: Any) -> dict[str, np.ndarray]:
             pixels[i] = load_preprocessed(paths, i, pre)
         except ImageReadError as e:
             errors[i] = e.reason
+        except Exception as e:  # one image's failure, whatever it is, is that image's row
+            errors[i] = f"cannot read or decode the image ({type(e).__name__}: {e})"
     return {**batch, "pixels": pixels, "error": np.asarray(errors, dtype=object)}
 
 
@@ -217,7 +220,7 @@ def dataset(
     gpus: float = 0,
     decode_cpus: float = 0.5,
     shard_rows: int = SHARD_ROWS,
-    skip: set[str] | None = None,
+    skip: Mapping[int, str] | None = None,
     ship: str | None = None,
     engine: str | None = None,
     _output: str | None = None,
@@ -255,7 +258,7 @@ def dataset(
     )
 
 
-def _manifest(inputs: Iterable[str], shard_rows: int, skip: set[str] | None) -> list[Any]:
+def _manifest(inputs: Iterable[str], shard_rows: int, skip: Mapping[int, str] | None) -> list[Any]:
     """The ``(row_id, path)`` manifest as Arrow tables of ``shard_rows`` rows: one block,
     one actor call and one part each."""
     import pyarrow as pa
@@ -304,7 +307,7 @@ def _run(
             f"with --cluster ray the output is a Parquet folder (workers write its parts); "
             f"got {output!r}: name it *.parquet"
         )
-    done = prepare_output(output, kind, resume=resume, overwrite=overwrite) or set()
+    done = prepare_output(output, kind, resume=resume, overwrite=overwrite) or {}
     os.makedirs(output, exist_ok=True)
     # the actors' CPUs, and one for the decode tasks
     cpus = (os.cpu_count() or 1) if workers is None else workers * threads
