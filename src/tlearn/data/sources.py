@@ -364,6 +364,11 @@ def load_image_csv(
     ``image``... and ``label``/``class``/``target``...), or the first two columns are
     used. Relative paths are taken from the CSV file's folder. Without a label column
     ``target`` is ``None``.
+
+    The file is UTF-8 (with or without a byte-order mark) or, with their mark, UTF-16 or
+    UTF-32 (Excel's "Unicode Text"). Anything else (another encoding, a NUL character, a
+    cell over 128 KiB as an unclosed quote makes, an empty cell, a column named twice) is
+    a :class:`~tlearn.exceptions.DataError` naming the file and the line.
     """
     path = os.fspath(path)
     fields, rows = _read_csv(path)
