@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -119,3 +120,129 @@ def test_preprocessing_rejects_bad_values():
         Preprocessing(224, (0.5,) * 3, (0.5,) * 3, "cubic-ish")
     with pytest.raises(ValueError, match="crop_pct"):
         Preprocessing(224, (0.5,) * 3, (0.5,) * 3, "bicubic", 1.5)
+
+
+# --- resource bounds: thin images -----------------------------------------------------------
+
+
+def resize_then_crop(img: Image.Image, pre: Preprocessing) -> np.ndarray:
+    """The oracle: resize the whole image so its shorter side is ``short_side``, then take
+    the centre square (what preprocess_image did before it cropped in source coordinates)."""
+    w, h = img.size
+    short, size = pre.short_side(w, h), pre.input_size - 2 * (pre.pad_small * pre.is_small(w, h))
+    new_w, new_h = (short, max(short, int(short * h / w))) if w <= h else (
+        max(short, int(short * w / h)), short)  # fmt: skip
+    filt = imgmod._INTERPOLATIONS[pre.interpolation]
+    big = img.resize((new_w, new_h), filt) if (new_w, new_h) != (w, h) else img
+    left, top = int(round((new_w - size) / 2.0)), int(round((new_h - size) / 2.0))
+    return np.asarray(big.crop((left, top, left + size, top + size)))
+
+
+PRES = [
+    Preprocessing(224, (0.5,) * 3, (0.5,) * 3),
+    Preprocessing(224, (0.5,) * 3, (0.5,) * 3, "bilinear", 0.95, crop_small=False),
+    Preprocessing(48, (0.5,) * 3, (0.5,) * 3, "lanczos", 0.9),
+    Preprocessing(40, (0.5,) * 3, (0.5,) * 3, "bicubic", 1.0, crop_small=False, pad_small=4),
+]
+
+
+@pytest.mark.parametrize("pre", PRES)
+def test_ordinary_images_keep_their_pixels_bit_for_bit(pre):
+    from tests.synthetic import crop
+
+    rng = np.random.default_rng(0)
+    photo = crop("astronaut", rng, 300).resize((300, 200))
+    noise = Image.fromarray(rng.integers(0, 256, (97, 41, 3), dtype=np.uint8))
+    for img in [photo, photo.rotate(90, expand=True), noise, photo.crop((0, 0, 300, 40))]:
+        if pre.pad_small and pre.is_small(*img.size):
+            continue  # the oracle does not pad
+        assert np.array_equal(preprocess_image(img, pre), resize_then_crop(img, pre)), img.size
+
+
+@pytest.mark.needs_data
+def test_cifar_photos_keep_their_pixels_bit_for_bit(cifar_zip):
+    import zipfile
+
+    with zipfile.ZipFile(cifar_zip) as zf:
+        names = [n for n in zf.namelist() if n.endswith(".jpg")][::5000]
+        images = [decode_image(zf.read(n), n) for n in names]
+    for pre in PRES[:3]:
+        for img in images:
+            assert np.array_equal(preprocess_image(img, pre), resize_then_crop(img, pre))
+
+
+@pytest.mark.parametrize("interpolation", ["bicubic", "bilinear", "lanczos"])
+def test_long_strips_of_a_photo_stay_within_rounding_of_resize_then_crop(interpolation):
+    """Past WHOLE_RESIZE_AREA only the crop's region is resampled: PIL's two passes may
+    round differently (measured on CIFAR strips: at most 2 levels, 1 value in 100,000).
+    ``nearest`` may take the neighbouring pixel where a sample falls exactly between two."""
+    from tests.synthetic import crop
+
+    pre = Preprocessing(64, (0.5,) * 3, (0.5,) * 3, interpolation)
+    photo = crop("coffee", np.random.default_rng(1), 96)
+    for box in [(0, 40, 96, 43), (40, 0, 42, 96), (0, 0, 96, 1)]:
+        strip = photo.crop(box)
+        out, ref = preprocess_image(strip, pre).astype(int), resize_then_crop(strip, pre)
+        assert out.shape == ref.shape and np.abs(out - ref).max() <= 2, box
+
+
+def test_a_thin_image_is_cropped_from_its_middle():
+    img = Image.new("RGB", (1, 4000), (0, 0, 255))
+    img.paste((255, 0, 0), (0, 1995, 1, 2005))
+    out = preprocess_image(img, PRES[0])
+    assert out.shape == (224, 224, 3) and (out == [255, 0, 0]).all()
+    wide = preprocess_image(img.transpose(Image.Transpose.TRANSPOSE), PRES[0])
+    assert (wide == [255, 0, 0]).all()
+
+
+PEAK = """
+import sys
+from tlearn.data.images import Preprocessing, decode_image, preprocess_image, read_bytes
+
+
+def high_water():  # this process's own peak RSS (ru_maxrss would count the parent's too)
+    status = open("/proc/self/status").read()
+    return int(status.split("VmHWM:")[1].split()[0]) * 1024
+
+
+pre = Preprocessing(224, (0.5,) * 3, (0.5,) * 3)
+preprocess_image(decode_image(read_bytes(sys.argv[2]), "warm-up"), pre)
+before = high_water()
+out = preprocess_image(decode_image(read_bytes(sys.argv[1]), sys.argv[1]), pre)
+assert out.shape == (224, 224, 3)
+print(high_water() - before)
+"""
+
+
+def peak_bytes(path: Path, tmp_path: Path, **env: str) -> int:
+    """Peak memory that reading, decoding and preprocessing ``path`` adds, measured in a
+    fresh interpreter (a long test run keeps freed memory that would hide it)."""
+    import os
+    import subprocess
+    import sys
+
+    warm = tmp_path / "warm.png"
+    Image.new("RGB", (300, 200)).save(warm)
+    r = subprocess.run(
+        [sys.executable, "-c", PEAK, str(path), str(warm)],
+        capture_output=True, text=True, env={**os.environ, **env}, timeout=120,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    return int(r.stdout)
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="VmHWM: Linux")
+@pytest.mark.parametrize(
+    ("name", "img", "limit"),
+    [
+        ("thin.png", Image.new("RGB", (1, 1000), (9, 9, 9)), None),  # was 256 x 256,000
+    ],
+)
+def test_peak_memory_is_within_the_documented_budget(tmp_path, name, img, limit):
+    """A thin image costs what a square one does: E + 24 P + 64 S^2 bytes plus a few MiB
+    of buffers (file bytes, decoded pixels, resize size)."""
+    path = tmp_path / name
+    img.save(path)
+    env = {} if limit is None else {"TLEARN_MAX_IMAGE_PIXELS": str(limit)}
+    budget = path.stat().st_size + 24 * img.width * img.height + 64 * 256**2 + 4 * 2**20
+    assert peak_bytes(path, tmp_path, **env) <= budget

@@ -28,6 +28,7 @@ from tlearn.exceptions import ImageReadError
 __all__ = [
     "IMAGE_EXTENSIONS",
     "MAX_IMAGE_PIXELS",
+    "WHOLE_RESIZE_AREA",
     "Preprocessing",
     "decode_image",
     "is_image_name",
@@ -44,6 +45,10 @@ IMAGE_EXTENSIONS = frozenset(
 #: Images with more pixels than this are refused (decompression-bomb guard). Override with
 #: the environment variable ``TLEARN_MAX_IMAGE_PIXELS``.
 MAX_IMAGE_PIXELS = int(os.environ.get("TLEARN_MAX_IMAGE_PIXELS", 178_956_970))
+#: An image whose resized copy has at most this many times ``short_side ** 2`` pixels (an
+#: aspect ratio up to 8:1) is resized whole, then cropped; a longer one has only the region
+#: the crop keeps resampled, so that a 1 x 100,000 image costs no more than a square one.
+WHOLE_RESIZE_AREA = 8
 
 _INTERPOLATIONS = {
     "bicubic": Image.Resampling.BICUBIC,
@@ -342,27 +347,48 @@ def preprocess_image(img: Image.Image, pre: Preprocessing) -> np.ndarray:
     ``pre.input_size`` (a small image with ``pad_small``: crop less, then reflect the
     border out to the input size).
 
+    The work is bounded by the output size, whatever the shape: an image of ordinary
+    shape is resized whole, then cropped; a longer one has only the region the crop
+    keeps resampled (a 1 x 100,000 image is not first enlarged to 256 x 25,600,000).
+
     Returns a ``(input_size, input_size, 3)`` uint8 array. Normalisation happens later,
     on whole batches.
     """
     w, h = img.size
     pad = pre.pad_small if pre.is_small(w, h) else 0
     size = pre.input_size - 2 * pad
-    short = pre.short_side(w, h)
     if (w, h) != (size, size):
-        if w <= h:
-            new_w, new_h = short, max(short, int(short * h / w))
-        else:
-            new_w, new_h = max(short, int(short * w / h)), short
-        if (new_w, new_h) != (w, h):
-            img = img.resize((new_w, new_h), _INTERPOLATIONS[pre.interpolation])
-        left = int(round((new_w - size) / 2.0))
-        top = int(round((new_h - size) / 2.0))
-        img = img.crop((left, top, left + size, top + size))
+        img = _resize_centre_crop(img, pre.short_side(w, h), size, pre.interpolation)
     arr = np.array(img, dtype=np.uint8)  # writable, so torch.from_numpy may take it
     if pad:
         arr = np.pad(arr, ((pad, pad), (pad, pad), (0, 0)), mode="reflect")
     return arr
+
+
+def _resize_centre_crop(img: Image.Image, short: int, size: int, interpolation: str) -> Image.Image:
+    """The centre ``size`` square of ``img`` resized so its shorter side is ``short``.
+
+    An image of ordinary shape (the resized image at most :data:`WHOLE_RESIZE_AREA` times
+    ``short ** 2``) is resized whole and cropped, as always. A longer one would cost its
+    length times ``short``, so only the region the crop keeps is resampled (PIL's ``box``,
+    in source coordinates: same filter and scale, the neighbours outside the box
+    included). Its pixels can differ from resize-then-crop by the rounding of PIL's
+    two passes (measured in the tests), not by position."""
+    w, h = img.size
+    if w <= h:
+        new_w, new_h = short, max(short, int(short * h / w))
+    else:
+        new_w, new_h = max(short, int(short * w / h)), short
+    left = int(round((new_w - size) / 2.0))
+    top = int(round((new_h - size) / 2.0))
+    filt = _INTERPOLATIONS[interpolation]
+    if new_w * new_h <= WHOLE_RESIZE_AREA * short * short:
+        if (new_w, new_h) != (w, h):
+            img = img.resize((new_w, new_h), filt)
+        return img.crop((left, top, left + size, top + size))
+    # integer numerators, one rounding each: the far edges never pass the image's own
+    box = (left * w / new_w, top * h / new_h, (left + size) * w / new_w, (top + size) * h / new_h)
+    return img.resize((size, size), filt, box=box)
 
 
 def load_array_image(arr: np.ndarray, index: int = 0) -> Image.Image:
