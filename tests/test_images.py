@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -122,7 +124,7 @@ def test_preprocessing_rejects_bad_values():
         Preprocessing(224, (0.5,) * 3, (0.5,) * 3, "bicubic", 1.5)
 
 
-# --- resource bounds: thin images -----------------------------------------------------------
+# --- resource bounds: thin images, zip members, plain files ---------------------------------
 
 
 def resize_then_crop(img: Image.Image, pre: Preprocessing) -> np.ndarray:
@@ -246,3 +248,152 @@ def test_peak_memory_is_within_the_documented_budget(tmp_path, name, img, limit)
     env = {} if limit is None else {"TLEARN_MAX_IMAGE_PIXELS": str(limit)}
     budget = path.stat().st_size + 24 * img.width * img.height + 64 * 256**2 + 4 * 2**20
     assert peak_bytes(path, tmp_path, **env) <= budget
+
+
+def zip_member(path: Path, data: bytes, name: str = "a.png", method: int = 8) -> str:
+    """Write a one-member zip; return the tlearn path of the member."""
+    import zipfile
+
+    with zipfile.ZipFile(path, "w", compression=method) as zf:
+        zf.writestr(name, data)
+    return f"{path}/{name}"
+
+
+#: (offset in the local header, offset in the central directory, struct format)
+HEADER_FIELDS = {
+    "flags": (6, 8, "<H"),
+    "method": (8, 10, "<H"),
+    "crc": (14, 16, "<I"),
+    "compress_size": (18, 20, "<I"),
+    "file_size": (22, 24, "<I"),
+}
+
+
+def patch_member(path: Path, **fields: int) -> None:
+    """Overwrite fields of a one-member zip's local header and central directory entry."""
+    import struct
+
+    data = bytearray(path.read_bytes())
+    local, central = data.index(b"PK\x03\x04"), data.index(b"PK\x01\x02")
+    for field, value in fields.items():
+        at_local, at_central, fmt = HEADER_FIELDS[field]
+        struct.pack_into(fmt, data, local + at_local, value)
+        struct.pack_into(fmt, data, central + at_central, value)
+    path.write_bytes(bytes(data))
+
+
+PNG = encode(Image.new("RGB", (8, 8), (1, 2, 3)), "PNG")
+
+
+@pytest.mark.parametrize(
+    ("method", "patch", "fragment"),
+    [
+        (8, {"flags": 1}, "encrypted"),  # was RuntimeError
+        (0, {"method": 99}, "NotImplementedError"),  # an unknown compression method
+        (8, {"crc": 12345}, "CRC"),
+        (8, {"file_size": 20}, "damaged"),  # declares fewer bytes than it inflates to
+    ],
+)
+def test_unreadable_zip_members_are_image_errors(tmp_path, method, patch, fragment):
+    member = zip_member(tmp_path / "a.zip", PNG, method=method)
+    patch_member(tmp_path / "a.zip", **patch)
+    with pytest.raises(ImageReadError, match=fragment) as info:
+        read_bytes(member)
+    assert info.value.path == member
+
+
+def test_a_broken_deflate_stream_is_an_image_error(tmp_path):
+    """zlib.error went straight through on_error="skip" before."""
+    member = zip_member(tmp_path / "a.zip", encode(Image.effect_noise((64, 64), 40), "BMP"))
+    data = bytearray((tmp_path / "a.zip").read_bytes())
+    data[60:90] = b"\xff" * 30  # the start of the deflate stream
+    (tmp_path / "a.zip").write_bytes(bytes(data))
+    with pytest.raises(ImageReadError, match="damaged"):
+        read_bytes(member)
+
+
+def test_zip_bombs_are_refused_before_inflating(tmp_path, monkeypatch):
+    monkeypatch.setattr(imgmod, "ZIP_RATIO_GRACE", 2**20)
+    bomb = zip_member(tmp_path / "bomb.zip", bytes(4 * 2**20))  # 4 MiB of zeros: 4 kB stored
+    with pytest.raises(ImageReadError, match="zip bomb"):
+        read_bytes(bomb)
+    # declared larger than the byte limit: refused from the header, whatever the ratio
+    monkeypatch.setattr(imgmod, "MAX_IMAGE_BYTES", 1000)
+    big = zip_member(tmp_path / "big.zip", encode(Image.effect_noise((64, 64), 40), "PNG"))
+    with pytest.raises(ImageReadError, match="safety limit"):
+        read_bytes(big)
+    assert read_bytes(big, max_bytes=10**6)[:4] == b"\x89PNG"
+
+
+def test_zip_reads_are_bounded_whatever_the_member_declares(tmp_path, monkeypatch):
+    """The stream is read for at most the allowed bytes + 1, not for what the header says."""
+    import zipfile
+
+    asked = []
+    read = zipfile.ZipExtFile.read
+
+    def spy(self, n=-1):
+        asked.append(n)
+        return read(self, n)
+
+    monkeypatch.setattr(zipfile.ZipExtFile, "read", spy)
+    monkeypatch.setattr(imgmod, "MAX_IMAGE_BYTES", 10**6)
+    assert read_bytes(zip_member(tmp_path / "a.zip", PNG)) == PNG
+    assert asked and all(0 < n <= 10**6 + 1 for n in asked)
+
+
+def test_skip_goes_past_an_encrypted_zip_member(tmp_path):
+    import zipfile
+
+    from tlearn.data.loader import iter_batches
+
+    with zipfile.ZipFile(tmp_path / "a.zip", "w") as zf:
+        zf.writestr("locked.png", PNG)
+    patch_member(tmp_path / "a.zip", flags=1)
+    good = tmp_path / "good.png"
+    good.write_bytes(PNG)
+    X = [str(good), f"{tmp_path}/a.zip/locked.png", str(good)]
+    (batch,) = iter_batches(X, PRES[2], batch_size=8, on_error="skip")
+    assert batch.indices.tolist() == [0, 2] and batch.images.shape == (2, 48, 48, 3)
+    assert [e[0] for e in batch.errors] == [1] and "encrypted" in batch.errors[0][2]
+
+
+def test_plain_files_over_the_byte_limit_are_refused_before_reading(tmp_path, monkeypatch):
+    path = tmp_path / "big.png"
+    path.write_bytes(encode(Image.effect_noise((64, 64), 40), "PNG"))
+    monkeypatch.setattr(imgmod, "MAX_IMAGE_BYTES", 1000)
+    with pytest.raises(ImageReadError, match="safety limit of 1,000 bytes"):
+        read_bytes(str(path))
+    assert read_bytes(str(path), max_bytes=10**6) == path.read_bytes()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="FIFOs and /dev/zero: POSIX")
+def test_pipes_and_devices_are_refused_without_blocking(tmp_path):
+    import os
+    import threading
+
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)  # nobody writes: opening it for reading would wait forever
+    results: list[BaseException] = []
+
+    def read(path: str) -> None:
+        try:
+            read_bytes(path)
+        except BaseException as e:
+            results.append(e)
+
+    for path in [str(fifo), "/dev/zero"]:
+        worker = threading.Thread(target=read, args=(path,), daemon=True)
+        worker.start()
+        worker.join(10)
+        assert not worker.is_alive(), f"read_bytes({path!r}) blocked"
+        assert isinstance(results[-1], ImageReadError) and "regular file" in str(results[-1])
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root reads all")
+def test_an_unreadable_file_is_an_image_error(tmp_path):
+    path = tmp_path / "secret.png"
+    path.write_bytes(PNG)
+    path.chmod(0)
+    with pytest.raises(ImageReadError, match="permission"):
+        read_bytes(str(path))

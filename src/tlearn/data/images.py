@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import stat
 import threading
 import warnings
 import zipfile
@@ -27,8 +28,11 @@ from tlearn.exceptions import ImageReadError
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "MAX_IMAGE_BYTES",
     "MAX_IMAGE_PIXELS",
+    "MAX_ZIP_RATIO",
     "WHOLE_RESIZE_AREA",
+    "ZIP_RATIO_GRACE",
     "Preprocessing",
     "decode_image",
     "is_image_name",
@@ -45,6 +49,15 @@ IMAGE_EXTENSIONS = frozenset(
 #: Images with more pixels than this are refused (decompression-bomb guard). Override with
 #: the environment variable ``TLEARN_MAX_IMAGE_PIXELS``.
 MAX_IMAGE_PIXELS = int(os.environ.get("TLEARN_MAX_IMAGE_PIXELS", 178_956_970))
+#: Files (and inflated zip members) larger than this are refused before they are read: an
+#: uncompressed 8-bit RGB file at the pixel limit (3 bytes a pixel, as BMP, PPM or TIFF
+#: store it) plus 1 MiB of headers and metadata. Override with ``TLEARN_MAX_IMAGE_BYTES``.
+MAX_IMAGE_BYTES = int(os.environ.get("TLEARN_MAX_IMAGE_BYTES", 3 * MAX_IMAGE_PIXELS + 2**20))
+#: A zip member larger than ``ZIP_RATIO_GRACE`` bytes may inflate to at most this many
+#: times its stored size (image formats hardly compress; a blank 16 MiB bitmap reaches
+#: 1,000): what a read costs stays proportional to the bytes in the archive.
+MAX_ZIP_RATIO = 100
+ZIP_RATIO_GRACE = 16 * 2**20
 #: An image whose resized copy has at most this many times ``short_side ** 2`` pixels (an
 #: aspect ratio up to 8:1) is resized whole, then cropped; a longer one has only the region
 #: the crop keeps resampled, so that a 1 x 100,000 image costs no more than a square one.
@@ -183,7 +196,7 @@ class _Archive:
         self.lock = threading.Lock()
 
     @classmethod
-    def read(cls, path: str, member: str) -> bytes:
+    def read(cls, path: str, member: str, max_bytes: int) -> bytes:
         st = os.stat(path)
         signature = (st.st_size, st.st_mtime_ns, st.st_ino)
         with cls._lock:
@@ -195,8 +208,8 @@ class _Archive:
                 archive = cls._open[path] = cls(path, signature)
         with archive.lock:
             if archive.zip.fp is not None:
-                return archive.zip.read(member)
-        return cls.read(path, member)  # replaced on disk and closed meanwhile
+                return _read_member(archive.zip, member, f"{path}/{member}", max_bytes)
+        return cls.read(path, member, max_bytes)  # replaced on disk and closed meanwhile
 
     @classmethod
     def forget(cls) -> None:
@@ -208,28 +221,113 @@ class _Archive:
 os.register_at_fork(after_in_child=_Archive.forget)
 
 
-def read_bytes(path: str) -> bytes:
-    """The raw bytes of an image file, or of a member inside a zip archive."""
-    path = os.fspath(path)
-    if os.path.isfile(path):
-        with open(path, "rb") as f:
-            return f.read()
-    parts = split_zip_path(path)
-    if parts is not None:
-        archive, member = parts
-        try:
-            return _Archive.read(archive, member)
-        except KeyError:
-            raise ImageReadError(path, f"no member {member!r} in archive {archive!r}") from None
-        except (zipfile.BadZipFile, OSError) as e:
-            raise ImageReadError(path, f"the archive {archive!r} is damaged ({e})") from e
-    if os.path.isdir(path):
-        raise ImageReadError(path, "this is a folder, not an image file")
-    raise ImageReadError(
-        path,
-        "no such file; check the path (relative paths start from the "
-        f"current folder, {os.getcwd()!r})",
+def _read_member(zf: zipfile.ZipFile, member: str, name: str, max_bytes: int) -> bytes:
+    """One member's bytes: encryption and the declared sizes checked before anything is
+    inflated, and the read itself bounded (a declared size is only a claim)."""
+    info = zf.getinfo(member)
+    if info.flag_bits & 0x1:
+        raise ImageReadError(name, "the zip member is encrypted; extract it with its password")
+    allowed = min(max_bytes, max(ZIP_RATIO_GRACE, MAX_ZIP_RATIO * info.compress_size))
+    if info.file_size > max_bytes:
+        raise ImageReadError(name, _too_large(info.file_size, max_bytes, "the zip member"))
+    if info.file_size > allowed:
+        raise ImageReadError(
+            name,
+            f"the zip member would inflate {info.compress_size:,} stored bytes into "
+            f"{info.file_size:,}, more than {MAX_ZIP_RATIO} times (the limit past "
+            f"{ZIP_RATIO_GRACE // 2**20} MiB): a zip bomb, or an image with nothing in it; "
+            "extract it and look at it",
+        )
+    with zf.open(info) as f:
+        data = f.read(allowed + 1)
+    if len(data) > allowed:
+        raise ImageReadError(
+            name, f"the zip member inflates past its declared {info.file_size:,} bytes; "
+            "the archive is damaged",
+        )  # fmt: skip
+    return data
+
+
+def _too_large(size: int, limit: int, what: str) -> str:
+    return (
+        f"{what} is {size:,} bytes, above the safety limit of {limit:,} bytes for one image "
+        "(TLEARN_MAX_IMAGE_BYTES or max_bytes); resize or re-encode it, or raise the limit "
+        "if you trust the file"
     )
+
+
+def _read_file(path: str, max_bytes: int) -> bytes | None:
+    """The bytes of the regular file at ``path``, or ``None`` if no file is there (the path
+    may name a zip member). Pipes, devices and files over ``max_bytes`` are refused
+    before reading; opening never blocks (``O_NONBLOCK``: a pipe without a writer)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except (OSError, ValueError) as e:  # ValueError: a NUL in the path
+        if os.path.isdir(path):
+            raise ImageReadError(path, "this is a folder, not an image file") from None
+        advice = "check its permissions" if isinstance(e, PermissionError) else "check the path"
+        raise ImageReadError(path, f"cannot open the file ({e}); {advice}") from None
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise ImageReadError(path, "this is a folder, not an image file")
+        if not stat.S_ISREG(st.st_mode):
+            raise ImageReadError(path, "not a regular file (a pipe, socket or device)")
+        if st.st_size > max_bytes:
+            raise ImageReadError(path, _too_large(st.st_size, max_bytes, "the file"))
+        with open(fd, "rb", closefd=False) as f:
+            data = f.read(st.st_size + 1)  # one byte more tells a file still growing
+    except OSError as e:
+        raise ImageReadError(path, f"cannot read the file ({e})") from None
+    finally:
+        os.close(fd)
+    if len(data) > st.st_size:
+        raise ImageReadError(path, "the file grew while it was read; is it still being written?")
+    return data
+
+
+def read_bytes(path: str, max_bytes: int | None = None) -> bytes:
+    """The raw bytes of an image file, or of a member inside a zip archive.
+
+    Parameters
+    ----------
+    path : str
+        A file, or ``"archive.zip/member"``.
+    max_bytes : int, optional
+        Refuse a file (or an inflated member) larger than this, before reading it
+        (default: :data:`MAX_IMAGE_BYTES`).
+
+    Raises
+    ------
+    ImageReadError
+        For any failure: missing, a folder, a pipe or device, too large, an encrypted,
+        damaged or too compressed zip member.
+    """
+    path = os.fspath(path)
+    limit = MAX_IMAGE_BYTES if max_bytes is None else max_bytes
+    data = _read_file(path, limit)
+    if data is not None:
+        return data
+    parts = split_zip_path(path)
+    if parts is None:
+        raise ImageReadError(
+            path,
+            "no such file; check the path (relative paths start from the "
+            f"current folder, {os.getcwd()!r})",
+        )
+    archive, member = parts
+    try:
+        return _Archive.read(archive, member, limit)
+    except ImageReadError:
+        raise
+    except KeyError:
+        raise ImageReadError(path, f"no member {member!r} in archive {archive!r}") from None
+    except Exception as e:  # zipfile: BadZipFile, zlib.error, EOFError, NotImplementedError...
+        raise ImageReadError(
+            path, f"the archive {archive!r} is damaged ({type(e).__name__}: {e})"
+        ) from e
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
