@@ -397,3 +397,31 @@ def test_an_unreadable_file_is_an_image_error(tmp_path):
     path.chmod(0)
     with pytest.raises(ImageReadError, match="permission"):
         read_bytes(str(path))
+
+
+# --- 16-bit and float samples ---------------------------------------------------------------
+
+
+def sixteen_bit(values: list[int], fmt: str) -> bytes:
+    img = Image.frombytes("I;16", (len(values), 1), np.asarray(values, "<u2").tobytes())
+    return encode(img, fmt)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "TIFF", "PPM"])  # I;16, I;16, and I (PGM)
+def test_16bit_grey_is_scaled_by_its_bit_depth_not_by_its_maximum(fmt):
+    dark = np.asarray(decode_image(sixteen_bit([200, 250, 0], fmt), "x"))[0, :, 0]
+    bright = np.asarray(decode_image(sixteen_bit([200, 51400, 65535], fmt), "x"))[0, :, 0]
+    assert dark.tolist() == [0, 0, 0] and bright.tolist() == [0, 200, 255]  # 200 -> 0 in both
+
+
+def test_16bit_big_endian_grey_is_read_by_value():
+    img = Image.frombytes("I;16B", (2, 1), np.asarray([51400, 257], ">u2").tobytes())
+    assert np.asarray(imgmod.to_rgb(img))[0, :, 0].tolist() == [200, 1]
+
+
+def test_float_grey_is_read_as_0_to_1_clipped():
+    arr = np.array([[0.5, 2.0, -1.0, np.nan]], dtype=np.float32)
+    out = np.asarray(decode_image(encode(Image.fromarray(arr), "TIFF"), "x"))[0, :, 0]
+    assert out.tolist() == [128, 255, 0, 0]
+    alone = np.asarray(decode_image(encode(Image.fromarray(arr[:, :1]), "TIFF"), "x"))
+    assert alone[0, 0, 0] == 128  # the same value, whatever the other pixels hold

@@ -331,26 +331,45 @@ def read_bytes(path: str, max_bytes: int | None = None) -> bytes:
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
-    """Any PIL mode -> 8-bit RGB; transparent pixels are composited onto white."""
+    """Any PIL mode -> 8-bit RGB; transparent pixels are composited onto white.
+
+    Samples wider than 8 bits are scaled by their mode's range, never by the image's own
+    values (a pixel keeps its value whatever the others are): 16-bit grey (``I;16*``, and
+    ``I``, in which PIL opens 16-bit PGM and some TIFFs) keeps its high byte, ``v >> 8``
+    (so ``257 * k`` becomes ``k``; ``I`` is clipped to 0-65535 first); 32-bit float grey
+    (``F``) is read as 0-1, the convention of float images in scikit-image and
+    torchvision, clipped, NaN as 0.
+    """
     mode = img.mode
     if mode == "RGB":
         return img
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
-        arr = np.asarray(img, dtype=np.float64)
-        if mode == "F" and arr.size and float(np.nanmax(arr)) <= 1.0:
-            arr = arr * 255.0
-        elif mode != "F" and arr.size and float(arr.max()) > 255:
-            arr = arr / 257.0  # 16-bit range -> 8-bit
-        arr = np.clip(np.nan_to_num(arr), 0, 255).astype(np.uint8)
-        return Image.fromarray(arr).convert("RGB")
+        return Image.fromarray(_grey_to_8bit(np.asarray(img))).convert("RGB")
     if mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")
         mode = "RGBA"
     if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        rgba = img.convert("RGBA")
+        rgba = img if mode == "RGBA" else img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return img.convert("RGB")
+
+
+def _grey_to_8bit(arr: np.ndarray) -> np.ndarray:
+    """16-bit integer or 0-1 float samples -> uint8, by the type's range (see ``to_rgb``).
+    The first step copies (``arr`` is PIL's read-only buffer), the others work in place:
+    a large image costs one copy, not five."""
+    if arr.dtype.kind == "f":
+        out = np.nan_to_num(arr, nan=0.0, posinf=1.0, neginf=0.0)
+        np.clip(out, 0.0, 1.0, out=out)
+        out *= 255.0
+        out += 0.5
+    elif arr.dtype.itemsize > 2:  # mode I: int32 holding 16-bit samples
+        out = np.clip(arr, 0, 65535)
+        out >>= 8
+    else:
+        out = arr >> 8
+    return out.astype(np.uint8)
 
 
 def decode_image(
