@@ -67,6 +67,16 @@ def test_exif_rotation_is_applied():
     assert arr[:15].mean() > 200 and arr[25:].mean() < 60  # white half now on top
 
 
+@pytest.mark.parametrize("fmt", ["PNG", "WEBP", "JPEG"])
+def test_unparsable_exif_leaves_the_pixels_as_stored(fmt):
+    """EXIF is metadata: a block PIL cannot parse (its TIFF header cut short, struct.error
+    for PNG and WebP before) loses the orientation, not the image."""
+    img = Image.new("RGB", (40, 20), (10, 200, 30))
+    out = decode_image(encode(img, fmt, exif=b"Exif\x00\x00MM\x00*\xcc\x00"), "x")
+    assert out.size == (40, 20)
+    assert np.abs(np.asarray(out)[5, 5].astype(int) - (10, 200, 30)).max() <= 3
+
+
 def test_large_jpeg_is_decoded_at_reduced_size():
     data = encode(Image.new("RGB", (2048, 1536), (120, 30, 200)), "JPEG")
     full = decode_image(data, "x")
@@ -238,16 +248,31 @@ def peak_bytes(path: Path, tmp_path: Path, **env: str) -> int:
     ("name", "img", "limit"),
     [
         ("thin.png", Image.new("RGB", (1, 1000), (9, 9, 9)), None),  # was 256 x 256,000
+        ("rgba.png", Image.new("RGBA", (1000, 1000), (9, 9, 9, 99)), 1000 * 1000),
+        ("float.tiff", Image.new("F", (1000, 1000), 0.5), 1000 * 1000),
     ],
 )
 def test_peak_memory_is_within_the_documented_budget(tmp_path, name, img, limit):
-    """A thin image costs what a square one does: E + 24 P + 64 S^2 bytes plus a few MiB
-    of buffers (file bytes, decoded pixels, resize size)."""
+    """The module docstring's budget, E + 24 P + 64 S^2 bytes plus a few MiB of buffers,
+    for an adversarial thin image and for big images at the pixel limit in the costliest
+    modes."""
     path = tmp_path / name
     img.save(path)
     env = {} if limit is None else {"TLEARN_MAX_IMAGE_PIXELS": str(limit)}
     budget = path.stat().st_size + 24 * img.width * img.height + 64 * 256**2 + 4 * 2**20
     assert peak_bytes(path, tmp_path, **env) <= budget
+
+
+def test_jpegs_with_more_scans_than_encoders_write_are_refused():
+    """Each scan of a progressive JPEG is a pass over the whole image: thousands of tiny
+    scans in a few kB cost minutes. A real progressive JPEG (10 scans) still decodes."""
+    data = encode(Image.effect_noise((64, 64), 40).convert("RGB"), "JPEG", progressive=True)
+    assert decode_image(data, "p.jpg").size == (64, 64)
+    last_scan = data[data.rindex(b"\xff\xda") : -2]
+    bomb = data[:-2] + last_scan * 200 + b"\xff\xd9"
+    with pytest.raises(ImageReadError, match="scans") as info:
+        decode_image(bomb, "scans.jpg")
+    assert info.value.code == "corrupt_image"
 
 
 def zip_member(path: Path, data: bytes, name: str = "a.png", method: int = 8) -> str:

@@ -3,14 +3,38 @@
 Every image, whatever its mode (grey, palette, RGBA, CMYK, 16-bit), becomes 8-bit RGB;
 EXIF orientation is applied; large JPEGs are decoded at reduced size (libjpeg scaling
 through PIL's ``draft``) when the model needs fewer pixels. Failures raise
-:class:`~tlearn.exceptions.ImageReadError` naming the file and the reason.
+:class:`~tlearn.exceptions.ImageReadError` naming the file and the reason: every failure
+to read or decode one image, whatever raised it inside PIL or zipfile, so that
+``on_error="skip"`` skips that image and nothing else.
 
 Paths may point inside a zip archive: ``"photos.zip/cat/001.jpg"`` reads member
 ``cat/001.jpg`` of ``photos.zip`` in place, without extracting.
+
+Resource budget of one image (read, decode, preprocess), checked before the cost is paid:
+
+- reading: at most ``E = min(size on disk, MAX_IMAGE_BYTES)`` bytes, refused beforehand
+  from the file's size or a zip member's declared sizes; a zip member also at most
+  ``max(ZIP_RATIO_GRACE, MAX_ZIP_RATIO * stored size)``, and never more than that is
+  inflated, whatever the member declares. Pipes and devices are refused.
+- decoding: ``P`` pixels, at most ``MAX_IMAGE_PIXELS`` from the header before any is
+  decoded (fewer for a JPEG decoded at reduced scale); at most 24 bytes a pixel at the
+  peak (measured: 4 for RGB, 8-13 for CMYK and 16-bit grey, 16-21 for alpha and float).
+  A JPEG is one pass over its pixels per scan, at most ``MAX_JPEG_SCANS``. PIL itself
+  inflates at most 64 MiB of a PNG's compressed text chunks
+  (``PngImagePlugin.MAX_TEXT_MEMORY``), a constant beside these terms.
+- preprocessing: at most ``64 * S**2`` bytes more for resize size ``S``
+  (:attr:`Preprocessing.resize_size`), whatever the shape: only the part of the image
+  the crop keeps is resampled (:data:`WHOLE_RESIZE_AREA`).
+
+So memory peaks under ``E + 24 * P + 64 * S**2`` bytes (plus a few MiB of buffers) and
+time is linear in ``E + P + S**2``; a thread of the loader holds one such image at a time.
+At the default limits, a worst case is 0.5 GB read and 4.3 GB decoded: lower
+``TLEARN_MAX_IMAGE_PIXELS`` (and the byte limit derived from it) on a small machine.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
 import os
@@ -30,6 +54,7 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "MAX_IMAGE_BYTES",
     "MAX_IMAGE_PIXELS",
+    "MAX_JPEG_SCANS",
     "MAX_ZIP_RATIO",
     "WHOLE_RESIZE_AREA",
     "ZIP_RATIO_GRACE",
@@ -58,6 +83,10 @@ MAX_IMAGE_BYTES = int(os.environ.get("TLEARN_MAX_IMAGE_BYTES", 3 * MAX_IMAGE_PIX
 #: 1,000): what a read costs stays proportional to the bytes in the archive.
 MAX_ZIP_RATIO = 100
 ZIP_RATIO_GRACE = 16 * 2**20
+#: JPEGs with more scans (SOS markers) are refused: each scan of a progressive JPEG is a
+#: pass over the whole image, so a few kB of tiny scans would cost minutes.
+MAX_JPEG_SCANS = 100
+
 #: An image whose resized copy has at most this many times ``short_side ** 2`` pixels (an
 #: aspect ratio up to 8:1) is resized whole, then cropped; a longer one has only the region
 #: the crop keeps resampled, so that a 1 x 100,000 image costs no more than a square one.
@@ -429,17 +458,38 @@ def decode_image(
         raise ImageReadError(
             path, f"broken image header ({type(e).__name__}: {e})", "corrupt_image"
         ) from None
+    _check_cost(
+        img, data, path, limit, "TLEARN_MAX_IMAGE_PIXELS" if max_pixels is None else "max_pixels"
+    )
+    return _load_upright(img, path, min_side)
+
+
+def _check_cost(
+    img: Image.Image, data: bytes | bytearray, path: str, limit: int, knob: str
+) -> None:
+    """Refuse, from the header alone, an image whose decoding would cost more than its
+    pixels: too many of them, none, or too many JPEG scans (a pass over the image each)."""
     width, height = img.size
+    if width < 1 or height < 1:
+        raise ImageReadError(
+            path, f"the header says {width}x{height} pixels; the file is corrupt", "corrupt_image"
+        )
+    scans = data.count(b"\xff\xda") if img.format in ("JPEG", "MPO") else 0
+    if scans > MAX_JPEG_SCANS:
+        raise ImageReadError(
+            path,
+            f"the JPEG has {scans:,} scans, over the {MAX_JPEG_SCANS} that any encoder "
+            "writes (about 10 for a progressive one): each scan is a pass over the whole "
+            "image; re-encode it",
+            "corrupt_image",
+        )
     if width * height > limit:
         raise ImageReadError(
             path,
             f"the image is {width}x{height} = {width * height:,} pixels, above the safety "
-            f"limit of {limit:,}; resize it, or raise the limit "
-            f"({'TLEARN_MAX_IMAGE_PIXELS' if max_pixels is None else 'max_pixels'}) "
-            "if you trust the file",
+            f"limit of {limit:,}; resize it, or raise the limit ({knob}) if you trust the file",
             "too_many_pixels",
         )
-    return _load_upright(img, path, min_side)
 
 
 def _load_upright(img: Image.Image, path: str, min_side: int | None) -> Image.Image:
@@ -447,8 +497,8 @@ def _load_upright(img: Image.Image, path: str, min_side: int | None) -> Image.Im
         if min_side is not None and img.format in ("JPEG", "MPO") and img.mode in ("RGB", "L"):
             img.draft(img.mode, (min_side, min_side))
         img.load()
-        upright = ImageOps.exif_transpose(img) or img
-        return to_rgb(upright)
+        _turn_upright(img)
+        return to_rgb(img)
     except ImageReadError:
         raise
     except Exception as e:
@@ -456,6 +506,14 @@ def _load_upright(img: Image.Image, path: str, min_side: int | None) -> Image.Im
         if "truncated" in msg:
             msg = f"the file is truncated or corrupt ({msg}); re-export or remove it"
         raise ImageReadError(path, msg, "corrupt_image") from None
+
+
+def _turn_upright(img: Image.Image) -> None:
+    """Apply the EXIF orientation, in place (not a copy of every image). An EXIF block PIL
+    cannot parse is metadata lost, not a broken image: the pixels stay as stored (it made
+    a third of the files with junk EXIF unreadable before)."""
+    with contextlib.suppress(Exception):  # struct.error, SyntaxError, ValueError, ...
+        ImageOps.exif_transpose(img, in_place=True)
 
 
 def preprocess_image(img: Image.Image, pre: Preprocessing) -> np.ndarray:
