@@ -31,6 +31,16 @@ def _isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest
     monkeypatch.setenv("TLEARN_OFFLINE", "1")
 
 
+@pytest.fixture(autouse=True)
+def _fresh_engine_choices():
+    """Each test sees ``auto`` check its engines anew (some change what it may choose)."""
+    import sys
+
+    engines = sys.modules.get("tlearn.runtime.engines")  # not imported yet: nothing kept
+    if engines is not None:
+        engines.forget_engines()
+
+
 @pytest.fixture(scope="session")
 def cifar_zip() -> Path:
     """The real CIFAR-10 JPEG zip, for the tests on real photos (marked ``needs_data``)."""

@@ -233,3 +233,25 @@ def test_auto_warns_and_falls_back_when_an_engine_cannot_run_the_backbone(refere
     # asked for explicitly, the same failure is an error, not a fallback
     with pytest.raises(engines.EngineError, match="unsupported op"):
         PretrainedFeatures(image_size=64, engine="openvino").fit()
+
+
+def test_clones_with_the_same_settings_reuse_the_engine_and_auto_verdict(shapes3, monkeypatch):
+    """Issue 27.17: each fit of a GridSearchCV (clones with one setting) ran auto's
+    agreement check and compiled the network again."""
+    from sklearn.base import clone
+
+    from tlearn import PretrainedFeatures
+    from tlearn.runtime import engines
+
+    checks = []
+    choose = engines._choose_engine
+    monkeypatch.setattr(engines, "_choose_engine", lambda *a: checks.append(1) or choose(*a))
+    X = shapes3[0]
+    first = PretrainedFeatures(image_size=32).fit(X[:40])
+    second = clone(first).fit(X[40:])  # another fold's images
+    assert len(checks) == 1 and first.engine_ == second.engine_
+    if first.engine_ != "torch":  # a compiled copy of the weights: shared
+        assert first._engine is second._engine
+    np.testing.assert_allclose(first.transform(X[:4]), second.transform(X[:4]), atol=1e-5)
+    other = PretrainedFeatures(image_size=48).fit(X[:40])  # another network: checked
+    assert len(checks) == 2 and other._engine is not first._engine

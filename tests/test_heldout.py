@@ -73,3 +73,24 @@ def test_a_later_candidate_must_beat_the_incumbent_on_the_images_both_predicted(
     assert _select(correct, everything) == 1
     # on rows where only the first predicted, there is nothing to compare: the first stays
     assert _select(correct, np.array([1, 1, 0, 0, 1, 1], bool)) == 0
+
+
+def test_auto_times_an_engine_that_quantises_on_the_images_it_was_given(monkeypatch):
+    """Issue 26.15: --engine openvino-int8 under --method auto failed ("call fit(X) with
+    at least 100 of them"): auto timed an extractor before giving it images. The real
+    int8 build takes minutes here, so the extractor's fit is watched instead; that int8
+    refuses fit() without images is tested in test_engines.py."""
+    from tlearn import automl, features
+
+    given = {}
+
+    def fit(self, X=None, y=None):
+        given[self.engine] = None if X is None else len(X)
+        return self
+
+    monkeypatch.setattr(features.PretrainedFeatures, "fit", fit)
+    monkeypatch.setattr(features.PretrainedFeatures, "extract", lambda self, X: (None, []))
+    X = np.array([f"img{i}.jpg" for i in range(400)], dtype=object)
+    for engine in ("openvino-int8", "torch"):
+        assert automl.feature_rate({"engine": engine}, X, k=16, fast_k=32) > 0
+    assert given == {"openvino-int8": 300, "torch": None}  # int8 calibrates on up to 300

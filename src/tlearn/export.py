@@ -1,6 +1,10 @@
 """``tlearn export``: the whole classifier (backbone + head, probabilities out) as ONNX or
-OpenVINO IR for deployment, with a JSON sidecar holding the classes and the preprocessing;
-:func:`load_exported` runs such a file again (``tlearn predict``, the predictor).
+OpenVINO IR for deployment. The file alone is enough: its input is named ``images``, its
+output ``probabilities``, and the classes, the preprocessing and what the input expects are
+in the file's own metadata (ONNX ``metadata_props``, OpenVINO ``rt_info`` under ``tlearn``;
+each value a string, JSON for lists and objects). A JSON sidecar (``PATH.json``) repeats
+them for tools that read no metadata. :func:`load_exported` runs such a file again
+(``tlearn predict``, the predictor), from its metadata or the sidecar.
 
 The head comes from the model's kind (:data:`tlearn.models.MODEL_KINDS`) as one linear
 layer. A model fitted on ``openvino-int8`` exports to OpenVINO as its calibrated int8
@@ -20,16 +24,24 @@ import numpy as np
 import torch
 from torch import nn
 
+from tlearn._io import atomic_path, write_atomic
 from tlearn._validation import check_option
 from tlearn.data.images import Preprocessing
 from tlearn.exceptions import ModelFileError
 from tlearn.models import ModelParts, model_kind, python_value, split_model
-from tlearn.runtime.onnx_engine import OnnxRuntimeEngine, export_onnx
-from tlearn.runtime.openvino_engine import OpenVinoEngine, convert_openvino
+from tlearn.runtime.onnx_engine import OnnxRuntimeEngine, export_onnx, onnx_metadata
+from tlearn.runtime.openvino_engine import (
+    OpenVinoEngine,
+    convert_openvino,
+    ir_metadata,
+    label_model,
+)
 
 __all__ = ["FORMATS", "export_model", "load_exported"]
 
 FORMATS = {"onnx": ".onnx", "openvino": ".xml"}
+#: The name of an export's output: what it holds.
+OUTPUT = "probabilities"
 
 
 class _Classifier(nn.Module):
@@ -63,13 +75,23 @@ def export_model(model: Any, path: str | os.PathLike[str], format: str = "onnx")
         )
     ir = getattr(parts.engine, "ir", None)
     int8 = format == "openvino" and ir is not None
+    sidecar = _description(parts, bb, pre, int8)
+    metadata = {k: v if isinstance(v, str) else json.dumps(v) for k, v in sidecar.items()}
     if format == "onnx":
-        export_onnx(_Classifier(net, weight, bias).eval(), pre, path)
+        classifier = _Classifier(net, weight, bias).eval()
+        export_onnx(classifier, pre, path, output=OUTPUT, metadata=metadata)
     elif int8:
-        _append_head(ir, weight, bias, path)
+        _append_head(ir, weight, bias, path, metadata)
     else:
-        convert_openvino(_Classifier(net, weight, bias).eval(), pre, path)
-    sidecar = {
+        convert_openvino(_Classifier(net, weight, bias).eval(), pre, path, output=OUTPUT,
+                         metadata=metadata)  # fmt: skip
+    write_atomic(str(path) + ".json", (json.dumps(sidecar, indent=2) + "\n").encode())
+    return str(path)
+
+
+def _description(parts: ModelParts, bb: Any, pre: Preprocessing, int8: bool) -> dict[str, Any]:
+    """What a deployed file needs said about it: classes, preprocessing, input, output."""
+    return {
         "format": "tlearn-export",
         "format_version": 1,
         "precision": "int8" if int8 else "fp32",
@@ -78,17 +100,17 @@ def export_model(model: Any, path: str | os.PathLike[str], format: str = "onnx")
             if int8
             else "float32 NCHW, normalised with the preprocessing's mean and std"
         ),
-        "outputs": "probabilities",
+        "outputs": f"{OUTPUT}: float32 (n, n_classes), in the order of classes",
         "backbone": bb.architecture,
         "weights_sha256": bb.weights_sha256,
         "classes": [python_value(c) for c in parts.classes],
         "preprocessing": pre.to_dict(),
     }
-    Path(str(path) + ".json").write_text(json.dumps(sidecar, indent=2) + "\n")
-    return str(path)
 
 
-def _append_head(ir: Any, weight: np.ndarray, bias: np.ndarray, path: Path) -> None:
+def _append_head(
+    ir: Any, weight: np.ndarray, bias: np.ndarray, path: Path, metadata: dict[str, str]
+) -> None:
     """The calibrated int8 backbone (uint8 pixels in, features out) with the folded linear
     head and a softmax appended, saved as ``path``: the deployed model is the one the
     fitted model ran."""
@@ -102,7 +124,31 @@ def _append_head(ir: Any, weight: np.ndarray, bias: np.ndarray, path: Path) -> N
         ops.constant(np.asarray(bias, np.float32)),
     )
     classifier = ov.Model([ops.softmax(logits, 1)], model.get_parameters(), "tlearn-classifier")
-    ov.save_model(classifier, str(path), compress_to_fp16=False)
+    label_model(classifier, OUTPUT, metadata)
+    with atomic_path(path, suffix=path.suffix, companions=(".bin",)) as tmp:
+        ov.save_model(classifier, tmp, compress_to_fp16=False)
+
+
+def _read_description(path: Path, data: bytes, weights: bytes) -> tuple[dict[str, Any], str]:
+    """An export's classes and preprocessing: from the file's own metadata, else from its
+    sidecar (exports of earlier versions had only that); and where they came from."""
+    found = onnx_metadata(data) if path.suffix == ".onnx" else ir_metadata(data, weights)
+    if "classes" in found and "preprocessing" in found:
+        try:
+            meta = {k: json.loads(found[k]) for k in ("classes", "preprocessing")}
+        except ValueError as e:
+            raise ModelFileError(f"the metadata of {str(path)!r} is damaged ({e})") from None
+        return {**found, **meta}, repr(str(path))
+    sidecar = Path(str(path) + ".json")
+    if not sidecar.is_file():
+        raise ModelFileError(
+            f"{str(path)!r} has no tlearn metadata (classes, preprocessing) and no sidecar "
+            f"{sidecar.name!r} beside it: export it with tlearn export"
+        )
+    try:
+        return json.loads(sidecar.read_text()), repr(str(sidecar))
+    except ValueError as e:
+        raise ModelFileError(f"the sidecar {str(sidecar)!r} is damaged ({e})") from None
 
 
 def _identity(probabilities: np.ndarray) -> np.ndarray:
@@ -113,25 +159,21 @@ def load_exported(path: str | os.PathLike[str]) -> ModelParts:
     """An exported classifier as :class:`~tlearn.models.ModelParts`, its engine holding the
     file's bytes (so it pickles and runs anywhere the runtime is installed)."""
     path = Path(path)
-    meta_path = Path(str(path) + ".json")
-    if not path.is_file() or not meta_path.is_file():
-        raise ModelFileError(
-            f"{str(path)!r} needs its sidecar {meta_path.name!r} (written by "
-            "tlearn export) beside it"
-        )
+    if not path.is_file():
+        raise ModelFileError(f"no such exported model: {str(path)!r}")
+    data = path.read_bytes()
+    weights = path.with_suffix(".bin").read_bytes() if path.suffix == ".xml" else b""
+    meta, where = _read_description(path, data, weights)
     try:
-        meta = json.loads(meta_path.read_text())
         pre = Preprocessing.from_dict(meta["preprocessing"])
         classes = np.asarray(meta["classes"])
     except (ValueError, KeyError, TypeError) as e:
-        raise ModelFileError(f"the sidecar {str(meta_path)!r} is damaged ({e})") from None
+        raise ModelFileError(f"the description in {where} is damaged ({e})") from None
     engine: Any
     if path.suffix == ".onnx":
-        engine = OnnxRuntimeEngine.from_bytes(path.read_bytes(), pre)
+        engine = OnnxRuntimeEngine.from_bytes(data, pre)
     else:
-        engine = OpenVinoEngine.from_ir(
-            path.read_bytes(), path.with_suffix(".bin").read_bytes(), pre
-        )
+        engine = OpenVinoEngine.from_ir(data, weights, pre)
     info = {
         "kind": "export",
         "format": path.suffix[1:],

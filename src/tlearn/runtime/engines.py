@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import threading
 import warnings
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -35,7 +36,7 @@ import torch
 
 from tlearn.data.images import Preprocessing
 from tlearn.exceptions import EngineError, InvalidParameterError
-from tlearn.runtime._compiled import engine_cache_dir
+from tlearn.runtime._compiled import engine_cache_dir, engine_threads
 from tlearn.runtime.onnx_engine import OnnxRuntimeEngine
 from tlearn.runtime.openvino_engine import (
     CALIBRATION_IMAGES,
@@ -61,6 +62,7 @@ __all__ = [
     "check_calibration",
     "engine_cache_dir",
     "engine_help",
+    "forget_engines",
     "make_engine",
 ]
 
@@ -159,7 +161,44 @@ def build_engine(
     why = _why_not(spec, dev)
     if why is not None:
         raise EngineError(why)
-    return _BUILDERS[spec.runtime](spec, model, pre, device, key, calibration)
+    if spec.runtime == "torch" or spec.calibrates:  # runs the caller's module / its images
+        return _BUILDERS[spec.runtime](spec, model, pre, device, key, calibration)
+    memo = _memo_key(name, key, dev)
+    with _MEMO_LOCK:
+        engine = _BUILT.get(memo)
+    if engine is None:
+        engine = _BUILDERS[spec.runtime](spec, model, pre, device, key, calibration)
+        with _MEMO_LOCK:
+            _BUILT[memo] = engine
+            while len(_BUILT) > _BUILT_KEPT:
+                _BUILT.pop(next(iter(_BUILT)))
+    return engine
+
+
+#: Compiled engines (OpenVINO, ONNX Runtime fp32) and auto's choices, kept per process by
+#: model key and device, so that the fits of a GridSearchCV or a cross-validation (clones
+#: with the same settings) do not convert, compile and check the same network again. A
+#: compiled engine is a copy of the weights, re-entrant, and keyed by their hash; torch
+#: engines run the caller's module and calibrated ones their images, so neither is kept.
+_MEMO_LOCK = threading.Lock()
+_BUILT: dict[str, Engine] = {}
+_BUILT_KEPT = 4
+_CHOSEN: dict[str, tuple[str, str]] = {}
+
+
+def _memo_key(name: str, key: dict[str, Any], device: torch.device) -> str:
+    """What a built engine depends on: the network (its key), the device, the threads."""
+    import json
+
+    return json.dumps([name, str(device), engine_threads(), key], sort_keys=True, default=str)
+
+
+def forget_engines() -> None:
+    """Drop the engines and ``auto`` verdicts kept in this process (tests that change what
+    ``auto`` may choose call it first)."""
+    with _MEMO_LOCK:
+        _BUILT.clear()
+        _CHOSEN.clear()
 
 
 def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -196,6 +235,29 @@ def make_engine(
     reference = TorchEngine(model, pre, device)
     if calibration is None or not len(calibration):
         return reference, "engine torch (no calibration images)"
+    memo = _memo_key(AUTO, key, reference.device)
+    with _MEMO_LOCK:
+        chosen = _CHOSEN.get(memo)
+    if chosen is not None:  # this network was checked in this process: same verdict
+        name, reason = chosen
+        if name == "torch":
+            return reference, reason
+        return build_engine(name, model, pre, device, key), reason
+    engine, reason = _choose_engine(reference, model, pre, device, key, calibration)
+    with _MEMO_LOCK:
+        _CHOSEN[memo] = (engine.name, reason)
+    return engine, reason
+
+
+def _choose_engine(
+    reference: TorchEngine,
+    model: torch.nn.Module,
+    pre: Preprocessing,
+    device: str | torch.device,
+    key: dict[str, Any],
+    calibration: np.ndarray,
+) -> tuple[Engine, str]:
+    """``auto``'s check: the first fp32 engine that agrees with ``reference``."""
     check = calibration[:32]
     expected = reference(check)
     notes: list[str] = []

@@ -15,40 +15,60 @@ from typing import Any
 import numpy as np
 import torch
 
+from tlearn._io import atomic_path
 from tlearn.data.images import Preprocessing
 from tlearn.exceptions import EngineError
 from tlearn.runtime._compiled import cache_path, cached, engine_threads, extra_missing
 from tlearn.runtime.normalise import normalise_numpy
 from tlearn.runtime.torch_engine import cpu_micro_batch
 
-__all__ = ["OnnxRuntimeEngine", "export_onnx"]
+__all__ = ["OnnxRuntimeEngine", "export_onnx", "onnx_metadata"]
 
 
-def export_onnx(model: torch.nn.Module, pre: Preprocessing, path: str | os.PathLike[str]) -> None:
-    """Export ``model`` (normalised ``(n, 3, s, s)`` float input) to ONNX at ``path``,
-    atomically, with a dynamic batch axis."""
+def export_onnx(
+    model: torch.nn.Module,
+    pre: Preprocessing,
+    path: str | os.PathLike[str],
+    output: str = "features",
+    metadata: dict[str, str] | None = None,
+) -> None:
+    """Export ``model`` (normalised ``(n, 3, s, s)`` float input named ``images``) to ONNX
+    at ``path``, atomically, with a dynamic batch axis; its output is named ``output``, and
+    ``metadata`` goes into the file's ``metadata_props``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
     x = torch.zeros(1, 3, pre.input_size, pre.input_size)
     try:
-        with warnings.catch_warnings():
+        with atomic_path(path, suffix=".onnx") as tmp, warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the exporter's deprecation notices
             torch.onnx.export(
                 model.eval(),
                 (x,),
-                str(tmp),
+                tmp,
                 input_names=["images"],
-                output_names=["features"],
+                output_names=[output],
                 opset_version=17,
-                dynamic_axes={"images": {0: "n"}, "features": {0: "n"}},
+                dynamic_axes={"images": {0: "n"}, output: {0: "n"}},
                 dynamo=False,
             )
-        os.replace(tmp, path)
+            if metadata:
+                _add_metadata(tmp, metadata)
     except Exception as e:
         raise EngineError(f"cannot export this backbone to ONNX ({str(e)[:200]})") from None
-    finally:
-        tmp.unlink(missing_ok=True)
+
+
+def _add_metadata(path: str | os.PathLike[str], metadata: dict[str, str]) -> None:
+    import onnx
+
+    proto = onnx.load(os.fspath(path))
+    for key, value in metadata.items():
+        proto.metadata_props.add(key=key, value=value)
+    onnx.save(proto, os.fspath(path))
+
+
+def onnx_metadata(data: bytes) -> dict[str, str]:
+    """An ONNX file's ``metadata_props``, read by ONNX Runtime."""
+    return dict(_session(data).get_modelmeta().custom_metadata_map)
 
 
 def _session(source: str | bytes) -> Any:

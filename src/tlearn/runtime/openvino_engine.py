@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from tlearn._io import atomic_path
 from tlearn.data.images import Preprocessing
 from tlearn.exceptions import EngineError
 from tlearn.runtime._compiled import cache_path, cached, engine_threads, extra_missing
@@ -37,6 +38,8 @@ __all__ = [
     "OpenVinoEngine",
     "check_calibration",
     "convert_openvino",
+    "ir_metadata",
+    "label_model",
     "quantize_int8",
 ]
 
@@ -75,15 +78,18 @@ def convert_openvino(
     path: str | os.PathLike[str],
     transform: Callable[[Any], Any] | None = None,
     uint8_input: bool = False,
+    output: str | None = None,
+    metadata: dict[str, str] | None = None,
 ) -> None:
     """Convert ``model`` to OpenVINO IR at ``path`` (+ ``.bin``; weights kept in fp32),
     passing the converted model through ``transform`` (quantisation) first when given.
-    ``uint8_input``: the IR takes uint8 NHWC pixels and normalises them itself."""
+    ``uint8_input``: the IR takes uint8 NHWC pixels and normalises them itself. ``output``
+    names the output tensor and ``metadata`` goes into the IR's ``rt_info`` (under
+    ``tlearn``)."""
     ov = _ov()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     size = pre.input_size
-    tmp = path.with_name(f".{os.getpid()}-{threading.get_ident()}-{path.name}")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracer notices
@@ -96,16 +102,31 @@ def convert_openvino(
             converted = with_uint8_input(converted, pre)
         if transform is not None:
             converted = transform(converted)
-        ov.save_model(converted, str(tmp), compress_to_fp16=False)
-        os.replace(tmp.with_suffix(".bin"), path.with_suffix(".bin"))
-        os.replace(tmp, path)  # the .xml last: it marks a complete export
+        label_model(converted, output, metadata)
+        # the .bin first, the .xml last: it marks a complete export
+        with atomic_path(path, suffix=path.suffix, companions=(".bin",)) as tmp:
+            ov.save_model(converted, tmp, compress_to_fp16=False)
     except EngineError:
         raise
     except Exception as e:
         raise EngineError(f"OpenVINO cannot convert this backbone ({str(e)[:200]})") from None
-    finally:
-        tmp.unlink(missing_ok=True)
-        tmp.with_suffix(".bin").unlink(missing_ok=True)
+
+
+def label_model(model: Any, output: str | None, metadata: dict[str, str] | None) -> None:
+    """Name an OpenVINO model's output and put ``metadata`` in its ``rt_info``."""
+    if output is not None:
+        model.outputs[0].get_tensor().set_names({output})
+    for key, value in (metadata or {}).items():
+        model.set_rt_info(value, ["tlearn", key])
+
+
+def ir_metadata(xml: bytes, weights: bytes) -> dict[str, str]:
+    """The ``tlearn`` entries of an IR's ``rt_info``."""
+    model = _read(xml, weights)
+    if not model.has_rt_info(["tlearn"]):
+        return {}
+    keys = model.get_rt_info(["tlearn"]).astype(dict)
+    return {k: model.get_rt_info(["tlearn", k]).astype(str) for k in keys}
 
 
 def check_calibration(calibration: np.ndarray | None) -> np.ndarray:
