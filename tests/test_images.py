@@ -450,3 +450,24 @@ def test_float_grey_is_read_as_0_to_1_clipped():
     assert out.tolist() == [128, 255, 0, 0]
     alone = np.asarray(decode_image(encode(Image.fromarray(arr[:, :1]), "TIFF"), "x"))
     assert alone[0, 0, 0] == 128  # the same value, whatever the other pixels hold
+
+
+def test_a_jpeg_cut_inside_its_header_is_called_truncated():
+    """Issue 27.6: a 300-byte truncated JPEG was a "broken image header"."""
+    buf = io.BytesIO()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(buf, "JPEG")
+    with pytest.raises(ImageReadError, match="truncated: the file ends after 300 bytes") as e:
+        decode_image(buf.getvalue()[:300], "cut.jpg")
+    assert "broken image header" not in str(e.value)
+
+
+def test_only_photo_formats_are_decoded_from_untrusted_bytes():
+    """PIL's other plugins are not tried on a file's bytes: an ICO named .jpg is decoded
+    before any pixel limit, EPS would run Ghostscript."""
+    buf = io.BytesIO()
+    Image.new("RGB", (32, 32)).save(buf, "ICO")
+    with pytest.raises(ImageReadError, match="not a recognised image format") as e:
+        decode_image(buf.getvalue(), "icon.jpg")
+    assert e.value.code == "unsupported_format"
+    assert decode_image(buf.getvalue(), "icon.ico", formats=("ICO",)).size == (32, 32)

@@ -52,6 +52,7 @@ from tlearn.exceptions import ImageReadError
 
 __all__ = [
     "IMAGE_EXTENSIONS",
+    "IMAGE_FORMATS",
     "MAX_IMAGE_BYTES",
     "MAX_IMAGE_PIXELS",
     "MAX_JPEG_SCANS",
@@ -71,6 +72,9 @@ __all__ = [
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
 )
+#: The PIL formats read from untrusted bytes by default: those of the extensions above
+#: (PPM covers .pgm and .pbm; MPO is a JPEG with more frames).
+IMAGE_FORMATS = ("JPEG", "MPO", "PNG", "BMP", "GIF", "TIFF", "WEBP", "PPM")
 #: Images with more pixels than this are refused (decompression-bomb guard). Override with
 #: the environment variable ``TLEARN_MAX_IMAGE_PIXELS``.
 MAX_IMAGE_PIXELS = int(os.environ.get("TLEARN_MAX_IMAGE_PIXELS", 178_956_970))
@@ -422,7 +426,9 @@ def decode_image(
         reduced scale (1/2, 1/4 or 1/8), which is several times faster.
     formats : tuple of str, optional
         PIL format names to accept (an allow-list: no other decoder is even tried);
-        default: every format PIL knows.
+        default: :data:`IMAGE_FORMATS`, the photo formats of :data:`IMAGE_EXTENSIONS`
+        (never PIL's other plugins, such as EPS, which runs Ghostscript, or ICO, which
+        decodes before the pixel limit is checked).
     max_pixels : int, optional
         Refuse images with more pixels than this, from the header, before decoding
         (default: :data:`MAX_IMAGE_PIXELS`).
@@ -434,9 +440,8 @@ def decode_image(
         ``corrupt_image``.
     """
     limit = MAX_IMAGE_PIXELS if max_pixels is None else max_pixels
-    if formats is not None:
-        Image.init()  # PIL registers its openers lazily; MPO is opened by the JPEG one
-        formats = tuple(f for f in formats if f in Image.OPEN)
+    Image.init()  # PIL registers its openers lazily; MPO is opened by the JPEG one
+    formats = tuple(f for f in (formats or IMAGE_FORMATS) if f in Image.OPEN)
     if not data:
         raise ImageReadError(
             path, "the file is empty (0 bytes); re-export or remove it", "empty_image"
@@ -455,9 +460,13 @@ def decode_image(
     except Image.DecompressionBombError as e:
         raise ImageReadError(path, f"{e}; resize it first", "too_many_pixels") from None
     except Exception as e:  # PIL raises many types for broken headers
-        raise ImageReadError(
-            path, f"broken image header ({type(e).__name__}: {e})", "corrupt_image"
-        ) from None
+        why = f"{type(e).__name__}: {e}"
+        if "truncat" in str(e).lower():  # ends inside the header: not a broken one
+            why = f"the file ends after {len(data):,} bytes, inside its header ({e})"
+            raise ImageReadError(
+                path, f"the file is truncated: {why}; re-export or remove it", "corrupt_image"
+            ) from None
+        raise ImageReadError(path, f"broken image header ({why})", "corrupt_image") from None
     _check_cost(
         img, data, path, limit, "TLEARN_MAX_IMAGE_PIXELS" if max_pixels is None else "max_pixels"
     )
