@@ -180,7 +180,7 @@ def test_no_held_out_score_comes_from_a_C_its_image_helped_choose(monkeypatch):
     assert len(scorings) == 5 and head.honest is not None and head.honest.all()
     for held_out, C, n_searches in scorings:
         seen, chosen = searches[n_searches - 1]  # the search just before this scoring
-        assert C == chosen and not (seen & held_out), "a held-out row chose its C"
+        assert chosen == C and not (seen & held_out), "a held-out row chose its C"
     assert sorted(np.concatenate([sorted(h) for h, _, _ in scorings])) == list(range(90))
     assert "nested" in head.estimate
 
@@ -224,3 +224,17 @@ def test_one_image_classes_say_what_works_and_it_does(shapes3):
         tune_linear_head(F, y, Cs=(1.0,))
     head = tune_linear_head(F, y, Cs=(1.0,), calibrate=False)
     assert head.classifier.predict(head.scaler.transform(F[:1])).shape == (1,)
+
+
+def test_targets_of_the_other_convention_are_refused_saying_which(probe, shapes3):
+    """Issue 27.5: a model fitted by the CLI (class names) scored with load_image_folder's
+    integer targets counted every image wrong (or failed obscurely)."""
+    from tlearn.evaluation import evaluate
+
+    _, _, X_test, y_test = shapes3
+    indices = np.searchsorted(probe.classes_, y_test)
+    with pytest.raises(DataError, match=r"y holds numbers .*data.target_names\[data.target\]"):
+        probe.score(X_test, indices)
+    with pytest.raises(DataError, match="y holds numbers"):
+        evaluate(probe, X_test, indices)
+    assert probe.score(X_test, probe.classes_[indices]) == probe.score(X_test, y_test)

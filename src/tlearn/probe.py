@@ -26,6 +26,7 @@ from tlearn.calibration import (
     softmax,
 )
 from tlearn.data.loader import check_images
+from tlearn.data.targets import check_target_kind
 from tlearn.exceptions import DataError
 from tlearn.features import ForwardsFeatureParams, PretrainedFeatures
 from tlearn.runtime import resolve_device
@@ -33,6 +34,7 @@ from tlearn.runtime import resolve_device
 __all__ = [
     "DEFAULT_CS",
     "LinearProbe",
+    "ScoresNamedTargets",
     "TunedHead",
     "check_labels",
     "make_probe",
@@ -405,7 +407,16 @@ def _combine(heads: list[TunedHead], y: np.ndarray, max_iter: int) -> TunedHead:
                      heads[0].estimate)  # fmt: skip
 
 
-class LinearProbe(ForwardsFeatureParams, ClassifierMixin, BaseEstimator):
+class ScoresNamedTargets(ClassifierMixin):
+    """``score`` that refuses targets of the other convention (class indices for a model
+    of names, or names for one of indices) instead of counting every image wrong."""
+
+    def score(self, X: object, y: object, sample_weight: object = None) -> float:
+        check_target_kind(self.classes_, y)
+        return float(super().score(X, y, sample_weight))
+
+
+class LinearProbe(ForwardsFeatureParams, ScoresNamedTargets, BaseEstimator):
     """Image classifier: pretrained features -> StandardScaler -> LogisticRegression, with
     ``C`` chosen by cross-validation and calibrated probabilities.
 

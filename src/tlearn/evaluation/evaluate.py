@@ -10,6 +10,7 @@ import numpy as np
 from tlearn._validation import check_option
 from tlearn.calibration import expected_calibration_error, softmax
 from tlearn.data.loader import check_images
+from tlearn.data.targets import check_target_kind
 from tlearn.evaluation.metrics import compute_metrics
 from tlearn.evaluation.report import Report
 from tlearn.exceptions import DataError, UnknownClassError
@@ -101,6 +102,7 @@ def evaluate(
     paths = check_images(X)
     if len(y_arr) != len(paths):
         raise DataError(f"X has {len(paths)} images but y has {len(y_arr)} labels")
+    check_target_kind(predictor.classes, y_arr)
     paths, y_arr, unknown_rows = _known_only(paths, y_arr, predictor.classes, unknown)
     proba, failed = predict_proba_with_errors(predictor, paths, on_error=on_error, tta=tta)
     ok = ~np.isnan(proba[:, 0])

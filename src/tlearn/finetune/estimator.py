@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.base import BaseEstimator
 from sklearn.model_selection import train_test_split
 from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.validation import check_is_fitted
@@ -29,7 +29,7 @@ from tlearn.finetune.callbacks import default_callbacks
 from tlearn.finetune.distributed import DistInfo, dist_info
 from tlearn.finetune.heldout import crossfit_epochs
 from tlearn.finetune.loop import Classifier, LoopConfig, LoopData, fit_loop
-from tlearn.probe import check_labels
+from tlearn.probe import ScoresNamedTargets, check_labels
 from tlearn.runtime import resolve_device
 from tlearn.runtime.engines import CALIBRATION_IMAGES, ENGINES
 
@@ -47,7 +47,7 @@ def _subset(X: ImageInput, idx: np.ndarray) -> ImageInput:
     return X[idx] if isinstance(X, np.ndarray) else [X[i] for i in idx]
 
 
-class FineTuneClassifier(ForwardsFeatureParams, ClassifierMixin, BaseEstimator):
+class FineTuneClassifier(ForwardsFeatureParams, ScoresNamedTargets, BaseEstimator):
     """Fine-tune a pretrained backbone with a new linear head, as a scikit-learn classifier.
 
     Parameters

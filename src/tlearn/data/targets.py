@@ -1,0 +1,44 @@
+"""Targets: the two conventions users meet, and a clear error when they are mixed.
+
+scikit-learn's loaders (``load_files``, and :func:`tlearn.data.load_image_folder`) give
+``target`` as class indices with the names in ``target_names``; ``tlearn fit`` (a folder,
+a zip, a CSV) trains on the names themselves. A model's ``classes_`` are whichever it was
+fitted on, so indices scored against a model of names (or names against indices) would
+silently count every image wrong; :func:`check_target_kind` says which to pass instead.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tlearn.exceptions import DataError
+
+__all__ = ["check_target_kind"]
+
+
+def _numbers(values: np.ndarray) -> bool:
+    if values.dtype.kind in "iuf":
+        return True
+    return values.dtype.kind == "O" and all(
+        isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+        for v in values.tolist()
+    )
+
+
+def check_target_kind(classes: object, y: object) -> None:
+    """Raise :class:`DataError` when ``y`` holds class indices and the model's ``classes``
+    are names, or the other way round."""
+    known, given = np.asarray(classes), np.asarray(y)
+    if not len(given) or not len(known) or _numbers(known) == _numbers(given):
+        return
+    names = [str(c) for c in known.tolist()[:5]]
+    if _numbers(given):
+        raise DataError(
+            f"y holds numbers ({given[:3].tolist()}...) but this model's classes are names "
+            f"({names}...): pass the names, e.g. data.target_names[data.target] for the data "
+            "of load_image_folder"
+        )
+    raise DataError(
+        f"y holds names ({[str(v) for v in given[:3].tolist()]}...) but this model's classes "
+        f"are numbers ({known[:5].tolist()}...): pass the class indices it was fitted on"
+    )
