@@ -226,6 +226,22 @@ def test_one_image_classes_say_what_works_and_it_does(shapes3):
     assert head.classifier.predict(head.scaler.transform(F[:1])).shape == (1,)
 
 
+@pytest.mark.parametrize("search_samples, holdout_above", [(20, 1000), (20, 30)])
+def test_large_sets_with_a_one_image_class_get_the_same_message(
+    monkeypatch, search_samples, holdout_above
+):
+    """Above SEARCH_SAMPLES (k-fold) and HOLDOUT_ABOVE (one hold-out) a one-image class
+    gave scikit-learn's raw ValueError from its stratified splitters."""
+    from tlearn import probe as probe_module
+
+    monkeypatch.setattr(probe_module, "SEARCH_SAMPLES", search_samples)
+    monkeypatch.setattr(probe_module, "HOLDOUT_ABOVE", holdout_above)
+    rng = np.random.default_rng(0)
+    y = np.r_[np.zeros(20, int), np.ones(20, int), [2]]
+    with pytest.raises(DataError, match="smallest class has 1 image"):
+        tune_linear_head(rng.normal(size=(41, 5)) + y[:, None], y, Cs=(0.1, 1.0))
+
+
 def test_targets_of_the_other_convention_are_refused_saying_which(probe, shapes3):
     """Issue 27.5: a model fitted by the CLI (class names) scored with load_image_folder's
     integer targets counted every image wrong (or failed obscurely)."""
