@@ -215,8 +215,8 @@ def train(data: str | os.PathLike[str], **options: Any) -> TrainResult:
     req.say(_plan(model, req.method, y, split, req.test, "backbone" in req.params))
     with _feature_cache(req, model) as temporary:
         model, report, evaluation, leaderboard = _fit_and_evaluate(req, model, X, y, split)
-        if temporary:  # the model made (a refit, auto's winner) must not keep the folder
-            model.set_params(cache_dir=None)
+        if temporary and "cache_dir" in model.get_params():  # the model made (a refit,
+            model.set_params(cache_dir=None)  # auto's winner) must not keep the folder
     if os.environ.get("RANK", "0") != "0":  # torchrun: only the main process goes on
         return TrainResult(model, None, {}, list(model.skipped_))
     evaluation["seconds"] = round(time.perf_counter() - t0, 1)
