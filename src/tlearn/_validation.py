@@ -9,11 +9,10 @@ given* (and "did you mean" for a near-miss of a named option).
 from __future__ import annotations
 
 import difflib
-import math
 import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from numbers import Integral
+from numbers import Integral, Real
 from typing import Any
 
 from tlearn.exceptions import InvalidParameterError
@@ -23,6 +22,7 @@ __all__ = [
     "Options",
     "Predicate",
     "check_option",
+    "invalid_message",
     "validate_params",
 ]
 
@@ -48,20 +48,31 @@ class Options:
 
 @dataclass(frozen=True)
 class Interval:
-    """A number of ``kind`` (``Integral`` or ``Real``) between ``low`` and ``high``
-    (``None``: unbounded); ``closed`` is "both", "left", "right" or "neither"."""
+    """A number of ``kind`` between ``low`` and ``high`` (``None``: unbounded); ``closed``
+    is "both", "left", "right" or "neither".
+
+    ``kind`` is ``Integral`` (``int`` means the same) or ``Real`` (``float`` means the
+    same). As in scikit-learn, ``Integral`` takes any integer type (``int``, ``np.int64``)
+    but not a bool, and not a float even when it is whole (``2.0``): an integral float
+    usually means a computation went wrong, so it is refused with a hint to pass an int.
+    """
 
     kind: type
     low: float | None
     high: float | None
     closed: str = "both"
 
+    def __post_init__(self) -> None:
+        # `int` and `float` would refuse numpy scalars (np.int64 is no int subclass)
+        integral = issubclass(self.kind, Integral)
+        object.__setattr__(self, "kind", Integral if integral else Real)
+
     def is_satisfied_by(self, value: Any) -> bool:
         if isinstance(value, bool) or not isinstance(value, self.kind):
             return False
-        if isinstance(value, float) and math.isnan(value):
+        v: Any = value  # compared as it is: float() of a huge int would overflow
+        if v != v:  # NaN
             return False
-        v = float(value)  # type: ignore[arg-type]
         low_ok = self.low is None or (
             v >= self.low if self.closed in ("both", "left") else v > self.low
         )
@@ -133,6 +144,31 @@ def _did_you_mean(value: Any, constraints: list[Any]) -> str:
     return f" Did you mean {close[0]!r}?" if close else ""
 
 
+def _whole_float_hint(value: Any, constraints: list[Any]) -> str:
+    """For 2.0 where an int is asked for: say which int would do."""
+    integral = [c for c in constraints if isinstance(c, Interval) and c.kind is Integral]
+    if not integral or isinstance(value, (bool, Integral)) or not isinstance(value, Real):
+        return ""
+    number = float(value)
+    if not number.is_integer() or not any(c.is_satisfied_by(int(number)) for c in integral):
+        return ""
+    return f" Pass the int {int(number)} (a float is refused even when it is whole)."
+
+
+def invalid_message(value: Any, allowed: list[Any]) -> str | None:
+    """``"must be <what is allowed>. Got <value> instead."`` (with a did-you-mean or a
+    hint when one helps), or ``None`` when ``value`` satisfies one of ``allowed``."""
+    checks = [_constraint(c) for c in allowed]
+    if any(c.is_satisfied_by(value) for c in checks):
+        return None
+    described = [str(c) for c in checks]
+    what = (
+        described[0] if len(described) == 1 else ", ".join(described[:-1]) + " or " + described[-1]
+    )
+    hints = _did_you_mean(value, checks) + _whole_float_hint(value, checks)
+    return f"must be {what}. Got {value!r} instead.{hints}"
+
+
 def validate_params(
     owner: str, params: Mapping[str, Any], constraints: Mapping[str, list[Any]]
 ) -> None:
@@ -143,20 +179,9 @@ def validate_params(
     for name, allowed in constraints.items():
         if name not in params:
             continue
-        value = params[name]
-        checks = [_constraint(c) for c in allowed]
-        if any(c.is_satisfied_by(value) for c in checks):
-            continue
-        described = [str(c) for c in checks]
-        what = (
-            described[0]
-            if len(described) == 1
-            else ", ".join(described[:-1]) + " or " + described[-1]
-        )
-        raise InvalidParameterError(
-            f"The {name!r} parameter of {owner} must be {what}. Got {value!r} instead."
-            + _did_you_mean(value, checks)
-        )
+        problem = invalid_message(params[name], allowed)
+        if problem is not None:
+            raise InvalidParameterError(f"The {name!r} parameter of {owner} {problem}")
 
 
 def check_option(owner: str, name: str, value: Any, options: Iterable[Any]) -> None:
