@@ -107,9 +107,8 @@ def test_engine_names_come_from_the_one_table():
     assert ("auto", *ENGINE_TABLE) == ENGINES
     help_text = engine_help()
     assert all(name in help_text for name in ENGINES)
-    readme = (ROOT / "README.md").read_text()
-    section = readme.split("## Inference engines", 1)[1].split("\n## ", 1)[0]
-    rows = re.findall(r"^\| `([a-z0-9-]+)`", section, re.M)
+    page = (ROOT / "docs" / "engines.md").read_text()
+    rows = re.findall(r"^\| `([a-z0-9-]+)`", page, re.M)
     assert sorted(rows) == sorted(ENGINES)
     import torch
 
@@ -177,9 +176,8 @@ def test_no_copyleft_package_is_imported_by_the_package():
 def test_the_servers_error_codes_come_from_the_one_table():
     from tlearn.serve import ERROR_CODES
 
-    readme = (ROOT / "README.md").read_text()
-    section = readme.split("## Serving", 1)[1].split("\n## ", 1)[0]
-    rows = re.findall(r"^\| `([a-z_]+)` \| (\d{3}) \|", section, re.M)
+    page = (ROOT / "docs" / "serving.md").read_text()
+    rows = re.findall(r"^\| `([a-z_]+)` \| (\d{3}) \|", page, re.M)
     assert {code: int(status) for code, status in rows} == {
         code: status for code, (status, _) in ERROR_CODES.items()
     }
@@ -187,3 +185,23 @@ def test_the_servers_error_codes_come_from_the_one_table():
     out = _run("import sys, tlearn.serve; print(sorted(m for m in ('fastapi', 'uvicorn', "
                "'torch') if m in sys.modules))")  # fmt: skip
     assert out == "[]"
+
+
+def _architecture_rows() -> list[str]:
+    page = (ROOT / "docs" / "architecture.md").read_text()
+    section = page.split("## Modules", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"^\| `([\w/]+\.py)` \|", section, re.M)
+
+
+def test_every_module_has_a_row_in_the_architecture_page_in_import_order():
+    """docs/architecture.md lists every module once, and a module's row comes after the
+    rows of every module it imports at module level: the page shows how imports flow."""
+    rows = _architecture_rows()
+    modules = sorted(str(p.relative_to(SRC)) for p in SRC.rglob("*.py"))
+    assert sorted(set(rows)) == sorted(rows), "a module has two rows"
+    missing, stale = sorted(set(modules) - set(rows)), sorted(set(rows) - set(modules))
+    assert not missing and not stale, f"no row for {missing}; rows without a module {stale}"
+    position = {_name(SRC / row): i for i, row in enumerate(rows)}
+    for i, row in enumerate(rows):
+        later = sorted(m for m in _module_imports(SRC / row) if position.get(m, -1) > i)
+        assert not later, f"{row} imports {later}, listed below it in docs/architecture.md"
