@@ -1,9 +1,11 @@
 """``tlearn serve`` in a subprocess on 127.0.0.1 at a free port, for the server's tests and
-benchmark: started the way a user starts it, stopped with SIGTERM."""
+benchmark: started the way a user starts it, stopped with SIGTERM. Also the model they
+serve (fitted once per session) and raw-socket exchanges."""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -11,8 +13,65 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
+
+_RUN = (
+    "import json, sys; from tlearn.serve import ServeConfig, run; "
+    "config = ServeConfig(**json.loads(sys.argv[3])); "
+    "sys.exit(run(sys.argv[1], config, port=int(sys.argv[2]), log_level='warning'))"
+)
+_FITTED: dict[str, Path] = {}
+
+
+def fitted_model(calibration_set: Any, tmp_path_factory: Any) -> Path:
+    """A linear probe on the calibration set, saved; fitted once per session, however many
+    test modules serve it."""
+    from tlearn import LinearProbe, save
+
+    key = str(tmp_path_factory.getbasetemp())
+    if key not in _FITTED:
+        X, y = calibration_set
+        probe = LinearProbe(image_size=32, Cs=[1.0], engine="torch", flip_average=False)
+        _FITTED[key] = save(probe.fit(X, y), tmp_path_factory.mktemp("serve") / "probe.safetensors")
+    return _FITTED[key]
+
+
+def raw_exchange(port: int, data: bytes, timeout: float = 10) -> tuple[int, str]:
+    """Send ``data`` on a fresh connection and read until the server closes it: (status,
+    body). Requests should say ``Connection: close``, or this waits for the keep-alive
+    timeout."""
+    reply = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        with contextlib.suppress(OSError):  # the server answered and closed before the end
+            s.sendall(data)
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := s.recv(65536):
+                reply += chunk
+    head, _, body = reply.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body.decode(errors="replace")
+
+
+def chunked_upload(port: int, total: int, headers: bytes = b"") -> int:
+    """Send ``total`` bytes in 64 KB chunks (no Content-Length); return the status."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(
+            b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+            b"Connection: close\r\nTransfer-Encoding: chunked\r\n" + headers + b"\r\n"
+        )
+        chunk = b"\0" * 65536
+        with contextlib.suppress(OSError):  # the server answered and closed mid-send
+            for _ in range(total // len(chunk)):
+                s.sendall(b"%x\r\n" % len(chunk) + chunk + b"\r\n")
+            s.sendall(b"0\r\n\r\n")
+        reply = b""
+        with contextlib.suppress(ConnectionResetError):
+            while part := s.recv(65536):
+                reply += part
+    if not reply:
+        raise ConnectionResetError("the server closed without a reply")
+    return int(reply.split()[1])
 
 
 def free_port() -> int:
@@ -22,12 +81,15 @@ def free_port() -> int:
 
 
 class Served:
-    """``with Served(model, "--max-batch-size", "4") as server: server.url``"""
+    """``with Served(model, "--max-batch-size", "4") as server: server.url``: ``tlearn
+    serve MODEL ARGS...``; or, given ``config`` (``ServeConfig``'s keywords, for limits the
+    command line does not take), ``tlearn.serve.run(MODEL, ServeConfig(**config))``."""
 
     def __init__(
         self,
         model: str | Path,
         *args: str,
+        config: dict[str, Any] | None = None,
         env: dict[str, str] | None = None,
         tmpdir: Path | None = None,
         wait_ready: bool = True,
@@ -36,18 +98,10 @@ class Served:
         self.url = f"http://127.0.0.1:{self.port}"
         self.tmpdir = tmpdir
         self.log_path: Path | None = None
-        self.args = [
-            sys.executable,
-            "-m",
-            "tlearn",
-            "serve",
-            str(model),
-            "--port",
-            str(self.port),
-            "--log-level",
-            "warning",
-            *args,
-        ]
+        self.args = [sys.executable, "-m", "tlearn", "serve", str(model), "--port",
+                     str(self.port), "--log-level", "warning", *args]  # fmt: skip
+        if config is not None:
+            self.args = [sys.executable, "-c", _RUN, str(model), str(self.port), json.dumps(config)]
         self.env = {**os.environ, **(env or {})}
         if tmpdir is not None:
             self.env["TMPDIR"] = str(tmpdir)
@@ -92,6 +146,10 @@ class Served:
             if line.startswith(key + ":"):
                 return int(line.split()[1])
         raise KeyError(key)
+
+    def n_threads(self) -> int:
+        assert self.proc is not None
+        return len(os.listdir(f"/proc/{self.proc.pid}/task"))
 
     def reset_peak_rss(self) -> None:
         """Start VmHWM afresh (Linux: ``clear_refs`` 5), so a peak measures what follows."""

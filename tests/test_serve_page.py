@@ -15,8 +15,13 @@ import pytest
 from PIL import Image
 
 from tests.serve_corpus import jpeg
-from tests.served import Served
-from tests.test_serve import model_file  # noqa: F401  (the module's fitted model fixture)
+from tests.served import Served, fitted_model
+
+
+@pytest.fixture(scope="module")
+def model_file(calibration_set, tmp_path_factory) -> Path:
+    return fitted_model(calibration_set, tmp_path_factory)
+
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 KEY = "page-test-key"
@@ -46,7 +51,7 @@ def _chromium() -> str:
     return path
 
 
-def test_the_page_classifies_dropped_chosen_and_pasted_images(model_file, tmp_path):  # noqa: F811
+def test_the_page_classifies_dropped_chosen_and_pasted_images(model_file, tmp_path):
     from playwright.sync_api import sync_playwright
 
     photo = jpeg((400, 300), seed=5)

@@ -1,9 +1,10 @@
 """The server's parts without HTTP: the dynamic batcher (no added latency when idle,
 batches that grow under load, deadlines, failures, many threads), the body parsers, the
-image checks and the limits' validation."""
+image checks, the limits' validation and the drain of unread bodies."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import threading
@@ -205,3 +206,63 @@ def test_the_automatic_cap_follows_the_rate_answered_under_saturation():
     fixed._answered_images, fixed._saturated = 500, True
     fixed.admit(1)
     assert fixed.queue_cap == 5
+
+
+def _body(headers: dict[str, str], chunks: list[bytes], *, ends: bool = True):
+    """A ``_Body`` over a client that sends ``chunks`` (then the end of the body, or
+    nothing more: a stalled upload), with a 1,048-byte limit and a 0.2 s body deadline."""
+    from tlearn.serve.app import _Body
+
+    config = ServeConfig(max_body_mb=0.001, body_timeout_s=0.2)
+    sent = iter(chunks)
+    calls = [0]
+
+    async def receive() -> dict:
+        calls[0] += 1
+        chunk = next(sent, None)
+        if chunk is None:
+            if not ends:
+                await asyncio.sleep(10)
+            return {"type": "http.request", "body": b"", "more_body": False}
+        return {"type": "http.request", "body": chunk, "more_body": True}
+
+    scope = {"headers": [(k.encode(), v.encode()) for k, v in headers.items()]}
+    return _Body(scope, config, receive), calls
+
+
+def test_an_unread_body_is_drained_up_to_4_limits_within_its_deadline():
+    # up to 4 x the limit is read to its end: the client can read the answer
+    body, calls = _body({"content-length": "3500"}, [b"x" * 700] * 5)
+    assert asyncio.run(body.drain()) and body.seen == 3500
+    # a Content-Length past that is not worth reading: answer at once, then close
+    body, calls = _body({"content-length": "5000"}, [b"x" * 1000] * 5)
+    assert not asyncio.run(body.drain()) and calls[0] == 0
+    # a chunked body that goes on is read only up to 4 limits
+    body, calls = _body({"transfer-encoding": "chunked"}, [b"x" * 500] * 100)
+    assert not asyncio.run(body.drain()) and 4 * 1048 < body.seen <= 4 * 1048 + 500
+    # a stalled one, until the body's deadline
+    body, calls = _body({"content-length": "3000"}, [b"x" * 100], ends=False)
+    t0 = time.monotonic()
+    assert not asyncio.run(body.drain())
+    assert 0.1 < time.monotonic() - t0 < 1
+
+
+def test_no_body_is_invited_and_none_is_waited_for():
+    # no body at all: nothing to read
+    body, calls = _body({}, [])
+    assert asyncio.run(body.drain()) and calls[0] == 0
+    # a client waiting for "100 Continue" has sent nothing: do not invite it
+    body, calls = _body({"content-length": "300", "expect": "100-continue"}, [b"x" * 300])
+    assert not asyncio.run(body.drain()) and calls[0] == 0
+    # once the app asked for the body (the server sent "100 Continue"), it is drained
+    body, calls = _body({"content-length": "300", "expect": "100-continue"}, [b"x" * 100] * 3)
+    asyncio.run(body.receive())
+    assert asyncio.run(body.drain()) and body.seen == 300
+
+
+def test_a_body_over_the_limit_is_refused_as_it_arrives():
+    body, _ = _body({"transfer-encoding": "chunked"}, [b"x" * 600] * 3)
+    asyncio.run(body.receive())
+    with pytest.raises(ServeError) as e:
+        asyncio.run(body.receive())
+    assert e.value.code == "payload_too_large" and e.value.status == 413

@@ -6,9 +6,13 @@
 - :class:`ServeConfig` holds the limits; :data:`ERROR_CODES` lists every error answer.
 
 The flow of one request: the guard middleware checks the API key and the body size; the
-body is read in memory against the request's deadline; each image is checked (format
-allow-list, pixel count from the header) and decoded in a small thread pool; only then may
-it join the batcher's queue, from which one engine thread takes whatever is waiting.
+body is read in memory under its own deadline, its bytes counted against the upload buffer
+as they arrive, before the request takes a place in the queue (a slow upload holds none);
+each image is checked (format allow-list, pixel count from the header) and decoded in a
+small thread pool; only then may it join the batcher's queue, from which one engine thread
+takes whatever is waiting. A refused request's unread body is read and dropped (bounded)
+before the answer, so the client reads it. ``config``'s docstring states the resource
+budget all this adds up to.
 """
 
 from __future__ import annotations

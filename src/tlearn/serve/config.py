@@ -1,5 +1,42 @@
 """The server's limits, in one frozen object: every one has a default a careful operator
-would choose on a small machine, and every one is a ``tlearn serve`` flag."""
+would choose on a small machine.
+
+The resource budget they add up to
+----------------------------------
+Memory, at most (RSS; ``idle`` is the server after its warm-up)::
+
+    idle
+    + upload_buffer                             bodies arriving or waiting to be decoded
+    + decode_workers x (2 x max_body            a body joined and parsed (a JSON body's
+                        + 12 x max_pixels)        text and its image), and decoded
+    + 64 KB per open connection                 uvicorn's read buffer
+    + 50 MB                                     allocator slack, metrics, logs
+
+- ``upload_buffer`` (default 8 bodies of ``max_body``) bounds every request body held in
+  memory at once, whatever the number of connections: a body's bytes count as they
+  arrive, so an idle or slow connection holds only what it has sent, and a refused body
+  is freed before the rest of it is drained;
+- a decoding thread holds one body's parsed copy (a JSON body's base64 text and the image
+  it decodes to) and one image decoded whole: at most 4 bytes a pixel as decoded (RGBA,
+  CMYK), 4 more turned upright by its EXIF orientation, 3 as RGB (JPEGs are decoded at a
+  reduced scale and cost far less);
+- images admitted and waiting for the engine are preprocessed pixels
+  (``input_size**2 x 3`` bytes each, 150 KB at 224 px): ``queue_cap`` of them are noise.
+
+Measured (``tests/test_serve_limits.py``, 10 MB bodies, 2 decoding threads, 1 MP): 24
+clients flooding full, oversize, chunked and stalled uploads raise the peak RSS by 98 to
+127 MB, against the budget's 196 MB. glibc keeps freed heap for reuse, so the idle RSS
+after a flood stays up to 90 MB higher, and the next flood grows it less.
+
+Threads: one event loop (every connection, upload and drain is a coroutine on it; no
+thread per connection or request), one engine thread, ``decode_workers`` decoding
+threads, one loading thread while the model loads, and the engine's own compute threads
+(torch, ONNX Runtime or OpenVINO: one per core by default).
+
+Time: a body must arrive within ``body_timeout_s`` (and ``timeout_s``); a refused body is
+read and dropped for at most that long and at most ``4 x max_body`` bytes, so the client
+reads its answer; an answer comes within ``timeout_s`` of the first byte.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +46,7 @@ from numbers import Integral, Real
 from typing import Any, ClassVar
 
 from tlearn._validation import Interval, Predicate, validate_params
+from tlearn.exceptions import InvalidParameterError
 
 __all__ = ["DEFAULT_FORMATS", "ServeConfig"]
 
@@ -45,9 +83,17 @@ class ServeConfig:
     max_files : int, default=16
         Most images in one request.
     timeout_s : float, default=10
-        Each request's deadline, from its first byte: 408 when the body has not arrived
-        by then, 504 when the answer has not; work past its deadline is dropped before
-        inference.
+        Each request's deadline, from its first byte: 504 when the answer has not come by
+        then; work past its deadline is dropped before inference.
+    body_timeout_s : float, default=5
+        The body's own deadline, from the request's first byte (never past ``timeout_s``):
+        408 when it has not arrived. A body is read before the request competes for the
+        engine, so a slow or idle upload holds no place in the queue.
+    upload_buffer_mb : float or None, default=None
+        Most megabytes of request bodies held in memory at once, over all requests
+        (arriving, or waiting to be decoded); a body whose bytes would pass it is refused
+        with 503 ``overloaded``. Bytes count as they arrive: idle connections hold
+        nothing. ``None``: 8 bodies of ``max_body_mb``. At least ``max_body_mb``.
     top_k : int, default=5
         Predictions per image when the request does not say.
     api_key : str or None, default=None
@@ -70,6 +116,8 @@ class ServeConfig:
     max_pixels: int = 40_000_000
     max_files: int = 16
     timeout_s: float = 10.0
+    body_timeout_s: float = 5.0
+    upload_buffer_mb: float | None = None
     top_k: int = 5
     api_key: str | None = field(default=None, repr=False)
     decode_workers: int | None = None
@@ -84,6 +132,8 @@ class ServeConfig:
         "max_pixels": [Interval(Integral, 1, None)],
         "max_files": [Interval(Integral, 1, 1024)],
         "timeout_s": [Interval(Real, 0, None, closed="neither")],
+        "body_timeout_s": [Interval(Real, 0, None, closed="neither")],
+        "upload_buffer_mb": [Interval(Real, 0.001, None), None],
         "top_k": [Interval(Integral, 1, None)],
         "api_key": [
             Predicate(
@@ -103,7 +153,7 @@ class ServeConfig:
 
     def __post_init__(self) -> None:
         values = {k: getattr(self, k) for k in self._constraints}
-        for key in ("queue_ms", "max_body_mb", "timeout_s", "drain_s"):
+        for key in ("queue_ms", "max_body_mb", "timeout_s", "body_timeout_s", "drain_s"):
             if isinstance(values[key], int) and not isinstance(values[key], bool):
                 values[key] = float(values[key])
                 object.__setattr__(self, key, values[key])
@@ -111,10 +161,38 @@ class ServeConfig:
             object.__setattr__(self, "formats", tuple(self.formats))
             values["formats"] = self.formats
         validate_params("ServeConfig", values, self._constraints)
+        if self.upload_buffer_mb is not None and self.upload_buffer_mb < self.max_body_mb:
+            raise InvalidParameterError(
+                "The 'upload_buffer_mb' parameter of ServeConfig must be at least max_body_mb "
+                f"({self.max_body_mb:g}), or the largest body allowed could never be read; "
+                f"got {self.upload_buffer_mb:g}"
+            )
 
     @property
     def max_body_bytes(self) -> int:
         return int(self.max_body_mb * 1024 * 1024)
+
+    @property
+    def upload_buffer_bytes(self) -> int:
+        mb = self.upload_buffer_mb if self.upload_buffer_mb is not None else 8 * self.max_body_mb
+        return int(mb * 1024 * 1024)
+
+    @property
+    def body_timeout(self) -> float:
+        """Seconds a body may take, from the request's first byte."""
+        return min(self.body_timeout_s, self.timeout_s)
+
+    def memory_budget_bytes(self, idle: int, connections: int = 0) -> int:
+        """The most memory the server may hold (see the module's docstring): ``idle``
+        plus what bodies, parsing and decoding add, with ``connections`` open."""
+        per_decoder = 2 * self.max_body_bytes + 12 * self.max_pixels
+        return int(
+            idle
+            + self.upload_buffer_bytes
+            + self.n_decode_workers * per_decoder
+            + 64 * 1024 * connections
+            + 50 * 1024 * 1024
+        )
 
     @property
     def n_decode_workers(self) -> int:

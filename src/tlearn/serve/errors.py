@@ -18,7 +18,7 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "unauthorized": (401, "the API key is missing or wrong"),
     "not_found": (404, "no such route"),
     "method_not_allowed": (405, "the route exists, the method does not"),
-    "request_timeout": (408, "the body did not arrive within the request's deadline"),
+    "request_timeout": (408, "the body did not arrive within its own deadline (body_timeout_s)"),
     "payload_too_large": (
         413,
         "the body is over --max-body-mb (refused before reading it when Content-Length says so)",
@@ -32,7 +32,11 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "unsupported_format": (415, "an image format not on the allow-list, or not an image"),
     "corrupt_image": (422, "the image header is fine but its data cannot be decoded"),
     "invalid_parameter": (422, "a parameter (top_k, ...) outside its range"),
-    "overloaded": (503, "the queue is full: retry after the Retry-After seconds"),
+    "overloaded": (
+        503,
+        "the queue is full, or the bodies being uploaded fill the upload buffer: retry after "
+        "the Retry-After seconds",
+    ),
     "not_ready": (503, "the model is still loading or warming up"),
     "shutting_down": (503, "the server is draining before it exits"),
     "timeout": (504, "no answer within the request's deadline"),

@@ -62,6 +62,8 @@ class Metrics:
         self.admitted = gauge("admitted_images", "Images admitted and not yet answered")
         self.admitted_peak = gauge("admitted_images_peak", "Most images ever admitted at once")
         self.queue_cap = gauge("queue_cap", "Most images admitted at once, now")
+        self.body_bytes = gauge("body_bytes", "Bytes of request bodies held in memory "
+                                "(arriving, or waiting to be decoded)")  # fmt: skip
         self.ready = gauge("ready", "1 when the server takes predictions")
 
     def on_batch(self, size: int, waits: list[float], spent: float) -> None:

@@ -1,9 +1,9 @@
 """Run the app with uvicorn; on SIGTERM (or Ctrl+C) drain, then exit 0.
 
 Draining: ``/readyz`` turns 503 at once (load balancers stop sending), new predictions get
-503 ``shutting_down`` (admission stops), requests already admitted finish and are
-answered; then uvicorn closes the sockets and the process exits with status 0. A second
-signal, or ``drain_s`` seconds, cuts the wait short.
+503 ``shutting_down`` (admission stops), predictions in flight (a body still arriving
+included) finish and are answered; then uvicorn closes the sockets and the process exits
+with status 0. A second signal, or ``drain_s`` seconds, cuts the wait short.
 """
 
 from __future__ import annotations

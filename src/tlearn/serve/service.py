@@ -38,6 +38,8 @@ class Service:
         self.ready = False
         self.failed: str | None = None
         self.draining_since: float | None = None
+        self._in_flight = 0  # predictions between their first byte and their answer
+        self._body_bytes = 0  # bodies held in memory (ServeConfig.upload_buffer_mb)
         self._admitted = 0
         self._peak = 0
         self._answered_images = 0
@@ -46,20 +48,29 @@ class Service:
         self._lock = threading.Lock()
         self._loader: threading.Thread | None = None
         self._started = False
+        self._closing = False
+        self.close_with_loop: Any = None  # the task that closes a lazily started service
         self.model_info: dict[str, Any] = {}
 
     # -- lifecycle ---------------------------------------------------------------------
-    def start(self, background: bool = True) -> None:
-        """Load and warm up the model (once; later calls do nothing)."""
+    def start(self, background: bool = True) -> bool:
+        """Load and warm up the model (in a thread when ``background``), then start the
+        engine thread; once until :meth:`close`, later calls do nothing. After a close,
+        only the threads start again: the model stays loaded. True when this call
+        started the service."""
         with self._lock:
             if self._started:
-                return
-            self._started = True
-        if background:
+                return False
+            self._started, self._closing = True, False
+            self.draining_since, self.failed = None, None
+        if self.predictor is not None:
+            self._open()
+        elif background:
             self._loader = threading.Thread(target=self._load, name="tlearn-load", daemon=True)
             self._loader.start()
         else:
             self._load()
+        return True
 
     def _load(self) -> None:
         from tlearn.predictor import Predictor, load_predictor
@@ -72,9 +83,11 @@ class Service:
         except Exception as e:
             self.failed = f"{type(e).__name__}: {e}"
             log.error("the model could not be loaded: %s", self.failed)
+            return
+        self._open()
 
     def _warm_up(self, predictor: Any) -> None:
-        """Run one full batch (timed: it sizes the queue), then take requests."""
+        """Run one full batch (timed: it sizes the queue); keep the predictor."""
         size = predictor.preprocessing.input_size
         batch = np.zeros((self.config.max_batch_size, size, size, 3), np.uint8)
         predictor.predict_pixels(batch[:1])
@@ -90,24 +103,29 @@ class Service:
             "n_classes": len(info["classes"]),
         }
         self.predictor = predictor
-        self.batcher = Batcher(
-            predictor.predict_pixels,
-            self.config.max_batch_size,
-            on_batch=self.metrics.on_batch,
-            on_drop=lambda n: self.metrics.reject("timeout", n),
-        )
-        batcher = self.batcher
-        self.metrics.queue_depth.set_function(lambda: batcher.depth)
-        self.ready = True
-        self.metrics.ready.set(1)
         log.info(
-            "ready: %s on %s; a batch of %d takes %.0f ms; at most %d images admitted",
+            "loaded: %s on %s; a batch of %d takes %.0f ms; at most %d images admitted",
             self.model_info["backbone"],
             self.model_info["engine"],
             self.config.max_batch_size,
             seconds * 1000,
             self.queue_cap,
         )
+
+    def _open(self) -> None:
+        """Start the engine thread and take requests (unless closed meanwhile)."""
+        with self._lock:
+            if self._closing:
+                return
+            self.batcher = batcher = Batcher(
+                self.predictor.predict_pixels,
+                self.config.max_batch_size,
+                on_batch=self.metrics.on_batch,
+                on_drop=lambda n: self.metrics.reject("timeout", n),
+            )
+        self.metrics.queue_depth.set_function(lambda: batcher.depth)
+        self.ready = True
+        self.metrics.ready.set(1)
 
     def _source_name(self) -> str:
         import os
@@ -125,23 +143,63 @@ class Service:
         if self.draining_since is None:
             self.draining_since = time.monotonic()
             self.metrics.ready.set(0)
-            log.info("draining: no new work; %d images in flight", self._admitted)
+            log.info("draining: no new work; %d predictions in flight", self._in_flight)
 
     @property
     def draining(self) -> bool:
         return self.draining_since is not None
 
     def drained(self) -> bool:
-        """True when draining and nothing admitted is left (or ``drain_s`` has passed)."""
+        """True when draining and no prediction is in flight, its body still arriving
+        included (or ``drain_s`` has passed)."""
         if self.draining_since is None:
             return False
         late = time.monotonic() - self.draining_since > self.config.drain_s
-        return self._admitted == 0 or late
+        return self._in_flight == 0 or late
 
     def close(self) -> None:
+        """Stop every thread :meth:`start` started: wait for a load in progress, let the
+        engine finish what is queued, stop the decoding threads. The model stays loaded,
+        so :meth:`start` may open the service again at once."""
+        with self._lock:
+            if not self._started:
+                return
+            self._closing = True  # a load still running starts no engine thread
+            self.ready = False
+        self.metrics.ready.set(0)
+        if self._loader is not None:
+            self._loader.join(self.config.drain_s)
         if self.batcher is not None:
             self.batcher.close(timeout=self.config.drain_s)
-        self.decode_pool.shutdown(wait=False, cancel_futures=True)
+        self.decode_pool.shutdown(wait=True, cancel_futures=True)
+        with self._lock:
+            self.decode_pool = ThreadPoolExecutor(self.config.n_decode_workers, "tlearn-decode")
+            self.batcher, self._loader, self._started = None, None, False
+
+    # -- requests and their bodies -----------------------------------------------------
+    def enter(self) -> None:
+        """A prediction began (its body may still be arriving): draining waits for it."""
+        with self._lock:
+            self._in_flight += 1
+
+    def leave(self) -> None:
+        with self._lock:
+            self._in_flight -= 1
+
+    def hold_body(self, n: int) -> bool:
+        """Count ``n`` more bytes of a body against the upload buffer; False, counting
+        nothing, when they would pass it."""
+        with self._lock:
+            if self._body_bytes + n > self.config.upload_buffer_bytes:
+                return False
+            self._body_bytes += n
+            self.metrics.body_bytes.set(self._body_bytes)
+            return True
+
+    def drop_body(self, n: int) -> None:
+        with self._lock:
+            self._body_bytes -= n
+            self.metrics.body_bytes.set(self._body_bytes)
 
     # -- admission ---------------------------------------------------------------------
     def admit(self, n: int, held: int = 0) -> bool:
