@@ -8,8 +8,9 @@ serving issue in one run, each against its baseline measured in the same run.
 - idle p50 (one request at a time) against one in-process prediction of the same image;
 - at twice the sustainable rate: goodput, p99 of admitted requests, how fast the excess is
   refused, and the most images ever admitted against the cap;
-- peak RSS under a flood of oversize, chunked and slow uploads, against the bound
-  idle + max_inflight x max_body + 100 MB.
+- peak RSS under a flood of full, oversize, chunked and slow uploads, against the memory
+  budget ``ServeConfig`` states (idle + 1.125 x upload buffer + what the decoding threads
+  hold + 64 KB a connection + 50 MB).
 
 The load generator is a bounded asyncio client (at most ``--max-connections``
 connections; every run stops after its duration).
@@ -253,22 +254,26 @@ def _timed(fn, *args) -> float:
 def flood(server: Served, max_body_mb: float, seconds: float) -> dict[str, float]:
     import threading
 
-    from tests.test_serve import _chunked_upload, _raw_exchange
+    from tests.served import chunked_upload, raw_exchange
 
-    cap = _metric(server.url, "tlearn_queue_cap")
+    from tlearn.serve import ServeConfig
+
     body = int(max_body_mb * 1024 * 1024)
-    oversize = (
-        b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
-        b"Content-Length: %d\r\n\r\n" % (body + 1) + b"\0" * (body + 1)
-    )
-    slow = (
-        b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
-        b"Content-Length: %d\r\n\r\n" % body + b"\0" * (body // 2)
-    )
+
+    def post(data: bytes, length: int) -> bytes:
+        return (
+            b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+            b"Connection: close\r\nContent-Length: %d\r\n\r\n" % length + data
+        )
+
+    full = post(bytes(body), body)
+    oversize = post(bytes(body + 1), body + 1)
+    slow = post(bytes(body // 2), body)  # then nothing: 408 after the body's deadline
     attacks = [
-        lambda: _raw_exchange(server.port, oversize),
-        lambda: _chunked_upload(server.port, 2 * body),
-        lambda: _raw_exchange(server.port, slow),
+        lambda: raw_exchange(server.port, full),
+        lambda: raw_exchange(server.port, oversize),
+        lambda: chunked_upload(server.port, 2 * body),
+        lambda: raw_exchange(server.port, slow),
     ]
     idle = server.rss_kb()
     server.reset_peak_rss()
@@ -278,7 +283,7 @@ def flood(server: Served, max_body_mb: float, seconds: float) -> dict[str, float
     def attacker(i: int) -> None:
         while time.monotonic() < end:
             with contextlib.suppress(OSError, ValueError, IndexError):
-                attacks[i % 3]()  # a connection cut after its 413 is the point
+                attacks[i % len(attacks)]()  # each is answered, and drained
             counts["sent"] += 1
 
     threads = [threading.Thread(target=attacker, args=(i,)) for i in range(48)]
@@ -287,12 +292,11 @@ def flood(server: Served, max_body_mb: float, seconds: float) -> dict[str, float
     for t in threads:
         t.join()
     peak = server.rss_kb(peak=True)
-    bound = idle + cap * max_body_mb * 1024 + 100 * 1024
+    budget = ServeConfig(max_body_mb=max_body_mb).memory_budget_bytes(idle * 1024, len(threads))
     return {
         "idle_mb": idle / 1024,
         "peak_mb": peak / 1024,
-        "bound_mb": bound / 1024,
-        "cap": cap,
+        "bound_mb": budget / 2**20,
         "attacks": counts["sent"],
     }
 
@@ -498,9 +502,9 @@ def _report(rows, over, peak_admitted, cap, idle, single, gain, flooded) -> None
         f"the cap in force {over['over_cap']} times"
     )
     print(
-        f"upload flood ({flooded['attacks']} oversize, chunked and slow uploads, 48 at a "
-        f"time): peak RSS {flooded['peak_mb']:.0f} MB; idle {flooded['idle_mb']:.0f} MB; "
-        f"bound idle + {flooded['cap']:.0f} x 20 MB + 100 MB = {flooded['bound_mb']:.0f} MB"
+        f"upload flood ({flooded['attacks']} full, oversize, chunked and slow uploads, 48 at "
+        f"a time): peak RSS {flooded['peak_mb']:.0f} MB; idle {flooded['idle_mb']:.0f} MB; "
+        f"the stated budget (ServeConfig) {flooded['bound_mb']:.0f} MB"
     )
 
 
