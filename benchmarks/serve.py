@@ -351,14 +351,6 @@ class _CapWatch:
         self._thread.join()
 
 
-def _metric(url: str, name: str) -> float:
-    import httpx
-
-    text = httpx.get(url + "/metrics", timeout=10).text
-    match = re.search(rf"^{name} (\S+)$", text, re.M)
-    return float(match.group(1)) if match else float("nan")
-
-
 # -- the run ------------------------------------------------------------------------------
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
