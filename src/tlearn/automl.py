@@ -96,9 +96,9 @@ def probe_settings(small: bool, n: int, ensemble: str | None = None) -> list[dic
     """Feature settings for the probe, best first, cheaper after: with ``ensemble`` (a
     backbone name) every variant on it first, then on the default backbone. On 50,000
     CIFAR-10 images at 128 px without flip averaging, Lite1 + Lite2 scored 85.3% where
-    Lite0 alone scored 82.3% (README)."""
+    Lite0 alone scored 82.3% (docs/accuracy.md)."""
     variants: list[dict[str, Any]] = [{"flip_average": True}]
-    if small:  # tiny images are upsampled: a smaller input costs little (README)
+    if small:  # tiny images are upsampled: a smaller input costs little (docs/accuracy.md)
         variants += [{"flip_average": True, "image_size": 160}, {"flip_average": False,
                      "image_size": 160}, {"flip_average": False, "image_size": 128}]  # fmt: skip
     else:

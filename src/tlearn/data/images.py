@@ -125,7 +125,7 @@ class Preprocessing:
         Whether images smaller than the input (their shorter side below ``input_size``) are
         cropped like the others. ``False``: they are enlarged so the shorter side is exactly
         ``input_size`` and only the longer side is cropped to a square, so a 32 px image
-        keeps its border (measured in the README).
+        keeps its border (measured in docs/accuracy.md).
     pad_small : int
         With ``crop_small`` off: pixels of reflected border added on each side of a small
         image, which is enlarged to ``input_size - 2 * pad_small`` first. Fine-tuning's

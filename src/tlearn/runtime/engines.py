@@ -1,6 +1,6 @@
 """The engine table: every inference engine described once (name, runtime, precision,
 devices, extra, calibration), and everything derived from it: parameter validation,
-``auto``'s order, the command line's help, the README's table (a test compares them),
+``auto``'s order, the command line's help, the table in docs/engines.md (a test compares them),
 and the builder.
 
 Engines in ``auto``'s order, fastest first on CPU (model-only images/s measured for

@@ -1,7 +1,7 @@
 """The engine table, as pure data (no PyTorch import, so the command line's help can list
 it): every inference engine described once, in ``auto``'s order of preference. Everything
 else is derived from it: parameter validation, ``auto``'s order, the ``--engine`` help, the
-README's table (a test compares them) and the builders in :mod:`tlearn.runtime.engines`.
+table in docs/engines.md (a test compares them) and the builders in :mod:`tlearn.runtime.engines`.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Every error the server answers with, as ``{"error": {"code", "message"}}``: one table,
-from which the responses, the OpenAPI description and the README list are made."""
+from which the responses, the OpenAPI description and the list in docs/serving.md are made."""
 
 from __future__ import annotations
 
