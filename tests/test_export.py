@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -24,7 +25,16 @@ def probe(shapes3):
 
 @pytest.mark.parametrize("fmt", ["onnx", "openvino"])
 def test_exported_classifier_matches_the_model(fmt, probe, shapes3, tmp_path):
-    path = export_model(probe, tmp_path / "clf", fmt)
+    old = os.umask(0o027)
+    try:
+        path = export_model(probe, tmp_path / "clf", fmt)
+    finally:
+        os.umask(old)
+    # written atomically, with the permissions any program's new files get (issue 27)
+    written = [path, path + ".json"]
+    written += [str(Path(path).with_suffix(".bin"))] if fmt == "openvino" else []
+    assert {stat.S_IMODE(os.stat(p).st_mode) for p in written} == {0o640}
+    assert sorted(os.listdir(tmp_path)) == sorted(os.path.basename(p) for p in written)
     meta = json.loads(Path(path + ".json").read_text())
     assert meta["classes"] == ["astronaut", "coffee", "rocket"]
     assert meta["preprocessing"]["input_size"] == 64

@@ -1,30 +1,80 @@
-"""Atomic safetensors writing shared by model files and training checkpoints: the data goes
-to a temporary file in the same folder, then ``os.replace`` swaps it in, so a reader (or a
-run killed mid-write) never sees a half-written file."""
+"""Atomic file writing, for every file tlearn writes in place of an older one (model files,
+checkpoints, plots, exports): the data goes to a temporary file in the same folder, then
+``os.replace`` swaps it in, so a reader (or a run killed mid-write) never sees a
+half-written file.
+
+The temporary file is created the way any program creates a file (mode ``0o666`` less the
+umask, and the folder's default ACL), not with :func:`tempfile.mkstemp`'s private
+``0o600``, which the rename would carry over: a model file written with umask 022 is
+``0o644``, like one written by ``cp``.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import tempfile
+import secrets
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 
-__all__ = ["read_safetensors", "write_atomic", "write_safetensors_atomic"]
+__all__ = ["atomic_path", "read_safetensors", "write_atomic", "write_safetensors_atomic"]
+
+
+def _new_file(folder: str, suffix: str) -> str:
+    """Create an empty file with a fresh name in ``folder``; returns its path."""
+    for _ in range(100):
+        path = os.path.join(folder, f".tlearn-{secrets.token_hex(8)}{suffix}")
+        try:
+            # 0o666: the umask (and a default ACL) then apply as for any new file
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return path
+    raise FileExistsError(f"cannot create a temporary file in {folder!r}")
+
+
+@contextlib.contextmanager
+def atomic_path(
+    path: str | os.PathLike[str], *, suffix: str = ".tmp", companions: tuple[str, ...] = ()
+) -> Iterator[str]:
+    """A temporary path to write ``path``'s content to; when the block ends without an
+    exception the file is flushed to disk and replaces ``path``, otherwise it is removed.
+
+    ``suffix`` ends the temporary name (for writers that choose a format by it).
+    ``companions`` are suffixes of files the writer puts beside it (OpenVINO writes the
+    ``.bin`` of an ``.xml``): they replace their counterparts first, so the main file,
+    moved last, marks a complete set.
+
+    Examples
+    --------
+    >>> with atomic_path("model.onnx", suffix=".onnx") as tmp:  # doctest: +SKIP
+    ...     torch.onnx.export(net, (x,), tmp)
+    """
+    path = os.fspath(path)
+    tmp = _new_file(os.path.dirname(os.path.abspath(path)), suffix)
+    stem, target = os.path.splitext(tmp)[0], os.path.splitext(path)[0]
+    moves = [(stem + s, target + s) for s in companions] + [(tmp, path)]
+    try:
+        yield tmp
+        for source, _ in moves:
+            with open(source, "rb") as f:
+                os.fsync(f.fileno())
+        for source, destination in moves:
+            os.replace(source, destination)
+    finally:
+        for source, _ in moves:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(source)
 
 
 def write_atomic(path: str | os.PathLike[str], data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same folder."""
-    path = os.fspath(path)
-    fd, tmp = tempfile.mkstemp(prefix=".tlearn-", suffix=".tmp", dir=os.path.dirname(path))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(data)
 
 
 def write_safetensors_atomic(
@@ -33,21 +83,13 @@ def write_safetensors_atomic(
     meta: dict[str, Any],
     key: str = "tlearn",
 ) -> str:
+    """Write ``tensors`` with ``meta`` as JSON under ``key``, atomically; returns the path."""
     from safetensors.torch import save_file
 
     path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tlearn-", suffix=".tmp", dir=folder)
-    os.close(fd)
-    try:
-        contiguous = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    contiguous = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    with atomic_path(path) as tmp:
         save_file(contiguous, tmp, metadata={key: json.dumps(meta)})
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 

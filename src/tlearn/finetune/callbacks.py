@@ -21,7 +21,7 @@ from typing import Any
 
 from torch import nn
 
-from tlearn._io import write_atomic
+from tlearn._io import atomic_path, write_atomic
 from tlearn._log import logger
 from tlearn.exceptions import CheckpointError
 from tlearn.finetune.checkpoint import (
@@ -194,11 +194,10 @@ class History(Callback):
         if not self.info.is_main:
             return
         path = os.path.join(self.folder, "history.csv")
-        with open(path + ".tmp", "w", newline="", encoding="utf-8") as f:
+        with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
             writer = csv.DictWriter(f, fieldnames=list(state.history[0]))
             writer.writeheader()
             writer.writerows(state.history)
-        os.replace(path + ".tmp", path)
         plot_history(state.history, os.path.join(self.folder, "curves.png"))
 
 
