@@ -96,12 +96,31 @@ def test_evaluate_and_predict(trained, shapes_zip, tmp_path):
     assert rows[1]["error"] and "1 images predicted, 1 failed" in r.stdout
 
 
+def test_predict_to_stdout_and_into_a_new_folder(trained, shapes_zip, tmp_path):
+    """-o - streams JSON Lines to stdout (messages on stderr); -o into a folder that does
+    not exist makes it, parents too."""
+    model, _ = trained
+    image = f"{shapes_zip}/test/coffee/00001.jpg"
+    r = run("predict", str(model), image, f"{shapes_zip}/test/rocket/00001.jpg", "-o", "-")
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [row["row_id"] for row in rows] == [0, 1] and rows[0]["label"] == "coffee"
+    assert "2 images predicted, 0 failed; written to stdout" in r.stderr
+    out = tmp_path / "new" / "deeper" / "preds.csv"
+    r = run("predict", str(model), image, "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    assert out.read_text().count("\n") == 2
+
+
 def test_skip_bad_images_lists_them(image_folder, tmp_path):
     (image_folder / "coffee" / "zero.jpg").write_bytes(b"")
     out = tmp_path / "m.safetensors"
     r = run("fit", str(image_folder), "--method", "probe", "--image-size", "64", "--test-size",
             "0.2", "--out", str(out))  # fmt: skip
     assert r.returncode == 2 and "zero.jpg" in r.stderr and "empty" in r.stderr
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "pass --skip-bad-images" in errors[0], r.stderr
+    assert "Traceback" not in r.stderr and "warning" not in r.stderr.lower()
     assert not out.exists()
     r = run(
         "fit",
@@ -183,12 +202,12 @@ def test_predict_with_the_backbones_own_imagenet_head(tmp_path):
         (["--method", "finetune", "--optimizer", "adam"], "Did you mean 'adamw'"),
         (["--optimizer", "adam"], "Did you mean 'adamw'"),  # --method auto checks it at once
         (["--device", "cuda"], "sees no CUDA GPU"),
-        (["--engine", "nope"], "'engine' parameter of LinearProbe must be one of"),
+        (["--engine", "nope"], "--engine must be one of 'auto'"),
         (
             ["--method", "probe", "--epochs", "3"],
             "--epochs applies to --method finetune, not probe",
         ),
-        (["--method", "nearest"], "'method' parameter of train must be one of"),
+        (["--method", "nearest"], "--method must be one of 'auto', 'probe', 'finetune'"),
     ],
 )
 def test_user_errors_are_one_line_and_exit_2(image_folder, tmp_path, flags, message):

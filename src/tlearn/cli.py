@@ -1,17 +1,28 @@
 """The ``tlearn`` command: fit, evaluate, predict, export, bench, models, demo.
 
 Each command calls the library functions a Python user calls (:func:`tlearn.training.train`,
-:class:`tlearn.predictor.Predictor`, :func:`tlearn.evaluation.evaluate`); errors print one
-line (``error: ...``) and exit with status 2, never a traceback. ``fit``'s estimator flags
-are derived from the estimators' own signatures (:mod:`tlearn._cli_options`).
+:class:`tlearn.predictor.Predictor`, :func:`tlearn.evaluation.evaluate`); every user error
+prints one line (``error: ...``) and exits with status 2, never a traceback or a box, and
+warnings that matter print one ``warning: ...`` line (:func:`tlearn._log.cli_warnings`).
+
+What the input alone shows to be wrong is refused before anything heavy loads: each numeric
+flag against one table (:data:`tlearn._cli_options.FLAG_CONSTRAINTS`) and ``fit``'s
+estimator flags against the estimators' own constraints, both read without importing
+PyTorch; paths, model files, outputs and backbone names are checked next, then the model
+loads. ``fit``'s estimator flags are derived from the estimators' signatures
+(:mod:`tlearn._cli_options`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import functools
 import inspect
 import json
+import os
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -20,7 +31,21 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from tlearn.exceptions import TlearnError
+from tlearn._cli_options import (
+    FLAG_CONSTRAINTS,
+    check_address,
+    check_backbone,
+    check_flags,
+    check_inputs,
+    check_model_file,
+    check_output,
+    check_source,
+    flag,
+    make_folder_for,
+    read_constant,
+)
+from tlearn._validation import Options
+from tlearn.exceptions import DataError, ImageReadError, TlearnError
 from tlearn.runtime.table import engine_help
 
 app = typer.Typer(
@@ -28,6 +53,42 @@ app = typer.Typer(
 )
 console = Console()
 err_console = Console(stderr=True)
+
+
+def command(name: str | None = None) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """``app.command``, with every numeric flag checked against its constraints first."""
+
+    def register(fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def checked(*args: Any, **kwargs: Any) -> Any:
+            check_flags(kwargs, FLAG_CONSTRAINTS)
+            return fn(*args, **kwargs)
+
+        app.command(name=name)(checked)
+        return fn
+
+    return register
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        console.print(f"tlearn {version('tlearn')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Transfer learning for image classification."""
+
 
 DataArg = Annotated[
     str,
@@ -69,19 +130,36 @@ AddressOpt = Annotated[
 WorkersOpt = Annotated[
     int | None,
     typer.Option(
-        min=1,
         help="Ray workers (default: one per --threads CPUs, less one CPU for decoding).",
         rich_help_panel=_SCALE,
     ),
 ]
 ThreadsOpt = Annotated[
-    int, typer.Option(min=1, help="CPUs (engine threads) per Ray worker.", rich_help_panel=_SCALE)
+    int, typer.Option(help="CPUs (engine threads) per Ray worker.", rich_help_panel=_SCALE)
 ]
 
 
+def _error_line(message: str) -> None:
+    """``error: message`` on stderr, on one line whatever the message holds."""
+    text = " ".join(str(message).split())
+    err_console.print(f"[bold red]error:[/] {escape(text)}", highlight=False, soft_wrap=True)
+
+
 def _fail(message: str) -> None:
-    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    _error_line(message)
     raise typer.Exit(2)
+
+
+@contextlib.contextmanager
+def _suggest_skip_bad_images() -> Iterator[None]:
+    """An unreadable image stops fit and evaluate; say how to go on without it."""
+    try:
+        yield
+    except ImageReadError as e:
+        raise DataError(
+            f"{e}. Fix or remove the file, or pass --skip-bad-images to leave unreadable "
+            "images out (they are listed in a .skipped.csv beside the output)"
+        ) from e
 
 
 def _write_skipped(skipped: list[tuple[int, str, str]], beside: str) -> str | None:
@@ -129,7 +207,7 @@ _FIT_GENERAL: list[tuple[str, Any, Any]] = [
      "--checkpoint-dir (default OUT.run/).")], False),
     ("cluster", ClusterOpt, "local"),
     ("address", AddressOpt, None),
-    ("workers", Annotated[int, typer.Option(min=1, help="Ray Train workers.",
+    ("workers", Annotated[int, typer.Option(help="Ray Train workers.",
      rich_help_panel=_SCALE)], 2),
     ("threads", ThreadsOpt, 1),
 ]  # fmt: skip
@@ -166,10 +244,11 @@ def _read_config(path: Path | None) -> dict[str, Any]:
 
 
 def _fit_settings(ctx: typer.Context, values: dict[str, Any]) -> dict[str, Any]:
-    """The command line's values, with a --config file filling what was left unset; flags
-    that the chosen method does not take are refused. Estimator flags left at their
-    defaults are dropped: the estimator's own defaults apply, and ``--method auto`` knows
-    what the user chose (a named ``--backbone`` is used alone)."""
+    """The command line's values, with a --config file filling what was left unset, each
+    checked against its constraints; flags that the chosen method does not take are
+    refused. Estimator flags left at their defaults are dropped: the estimator's own
+    defaults apply, and ``--method auto`` knows what the user chose (a named
+    ``--backbone`` is used alone)."""
     settings = dict(values)
     from_file = _read_config(settings.pop("config"))
     unknown = sorted(set(from_file) - set(settings))
@@ -179,16 +258,46 @@ def _fit_settings(ctx: typer.Context, values: dict[str, Any]) -> dict[str, Any]:
         source = ctx.get_parameter_source(key)
         if source is None or source.name == "DEFAULT":
             settings[key] = value
+    methods = read_constant("tlearn.training", "METHODS")
+    check_flags(settings, {**FLAG_CONSTRAINTS, "method": [Options(methods)]})
     method = "finetune" if settings["method"] == "lp-ft" else settings["method"]
     for option in _estimator_options():
         source = ctx.get_parameter_source(option.name)
         explicit = (source is not None and source.name != "DEFAULT") or option.name in from_file
         if explicit and method in ("probe", "finetune") and method not in option.methods:
-            flag = "--" + option.name.replace("_", "-")
-            _fail(f"{flag} applies to --method {' or '.join(option.methods)}, not {method}")
-        if not explicit:  # the method's own default, and auto sees what the user set
+            _fail(f"{flag(option.name)} applies to --method {' or '.join(option.methods)}, "
+                  f"not {method}")  # fmt: skip
+        if explicit:
+            _check_estimator_flag(option, settings[option.name], method)
+        else:  # the method's own default, and auto sees what the user set
             settings.pop(option.name, None)
     return settings
+
+
+def _check_estimator_flag(option: Any, value: Any, method: str) -> None:
+    """The value against the constraints of each estimator that will take it (both, under
+    --method auto), read from their source: a bad value fails before PyTorch loads."""
+    from tlearn._cli_options import read_constraints
+
+    for m in option.methods if method == "auto" else (method,):
+        allowed = read_constraints(*_ESTIMATORS[m]).get(option.name)
+        check_flags({option.name: value}, {option.name: allowed} if allowed else {})
+
+
+def _check_fit(data: str, s: dict[str, Any], out: Path, json_path: Path | None) -> None:
+    """What fit's input alone shows to be wrong, refused before anything loads."""
+    s["time_budget"] = _seconds(s["time_budget"])
+    check_source(data, "DATA")
+    if s["test"] is not None:
+        check_source(s["test"], "--test")
+        if s["test_size"] is not None:
+            _fail("--test gives the test data and --test-size holds out a split: pass one")
+    if s["resume"] and s["method"] not in ("finetune", "lp-ft"):
+        _fail("--resume continues an interrupted fine-tuning run: use it with --method "
+              f"finetune or lp-ft, not {s['method']}")  # fmt: skip
+    check_backbone(s.get("backbone"))
+    make_folder_for(out, "--out")
+    make_folder_for(json_path, "--json")
 
 
 def fit(ctx: typer.Context, data: str, **values: Any) -> None:
@@ -201,18 +310,19 @@ def fit(ctx: typer.Context, data: str, **values: Any) -> None:
     Under `torchrun --nproc_per_node N -m tlearn fit ...` the fine-tuning runs with
     DistributedDataParallel.
     """
-    from tlearn.training import train
-
     s = _fit_settings(ctx, values)
     out, json_path = Path(s.pop("out")), s.pop("json_path")
-    s["time_budget"] = _seconds(s["time_budget"])
+    _check_fit(data, s, out, json_path)
     scale = {k: s.pop(k) for k in ("cluster", "address", "workers", "threads")}
     if _on_ray(scale.pop("cluster"), out):
         _fit_on_ray(data, out, json_path, scale, s)
         return
     if s["method"] in ("finetune", "lp-ft") and s.get("checkpoint_dir") is None:
         s["checkpoint_dir"] = str(out.with_suffix("")) + ".run"
-    result = train(data, out=out, say=console.print, **s)
+    from tlearn.training import train
+
+    with _suggest_skip_bad_images():
+        result = train(data, out=out, say=console.print, **s)
     if result.report is None:
         return  # a torchrun worker process
     _write_skipped(result.skipped, str(out))
@@ -249,16 +359,18 @@ def _fit_on_ray(
 
 
 def _seconds(text: str | None) -> float | None:
-    """'10m', '90s', '1h', '1.5h' or plain seconds -> seconds."""
+    """'10m', '90s', '1h', '1.5h' or plain seconds -> seconds (more than 0)."""
     if text is None:
         return None
     units = {"s": 1, "m": 60, "h": 3600}
     value = text.strip().lower()
     try:
-        return float(value[:-1]) * units[value[-1]] if value[-1] in units else float(value)
+        seconds = float(value[:-1]) * units[value[-1]] if value[-1] in units else float(value)
     except (ValueError, IndexError):
-        _fail(f"--time-budget must be like 10m, 90s or 1h, got {text!r}")
-        raise
+        seconds = float("nan")
+    if not 0 < seconds < float("inf"):  # NaN fails too
+        _fail(f"--time-budget must be a time above 0 like 10m, 90s or 1h. Got {text!r} instead.")
+    return seconds
 
 
 def _leaderboard_table(rows: list[dict[str, Any]]) -> Table:
@@ -287,11 +399,11 @@ def _fit_signature() -> inspect.Signature:
 
 
 fit.__signature__ = _fit_signature()  # type: ignore[attr-defined]
-app.command()(fit)
+command()(fit)
 
 
 # -- evaluate, predict, export --------------------------------------------------------------
-@app.command(name="evaluate")
+@command(name="evaluate")
 def evaluate_cmd(
     model: Annotated[str, typer.Argument(help="A model file from `tlearn fit`, or an export.")],
     data: DataArg,
@@ -310,19 +422,18 @@ def evaluate_cmd(
 ) -> None:
     """Accuracy, per-class precision/recall/F1 and the confusion matrix of MODEL on DATA;
     --report DIR adds plots and a self-contained report.html."""
+    check_model_file(model)
+    check_source(data, "DATA")
+    make_folder_for(json_path, "--json")
     from tlearn.evaluation import evaluate
     from tlearn.predictor import Predictor
     from tlearn.training import load_labelled
 
+    X, y = load_labelled(data, max_per_class, seed)  # a listing: before the model loads
     predictor = Predictor.load(model, engine=engine)
-    X, y = load_labelled(data, max_per_class, seed)
-    report = evaluate(
-        predictor,
-        X,
-        y,
-        unknown="skip" if skip_unknown_classes else "raise",
-        on_error="skip" if skip_bad_images else "raise",
-    )
+    with _suggest_skip_bad_images():
+        report = evaluate(predictor, X, y, unknown="skip" if skip_unknown_classes else "raise",
+                          on_error="skip" if skip_bad_images else "raise")  # fmt: skip
     console.print(report)
     console.print(_confusion_table(report))
     if report.unknown:
@@ -356,7 +467,7 @@ def _label_backbones(names: list[str] | None) -> list[str] | str:
     return [] if [n.lower() for n in names] == ["none"] else names
 
 
-@app.command()
+@command()
 def doctor(
     data: DataArg,
     test: Annotated[str | None, typer.Option(help="Test data, checked for leakage too.")] = None,
@@ -402,6 +513,15 @@ def doctor(
     """Find unreadable files, exact and near duplicates, train/test leakage, likely label
     errors, outliers, class imbalance and image-quality problems in DATA. Writes a report;
     nothing on disk is moved or deleted."""  # fmt: skip
+    check_source(data, "DATA")
+    if test is not None:
+        check_source(test, "--test")
+    check_backbone(backbone)
+    for name in _label_backbones(label_backbone) if label_backbone else []:
+        check_backbone(name, "--label-backbone")
+    if out.exists() and not out.is_dir():
+        _fail(f"--out {str(out)!r} is a file; the doctor writes a folder of reports there")
+    make_folder_for(write_clean, "--write-clean")
     from tlearn.doctor import inspect, write_report
     from tlearn.doctor import write_clean as clean_csv
     from tlearn.training import load_labelled
@@ -423,7 +543,7 @@ def doctor(
     console.print(f"report written to {paths['report.html']}, issues to {paths['issues.csv']}")
 
 
-@app.command()
+@command()
 def predict(
     model: Annotated[
         str,
@@ -438,7 +558,8 @@ def predict(
         typer.Option(
             "--output",
             "-o",
-            help="A CSV or JSONL file, or a Parquet folder (*.parquet); default: a table.",
+            help="A CSV or JSONL file, a Parquet folder (*.parquet), or - for JSON Lines on "
+            "stdout; default: a table.",
         ),
     ] = None,
     top_k: Annotated[int, typer.Option(help="How many labels per image.")] = 1,
@@ -453,11 +574,11 @@ def predict(
 ) -> None:
     """Predict the class of every image in INPUTS; unreadable files get a row with the error.
 
-    Streams: memory stays flat however many images, rows are written as they come. With
+    Streams: memory stays flat however many images, rows are written as they come; with
+    --output - they go to stdout as JSON Lines (messages and progress stay on stderr). With
     --cluster ray the images are decoded and predicted by Ray workers."""
-    from tlearn.inference import predict_to_file
-    from tlearn.predictor import Predictor
-
+    check_model_file(model)
+    check_inputs(inputs)
     if _on_ray(cluster, output):
         from tlearn.scale import ray as scale_ray
 
@@ -466,19 +587,69 @@ def predict(
                                    address=address, workers=workers, threads=threads)  # fmt: skip
         _say_written(counts, "predicted", output)
         return
+    if output is not None and str(output) != "-":
+        check_output(output, "predictions", resume, overwrite)
+    total = _images_to_do(inputs, output if resume else None)
+    from tlearn.predictor import Predictor
+
     predictor = Predictor.load(model, engine=engine)
-    if output is not None:
-        with _row_progress() as on_row:
-            counts = predict_to_file(predictor, inputs, output, top_k=top_k, tta=tta,
-                                     resume=resume, overwrite=overwrite, on_row=on_row)  # fmt: skip
-        _say_written(counts, "predicted", output)
-    else:
-        counts = _print_predictions(predictor.iter_predict(inputs, top_k=top_k, tta=tta), top_k)
+    counts = _predict_rows(predictor, inputs, output, total, top_k=top_k, tta=tta,
+                           resume=resume, overwrite=overwrite)  # fmt: skip
     if counts["ok"] == 0 and counts["failed"] > 0:
         raise typer.Exit(1)
 
 
-@app.command()
+def _predict_rows(
+    predictor: Any, inputs: list[str], output: Path | None, total: int, **options: Any
+) -> dict[str, int]:
+    """Predict to OUTPUT, to stdout (``-``) or to a table, with a progress display."""
+    from tlearn._progress import progress
+
+    top_k, tta = options["top_k"], options["tta"]
+    with progress(total, 1, "predicting") as advance:
+        if output is None:
+            rows = list(_advancing(predictor.iter_predict(inputs, top_k=top_k, tta=tta), advance))
+        elif str(output) == "-":
+            counts = _write_jsonl(predictor.iter_predict(inputs, top_k=top_k, tta=tta), advance)
+        else:
+            from tlearn.inference import predict_to_file
+
+            counts = predict_to_file(predictor, inputs, output, **options,
+                                     on_row=lambda row: advance(1))  # fmt: skip
+    if output is None:
+        return _print_predictions(rows, top_k)
+    _say_written(counts, "predicted", output)
+    return counts
+
+
+def _advancing(rows: Any, advance: Callable[[int], None]) -> Iterator[dict[str, Any]]:
+    for row in rows:
+        advance(1)
+        yield row
+
+
+def _write_jsonl(rows: Any, advance: Callable[[int], None]) -> dict[str, int]:
+    """Rows to stdout as JSON Lines (what a .jsonl output holds), for a pipe."""
+    counts = {"ok": 0, "failed": 0}
+    for row in rows:
+        sys.stdout.write(json.dumps(row) + "\n")
+        counts["failed" if row["error"] else "ok"] += 1
+        advance(1)
+    sys.stdout.flush()
+    return counts
+
+
+def _images_to_do(inputs: list[str], resumed: Path | None) -> int:
+    """How many images the run will read: the progress total. A resumed run's finished
+    images are not counted, so the rate and time left are those of real work."""
+    from tlearn.data import iter_image_paths
+    from tlearn.outputs import read_done_paths
+
+    done = read_done_paths(resumed) if resumed is not None and resumed.exists() else ()
+    return max(sum(1 for _ in iter_image_paths(inputs)) - len(done), 0)
+
+
+@command()
 def featurize(
     inputs: Annotated[list[str], typer.Argument(help="Images, folders, zips, CSVs or globs.")],
     output: Annotated[
@@ -504,6 +675,8 @@ def featurize(
     (row_id, path, features, error): embeddings for your own search, clustering or models.
 
     Streams with flat memory; --resume continues an interrupted run."""
+    check_model_file(model)
+    check_inputs(inputs)
     if _on_ray(cluster, output):
         from tlearn.scale import ray as scale_ray
 
@@ -511,13 +684,18 @@ def featurize(
                                      overwrite=overwrite, engine=engine, address=address,
                                      workers=workers, threads=threads)  # fmt: skip
     else:
+        check_output(output, "features", resume, overwrite)
+        total = _images_to_do(inputs, output if resume else None)
+        from tlearn._progress import progress
         from tlearn.inference import featurize_to_file
         from tlearn.predictor import Predictor
 
         predictor = Predictor.load(model, engine=engine)
-        with _row_progress() as on_row:
-            counts = featurize_to_file(predictor, inputs, output, resume=resume,
-                                       overwrite=overwrite, on_row=on_row)  # fmt: skip
+        with progress(total, 1, "featurizing") as advance:
+            counts = featurize_to_file(
+                predictor, inputs, output, resume=resume, overwrite=overwrite,
+                on_row=lambda _: advance(1),
+            )  # fmt: skip
     _say_written(counts, "featurized", output)
     if counts["ok"] == 0 and counts["failed"] > 0:
         raise typer.Exit(1)
@@ -532,13 +710,14 @@ def _on_ray(cluster: str, output: Path | None) -> bool:
 
 
 def _say_written(counts: dict[str, int], verb: str, output: Path | None) -> None:
-    done = f"; {counts['skipped']} were already done" if counts["skipped"] else ""
-    console.print(
-        f"{counts['ok']} images {verb}, {counts['failed']} failed{done}; written to {output}"
+    done = f"; {counts['skipped']} were already done" if counts.get("skipped") else ""
+    where = "stdout" if str(output) == "-" else output
+    (err_console if where == "stdout" else console).print(
+        f"{counts['ok']} images {verb}, {counts['failed']} failed{done}; written to {where}"
     )
 
 
-def _print_predictions(rows: Any, top_k: int) -> dict[str, int]:
+def _print_predictions(rows: list[dict[str, Any]], top_k: int) -> dict[str, int]:
     """The predictions as a table on the terminal; returns how many worked and failed."""
     table = Table("path", "label", "probability", "error")
     counts = {"ok": 0, "failed": 0}
@@ -552,38 +731,10 @@ def _print_predictions(rows: Any, top_k: int) -> dict[str, int]:
     return counts
 
 
-class _row_progress:
-    """A progress line (images done, images per second) on a terminal; silent otherwise."""
-
-    def __enter__(self) -> Any:
-        if not err_console.is_terminal:
-            self.bar = None
-            return None
-        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
-
-        from tlearn._progress import RateColumn
-
-        self.bar = Progress(
-            SpinnerColumn(),
-            TextColumn("{task.completed} images"),
-            RateColumn(),
-            TimeElapsedColumn(),
-            console=err_console,
-            transient=True,
-        )
-        self.bar.start()
-        task = self.bar.add_task("predict", total=None)
-        return lambda row: self.bar.advance(task) if self.bar else None
-
-    def __exit__(self, *exc: object) -> None:
-        if self.bar is not None:
-            self.bar.stop()
-
-
 _SERVE = "Server limits"
 
 
-@app.command()
+@command()
 def serve(
     model: Annotated[
         str,
@@ -630,8 +781,6 @@ def serve(
 
     Needs the extra: pip install 'tlearn\[serve]'. Stops cleanly on SIGTERM or Ctrl+C:
     readiness turns 503, admitted requests finish, then the process exits 0."""
-    import os
-
     from tlearn.serve import ServeConfig, run
 
     api_key = None
@@ -643,10 +792,12 @@ def serve(
         max_batch_size=max_batch_size, max_queue=max_queue, max_body_mb=max_body_mb,
         max_pixels=max_pixels, timeout_s=timeout_s, api_key=api_key, top_k=top_k,
     )  # fmt: skip
+    check_model_file(model)
+    check_address(host, port)
     raise typer.Exit(run(model, config, host=host, port=port, engine=engine, log_level=log_level))
 
 
-@app.command()
+@command()
 def export(
     model: Annotated[Path, typer.Argument(help="A model file from `tlearn fit`.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Where to write (.onnx or .xml).")],
@@ -654,6 +805,12 @@ def export(
 ) -> None:
     """Write the whole classifier (backbone + head, probabilities out) as ONNX or OpenVINO IR,
     with a JSON sidecar of classes and preprocessing; `tlearn predict` runs it directly."""
+    from tlearn._validation import check_option
+
+    # export_model's own check (and message), made before the model loads
+    check_option("export_model", "format", format, read_constant("tlearn.export", "FORMATS"))
+    check_model_file(str(model))
+    make_folder_for(out, "--out")
     from tlearn.export import export_model
     from tlearn.persistence import load
 
@@ -662,7 +819,7 @@ def export(
 
 
 # -- models, bench, demo --------------------------------------------------------------------
-@app.command()
+@command()
 def models(
     pattern: Annotated[
         str | None, typer.Argument(help="Search timm and torchvision names containing this text.")
@@ -684,7 +841,7 @@ def models(
         )
 
 
-@app.command()
+@command()
 def bench(
     data: Annotated[str, typer.Argument(help="Images to read: a folder, zip, CSV or glob.")],
     backbone: str = "efficientnet_lite0",
@@ -704,6 +861,8 @@ def bench(
     ] = "pretrained",
 ) -> None:
     """Images per second end to end and model-only for each engine, beside the naive loop."""
+    check_inputs([data])
+    check_backbone(backbone)
     from itertools import islice
 
     from tlearn.bench import run_bench
@@ -716,7 +875,7 @@ def bench(
               weights=None if weights == "none" else weights)  # fmt: skip
 
 
-@app.command()
+@command()
 def demo(
     out: Annotated[Path, typer.Option(help="Folder for the model and sample images.")] = Path(
         "demo-output"
@@ -732,16 +891,60 @@ def demo(
     run_demo(out, per_class=per_class, test_per_class=test_per_class, seed=seed, console=console)
 
 
-def main() -> None:
-    """Entry point: run the app, turning every user error into one readable line."""
-    from tlearn._log import configure_cli
+def main(args: list[str] | None = None) -> None:
+    """Entry point: run the app; every user error is one ``error:`` line and status 2."""
+    from tlearn._log import cli_warnings, configure_cli
 
     configure_cli()
+    with cli_warnings():
+        code = _run(args)
+    sys.exit(code)
+
+
+def _click_exceptions() -> Any:
+    import importlib
+
+    try:  # typer 0.2x carries its own copy of click
+        return importlib.import_module("typer._click.exceptions")
+    except ImportError:
+        return importlib.import_module("click.exceptions")
+
+
+def _run(args: list[str] | None) -> int:
+    """The exit status of the command; the parser's errors and tlearn's on one line."""
+    click = _click_exceptions()
     try:
-        app()
-    except (TlearnError, FileNotFoundError, PermissionError, IsADirectoryError) as e:
-        err_console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
-        sys.exit(2)
+        return int(app(args=args, prog_name="tlearn", standalone_mode=False) or 0)
+    except getattr(click, "NoArgsIsHelpError", ()) as e:  # bare `tlearn fit`: the help
+        e.show()
+        return 2
+    except click.UsageError as e:
+        _error_line(_usage_message(e))
+        return 2
+    except click.ClickException as e:
+        _error_line(e.format_message())
+        return e.exit_code
+    except typer.Abort:
+        return 1
+    except BrokenPipeError:  # `tlearn predict ... -o - | head`: the reader has enough
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no flush error
+        return 1
+    except (TlearnError, OSError) as e:
+        _error_line(str(e))
+        return 2
+
+
+def _usage_message(e: Any) -> str:
+    """click's message for a mistake on the command line, as one sentence that points to
+    the help (typo'd options get click's "did you mean")."""
+    click = _click_exceptions()
+    message = e.message if isinstance(e, click.NoSuchOption) else e.format_message()
+    possible = getattr(e, "possibilities", None)
+    if possible:
+        message += f". Did you mean {' or '.join(sorted(possible))}?"
+    where = e.ctx.command_path if e.ctx is not None else "tlearn"
+    end = "" if message.endswith((".", "?")) else "."
+    return f"{message}{end} See `{where} --help`."
 
 
 if __name__ == "__main__":  # pragma: no cover
