@@ -38,6 +38,27 @@ def fitted_model(calibration_set: Any, tmp_path_factory: Any) -> Path:
     return _FITTED[key]
 
 
+#: The shared server's limits: a key, a 10 MB body limit, a short body deadline and a long
+#: answer deadline (the machine may be busy), the automatic queue cap.
+SHARED_KEY = "k3y-for-the-tests"
+SHARED_LIMITS = {"max_body_mb": 10, "body_timeout_s": 3, "timeout_s": 30, "max_batch_size": 4,
+                 "top_k": 3, "max_pixels": 1_000_000, "api_key": SHARED_KEY}  # fmt: skip
+_SHARED: dict[str, Served] = {}
+
+
+def shared_server(request: Any, calibration_set: Any, tmp_path_factory: Any) -> Served:
+    """One server for every test module that does not stop it, started at the first use
+    and stopped at the session's end (each start costs seconds: Python, torch, the model)."""
+    key = str(tmp_path_factory.getbasetemp())
+    if key not in _SHARED:
+        model = fitted_model(calibration_set, tmp_path_factory)
+        tmp = tmp_path_factory.mktemp("shared-server-tmpdir")
+        server = Served(model, config=SHARED_LIMITS, tmpdir=tmp).__enter__()
+        request.config.add_cleanup(lambda: server.__exit__(None, None, None))
+        _SHARED[key] = server
+    return _SHARED[key]
+
+
 def raw_exchange(port: int, data: bytes, timeout: float = 10) -> tuple[int, str]:
     """Send ``data`` on a fresh connection and read until the server closes it: (status,
     body). Requests should say ``Connection: close``, or this waits for the keep-alive

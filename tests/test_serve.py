@@ -1,4 +1,5 @@
-"""``tlearn serve`` for real: uvicorn in a subprocess on 127.0.0.1, called with httpx and
+"""``tlearn serve`` for real: uvicorn in a subprocess on 127.0.0.1 (the server shared with
+the other serve modules, and ``tlearn serve`` itself for SIGTERM), called with httpx and
 raw sockets. Served predictions equal ``tlearn predict``'s; a generated corpus of hostile
 requests gets one JSON 4xx each and never a 5xx; ``/readyz`` during warm-up; SIGTERM under
 load loses no accepted request; mounted in another app, the server's threads stop with it.
@@ -24,7 +25,7 @@ import httpx
 import pytest
 
 from tests.serve_corpus import corpus, jpeg, multipart, raw_corpus
-from tests.served import Served, fitted_model, raw_exchange
+from tests.served import SHARED_KEY, Served, fitted_model, raw_exchange, shared_server
 from tlearn.data.images import read_bytes
 from tlearn.serve import ERROR_CODES
 
@@ -35,13 +36,12 @@ def model_file(calibration_set, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(model_file, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("server-tmpdir")
-    # a long deadline: these tests check answers, and the machine may be busy
-    limits = ("--max-batch-size", "4", "--top-k", "3", "--timeout-s", "60")
-    with Served(model_file, *limits, tmpdir=tmp) as s:
-        yield s
-    assert not list(tmp.iterdir()), "the server wrote temporary files"
+def server(request, calibration_set, tmp_path_factory) -> Served:
+    return shared_server(request, calibration_set, tmp_path_factory)
+
+
+def _client(server: Served) -> httpx.Client:
+    return httpx.Client(base_url=server.url, timeout=30, headers={"x-api-key": SHARED_KEY})
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +73,7 @@ def test_served_predictions_equal_tlearn_predict(server, model_file, images, tmp
         for p, q in zip(predictions, row["top_probabilities"], strict=True):
             assert p["score"] == pytest.approx(q, abs=1e-4)  # other batch sizes: rounding
 
-    with httpx.Client(base_url=server.url, timeout=30) as client:
+    with _client(server) as client:
         for (name, data), row in zip(images, expected, strict=True):
             r = client.post("/v1/predict", files={"file": (Path(name).name, data)})
             assert r.status_code == 200, r.text
@@ -96,7 +96,7 @@ def test_served_predictions_equal_tlearn_predict(server, model_file, images, tmp
 
 def test_every_hostile_request_gets_its_json_4xx_and_the_server_lives_on(server):
     failures = []
-    with httpx.Client(base_url=server.url, timeout=30) as client:
+    with _client(server) as client:
         for name, method, path, headers, body, status, code in corpus():
             r = client.request(method, path, headers=headers, content=body)
             if r.status_code != status or _error(r) != code:
@@ -110,6 +110,7 @@ def test_every_hostile_request_gets_its_json_4xx_and_the_server_lives_on(server)
         metrics = client.get("/metrics").text
     assert server.proc.poll() is None
     assert "Traceback" not in server.output()
+    assert not list(server.tmpdir.iterdir()), "the server wrote temporary files"
     assert 'tlearn_requests_total{route="/v1/predict",status="500"}' not in metrics
     assert 'tlearn_rejections_total{reason="unsupported_format"}' in metrics
 
@@ -117,7 +118,7 @@ def test_every_hostile_request_gets_its_json_4xx_and_the_server_lives_on(server)
 def test_one_bad_image_among_15_good_leaves_the_15_answered_exactly_as_alone(server, images):
     good = [(f"{i}.jpg", jpeg((96 + 8 * i, 80), seed=i)) for i in range(15)]
     files = good[:7] + [("broken.jpg", good[0][1][:300])] + good[7:]
-    with httpx.Client(base_url=server.url, timeout=30) as client:
+    with _client(server) as client:
         together = client.post("/v1/predict", files=[("file", f) for f in files]).json()
         alone = [client.post("/v1/predict", files={"file": f}).json() for f in good]
     results = together["results"]
@@ -134,7 +135,7 @@ def test_one_bad_image_among_15_good_leaves_the_15_answered_exactly_as_alone(ser
 
 
 def test_routes_metrics_docs_and_the_page(server, calibration_set):
-    with httpx.Client(base_url=server.url, timeout=30) as client:
+    with _client(server) as client:
         client.post("/v1/predict", content=jpeg(), headers={"content-type": "image/jpeg"})
         model = client.get("/v1/model").json()
         metrics = client.get("/metrics").text
@@ -144,7 +145,7 @@ def test_routes_metrics_docs_and_the_page(server, calibration_set):
     assert model["classes"] == sorted(set(calibration_set[1]))
     assert model["engine"] == "torch" and model["limits"]["max_batch_size"] == 4
     pipeline_full = min(4, os.cpu_count() or 1) + 1  # decoding threads + the engine
-    assert model["limits"]["max_queue"] >= pipeline_full and model["limits"]["auth"] is False
+    assert model["limits"]["max_queue"] >= pipeline_full and model["limits"]["auth"] is True
     for name in (
         "tlearn_requests_total",
         "tlearn_queue_seconds_bucket",
@@ -179,7 +180,7 @@ def test_readyz_during_warmup_and_sigterm_under_load_loses_nothing(model_file):
         image = jpeg((640, 480))
 
         def load() -> None:
-            with httpx.Client(base_url=server.url, timeout=30) as client:
+            with _client(server) as client:
                 while not stop.is_set():
                     try:
                         r = client.post(

@@ -1,4 +1,4 @@
-"""``tlearn serve`` at its limits, on one server with an API key and a 10 MB body limit:
+"""``tlearn serve`` at its limits, on the shared server (an API key, a 10 MB body limit):
 the key is needed except by the probes; idle uploads take no place in the inference queue
 and get 408 after the body's deadline; a refused body is read, so ordinary clients read
 their 413 (not a connection reset) and keep the connection; an upload flood stays within
@@ -18,25 +18,27 @@ import httpx
 import pytest
 
 from tests.serve_corpus import jpeg
-from tests.served import Served, chunked_upload, fitted_model, raw_exchange
+from tests.served import (
+    SHARED_KEY,
+    SHARED_LIMITS,
+    Served,
+    chunked_upload,
+    raw_exchange,
+    shared_server,
+)
 from tlearn.serve import ERROR_CODES, ServeConfig
 
-KEY = "k3y-for-the-tests"
+KEY = SHARED_KEY
 MAX_BODY = 10 * 1024 * 1024
-# a short body deadline, a long answer deadline (the machine may be busy)
-LIMITS = {"max_body_mb": 10, "body_timeout_s": 3, "timeout_s": 30, "max_queue": 4,
-          "max_pixels": 1_000_000, "api_key": KEY}  # fmt: skip
-CONFIG = ServeConfig(**LIMITS)  # as served: the decoding threads are this machine's default
+CONFIG = ServeConfig(**SHARED_LIMITS)  # as served: the decoding threads are this machine's
 AUTH = b"X-API-Key: " + KEY.encode() + b"\r\n"
 
 
 @pytest.fixture(scope="module")
-def server(calibration_set, tmp_path_factory) -> Iterator[Served]:
-    model = fitted_model(calibration_set, tmp_path_factory)
-    tmp = tmp_path_factory.mktemp("limits-tmpdir")
-    with Served(model, config=LIMITS, tmpdir=tmp) as s:
-        yield s
-    assert not list(tmp.iterdir()), "the server wrote temporary files"
+def server(request, calibration_set, tmp_path_factory) -> Served:
+    served = shared_server(request, calibration_set, tmp_path_factory)
+    assert CONFIG.max_body_bytes == MAX_BODY
+    return served
 
 
 def _code(status: int, body: bytes | str) -> str:
@@ -79,11 +81,13 @@ def test_the_api_key_is_needed_except_by_the_probes(server):
 
 
 def test_idle_uploads_take_no_place_in_the_inference_queue(server):
-    # more idle uploads than the queue's 4 places: each sent its headers, no body
+    model = httpx.get(server.url + "/v1/model", headers={"x-api-key": KEY}, timeout=30).json()
+    cap = model["limits"]["max_queue"]
+    # more idle uploads than the queue has places: each sent its headers, no body
     with contextlib.ExitStack() as stack:
         idle = [
             stack.enter_context(socket.create_connection(("127.0.0.1", server.port), timeout=10))
-            for _ in range(6)
+            for _ in range(cap + 2)
         ]
         t0 = time.monotonic()
         for s in idle:
@@ -192,6 +196,7 @@ def test_an_upload_flood_stays_within_the_stated_memory_budget(server):
         assert ok.status_code == 200
         metrics = client.get("/metrics").text
     assert "\ntlearn_body_bytes 0.0\n" in metrics  # every body given back
+    assert not list(server.tmpdir.iterdir()), "the server wrote temporary files"
 
 
 def test_the_budget_is_what_the_bodies_can_hold():

@@ -15,16 +15,16 @@ import pytest
 from PIL import Image
 
 from tests.serve_corpus import jpeg
-from tests.served import Served, fitted_model
+from tests.served import SHARED_KEY, SHARED_LIMITS, Served, shared_server
 
 
 @pytest.fixture(scope="module")
-def model_file(calibration_set, tmp_path_factory) -> Path:
-    return fitted_model(calibration_set, tmp_path_factory)
+def server(request, calibration_set, tmp_path_factory) -> Served:
+    return shared_server(request, calibration_set, tmp_path_factory)
 
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
-KEY = "page-test-key"
+KEY = SHARED_KEY  # auth is on
 
 _DISPATCH = """([b64, name, type, how]) => {
   const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
@@ -51,12 +51,12 @@ def _chromium() -> str:
     return path
 
 
-def test_the_page_classifies_dropped_chosen_and_pasted_images(model_file, tmp_path):
+def test_the_page_classifies_dropped_chosen_and_pasted_images(server, tmp_path):
     from playwright.sync_api import sync_playwright
 
     photo = jpeg((400, 300), seed=5)
-    with Served(model_file, "--api-key-env", "PAGE_KEY", "--max-body-mb", "1", "--top-k", "3",
-                env={"PAGE_KEY": KEY}) as server, sync_playwright() as p:  # fmt: skip
+    assert SHARED_LIMITS["top_k"] == 3 and SHARED_LIMITS["max_body_mb"] == 10
+    with sync_playwright() as p:
         browser = p.chromium.launch(
             executable_path=_chromium(),
             args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -94,11 +94,11 @@ def test_the_page_classifies_dropped_chosen_and_pasted_images(model_file, tmp_pa
             {"name": "notes.txt", "mimeType": "text/plain", "buffer": b"just words"}])  # fmt: skip
         page.wait_for_selector("#message:not([hidden])")
         assert "not an image" in page.inner_text("#message")
-        big = b"\xff\xd8\xff\xe0" + bytes(1_200_000)
+        big = b"\xff\xd8\xff\xe0" + bytes(12_000_000)
         page.set_input_files("#file", files=[
             {"name": "huge.jpg", "mimeType": "image/jpeg", "buffer": big}])  # fmt: skip
         page.wait_for_function("document.getElementById('message').textContent.includes('up to')")
-        assert "1.0 MB" in page.inner_text("#message")
+        assert "10.0 MB" in page.inner_text("#message")
         assert sum(1 for m, _ in requests if m == "POST") == posts  # nothing was uploaded
         browser.close()
     hosts = {urlsplit(url).hostname for _, url in requests if not url.startswith("blob:")}
