@@ -119,6 +119,9 @@ MISTAKES = [
     # paths: wrong data, wrong model file, an existing output
     (["fit", "dta"], "DATA 'dta': no such folder, zip archive or CSV file"),
     (["fit", "data", "--test", "tst"], "--test 'tst': no such folder"),
+    (["fit", "data/coffee"], "'data/coffee' holds only loose files (6) and no class sub-folders"),
+    (["fit", "data", "--test", "data/rocket"], "'data/rocket' holds only loose files"),
+    (["evaluate", "model.safetensors", "data/coffee"], "holds only loose files"),
     (["evaluate", "model.safetensors", "dta"], "DATA 'dta': no such folder"),
     (["doctor", "dta"], "DATA 'dta': no such folder"),
     (["predict", "model.safetensors", "data/nope"], "'data/nope': no such file or folder"),

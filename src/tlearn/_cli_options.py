@@ -430,7 +430,7 @@ def check_model_file(model: str) -> None:
     (a safetensors header: 8 bytes of length, then JSON). Its content is checked when it
     loads; this catches a typo'd path or an image passed by mistake in a moment."""
     if model.startswith("imagenet:"):
-        check_backbone(model[len("imagenet:") :])
+        check_backbone(model[len("imagenet:") :], what=model)
         return
     if not os.path.exists(model):
         raise ModelFileError(f"no such model file: {model!r}")

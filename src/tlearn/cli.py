@@ -285,19 +285,26 @@ def _check_estimator_flag(option: Any, value: Any, method: str) -> None:
 
 
 def _check_fit(data: str, s: dict[str, Any], out: Path, json_path: Path | None) -> None:
-    """What fit's input alone shows to be wrong, refused before anything loads."""
+    """What fit's input alone shows to be wrong, refused before anything loads: the flags,
+    then the data's listing (a folder without class folders, a CSV without labels), which
+    train() repeats after building the estimator (a listing is cheap; PyTorch is not)."""
     s["time_budget"] = _seconds(s["time_budget"])
-    check_source(data, "DATA")
-    if s["test"] is not None:
-        check_source(s["test"], "--test")
-        if s["test_size"] is not None:
-            _fail("--test gives the test data and --test-size holds out a split: pass one")
+    if s["test"] is not None and s["test_size"] is not None:
+        _fail("--test gives the test data and --test-size holds out a split: pass one")
     if s["resume"] and s["method"] not in ("finetune", "lp-ft"):
         _fail("--resume continues an interrupted fine-tuning run: use it with --method "
               f"finetune or lp-ft, not {s['method']}")  # fmt: skip
     check_backbone(s.get("backbone"))
+    check_source(data, "DATA")
+    if s["test"] is not None:
+        check_source(s["test"], "--test")
     make_folder_for(out, "--out")
     make_folder_for(json_path, "--json")
+    from tlearn.training import load_labelled
+
+    load_labelled(data, s["max_per_class"], s["seed"])
+    if s["test"] is not None:
+        load_labelled(s["test"], s["test_max_per_class"], s["seed"])
 
 
 def fit(ctx: typer.Context, data: str, **values: Any) -> None:
@@ -425,11 +432,12 @@ def evaluate_cmd(
     check_model_file(model)
     check_source(data, "DATA")
     make_folder_for(json_path, "--json")
-    from tlearn.evaluation import evaluate
-    from tlearn.predictor import Predictor
     from tlearn.training import load_labelled
 
-    X, y = load_labelled(data, max_per_class, seed)  # a listing: before the model loads
+    X, y = load_labelled(data, max_per_class, seed)  # a listing: before PyTorch loads
+    from tlearn.evaluation import evaluate
+    from tlearn.predictor import Predictor
+
     predictor = Predictor.load(model, engine=engine)
     with _suggest_skip_bad_images():
         report = evaluate(predictor, X, y, unknown="skip" if skip_unknown_classes else "raise",
