@@ -169,3 +169,41 @@ def test_bad_inputs_say_what_is_wrong():
         find_label_issues(labels, proba)
     with pytest.raises(InvalidParameterError, match="rank_by"):
         find_label_issues(labels, proba[1:].repeat(1, 0)[:20], rank_by="loss")
+
+
+def test_the_second_pass_never_trains_without_a_class():
+    from tlearn.doctor.labels import out_of_fold_proba
+
+    # found by a random search: classes of 13, 2 and 3 images; one of the 3 is flagged and
+    # its 2 others fall in one fold's test part, so that fold's training part held no
+    # image of the class (the second pass raised ValueError)
+    rng = np.random.default_rng(40)
+    k, counts = int(rng.integers(2, 5)), rng.integers(2, 5, 3)
+    counts[0] = rng.integers(6, 20)
+    y = np.repeat(np.arange(k), counts)
+    F = rng.normal(size=(len(y), 8)) + rng.uniform(1, 4) * np.eye(k, 8)[y]
+    for i in rng.choice(len(y), 2, replace=False):
+        y[i] = rng.integers(0, k)
+    assert np.bincount(y).tolist() == [13, 2, 3]
+    proba = out_of_fold_proba(F, y)
+    assert proba.shape == (len(y), 3) and np.isfinite(proba).all()
+    from tlearn.doctor.labels import _pruned
+
+    labels = np.array([0, 0, 0, 1, 1, 1, 2, 2])
+    keep = np.array([1, 1, 1, 0, 1, 1, 0, 1], dtype=bool)
+    # class 1 keeps its flagged row 3 (its kept rows are all held out), class 2 loses row 6
+    assert _pruned(np.array([0, 1, 3, 6, 7]), keep, labels).tolist() == [0, 1, 3, 7]
+
+
+@pytest.mark.parametrize("counts", [[2, 2], [3, 3], [4, 4], [3, 4, 6]])
+def test_classes_of_a_few_images_get_probabilities(counts):
+    """The probe chooses C inside each fold: its inner folds must fit each fold's training
+    images (given the doctor's splitter, classes of 3 to 5 raised ValueError)."""
+    from tlearn.doctor.labels import out_of_fold_proba
+
+    rng = np.random.default_rng(sum(counts))
+    y = np.repeat(np.arange(len(counts)), counts)
+    F = rng.normal(size=(len(y), 8)) + 2.0 * np.eye(len(counts), 8)[y]
+    proba = out_of_fold_proba(F, y)
+    assert proba.shape == (len(y), len(counts)) and np.isfinite(proba).all()
+    assert np.allclose(proba.sum(axis=1), 1)

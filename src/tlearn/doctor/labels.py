@@ -188,7 +188,10 @@ def out_of_fold_proba(
        *training* part of each of k new folds and every image is scored again out of fold
        (Northcutt et al.'s "prune, then retrain": the mislabelled images no longer teach
        the model their wrong labels), with the temperature fitted on the unflagged images.
-       A class keeps all its images when half or more of them are flagged.
+       A class keeps all its images when half or more of them are flagged, and in a fold
+       whose training part would hold none of its unflagged images (a class of 3 with one
+       flagged, its 2 others both in the fold's test part: a probe cannot be trained
+       without one of its classes).
 
     Parameters
     ----------
@@ -225,8 +228,7 @@ def out_of_fold_proba(
             f"{counts.tolist()})"
         )
     folds = int(min(n_splits, counts.min()))
-    head = tune_linear_head(features, labels, refit=False,
-                            cv=StratifiedKFold(folds, shuffle=True, random_state=0))  # fmt: skip
+    head = tune_linear_head(features, labels, refit=False, cv=_first_folds(folds, len(labels)))
     assert head.oof_scores is not None and head.oof_index is not None
     proba = np.full((len(labels), len(counts)), np.nan)
     proba[head.oof_index] = softmax(head.oof_scores, head.temperature)
@@ -239,9 +241,38 @@ def out_of_fold_proba(
     if keep.all():
         return proba
     refolds = StratifiedKFold(folds, shuffle=True, random_state=1).split(features, labels)
-    splits = [(train[keep[train]], test) for train, test in refolds]
+    splits = [(_pruned(train, keep, labels), test) for train, test in refolds]
     pipe = clone(Pipeline([("scaler", head.scaler), ("clf", head.classifier)]))
     with warnings.catch_warnings(), one_blas_thread():
         warnings.simplefilter("ignore", ConvergenceWarning)
         scores = cross_val_predict(pipe, features, labels, cv=splits, method="decision_function")
     return softmax(scores, fit_temperature(scores[keep], labels[keep]))
+
+
+def _first_folds(folds: int, n_samples: int) -> object:
+    """The first pass's ``cv`` for :func:`tlearn.probe.tune_linear_head`: stratified
+    ``folds``-fold, shuffled with seed 0, out of fold for every image.
+
+    Up to :data:`tlearn.probe.SEARCH_SAMPLES` images the probe chooses C inside each fold
+    (nested); given the number of folds it fits the inner folds to each fold's training
+    images (a class of 4 in 4 folds has 3 there), where a splitter object would be
+    reused as is and fail (``n_splits=4 cannot be greater than the number of members in
+    each class``). Above, the probe searches C once, on a sample, and an int would mean a
+    single 20% hold-out past :data:`tlearn.probe.HOLDOUT_ABOVE` images: the splitter
+    object keeps k-fold.
+    """
+    from sklearn.model_selection import StratifiedKFold
+
+    from tlearn.probe import SEARCH_SAMPLES
+
+    if n_samples <= SEARCH_SAMPLES:
+        return folds  # the probe's own splitter: the same folds
+    return StratifiedKFold(folds, shuffle=True, random_state=0)
+
+
+def _pruned(train: np.ndarray, keep: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """The rows of ``train`` that are kept, and every row of a class none of whose kept
+    rows is in ``train``."""
+    kept = train[keep[train]]
+    lost = np.setdiff1d(labels[train], labels[kept])
+    return np.union1d(kept, train[np.isin(labels[train], lost)])
