@@ -215,3 +215,57 @@ def test_unreadable_rows_are_never_paired():
     across = near_duplicates(F[:5], F[[1, 5]], min_cosine=0.9)
     assert {(p.i, p.j) for p in across} == {(1, 0), (3, 0)}
     assert np.isnan(F[5]).all()  # the caller's features are left as they were
+
+
+def test_a_copy_is_paired_in_a_set_of_two_or_three():
+    """Two copies alone centred on their own mean point opposite ways (cosine -1): a small
+    set is compared uncentred (tlearn.doctor.duplicates.feature_centre)."""
+    from tlearn import PretrainedFeatures
+
+    photos = tiles()
+    original, other = photos[0], photos[7]
+    copy = Image.open(io.BytesIO(_jpeg(original, 60))).convert("RGB")
+    images = np.stack([np.asarray(im) for im in (original, copy, other)])
+    params = {"engine": "torch", "image_size": 96, "verbose": 0}  # small and quick
+    F = PretrainedFeatures(**params).fit().transform(images)
+    T = np.stack([thumbnail(im) for im in images])
+    for n in (2, 3):
+        assert [(p.i, p.j) for p in near_duplicates(F[:n], thumbnails=T[:n])] == [(0, 1)]
+    findings = inspect(images[:2], say=lambda s: None, **params)
+    assert [(r["path"], r["partner"]) for r in findings.of("near_duplicate")] == [
+        ("train[1]", "train[0]")
+    ]
+    from tlearn.doctor.duplicates import CENTRED_FROM, feature_centre
+
+    # from CENTRED_FROM images, their mean (NaN rows, unreadable images, left out)
+    assert feature_centre(F) == 0.0
+    many = np.vstack([F] * (CENTRED_FROM // 3 + 1) + [np.full((1, F.shape[1]), np.nan)])
+    np.testing.assert_allclose(feature_centre(many), F.mean(axis=0), atol=1e-6)
+
+
+def test_flat_images_are_never_near_duplicates():
+    """Flat thumbnails (one grey level) have no layout or details: the float rounding of
+    resampling them once correlated 1.0 between grey levels 1 and 2."""
+    rng = np.random.default_rng(0)
+    flat = [np.full((32, 32), level, np.uint8) for level in (0, 1, 2, 3, 60, 200)]
+    tile = _thumbs_of(tiles()[0])
+    noise = list(rng.integers(0, 256, (32, 32, 32), dtype=np.uint8))
+    T = np.stack([*flat, tile, tile, *noise])  # 40 images: centred features
+    F = rng.normal(size=(len(T), 16)).astype(np.float32)
+    F[: len(flat)] = F[0]  # the flat images are each other's nearest, and candidates
+    F[len(flat) + 1] = F[len(flat)]  # so are the tile and its copy
+    pairs = near_duplicates(F, thumbnails=T)
+    assert [(p.i, p.j) for p in pairs] == [(len(flat), len(flat) + 1)]
+
+
+def _thumbs_of(img: Image.Image) -> np.ndarray:
+    return thumbnail(np.asarray(img.convert("RGB")))
+
+
+def test_copies_of_one_image_are_each_paired_with_the_first():
+    """A group of n copies gives n - 1 pairs, not n (n - 1) / 2 (3,000 copies of one
+    placeholder image: 4.5 million rows)."""
+    hashes = ["h", "h", None, "g", "h", "g", "h"]
+    assert [(p.i, p.j) for p in exact_duplicates(hashes)] == [(0, 1), (0, 4), (3, 5), (0, 6)]
+    across = exact_duplicates(hashes, ["g", None, "h", "x"])
+    assert [(p.i, p.j) for p in across] == [(3, 0), (0, 2)]

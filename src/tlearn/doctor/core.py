@@ -38,7 +38,7 @@ ISSUE_TYPES = {
     "leakage": "a test image with a near or exact duplicate in the training set",
     "label_issue": "confidently predicted (out of fold) as another class",
     "outlier": "far from its own class in feature space",
-    "class_imbalance": "a class with under a fifth of the median class's images",
+    "class_imbalance": "a class with under a fifth of the median class's images in a split",
     **{name: f"image quality: {name.replace('_', ' ')}" for name in THRESHOLDS},
 }
 COLUMNS = ("path", "split", "issue", "score", "partner", "given_label", "suggested_label")
@@ -228,7 +228,8 @@ def inspect(
     -------
     Findings
         ``rows`` (path, split, issue, score, partner, given_label, suggested_label) and a
-        ``summary``.
+        ``summary`` (with labels, ``label_check`` says which classes the label check
+        covered: those of 2 or more readable images, when there are two such classes).
     """
     if y is not None and len(y) != len(X):
         raise DataError(f"{len(X)} training images but {len(y)} labels")
@@ -244,20 +245,24 @@ def inspect(
         rows = [data.row(i, "unreadable", 0.0, partner=r) for i, r in data.errors.items()]
         rows += _duplicates_by_pixels(data)
         rows += _quality(data) if data.props else []
+    checked = _label_check_classes(data, say) if data.labels is not None else None
+    rows += _imbalance(data) if data.labels is not None else []
     if len(data.readable) >= 2:
         params = {"verbose": verbose, **feature_params}
         say(f"doctor: features of {len(data.readable)} images")
         with clock("features"):
             F = _features(data, X, X_test, params)
         with clock("near duplicates"):
-            rows += _near(data, F, near_threshold, rows, verbose)
-        if data.labels is not None:
+            rows += _near(data, F, near_threshold, verbose)
+        if checked is not None and checked["classes"]:
             views = [F, *_label_views(data, X, X_test, label_backbones, params, clock, say)]
             with clock("labels and outliers"), progress(None, verbose, "labels"):
-                rows += _label_checks(data, views, say, quality)
+                rows += _label_checks(data, views, checked["classes"], say, quality)
     findings = Findings(rows, label_quality=quality)
     findings.summary = {**_summary(data, findings), "seconds": clock.seconds,
                         "label_backbones": list(label_backbones)}  # fmt: skip
+    if checked is not None:
+        findings.summary["label_check"] = checked["note"]
     return findings
 
 
@@ -330,16 +335,9 @@ def _quality(data: _Set) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: (r["issue"], r["score"]))
 
 
-def _near(
-    data: _Set,
-    F: np.ndarray,
-    threshold: float,
-    found: list[dict[str, Any]],
-    verbose: int,
-) -> list[dict[str, Any]]:
-    """Near-duplicate and leakage rows, leaving out the pairs ``found`` exact."""
-    exact = {frozenset((r["path"], r["partner"])) for r in found
-             if r["issue"] in ("exact_duplicate", "leakage")}  # fmt: skip
+def _near(data: _Set, F: np.ndarray, threshold: float, verbose: int) -> list[dict[str, Any]]:
+    """Near-duplicate and leakage rows, leaving out pairs of equal pixels (reported exact,
+    each copy with the first image of its group)."""
     rows = []
     # the search, then the pixel check: one unit per image each
     with progress(2 * len(data.readable), verbose, "near duplicates") as advance:
@@ -347,7 +345,7 @@ def _near(
                                 advance=advance)  # fmt: skip
     for pair in pairs:
         i, j = data.readable[pair.i], data.readable[pair.j]
-        if frozenset((data.paths[i], data.paths[j])) in exact:
+        if data.hashes[i] == data.hashes[j]:
             continue
         issue = "leakage" if data.split[i] != data.split[j] else "near_duplicate"
         if data.split[i] == "test" and data.split[j] == "train":
@@ -356,24 +354,49 @@ def _near(
     return rows
 
 
+def _label_check_classes(data: _Set, say: Callable[[str], None]) -> dict[str, Any]:
+    """The classes the label check covers: those with 2 or more readable images (a class
+    of one cannot be both learnt and held out), if two or more; and a line saying so."""
+    assert data.labels is not None
+    given = [str(data.labels[i]) for i in data.readable if data.labels[i] is not None]
+    names, counts = np.unique(np.asarray(given, dtype=str), return_counts=True)
+    classes = names[counts >= 2].tolist()
+    alone = names[counts < 2].tolist()
+    if len(classes) < 2:
+        classes = []
+        note = "not run: it needs 2 classes of 2 or more readable images"
+    else:
+        note = f"{len(classes)} classes, {int(counts[counts >= 2].sum())} images"
+        if alone:
+            shown = ", ".join(alone[:5]) + (f" and {len(alone) - 5} more" if len(alone) > 5 else "")
+            note += f"; left out: {len(alone)} class(es) of one image ({shown})"
+    say(f"doctor: label check: {note}")
+    return {"classes": classes, "note": note}
+
+
 def _label_checks(
-    data: _Set, views: list[np.ndarray], say: Callable[[str], None], quality: dict[str, float]
+    data: _Set,
+    views: list[np.ndarray],
+    classes: list[str],
+    say: Callable[[str], None],
+    quality: dict[str, float],
 ) -> list[dict[str, Any]]:
     """Label issues from the mean out-of-fold probabilities of a probe on each of ``views``
-    (features of the readable images: the main backbone's first), outliers on the first."""
+    (features of the readable images: the main backbone's first), outliers on the first,
+    over the images labelled with one of ``classes``."""
     F = views[0]
     labels = data.labels
     assert labels is not None
-    known = [k for k, i in enumerate(data.readable) if labels[i] is not None]
+    covered = set(classes)
+    known = [k for k, i in enumerate(data.readable)
+             if labels[i] is not None and str(labels[i]) in covered]  # fmt: skip
     names, y = np.unique(labels[[data.readable[k] for k in known]].astype(str), return_inverse=True)
-    rows = _imbalance(data, names, np.bincount(y))
-    if len(names) < 2 or np.bincount(y).min() < 2:
-        return rows
     say("doctor: out-of-fold probabilities (linear probe, k-fold)")
     proba = np.mean([out_of_fold_proba(V[known], y) for V in views], axis=0)
     issues = find_label_issues(y, proba)
     for k, score in enumerate(label_quality(y, proba)):
         quality[data.paths[data.readable[known[k]]]] = float(score)
+    rows = []
     for k, suggested, score in zip(issues.indices, issues.suggested, issues.scores, strict=True):
         rows.append(data.row(data.readable[known[k]], "label_issue", score,
                              suggested=names[suggested]))  # fmt: skip
@@ -395,14 +418,27 @@ def _outliers(data: _Set, F: np.ndarray, y: np.ndarray, index: list[int]) -> lis
     return rows
 
 
-def _imbalance(data: _Set, names: np.ndarray, counts: np.ndarray) -> list[dict[str, Any]]:
-    median = float(np.median(counts))
-    return [
-        {"path": "", "split": "train", "issue": "class_imbalance",
-         "score": round(n / median, 4), "partner": "", "given_label": name,
-         "suggested_label": ""}
-        for name, n in zip(names, counts, strict=True) if n < IMBALANCE * median
-    ]  # fmt: skip
+def _imbalance(data: _Set) -> list[dict[str, Any]]:
+    """Per split, the classes with under :data:`IMBALANCE` times the median count of the
+    classes present there (readable, labelled images); a class of the other split that
+    this one lacks counts 0 (a class only in test was never learnt)."""
+    assert data.labels is not None
+    labelled = [i for i in data.readable if data.labels[i] is not None]
+    names = np.unique(np.asarray([str(data.labels[i]) for i in labelled], dtype=str))
+    rows = []
+    for split in ("train", "test"):
+        given = [str(data.labels[i]) for i in labelled if data.split[i] == split]
+        if not given:
+            continue
+        counts = np.bincount(np.searchsorted(names, given), minlength=len(names))
+        median = float(np.median(counts[counts > 0]))
+        rows += [
+            {"path": "", "split": split, "issue": "class_imbalance",
+             "score": round(n / median, 4), "partner": "", "given_label": name,
+             "suggested_label": ""}
+            for name, n in zip(names, counts, strict=True) if n < IMBALANCE * median
+        ]  # fmt: skip
+    return rows
 
 
 def _summary(data: _Set, findings: Findings) -> dict[str, Any]:
