@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import shutil
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -30,7 +31,6 @@ _DISPATCH = """([b64, name, type, how]) => {
   const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
   const data = new DataTransfer();
   data.items.add(new File([bytes], name, { type }));
-  document.getElementById("bars").replaceChildren();
   if (how === "drop") {
     const zone = document.getElementById("drop");
     for (const kind of ["dragenter", "dragover", "drop"]) {
@@ -51,17 +51,22 @@ def _chromium() -> str:
     return path
 
 
+def launch(playwright: Any) -> Any:
+    """Debian's Chromium, headless, with nothing of its own going to the network."""
+    return playwright.chromium.launch(
+        executable_path=_chromium(),
+        args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+              "--disable-component-update", "--disable-sync", "--no-first-run"],
+    )  # fmt: skip
+
+
 def test_the_page_classifies_dropped_chosen_and_pasted_images(server, tmp_path):
     from playwright.sync_api import sync_playwright
 
     photo = jpeg((400, 300), seed=5)
     assert SHARED_LIMITS["top_k"] == 3 and SHARED_LIMITS["max_body_mb"] == 10
     with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=_chromium(),
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run"],
-        )  # fmt: skip
+        browser = launch(p)
         page = browser.new_page(viewport={"width": 900, "height": 800})
         requests: list[tuple[str, str]] = []
         page.on("request", lambda r: requests.append((r.method, r.url)))
@@ -109,3 +114,47 @@ def test_the_page_classifies_dropped_chosen_and_pasted_images(server, tmp_path):
     pixels = np.asarray(Image.open(kept).convert("RGB")).astype(int)
     blue_bars = (pixels[:, :, 2] > 150) & (pixels[:, :, 0] < 60)
     assert blue_bars.sum() > 500, "no bars rendered in the screenshot"
+
+
+def _shown(page: Any) -> dict[str, Any]:
+    return page.evaluate("""() => ({
+      bars: document.querySelectorAll("#bars .bar").length,
+      result: !document.getElementById("result").hidden,
+      error: document.getElementById("message").hidden ? null
+             : document.getElementById("message").textContent })""")
+
+
+def test_an_error_replaces_the_previous_images_results(server):
+    """Good image, then a file the server refuses, then one the page refuses, each time
+    after results: the error shows alone, and the next good image shows its results alone.
+    Screenshots before, after the upload and after the error go to ``test-artifacts/``."""
+    from playwright.sync_api import sync_playwright
+
+    photo = jpeg((64, 48), seed=7)
+    corrupt = photo[:200]  # a JPEG's first bytes (the page's check passes), cut short
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = launch(p)
+        page = browser.new_page(viewport={"width": 900, "height": 700})
+        page.goto(server.url + "/")
+        page.fill("#key", KEY)
+        page.screenshot(path=str(ARTIFACTS / "serve-page-before.png"))
+
+        def send(name: str, data: bytes, mime: str = "image/jpeg") -> dict[str, Any]:
+            page.set_input_files("#file", files=[{"name": name, "mimeType": mime, "buffer": data}])
+            # a selector, not a function: the page's CSP forbids the eval that takes
+            page.wait_for_selector("body[data-state=done], #message:not([hidden])", timeout=30_000)
+            return _shown(page)
+
+        assert send("good.jpg", photo) == {"bars": 3, "result": True, "error": None}
+        page.screenshot(path=str(ARTIFACTS / "serve-page-after-upload.png"))
+        refused = send("cut.jpg", corrupt)
+        assert refused["bars"] == 0 and not refused["result"], refused
+        assert "corrupt_image" in refused["error"]
+        page.screenshot(path=str(ARTIFACTS / "serve-page-after-error.png"))
+        assert send("good.jpg", photo) == {"bars": 3, "result": True, "error": None}
+        refused = send("notes.txt", b"just words", "text/plain")  # refused by the page itself
+        assert refused["bars"] == 0 and not refused["result"], refused
+        assert "not an image" in refused["error"]
+        assert send("good.jpg", photo) == {"bars": 3, "result": True, "error": None}
+        browser.close()
