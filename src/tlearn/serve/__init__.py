@@ -47,7 +47,7 @@ def _require_extra() -> None:
 
     missing = [
         m
-        for m in ("fastapi", "uvicorn", "python_multipart", "prometheus_client")
+        for m in ("fastapi", "fastapi_offline", "uvicorn", "python_multipart", "prometheus_client")
         if importlib.util.find_spec(m) is None
     ]
     if missing:

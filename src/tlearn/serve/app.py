@@ -13,9 +13,10 @@ from collections.abc import Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Query, Request
+from fastapi import Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException
 
 from tlearn.exceptions import TlearnError
@@ -29,6 +30,10 @@ __all__ = ["create_app"]
 
 log = logging.getLogger("tlearn.serve")
 
+# the API page's script and style, served from the package (fastapi-offline's copies of
+# Swagger UI): FastAPI's own page loads them from a CDN, and is blank offline. No /redoc:
+# ReDoc fetches its logo from a CDN whatever it is given
+_DOCS_STATIC = "/docs/static"
 _OPEN_PATHS = frozenset({"/", "/livez", "/readyz", "/docs", "/openapi.json", "/favicon.ico"})
 _ROUTES = frozenset(
     {"/", "/livez", "/readyz", "/docs", "/openapi.json", "/metrics", "/v1/predict", "/v1/model"}
@@ -104,11 +109,13 @@ def create_app(
         await asyncio.get_running_loop().run_in_executor(None, service.close)
         log.info("stopped: %d predictions answered", service.answered())
 
-    app = FastAPI(
+    app = FastAPIOffline(
         title="tlearn image classifier",
         version=_version(),
         description=_api_description(),
         lifespan=lifespan,
+        static_url=_DOCS_STATIC,
+        redoc_url=None,
     )
     app.state.service = service
     app.add_middleware(Guard, service=service)
@@ -167,7 +174,7 @@ class Guard:
         if self.service.start(background=True):  # mounted in another app: no lifespan
             _close_with_the_loop(self.service)
         path = scope.get("path", "")
-        route = path if path in _ROUTES else "other"
+        route = _route(path)
         status = [0]
         start = time.perf_counter()
         body = _Body(scope, self.service.config, receive)
@@ -194,7 +201,7 @@ class Guard:
     def _refusal(self, scope: Scope, path: str) -> ServeError | None:
         config = self.service.config
         headers = dict(scope.get("headers") or [])
-        needs_key = config.api_key is not None and path not in _OPEN_PATHS
+        needs_key = config.api_key is not None and not _is_open(path)
         if needs_key and not _key_matches(headers, config.api_key or ""):
             return ServeError(
                 "unauthorized",
@@ -211,6 +218,20 @@ class Guard:
             if n > config.max_body_bytes:
                 return _too_large(config, n)
         return None
+
+
+def _route(path: str) -> str:
+    """The ``route`` label of the request metrics: a known path, or one label for each
+    open-ended family (the API page's files, anything else)."""
+    if path in _ROUTES:
+        return path
+    return _DOCS_STATIC if path.startswith(_DOCS_STATIC + "/") else "other"
+
+
+def _is_open(path: str) -> bool:
+    """Served without the API key: the web page and the API page, with its files (a
+    browser cannot send the key for them), and the probes."""
+    return path in _OPEN_PATHS or path.startswith("/docs/")
 
 
 _CLOSE = (b"connection", b"close")
