@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from tlearn.automl import _choose, _select
-from tlearn.calibration import crossfit_softmax
+from tlearn.calibration import crossfit_softmax, softmax
 from tlearn.finetune.heldout import crossfit_epochs
 
 
@@ -94,3 +94,10 @@ def test_auto_times_an_engine_that_quantises_on_the_images_it_was_given(monkeypa
     for engine in ("openvino-int8", "torch"):
         assert automl.feature_rate({"engine": engine}, X, k=16, fast_k=32) > 0
     assert given == {"openvino-int8": 300, "torch": None}  # int8 calibrates on up to 300
+
+
+def test_a_single_held_out_row_is_not_calibrated_on_its_own_label():
+    """With one row there is no other half: its temperature was fitted on its own label
+    (a sure wrong answer softened to near 50%, a flattering calibration error)."""
+    scores, y = np.array([[6.0, 0.0]]), np.array([1])
+    np.testing.assert_allclose(crossfit_softmax(scores, y), softmax(scores))

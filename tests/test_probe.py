@@ -195,7 +195,7 @@ def test_large_sets_are_honest_on_the_images_outside_the_search(monkeypatch):
         searches.clear(), scorings.clear()
         F, y = _row_id_problem(n)
         head = tune_linear_head(F, y, Cs=(0.01, 1.0))
-        (seen, _), = searches
+        ((seen, _),) = searches
         honest_rows = set(head.oof_index[head.honest])
         assert honest_rows and not (honest_rows & seen)
         assert honest_rows == set(head.oof_index) - seen
@@ -204,7 +204,7 @@ def test_large_sets_are_honest_on_the_images_outside_the_search(monkeypatch):
 
 
 def test_held_out_probabilities_are_honest_and_say_how(probe, shapes3):
-    X, y = shapes3[0], shapes3[1]
+    X = shapes3[0]
     proba = probe.heldout_proba_
     assert proba.shape == (len(X), 3) and np.allclose(proba.sum(1), 1)
     assert "nested 5-fold cross-validation" in probe.heldout_method_
@@ -254,3 +254,71 @@ def test_targets_of_the_other_convention_are_refused_saying_which(probe, shapes3
     with pytest.raises(DataError, match="y holds numbers"):
         evaluate(probe, X_test, indices)
     assert probe.score(X_test, probe.classes_[indices]) == probe.score(X_test, y_test)
+
+
+def test_just_above_search_samples_half_the_images_are_left_for_the_estimate(monkeypatch):
+    """At SEARCH_SAMPLES + 1 images scikit-learn's stratified sample raised ValueError
+    (fewer rows left out than classes); a few more and the estimate came from a handful
+    of images. Now the sample takes at most half, and a class of 2 keeps both images in
+    the search (it was sampled to 1: "the smallest class has 1 image")."""
+    from tlearn import probe as probe_module
+
+    searches, _ = _spy_on_choices(monkeypatch)
+    monkeypatch.setattr(probe_module, "SEARCH_SAMPLES", 100)
+    for n in (101, 102, 160):
+        F, y = _row_id_problem(n)
+        head = tune_linear_head(F, y, Cs=(0.01, 1.0))
+        assert head.honest is not None and head.honest.sum() >= n // 2
+        assert not set(head.oof_index[head.honest]) & searches[-1][0]
+    F, y = _row_id_problem(160)
+    y[:2] = 3  # a class of 2 images
+    head = tune_linear_head(F, y, Cs=(0.01, 1.0))
+    assert {0, 1} <= searches[-1][0] and "2-fold" in head.estimate
+
+
+@pytest.mark.parametrize("make_cv", ["predefined", "leave_one_out", "kfold"])
+def test_a_splitter_of_the_callers_is_used_for_the_outer_folds(make_cv):
+    """Nested CV reused the caller's splitter inside each fold: a PredefinedSplit indexed
+    rows the fold did not have (IndexError) and LeaveOneOut could not say its fold count
+    (TypeError); both worked before nesting."""
+    from sklearn.model_selection import KFold, LeaveOneOut, PredefinedSplit
+
+    F, y = _row_id_problem(15 if make_cv == "leave_one_out" else 60)
+    cv = {
+        "predefined": PredefinedSplit(np.arange(60) % 4),
+        "leave_one_out": LeaveOneOut(),
+        "kfold": KFold(3, shuffle=True, random_state=0),
+    }[make_cv]
+    head = tune_linear_head(F, y, Cs=(0.01, 1.0), cv=cv)
+    n_splits = cv.get_n_splits(F)
+    assert head.oof_index is not None and sorted(head.oof_index) == list(range(len(y)))
+    assert head.estimate.startswith(f"nested cross-validation on the given cv's {n_splits} ")
+
+
+def test_the_estimate_names_the_folds_made_not_the_folds_asked_for():
+    F, y = _row_id_problem(60)
+    y[:3] = 3  # a class of 3 images: 3 folds, not 5
+    assert "nested 3-fold" in tune_linear_head(F, y, Cs=(0.01, 1.0)).estimate
+
+
+@pytest.mark.parametrize("random_state", [None, np.random.RandomState(0)])
+def test_the_blocks_of_an_ensemble_hold_out_the_same_rows(monkeypatch, random_state):
+    """With random_state=None (or a RandomState) each block drew its own hold-out, and
+    combining them raised RuntimeError("the blocks' out-of-fold rows differ")."""
+    from tlearn import probe as probe_module
+    from tlearn.probe import tune_block_heads
+
+    monkeypatch.setattr(probe_module, "HOLDOUT_ABOVE", 100)
+    F, y = _row_id_problem(150)
+    head = tune_block_heads(F[:, 1:], y, [3, 3], Cs=(0.01, 1.0), random_state=random_state)
+    assert head.oof_index is not None and len(head.oof_index) == 30
+
+
+def test_a_class_of_two_images_still_gets_a_held_out_figure_saying_it_is_optimistic(shapes3):
+    """Nesting needs 3 images of every class; with 2, heldout_proba_ was all NaN and
+    tlearn.train refused the whole run ("this model has no held-out estimate")."""
+    X, y = np.asarray(shapes3[0]), np.asarray(shapes3[1])
+    keep = np.r_[np.flatnonzero(y == "astronaut")[:2], np.flatnonzero(y != "astronaut")]
+    model = LinearProbe(image_size=32, Cs=[0.1, 1.0], engine="torch").fit(X[keep], y[keep])
+    assert not np.isnan(model.heldout_proba_).any()
+    assert "optimistic" in model.heldout_method_ and "2-fold" in model.heldout_method_

@@ -52,14 +52,16 @@ def crossfit_softmax(scores: np.ndarray, y: np.ndarray, random_state: int | None
     """Probabilities of held-out ``scores`` calibrated without their own labels: the rows
     are split in two random halves, and each half is divided by the temperature fitted on
     the other (the temperature is a choice too, so an honest estimate of the calibration
-    error must not fit it on the rows it is measured on)."""
+    error must not fit it on the rows it is measured on). A single row has no other half:
+    it keeps temperature 1 (it was calibrated on its own label)."""
     scores = np.asarray(scores, dtype=np.float64)
     y = np.asarray(y, dtype=np.int64)
     half = np.random.default_rng(random_state).permutation(len(y)) % 2 == 0
     out = np.empty((len(y), scores.shape[1] if scores.ndim == 2 else 2))
     for part in (half, ~half):
-        fitted_on = ~part if (~part).any() else part
-        out[part] = softmax(scores[part], fit_temperature(scores[fitted_on], y[fitted_on]))
+        other = ~part
+        temperature = fit_temperature(scores[other], y[other]) if other.any() else 1.0
+        out[part] = softmax(scores[part], temperature)
     return out
 
 

@@ -138,6 +138,21 @@ def _splitter(cv: Any, n_samples: int, counts: np.ndarray, random_state: int | N
     return StratifiedKFold(n_splits=folds, shuffle=True, random_state=random_state)
 
 
+def _outer_splits(cv: Any, y: np.ndarray, random_state: Any) -> list[tuple[Any, Any]]:
+    """The splits the held-out scores come from (:func:`_splitter`), made once: every
+    step that should use the same folds is given these."""
+    splitter = _splitter(cv, len(y), np.bincount(y), random_state)
+    return [(tr, te) for tr, te in splitter.split(np.zeros((len(y), 1)), y)]
+
+
+def _subset_cv(cv: Any, folds: int) -> Any:
+    """The folds of a search on a subset of the rows (an outer fold's training images,
+    or the search's sample): a splitter of the caller's may be bound to the rows it was
+    made for (``PredefinedSplit``, ``LeaveOneOut``'s count), so a subset gets stratified
+    k-fold, with at most ``folds`` folds, or ``cv`` folds when it is a smaller int."""
+    return min(cv, folds) if isinstance(cv, (int, np.integer)) else folds
+
+
 def _scores_at(pipe: Any, F: np.ndarray, y: np.ndarray, train: Any, test: Any, C: float) -> Any:
     from sklearn.base import clone
 
@@ -159,10 +174,10 @@ def _search_C(
     n_jobs: int | None,
 ) -> tuple[float, dict[str, Any]]:
     """``GridSearchCV`` over ``Cs`` on all of ``F``, scored by mean log loss across
-    folds."""
+    folds (``cv``: as :func:`_splitter` takes it, or a list of splits)."""
     from sklearn.model_selection import GridSearchCV
 
-    splitter = _splitter(cv, len(y), np.bincount(y), random_state)
+    splitter = cv if isinstance(cv, list) else _splitter(cv, len(y), np.bincount(y), random_state)
     search = GridSearchCV(
         pipe,
         {"clf__C": sorted(Cs)},  # ascending: a tie goes to the smaller C, seen first
@@ -192,16 +207,16 @@ def _best_C(results: dict[str, Any]) -> float:
 def _nested(
     pipe: Any, F: np.ndarray, y: np.ndarray, Cs: tuple[float, ...], cv: Any, options: Any
 ) -> tuple[float, dict[str, Any], np.ndarray, np.ndarray]:
-    """Nested cross-validation: in each outer fold ``C`` is searched on its training images
-    alone (an inner k-fold) and the held-out images are scored at that ``C``, so no score
+    """Nested cross-validation: in each outer fold (``options``: the random state, the
+    jobs and the outer splits) ``C`` is searched on its training images alone (an inner
+    stratified k-fold) and the held-out images are scored at that ``C``, so no score
     comes from a choice that saw its image. The model's own ``C`` minimises the inner
     searches' log loss averaged over the outer folds (every image took part in choosing
     it). Returns ``C``, the averaged results, and the out-of-fold scores and rows."""
-    random_state, n_jobs = options
-    outer = _splitter(cv, len(y), np.bincount(y), random_state)
+    random_state, n_jobs, outer = options
     runs, index, scores = [], [], []
-    inner = min(cv, INNER_FOLDS) if isinstance(cv, (int, np.integer)) else cv
-    for train, test in outer.split(F, y):
+    inner = _subset_cv(cv, INNER_FOLDS)
+    for train, test in outer:
         C_fold, results = _search_C(pipe, F[train], y[train], Cs, inner, random_state, n_jobs)
         runs.append(results)
         index.append(test)
@@ -216,42 +231,55 @@ def _nested(
 
 
 def _oof_at(
-    pipe: Any, F: np.ndarray, y: np.ndarray, C: float, cv: Any, random_state: int | None
+    pipe: Any, F: np.ndarray, y: np.ndarray, C: float, outer: list[tuple[Any, Any]]
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Out-of-fold scores at one ``C``, and their rows."""
-    outer = list(_splitter(cv, len(y), np.bincount(y), random_state).split(F, y))
+    """Out-of-fold scores at one ``C`` on the ``outer`` splits, and their rows."""
     return _assemble(
         [te for _, te in outer], [_scores_at(pipe, F, y, tr, te, C) for tr, te in outer]
     )
 
 
-def _can_nest(cv: Any, y: np.ndarray) -> bool:
+def _can_nest(outer: list[tuple[Any, Any]], y: np.ndarray) -> bool:
     """Whether every outer fold's training images hold 2 or more of every class (an
-    inner split needs them): 3 or more images of each class, or a splitter of the
-    caller's."""
-    return not isinstance(cv, (int, np.integer)) or int(np.bincount(y).min()) >= 3
+    inner stratified split needs them; with k-fold: 3 or more images of each class)."""
+    k = int(y.max()) + 1
+    return all(int(np.bincount(y[train], minlength=k).min()) >= 2 for train, _ in outer)
+
+
+def _stratified_sample(pool: np.ndarray, y: np.ndarray, size: int, random_state: Any) -> np.ndarray:
+    """About ``size`` rows of ``pool``, each class in proportion but with at least 2 of
+    it (or all it has), so that the search's stratified folds can hold every class out.
+    (scikit-learn's stratified sample refused pools that leave fewer rows out than there
+    are classes, and could keep one image of a class of 2.)"""
+    from sklearn.utils import check_random_state
+
+    rng = check_random_state(random_state)
+    chosen = []
+    for c in np.unique(y[pool]):
+        members = rng.permutation(pool[y[pool] == c])
+        share = int(round(len(members) * size / len(pool)))
+        chosen.append(members[: max(share, min(2, len(members)))])
+    return np.sort(np.concatenate(chosen))
 
 
 def _sampled_search(
     pipe: Any, F: np.ndarray, y: np.ndarray, Cs: tuple[float, ...], cv: Any, options: Any
 ) -> tuple[float, dict[str, Any], np.ndarray, np.ndarray, np.ndarray]:
-    """Above :data:`SEARCH_SAMPLES` images: ``C`` is searched on a stratified sample of
-    that many (the best C barely moves with more images, and each fit costs time in
+    """Above :data:`SEARCH_SAMPLES` images: ``C`` is searched on a stratified sample of at
+    most that many (the best C barely moves with more images, and each fit costs time in
     proportion), drawn from the training side of the hold-out when there is one; the
-    out-of-fold scores at that ``C`` are honest on every image outside the sample."""
-    from sklearn.model_selection import train_test_split
-
-    random_state, n_jobs = options
-    outer = list(_splitter(cv, len(y), np.bincount(y), random_state).split(F, y))
+    out-of-fold scores at that ``C`` are honest on every image outside the sample. With
+    k-fold the sample takes at most half of the images, so that the other half (not one
+    image, at SEARCH_SAMPLES + 1) is left for the estimate."""
+    random_state, n_jobs, outer = options
     pool = outer[0][0] if len(outer) == 1 else np.arange(len(y))
+    size = SEARCH_SAMPLES if len(outer) == 1 else min(SEARCH_SAMPLES, len(y) // 2)
     searched = pool
-    if len(pool) > SEARCH_SAMPLES:
-        searched, _ = train_test_split(
-            pool, train_size=SEARCH_SAMPLES, stratify=y[pool], random_state=random_state
-        )
-    C, results = _search_C(pipe, F[searched], y[searched], Cs, cv, random_state, n_jobs)
-    index = [test for _, test in outer]
-    oof, rows = _assemble(index, [_scores_at(pipe, F, y, tr, te, C) for tr, te in outer])
+    if len(pool) > size:
+        searched = _stratified_sample(pool, y, size, random_state)
+    search_cv = _subset_cv(cv, 5)
+    C, results = _search_C(pipe, F[searched], y[searched], Cs, search_cv, random_state, n_jobs)
+    oof, rows = _oof_at(pipe, F, y, C, outer)
     return C, results, oof, rows, ~np.isin(rows, searched)
 
 
@@ -283,28 +311,19 @@ def tune_linear_head(
 
     pipe = Pipeline([("scaler", StandardScaler()), ("clf", LogisticRegression(max_iter=max_iter))])
     oof = index = honest = None
-    estimate, options = "", (random_state, n_jobs)
+    estimate = ""
     with warnings.catch_warnings(), one_blas_thread():
         warnings.simplefilter("ignore", ConvergenceWarning)
         if not calibrate:
             C, results = float(Cs[0]), {"C": [float(Cs[0])]}
             if len(Cs) > 1:
-                C, results = _search_C(pipe, F, y, Cs, cv, *options)
-        elif len(Cs) == 1:  # no choice to hide from the scores
-            C, results = float(Cs[0]), {"C": [float(Cs[0])]}
-            oof, index = _oof_at(pipe, F, y, C, cv, random_state)
-            honest, estimate = np.ones(len(index), bool), _describe_estimate(cv, len(y), "given")
-        elif len(y) <= SEARCH_SAMPLES and _can_nest(cv, y):
-            C, results, oof, index = _nested(pipe, F, y, Cs, cv, options)
-            honest, estimate = np.ones(len(index), bool), _describe_estimate(cv, len(y), "nested")
-        elif len(y) <= SEARCH_SAMPLES:  # too few images per class to nest: say so
-            C, results = _search_C(pipe, F, y, Cs, cv, *options)
-            oof, index = _oof_at(pipe, F, y, C, cv, random_state)
-            honest = np.zeros(len(index), bool)
-            estimate = _describe_estimate(cv, len(y), "same folds")
+                C, results = _search_C(pipe, F, y, Cs, cv, random_state, n_jobs)
         else:
-            C, results, oof, index, honest = _sampled_search(pipe, F, y, Cs, cv, options)
-            estimate = _describe_estimate(cv, len(y), f"outside {int(honest.sum())}")
+            outer = _outer_splits(cv, y, random_state)
+            C, results, oof, index, honest, kind = _heldout_scores(
+                pipe, F, y, Cs, cv, (random_state, n_jobs, outer)
+            )
+            estimate = _describe_estimate(cv, outer, len(y), kind)
         pipe.set_params(clf__C=C)
         if refit:
             pipe.fit(F, y)
@@ -313,12 +332,38 @@ def tune_linear_head(
                      calibration, honest, estimate)  # fmt: skip
 
 
-def _describe_estimate(cv: Any, n: int, kind: str) -> str:
+def _heldout_scores(
+    pipe: Any, F: np.ndarray, y: np.ndarray, Cs: tuple[float, ...], cv: Any, options: Any
+) -> tuple[float, dict[str, Any], np.ndarray, np.ndarray, np.ndarray, str]:
+    """``C``, the search's results, the out-of-fold scores on the outer splits of
+    ``options`` (random state, jobs, splits), their rows, which rows are honest, and what
+    kind of estimate that is (for :func:`_describe_estimate`)."""
+    random_state, n_jobs, outer = options
+    if len(Cs) == 1:  # no choice to hide from the scores
+        C, results = float(Cs[0]), {"C": [float(Cs[0])]}
+        oof, index = _oof_at(pipe, F, y, C, outer)
+        return C, results, oof, index, np.ones(len(index), bool), "given"
+    if len(y) <= SEARCH_SAMPLES and _can_nest(outer, y):
+        C, results, oof, index = _nested(pipe, F, y, Cs, cv, options)
+        return C, results, oof, index, np.ones(len(index), bool), "nested"
+    if len(y) <= SEARCH_SAMPLES:  # too few images per class to nest: say so
+        C, results = _search_C(pipe, F, y, Cs, outer, random_state, n_jobs)
+        oof, index = _oof_at(pipe, F, y, C, outer)
+        return C, results, oof, index, np.zeros(len(index), bool), "same folds"
+    C, results, oof, index, honest = _sampled_search(pipe, F, y, Cs, cv, options)
+    return C, results, oof, index, honest, f"outside {int(honest.sum())}"
+
+
+def _describe_estimate(cv: Any, outer: list[tuple[Any, Any]], n: int, kind: str) -> str:
     """One line: how the held-out scores were kept from every choice. ``kind``: "nested",
     "given" (one C), "same folds" (too few images to nest) or "outside N" (the N images
-    outside the search's sample)."""
-    folds = cv if isinstance(cv, (int, np.integer)) else cv.get_n_splits()
-    how = "one 20% hold-out" if n > HOLDOUT_ABOVE else f"{folds}-fold cross-validation"
+    outside the search's sample); ``outer``: the splits they come from."""
+    if not isinstance(cv, (int, np.integer)):
+        how = f"cross-validation on the given cv's {len(outer)} split(s)"
+    elif n > HOLDOUT_ABOVE:
+        how = "one 20% hold-out"
+    else:  # the folds made: fewer than cv when a class has fewer images
+        how = f"{len(outer)}-fold cross-validation"
     if kind.startswith("outside"):
         return f"{how}, on the {kind.split()[1]} images that did not choose C"
     return {
@@ -358,6 +403,13 @@ def tune_block_heads(F: np.ndarray, y: np.ndarray, blocks: list[int], **options:
     edges = np.cumsum([0, *blocks])
     if edges[-1] != F.shape[1]:
         raise ValueError(f"blocks {blocks} do not cover the {F.shape[1]} features")
+    # the blocks' scores are averaged row by row, so every block must hold out the same
+    # rows: one seed for all (None or a shared RandomState drew other splits per block)
+    from sklearn.utils import check_random_state
+
+    seed = options.get("random_state", 0)
+    if not isinstance(seed, (int, np.integer)):
+        options = {**options, "random_state": int(check_random_state(seed).randint(2**31))}
     # one outer limit and filter for all threads: each thread's own enter and exit then
     # restore what the outer ones set, and these restore the caller's state at the end
     with one_blas_thread(), warnings.catch_warnings(), ThreadPoolExecutor(2) as pool:
@@ -475,6 +527,8 @@ class LinearProbe(ForwardsFeatureParams, ScoresNamedTargets, BaseEstimator):
         The honest estimate every model kind gives (:func:`tlearn.train` reports it): the
         out-of-fold probabilities of the images no choice has seen (C, and the temperature,
         which is cross-fitted between two halves of them); rows of NaN for the others.
+        When a class has too few images (2) to keep any row from the choice of C, all
+        the out-of-fold rows, and ``heldout_method_`` says the figure is optimistic.
     heldout_method_ : str
         How they were held out, in one line.
     skipped_ : list of (int, str, str)
@@ -582,7 +636,10 @@ class LinearProbe(ForwardsFeatureParams, ScoresNamedTargets, BaseEstimator):
             rows = np.flatnonzero(ok)[head.oof_index]
             self.oof_proba_[rows] = softmax(head.oof_scores, head.temperature)
             assert head.honest is not None
-            honest = head.honest
+            # where no row could be kept from the choice of C (too few images per class
+            # to nest), the estimate is the out-of-fold one, and heldout_method_ says it
+            # is optimistic: a small set still gets a figure, as it did before nesting
+            honest = head.honest if head.honest.any() else np.ones_like(head.honest)
             self.heldout_proba_[rows[honest]] = crossfit_softmax(
                 head.oof_scores[honest], y_enc[rows[honest]], self.random_state
             )
