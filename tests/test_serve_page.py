@@ -158,3 +158,35 @@ def test_an_error_replaces_the_previous_images_results(server):
         assert "not an image" in refused["error"]
         assert send("good.jpg", photo) == {"bars": 3, "result": True, "error": None}
         browser.close()
+
+
+def test_an_answer_overtaken_by_a_newer_image_is_dropped(server):
+    """The first image's answer is held back until the second's is shown (top 1 bar, then
+    top 3): when it comes, it does not replace the newer results."""
+    from playwright.sync_api import sync_playwright
+
+    photo = jpeg((64, 48), seed=8)
+    held: list[Any] = []
+    with sync_playwright() as p:
+        browser = launch(p)
+        page = browser.new_page()
+        page.goto(server.url + "/")
+        page.fill("#key", KEY)
+        page.route(
+            "**/v1/predict*", lambda route: route.continue_() if held else held.append(route)
+        )
+        page.fill("#topk", "1")
+        with page.expect_request("**/v1/predict*"):
+            page.set_input_files("#file", files=[{"name": "first.jpg", "mimeType": "image/jpeg",
+                                                  "buffer": photo}])  # fmt: skip
+        page.fill("#topk", "3")
+        page.set_input_files("#file", files=[{"name": "second.jpg", "mimeType": "image/jpeg",
+                                              "buffer": photo}])  # fmt: skip
+        page.wait_for_selector("body[data-state=done]", timeout=30_000)
+        assert _shown(page) == {"bars": 3, "result": True, "error": None}
+        assert len(held) == 1
+        with page.expect_response("**/v1/predict*"):
+            held[0].continue_()
+        page.wait_for_timeout(500)  # the page reads the late answer's body
+        assert _shown(page) == {"bars": 3, "result": True, "error": None}
+        browser.close()
