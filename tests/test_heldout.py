@@ -101,3 +101,34 @@ def test_a_single_held_out_row_is_not_calibrated_on_its_own_label():
     (a sure wrong answer softened to near 50%, a flattering calibration error)."""
     scores, y = np.array([[6.0, 0.0]]), np.array([1])
     np.testing.assert_allclose(crossfit_softmax(scores, y), softmax(scores))
+
+
+def test_resuming_a_finished_run_still_gives_a_held_out_estimate(shapes3, tmp_path):
+    """A run killed after its last checkpoint and resumed trains no epoch: with no
+    validation logits of its own it had no held-out estimate at all (all NaN, and
+    tlearn.train refused it as if validation_size were 0); it now says it is optimistic."""
+    from tlearn import FineTuneClassifier
+
+    X, y = np.asarray(shapes3[0])[::2], np.asarray(shapes3[1])[::2]
+    settings = dict(strategy="head", image_size=32, epochs=2, batch_size=8, engine="torch",
+                    augmentation="none", validation_size=0.3, checkpoint_dir=tmp_path)  # fmt: skip
+    first = FineTuneClassifier(**settings).fit(X, y)
+    resumed = FineTuneClassifier(**settings).fit(X, y, resume=True)
+    assert len(resumed.history_) == 2  # nothing left to train
+    rows = ~np.isnan(resumed.heldout_proba_).any(axis=1)
+    assert rows.tolist() == (~np.isnan(first.heldout_proba_).any(axis=1)).tolist()
+    assert rows.sum() > 0 and "a resumed run" in resumed.heldout_method_
+
+
+def test_auto_leaves_out_fine_tuning_when_a_class_is_too_small_for_its_split():
+    """`tlearn fit` on 8 images a class failed after minutes: auto's LP-FT candidate
+    needs 10 images a class for its 10% validation split."""
+    from tlearn.automl import Candidate, _further
+
+    X = np.array([f"{i}.jpg" for i in range(40)], dtype=object)
+    first = Candidate("probe", "probe", {"backbone": "efficientnet_lite0"}, lambda: 1.0)
+    params = {"backbone": "efficientnet_lite0"}
+    for per_class, expected in ((8, []), (10, ["lp-ft efficientnet_lite0 at 128 px"])):
+        y = np.repeat(["a", "b"], per_class)
+        names = [c.name for c in _further(X[: len(y)], y, True, {}, params, first)]
+        assert names == expected

@@ -182,7 +182,7 @@ def fit_auto(
     deadline = time.perf_counter() + budget
     fitted: list[tuple[Any, dict[str, Any]]] = []
     rows: list[dict[str, Any]] = []
-    for candidate in [first, *_further(X, small, common, params, first)]:
+    for candidate in [first, *_further(X, y, small, common, params, first)]:
         left = deadline - time.perf_counter()
         cost = candidate.estimate()
         if fitted and cost > left:
@@ -191,7 +191,14 @@ def fit_auto(
             continue
         say(f"auto: {candidate.name} (about {_seconds(cost)}; {_seconds(left)} left)")
         t0 = time.perf_counter()
-        model = make_estimator(candidate.method, **candidate.params).fit(X, y)
+        try:
+            model = make_estimator(candidate.method, **candidate.params).fit(X, y)
+        except DataError as e:  # a later candidate the data cannot take: keep the others
+            if not fitted:
+                raise
+            say(f"auto: {candidate.name} skipped ({e})")
+            rows.append({**_skipped(candidate.name, 0.0, 0.0), "note": f"skipped: {e}"})
+            continue
         rows.append(_row(candidate.name, model, y, time.perf_counter() - t0))
         fitted.append((model, rows[-1]))
     return _choose(fitted, y, rows, int(common.get("random_state") or 0)), rows
@@ -370,7 +377,12 @@ def _ensemble(params: dict[str, Any]) -> str | None:
 
 
 def _further(
-    X: np.ndarray, small: bool, common: dict[str, Any], params: dict[str, Any], first: Candidate
+    X: np.ndarray,
+    y: np.ndarray,
+    small: bool,
+    common: dict[str, Any],
+    params: dict[str, Any],
+    first: Candidate,
 ) -> list[Candidate]:
     """A probe on a larger embedded backbone (when installed, no backbone was named and
     the first probe was not an ensemble), then LP-FT at a reduced input size."""
@@ -386,6 +398,9 @@ def _further(
     backbone = params.get("backbone", DEFAULT)
     # the user's fine-tuning flags win (make_estimator drops the probe's)
     ft = {**common, "verbose": 0, **params}
+    split = float(ft.get("validation_size") or 0.1)
+    if np.unique(y, return_counts=True)[1].min() < max(2, math.ceil(1 / split)):
+        return out  # too few images of a class for fine-tuning's validation split
     size = ft["image_size"] = int(ft.get("image_size") or (128 if small else 160))
     epochs = ft["epochs"] = int(ft.get("epochs") or 6)
     out.append(Candidate(f"lp-ft {backbone} at {size} px", "lp-ft", ft,
