@@ -109,7 +109,7 @@ def test_resuming_a_finished_run_still_gives_a_held_out_estimate(shapes3, tmp_pa
     tlearn.train refused it as if validation_size were 0); it now says it is optimistic."""
     from tlearn import FineTuneClassifier
 
-    X, y = np.asarray(shapes3[0])[::2], np.asarray(shapes3[1])[::2]
+    X, y = np.asarray(shapes3[0])[::3], np.asarray(shapes3[1])[::3]
     settings = dict(strategy="head", image_size=32, epochs=2, batch_size=8, engine="torch",
                     augmentation="none", validation_size=0.3, checkpoint_dir=tmp_path)  # fmt: skip
     first = FineTuneClassifier(**settings).fit(X, y)
@@ -132,3 +132,21 @@ def test_auto_leaves_out_fine_tuning_when_a_class_is_too_small_for_its_split():
         y = np.repeat(["a", "b"], per_class)
         names = [c.name for c in _further(X[: len(y)], y, True, {}, params, first)]
         assert names == expected
+
+
+def test_fine_tuning_held_out_rows_are_the_validation_images_with_a_bad_image(tmp_path):
+    """The validation split's rows in X, through the readable images' indices (they were
+    taken as a mask: rows shifted by one, or an IndexError)."""
+    from tests.synthetic import make_folder
+    from tlearn import FineTuneClassifier
+    from tlearn.training import load_labelled
+
+    X, y = load_labelled(make_folder(tmp_path / "d", 10, size=32, seed=1))
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not an image")
+    X, y = np.r_[[str(bad)], X], np.r_[[y[0]], y]
+    ft = FineTuneClassifier(strategy="head", epochs=1, image_size=32, validation_size=0.2,
+                            on_error="skip").fit(X, y)  # fmt: skip
+    held = np.flatnonzero(~np.isnan(ft.heldout_proba_).any(axis=1))
+    assert 0 not in held and len(held) == len(ft.validation_[0])
+    assert sorted(X[held]) == sorted(ft.validation_[0])

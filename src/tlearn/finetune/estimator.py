@@ -331,7 +331,7 @@ class FineTuneClassifier(ForwardsFeatureParams, ScoresNamedTargets, BaseEstimato
         self._finish(bb, net, classes, state, X_tr)
         self._calibrate(X_v, y_v)
         self.validation_ = None if X_v is None or y_v is None else (X_v, classes[y_v])
-        rows = None if rows_v is None else np.flatnonzero(keep)[rows_v]
+        rows = None if rows_v is None else keep[rows_v]  # keep: the readable rows' indices
         self._held_out(state, len(images), y_v, rows, len(X_tr))
         return self
 
@@ -341,10 +341,11 @@ class FineTuneClassifier(ForwardsFeatureParams, ScoresNamedTargets, BaseEstimato
         """``heldout_proba_`` over the images given to ``fit`` (NaN but the validation
         split's rows): each half of the split scored by the epoch the other half chose
         (:func:`crossfit_epochs`). Validation images given apart have no rows in ``X``;
-        a resumed run lacks the earlier epochs' logits, so it says it is optimistic."""
+        a resumed run lacks the earlier epochs' logits (all of them when the checkpoint
+        had every epoch), so it says it is optimistic."""
         self.heldout_proba_ = np.full((n, len(self.classes_)), np.nan)
         self.heldout_method_ = ""
-        if rows is None or y_v is None or not state.val_logits:
+        if rows is None or y_v is None or not len(y_v):
             return
         size = f"held-out {len(rows) / (len(rows) + n_tr):.0%} validation split"
         if len(state.val_logits) != len(state.history) and self.validation_ is not None:
