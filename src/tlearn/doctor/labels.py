@@ -228,7 +228,8 @@ def out_of_fold_proba(
             f"{counts.tolist()})"
         )
     folds = int(min(n_splits, counts.min()))
-    head = tune_linear_head(features, labels, refit=False, cv=_first_folds(folds, len(labels)))
+    head = tune_linear_head(features, labels, refit=False,
+                            cv=StratifiedKFold(folds, shuffle=True, random_state=0))  # fmt: skip
     assert head.oof_scores is not None and head.oof_index is not None
     proba = np.full((len(labels), len(counts)), np.nan)
     proba[head.oof_index] = softmax(head.oof_scores, head.temperature)
@@ -247,27 +248,6 @@ def out_of_fold_proba(
         warnings.simplefilter("ignore", ConvergenceWarning)
         scores = cross_val_predict(pipe, features, labels, cv=splits, method="decision_function")
     return softmax(scores, fit_temperature(scores[keep], labels[keep]))
-
-
-def _first_folds(folds: int, n_samples: int) -> object:
-    """The first pass's ``cv`` for :func:`tlearn.probe.tune_linear_head`: stratified
-    ``folds``-fold, shuffled with seed 0, out of fold for every image.
-
-    Up to :data:`tlearn.probe.SEARCH_SAMPLES` images the probe chooses C inside each fold
-    (nested); given the number of folds it fits the inner folds to each fold's training
-    images (a class of 4 in 4 folds has 3 there), where a splitter object would be
-    reused as is and fail (``n_splits=4 cannot be greater than the number of members in
-    each class``). Above, the probe searches C once, on a sample, and an int would mean a
-    single 20% hold-out past :data:`tlearn.probe.HOLDOUT_ABOVE` images: the splitter
-    object keeps k-fold.
-    """
-    from sklearn.model_selection import StratifiedKFold
-
-    from tlearn.probe import SEARCH_SAMPLES
-
-    if n_samples <= SEARCH_SAMPLES:
-        return folds  # the probe's own splitter: the same folds
-    return StratifiedKFold(folds, shuffle=True, random_state=0)
 
 
 def _pruned(train: np.ndarray, keep: np.ndarray, labels: np.ndarray) -> np.ndarray:
