@@ -3,18 +3,22 @@ with it, saves it, exports it and evaluates it. A new head adds one :class:`Mode
 persistence, export, evaluation and the predictor look it up with :func:`model_kind`.
 
 A kind says how to find the model's feature extractor, its head (features ->
-probabilities), its head as one linear layer (for export), and how its head is written to
-and read from a model file.
+probabilities), its head as one linear layer (for export), and how its head is written to,
+checked in and read from a model file (a file is data from anywhere: its head is checked
+against the classes and the tensors it carries before anything is built).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from numbers import Integral, Real
 from typing import Any
 
 import numpy as np
 
+from tlearn._validation import Interval
 from tlearn.data.images import Preprocessing
 from tlearn.exceptions import ModelFileError
 from tlearn.features import PretrainedFeatures
@@ -61,7 +65,11 @@ class ModelParts:
 @dataclass(frozen=True)
 class ModelKind:
     """One kind of fitted model. ``to_file(model)`` gives the head's arrays and settings;
-    ``from_file(head_meta, arrays, features, classes, params)`` rebuilds the model."""
+    ``check_file(head_meta, shapes, n_classes)`` checks a file's head settings and the
+    shapes of its ``head.*`` tensors (before they are read) and returns the number of
+    features the head takes, raising ``ValueError`` naming the field;
+    ``from_file(head_meta, arrays, features, classes, params)`` rebuilds the model, whose
+    parameters are those of ``estimator`` (``None``: it has none of its own)."""
 
     name: str
     matches: Callable[[Any], bool]
@@ -69,8 +77,10 @@ class ModelKind:
     head: Callable[[Any], Head]
     linear_head: Callable[[Any], tuple[Array, Array]]
     to_file: Callable[[Any], tuple[dict[str, Array], dict[str, Any]]]
+    check_file: Callable[[dict[str, Any], dict[str, tuple[int, ...]], int], int]
     from_file: Callable[..., Any]
     is_fitted: Callable[[Any], bool]
+    estimator: type | None = None
 
 
 MODEL_KINDS: dict[str, ModelKind] = {}
@@ -112,6 +122,79 @@ def split_model(model: Any) -> ModelParts:
         features=features,
         info={"kind": kind.name},
     )
+
+
+# -- checking a file's head ----------------------------------------------------------------
+#: Temperatures a file may hold (tlearn fits them in [0.05, 20]; 1 means uncalibrated).
+TEMPERATURES = Interval(Real, 0.01, 100.0)
+#: Regularisation strengths a file may hold (they are recorded, not used to predict).
+STRENGTHS = Interval(Real, 0.0, 1e12, closed="right")
+_SCALER = ("head.scaler_mean", "head.scaler_scale", "head.scaler_var")
+
+
+def _need(ok: bool, field: str, what: str, value: Any) -> None:
+    """Raise ``ValueError`` saying that ``field`` must be ``what``."""
+    if not ok:
+        shown = repr(value)
+        raise ValueError(f"{field} must be {what}, not {shown[:80]}")
+
+
+def _tensor(shapes: dict[str, tuple[int, ...]], name: str, shape: tuple[int | None, ...]) -> int:
+    """Check that tensor ``name`` has ``shape`` (``None``: any positive length); returns
+    its last dimension."""
+    got = shapes.get(name)
+    if got is None:
+        raise ValueError(f"the tensor {name!r} is missing")
+    ok = len(got) == len(shape) and all(
+        n > 0 and (want is None or n == want) for n, want in zip(got, shape, strict=True)
+    )
+    dims = ", ".join("n" if n is None else str(n) for n in shape)
+    wanted = f"({dims},)" if len(shape) == 1 else f"({dims})"
+    _need(ok, f"the tensor {name!r}", f"of shape {wanted}", got)
+    return got[-1]
+
+
+def _only(shapes: dict[str, tuple[int, ...]], names: set[str]) -> None:
+    extra = sorted(set(shapes) - names)
+    if extra:
+        raise ValueError(f"the tensor {extra[0]!r} is not part of this kind of head")
+
+
+def _temperature(head: dict[str, Any]) -> None:
+    t = head.get("temperature", 1.0)
+    _need(TEMPERATURES.is_satisfied_by(t), "head.temperature", str(TEMPERATURES), t)
+
+
+def _dict(head: dict[str, Any], key: str) -> None:
+    value = head.get(key, {})
+    _need(isinstance(value, dict), f"head.{key}", "an object", value)
+
+
+def _check_logistic(shapes: dict[str, tuple[int, ...]], n_classes: int, scaler: bool) -> int:
+    """A logistic regression's tensors (one row of coefficients for two classes), with a
+    StandardScaler's before it when ``scaler``; returns the number of features."""
+    rows = 1 if n_classes == 2 else n_classes
+    n_features = _tensor(shapes, "head.coef", (rows, None))
+    _tensor(shapes, "head.intercept", (rows,))
+    names = {"head.coef", "head.intercept"}
+    if scaler:
+        for name in _SCALER:
+            _tensor(shapes, name, (n_features,))
+        names |= set(_SCALER)
+    _only(shapes, names)
+    return n_features
+
+
+def _check_probe_file(
+    head: dict[str, Any], shapes: dict[str, tuple[int, ...]], n_classes: int
+) -> int:
+    C = head.get("C")
+    Cs = C if isinstance(C, list) and 0 < len(C) <= 64 else [C]  # one per ensemble block
+    _need(all(STRENGTHS.is_satisfied_by(c) for c in Cs), "head.C", str(STRENGTHS), C)
+    _temperature(head)
+    _dict(head, "cv_results")
+    _dict(head, "calibration")
+    return _check_logistic(shapes, n_classes, scaler=True)
 
 
 # -- linear heads: the probe and a Pipeline of StandardScaler + LogisticRegression ---------
@@ -157,6 +240,8 @@ def _logistic_from_arrays(arrays: dict[str, Array], C: float, max_iter: int) -> 
         scaler.mean_ = arrays["head.scaler_mean"]
         scaler.scale_ = arrays["head.scaler_scale"]
         scaler.var_ = arrays["head.scaler_var"]
+        if not (scaler.scale_ > 0).all():  # a StandardScaler's scale is never 0 (1 for var 0)
+            raise ValueError("the tensor 'head.scaler_scale' must be positive")
         scaler.n_features_in_ = scaler.mean_.shape[0]
         scaler.n_samples_seen_ = np.int64(0)
     return scaler, clf
@@ -217,6 +302,28 @@ def _pipeline_linear_parts(model: Any) -> tuple[Any, Any]:
     return (steps[1] if len(steps) == 3 else None), steps[-1]
 
 
+def _check_pipeline_file(
+    head: dict[str, Any], shapes: dict[str, tuple[int, ...]], n_classes: int
+) -> int:
+    _need(STRENGTHS.is_satisfied_by(head.get("C")), "head.C", str(STRENGTHS), head.get("C"))
+    _dict(head, "params")
+    max_iter = head.get("params", {}).get("max_iter", 1000)
+    iterations = Interval(Integral, 1, 10**9)
+    _need(iterations.is_satisfied_by(max_iter), "head.params.max_iter", str(iterations), max_iter)
+    scaler = head.get("scaler", "head.scaler_mean" in shapes)
+    _need(isinstance(scaler, bool), "head.scaler", "true or false", scaler)
+    steps = head.get("steps")
+    if steps is not None:
+        ok = (
+            isinstance(steps, list)
+            and len(steps) == 2 + scaler
+            and all(isinstance(n, str) and n.isidentifier() and "__" not in n for n in steps)
+            and len(set(steps)) == len(steps)
+        )
+        _need(ok, "head.steps", f"{2 + scaler} different step names", steps)
+    return _check_logistic(shapes, n_classes, scaler=scaler)
+
+
 def _pipeline_to_file(model: Any) -> tuple[dict[str, Array], dict[str, Any]]:
     scaler, clf = _pipeline_linear_parts(model)
     meta = {
@@ -241,7 +348,7 @@ def _pipeline_from_file(
     max_iter = int(head.get("params", {}).get("max_iter", 1000))
     scaler, clf = _logistic_from_arrays(arrays, head["C"], max_iter)
     clf.classes_ = classes
-    names = head.get("steps") or ["features", "scaler", "clf"]
+    names = head.get("steps") or ["features", "scaler", "clf"][: 2 + (scaler is not None)]
     steps = [features] + ([scaler] if scaler is not None else []) + [clf]
     return Pipeline(list(zip(names, steps, strict=True)))
 
@@ -262,6 +369,36 @@ def _finetune_to_file(model: FineTuneClassifier) -> tuple[dict[str, Array], dict
         "calibration": getattr(model, "calibration_", {}),
     }
     return arrays, meta
+
+
+def _check_finetune_file(
+    head: dict[str, Any], shapes: dict[str, tuple[int, ...]], n_classes: int
+) -> int:
+    _temperature(head)
+    _dict(head, "calibration")
+    history = head.get("history", [])
+    number = Interval(Real, None, None)
+    ok = isinstance(history, list) and len(history) <= 10_000
+    for row in history if ok else []:
+        ok = isinstance(row, dict) and all(
+            number.is_satisfied_by(row.get(k)) or _is_nan(row.get(k))
+            for k in ("epoch", "train_loss", "val_loss", "val_accuracy")
+        )
+        if not ok:
+            break
+    epochs = "a list of epochs (epoch, train_loss, val_loss, val_accuracy)"
+    _need(ok, "head.history", epochs, history)
+    best = head.get("best_epoch", -1)
+    valid = Interval(Integral, -1, len(history) if ok else 0)
+    _need(valid.is_satisfied_by(best), "head.best_epoch", str(valid), best)
+    n_features = _tensor(shapes, "head.weight", (n_classes, None))
+    _tensor(shapes, "head.bias", (n_classes,))
+    _only(shapes, {"head.weight", "head.bias"})
+    return n_features
+
+
+def _is_nan(value: Any) -> bool:
+    return isinstance(value, float) and math.isnan(value)
 
 
 def _finetune_from_file(
@@ -294,8 +431,10 @@ register_model_kind(
         head=lambda m: m.predict_proba_features,
         linear_head=lambda m: _fold_linear(m.scaler_, m.classifier_, m.temperature_),
         to_file=_probe_to_file,
+        check_file=_check_probe_file,
         from_file=_probe_from_file,
         is_fitted=lambda m: hasattr(m, "classifier_"),
+        estimator=LinearProbe,
     )
 )
 register_model_kind(
@@ -309,8 +448,10 @@ register_model_kind(
             m.head_bias_ / getattr(m, "temperature_", 1.0),
         ),
         to_file=_finetune_to_file,
+        check_file=_check_finetune_file,
         from_file=_finetune_from_file,
         is_fitted=lambda m: hasattr(m, "head_weight_"),
+        estimator=FineTuneClassifier,
     )
 )
 register_model_kind(
@@ -321,6 +462,7 @@ register_model_kind(
         head=lambda m: m[1:].predict_proba,
         linear_head=lambda m: _fold_linear(*_pipeline_linear_parts(m)),
         to_file=_pipeline_to_file,
+        check_file=_check_pipeline_file,
         from_file=_pipeline_from_file,
         is_fitted=lambda m: hasattr(m.steps[-1][1], "classes_"),
     )

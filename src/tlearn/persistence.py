@@ -5,6 +5,59 @@ library versions) as JSON in its header. Loading never unpickles.
 Every kind of model in :data:`tlearn.models.MODEL_KINDS` can be saved: the file's common
 part (backbone, classes, engine) is written here, the head by the kind. :func:`dumps` and
 :func:`loads` do the same with bytes in memory (the predictor pickles itself that way).
+
+Loading a file from anywhere
+----------------------------
+A model file may come from a stranger. Loading one never unpickles, never opens a path
+named in it, never goes online and writes nothing, except that an ONNX Runtime or OpenVINO
+engine recorded at fit is converted into the engine cache (``$TLEARN_HOME/engines``), as
+fitting does. Path-valued parameters (``weights`` given as a file, ``cache_dir``,
+``checkpoint_dir``) name places on the machine that saved the model: the loaded model has
+their defaults (``"pretrained"``, ``None``). A device this machine lacks (``"cuda"``)
+becomes ``"auto"``, with a warning. Everything else is checked before it is used, and a
+file outside these bounds raises :class:`~tlearn.exceptions.ModelFileError` naming the
+file and the field:
+
+- the safetensors header is at most :data:`MAX_HEADER_BYTES`; its JSON nests at most
+  :data:`MAX_DEPTH` deep, holds at most :data:`MAX_ITEMS` items in a list or object,
+  strings of at most :data:`MAX_CHARS` characters (:data:`MAX_NAME_CHARS` for names and
+  parameter values) and integers that fit in 64 bits;
+- the image size (``input_size``, ``image_size``) is within the estimators' own bound,
+  [8, 4096]; the crop fraction within :data:`CROP_PCT`; the normalisation finite (std at
+  least 0.001); the temperature within :data:`tlearn.models.TEMPERATURES`; the classes 2 to
+  :data:`MAX_ITEMS` distinct labels; every parameter within its estimator's constraints,
+  and the engine one tlearn has;
+- the network the file names is first built on PyTorch's meta device, which allocates
+  nothing, and its weights must be exactly the tensors the file carries (names, shapes,
+  dtypes); the head's tensors must fit the classes and the network's features, and be
+  finite, within :data:`MAX_HEAD_VALUE`; every tensor must belong to a part;
+- a calibrated engine the file carries (``openvino-int8``) is a graph from the file:
+  before OpenVINO compiles it, it must take uint8 images of the input size to the head's
+  features, with every tensor's shape known for one image and none over
+  :data:`MAX_ENGINE_ELEMENTS` elements, and no loops.
+
+Resource budget
+---------------
+Loading a file of ``F`` bytes whose network takes ``S`` x ``S`` images (``S`` <= 4096)
+costs at most:
+
+- memory: about ``3 F`` (the bytes, the tensors read from them, the network built from
+  them: as large, since their shapes and dtypes were checked) plus one forward pass of one
+  ``S`` x ``S`` image (the warm-up). EfficientNet-Lite0 at ``S`` = 64: ``F`` = 13 MiB,
+  about 70 MiB in all; its forward pass alone takes about 0.3 GiB at ``S`` = 1024 and
+  1.1 GiB at 2048;
+- time: building the network (as ``timm`` or ``torchvision`` would), hashing its
+  weights and the warm-up (Lite0: 0.5 s at ``S`` = 64; the forward pass alone 4 s at 1024
+  and 15 s at 2048, on 2 shared cores); an engine other than torch recorded at fit adds
+  its conversion, once (then cached);
+- a file refused by these checks costs reading its header and one meta-device build of
+  the network it names (under a second even for a billion parameters), whatever it
+  declares.
+
+One exception: torchvision's RegNets compute their widths with tensors and cannot be
+built on the meta device, so theirs are checked against the file's tensors once built: a
+file naming one costs that network's memory and time before it is refused (at most
+``regnet_y_128gf``: 2.6 GB, about 40 s).
 """
 
 from __future__ import annotations
@@ -12,7 +65,6 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
-import struct
 import warnings
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
@@ -21,17 +73,49 @@ import numpy as np
 import torch
 
 from tlearn._io import write_atomic
+from tlearn._model_file import (
+    _MAGIC,
+    CROP_PCT,
+    FORMAT_VERSION,
+    MAX_CHARS,
+    MAX_DEPTH,
+    MAX_ENGINE_ELEMENTS,
+    MAX_HEAD_VALUE,
+    MAX_HEADER_BYTES,
+    MAX_ITEMS,
+    MAX_NAME_CHARS,
+    Plan,
+    check_carried_engine,
+    check_file,
+    metadata_of,
+    need,
+    parse_header,
+    read_header,
+    refused,
+)
 from tlearn.backbones import Backbone, build_backbone, state_dict_sha256
-from tlearn.data.images import Preprocessing
 from tlearn.exceptions import EngineError, ModelFileError
 from tlearn.features import PretrainedFeatures
-from tlearn.models import MODEL_KINDS, model_kind
+from tlearn.models import model_kind
 from tlearn.runtime.openvino_engine import OpenVinoEngine
 
-__all__ = ["FORMAT_VERSION", "dumps", "load", "loads", "read_metadata", "save"]
+__all__ = [
+    "CROP_PCT",
+    "FORMAT_VERSION",
+    "MAX_CHARS",
+    "MAX_DEPTH",
+    "MAX_ENGINE_ELEMENTS",
+    "MAX_HEAD_VALUE",
+    "MAX_HEADER_BYTES",
+    "MAX_ITEMS",
+    "MAX_NAME_CHARS",
+    "dumps",
+    "load",
+    "loads",
+    "read_metadata",
+    "save",
+]
 
-FORMAT_VERSION = 1
-_MAGIC = "tlearn"
 _FEATURE_PARAMS = (
     "image_size",
     "crop",
@@ -42,8 +126,6 @@ _FEATURE_PARAMS = (
     "on_error",
     "engine",
 )
-#: What files written before these parameters existed were computed with.
-_BEFORE_0_2 = {"crop": "center", "pooling": "last", "flip_average": False}
 
 
 def _versions() -> dict[str, str]:
@@ -64,16 +146,14 @@ def _jsonable_classes(classes: np.ndarray) -> tuple[list[Any], str]:
     return [str(c) for c in classes], "str"
 
 
-def _classes_from_json(values: list[Any], kind: str) -> np.ndarray:
-    if kind == "int":
-        return np.asarray(values, dtype=np.int64)
-    if kind == "bool":
-        return np.asarray(values, dtype=bool)
-    return np.asarray(values)
-
-
 def _jsonable(value: Any) -> Any:
-    return value if value is None or isinstance(value, (int, float, str, bool)) else str(value)
+    """A parameter as JSON: scalars and lists of scalars as they are, anything else (a
+    splitter, a RandomState) as its text."""
+    if value is None or isinstance(value, (int, float, str, bool)):
+        return value
+    if isinstance(value, (list, tuple)) and all(isinstance(v, (int, float)) for v in value):
+        return [_jsonable(v) for v in value]
+    return str(value)
 
 
 def _features_meta(features: PretrainedFeatures) -> dict[str, Any]:
@@ -157,57 +237,15 @@ def save(
     return path
 
 
-def _header(data: bytes, where: str) -> dict[str, Any]:
-    """The safetensors header (JSON) of ``data``; raises :class:`ModelFileError`."""
-    try:
-        (n,) = struct.unpack("<Q", data[:8])
-        if n > len(data) - 8:
-            raise ValueError("the header is longer than the file")
-        header = json.loads(data[8 : 8 + n])
-    except Exception as e:
-        raise ModelFileError(
-            f"{where} is not a tlearn model file (it is not a readable safetensors file: "
-            f"{e}). Model files are written by `tlearn fit` or tlearn.save"
-        ) from None
-    return header if isinstance(header, dict) else {}
-
-
-def _meta_from_header(header: dict[str, Any], where: str) -> dict[str, Any]:
-    raw = (header.get("__metadata__") or {}).get(_MAGIC)
-    if raw is None:
-        raise ModelFileError(
-            f"{where} is a safetensors file but not a tlearn model "
-            "(no tlearn metadata); it may hold plain weights"
-        )
-    try:
-        meta = json.loads(raw)
-    except json.JSONDecodeError as e:
-        raise ModelFileError(f"{where} has damaged tlearn metadata ({e})") from None
-    fmt = meta.get("format_version")
-    if not isinstance(fmt, int):
-        raise ModelFileError(f"{where} has no valid format_version")
-    if fmt > FORMAT_VERSION:
-        raise ModelFileError(
-            f"{where} uses model-file format {fmt}, newer than this tlearn understands "
-            f"({FORMAT_VERSION}); upgrade tlearn (pip install -U tlearn)"
-        )
-    return meta
-
-
 def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The JSON part of a model file, validated; raises :class:`ModelFileError`."""
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise ModelFileError(f"no such model file: {path!r}")
-    with open(path, "rb") as f:
-        head = f.read(8)
-        n = struct.unpack("<Q", head)[0] if len(head) == 8 else 0
-        data = head + f.read(min(n, 100_000_000))
-    return _meta_from_header(_header(data, repr(path)), repr(path))
+    return metadata_of(read_header(path), repr(path))
 
 
-def _load_backbone(meta: dict[str, Any], tensors: dict[str, torch.Tensor], where: str) -> Backbone:
-    bmeta = meta["backbone"]
+# -- building -----------------------------------------------------------------------------
+def _load_backbone(plan: Plan, tensors: dict[str, torch.Tensor], where: str) -> Backbone:
+    bmeta = plan.meta["backbone"]
     state = {k[len("backbone.") :]: v for k, v in tensors.items() if k.startswith("backbone.")}
     bb = build_backbone(bmeta["architecture"], weights=None, alias=bmeta["name"])
     try:
@@ -220,47 +258,24 @@ def _load_backbone(meta: dict[str, Any], tensors: dict[str, torch.Tensor], where
     bb.weights_sha256 = state_dict_sha256(bb.model.state_dict())
     if bb.weights_sha256 != bmeta["weights_sha256"]:
         raise ModelFileError(f"{where} is damaged: its weights do not match their recorded hash")
-    bb.preprocessing = Preprocessing.from_dict(bmeta["preprocessing"])
-    bb.weights_source = f"model file {where}" if meta["kind"] != "finetune" else "fine-tuned"
+    bb.preprocessing = plan.preprocessing
+    bb.weights_source = f"model file {where}" if plan.kind.name != "finetune" else "fine-tuned"
     return bb
 
 
-def _features(
-    meta: dict[str, Any], tensors: dict[str, torch.Tensor], where: str
-) -> PretrainedFeatures:
+def _features(plan: Plan, tensors: dict[str, torch.Tensor], where: str) -> PretrainedFeatures:
     """The fitted feature extractor, running the engine recorded at fit (what ``auto``
     chose, or the calibrated int8 engine carried by the file)."""
-    bmeta = meta["backbone"]
-    weights = "fine-tuned" if meta["kind"] == "finetune" else "pretrained"
-    params = {**_BEFORE_0_2, **bmeta["params"]}
-    features = PretrainedFeatures(bmeta["name"], weights=weights, **params)
-    backbone = _load_backbone(meta, tensors, where)
+    meta, bmeta = plan.meta, plan.meta["backbone"]
+    weights = "fine-tuned" if plan.kind.name == "finetune" else "pretrained"
+    features = PretrainedFeatures(bmeta["name"], weights=weights, **plan.feature_params)
+    backbone = _load_backbone(plan, tensors, where)
     recorded = bmeta.get("engine_")
     if meta.get("engine"):
-        xml, weights_ = (
-            tensors["engine.xml"].numpy().tobytes(),
-            tensors["engine.bin"].numpy().tobytes(),
-        )
-        try:
-            engine = OpenVinoEngine.from_ir(
-                xml,
-                weights_,
-                features._preprocessing(backbone),
-                meta["engine"],
-            )
-            features._install(backbone, engine=engine)
+        if _install_carried(plan, tensors, features, backbone, where):
             return features
-        except EngineError as e:
-            warnings.warn(
-                f"{where} carries an {meta['engine']} engine calibrated on its training "
-                f"images, which cannot run here ({str(e)[:160]}); predicting with fp32 torch "
-                "instead, so probabilities may differ slightly. pip install "
-                "'tlearn[openvino]' to use it",
-                UserWarning,
-                stacklevel=3,
-            )
-            features.set_params(engine="torch")
-            recorded = "torch"
+        features.set_params(engine="torch")
+        recorded = "torch"
     try:
         features._install(backbone, engine_name=recorded)
     except EngineError as e:
@@ -268,54 +283,85 @@ def _features(
             f"{where} was fitted with engine {recorded!r}, which cannot run here "
             f"({str(e)[:160]}); using fp32 torch",
             UserWarning,
-            stacklevel=3,
+            stacklevel=4,
         )
         features._install(backbone, engine_name="torch")
     return features
 
 
-def _from_tensors(meta: dict[str, Any], tensors: dict[str, torch.Tensor], where: str) -> Any:
-    kind = MODEL_KINDS.get(meta.get("kind", ""))
-    if kind is None:
-        raise ModelFileError(
-            f"{where} holds a model of kind {meta.get('kind')!r}, which this version "
-            "of tlearn cannot load; upgrade tlearn"
+def _install_carried(
+    plan: Plan,
+    tensors: dict[str, torch.Tensor],
+    features: PretrainedFeatures,
+    backbone: Backbone,
+    where: str,
+) -> bool:
+    """Install the calibrated engine the file carries, checked first; ``False`` (warned
+    about) where OpenVINO cannot run it."""
+    name = plan.meta["engine"]
+    xml, weights = tensors["engine.xml"].numpy().tobytes(), tensors["engine.bin"].numpy().tobytes()
+    pre = features._preprocessing(backbone)
+    check_carried_engine(xml, weights, pre.input_size, plan.n_features, where)
+    try:
+        features._install(backbone, engine=OpenVinoEngine.from_ir(xml, weights, pre, name))
+    except EngineError as e:
+        warnings.warn(
+            f"{where} carries an {name} engine calibrated on its training images, which "
+            f"cannot run here ({str(e)[:160]}); predicting with fp32 torch instead, so "
+            "probabilities may differ slightly. pip install 'tlearn[openvino]' to use it",
+            UserWarning,
+            stacklevel=5,
+        )
+        return False
+    return True
+
+
+def _build(plan: Plan, tensors: dict[str, torch.Tensor], where: str) -> Any:
+    arrays = {k: v.numpy() for k, v in tensors.items() if k.startswith("head.")}
+    for name, array in arrays.items():
+        # bounded so that scores stay finite: tlearn's heads hold values far smaller
+        ok = bool((np.abs(array) <= MAX_HEAD_VALUE).all())  # False for NaN
+        need(ok, where, f"tensor {name!r}", f"finite, within +-{MAX_HEAD_VALUE:g}", "more")
+    features = _features(plan, tensors, where)
+    if features.n_features_out_ != plan.n_features:
+        raise refused(
+            where,
+            f"its head takes {plan.n_features} features, but its backbone gives "
+            f"{features.n_features_out_}",
         )
     try:
-        features = _features(meta, tensors, where)
-        classes = _classes_from_json(meta["classes"], meta["classes_type"])
-        arrays = {k: v.numpy() for k, v in tensors.items() if k.startswith("head.")}
-        head, params = meta["head"], meta.get("params")
-        if params is None and kind.name == "linear_probe":  # files written before 0.2
-            params = {"backbone": meta["backbone"]["name"], **meta["backbone"]["params"]}
-            params.update(head.get("params", {}))
-        head.setdefault("history", meta.get("history", []))
-        head.setdefault("best_epoch", meta.get("best_epoch", -1))
-        return kind.from_file(head, arrays, features, classes, params or {})
-    except (KeyError, TypeError) as e:
-        raise ModelFileError(f"{where} is damaged or incomplete (missing {e})") from None
+        return plan.kind.from_file(plan.meta["head"], arrays, features, plan.classes, plan.params)
+    except ValueError as e:  # a value the kind refuses (a scaler's zero scale, ...)
+        raise refused(where, str(e)) from None
 
 
 def loads(data: bytes, where: str = "the model bytes") -> Any:
-    """A model from the bytes of a model file; it predicts exactly what the saved one did."""
+    """A model from the bytes of a model file; it predicts exactly what the saved one did.
+    See the module's docstring for what is checked and what loading costs."""
     from safetensors.torch import load
 
-    meta = _meta_from_header(_header(data, where), where)
+    plan = check_file(parse_header(data, where), where)
     try:
         tensors = load(data)
     except Exception as e:
         raise ModelFileError(f"{where} is damaged: cannot read its tensors ({e})") from None
-    return _from_tensors(meta, tensors, where)
+    return _build(plan, tensors, where)
 
 
 def load(path: str | os.PathLike[str]) -> Any:
-    """Load a model written by :func:`save`; it predicts exactly what the saved one did."""
+    """Load a model written by :func:`save`; it predicts exactly what the saved one did.
+
+    The file is data: see the module's docstring for what is checked, what loading costs,
+    and the parameters that name paths on the machine that saved it, which come back as
+    their defaults. Raises :class:`~tlearn.exceptions.ModelFileError` naming the file and
+    the field for a file outside those bounds.
+    """
     from safetensors.torch import load_file
 
     path = os.fspath(path)
-    meta = read_metadata(path)
+    plan = check_file(read_header(path), repr(path))
     try:
         tensors = load_file(path)
     except Exception as e:
         raise ModelFileError(f"{path!r} is damaged: cannot read its tensors ({e})") from None
-    return _from_tensors(meta, tensors, repr(path))
+    return _build(plan, tensors, repr(path))

@@ -78,7 +78,11 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
 
 
 def state_dict_sha256(state_dict: Mapping[str, torch.Tensor]) -> str:
-    """A content hash of weights, the same whichever file format or source they came from."""
+    """A content hash of weights, the same whichever file format or source they came from
+    (``""`` for a network built on PyTorch's meta device, which has shapes but no content:
+    model files are checked against such a skeleton before the network is built)."""
+    if any(t.is_meta for t in state_dict.values()):
+        return ""
     h = hashlib.sha256()
     for key in sorted(state_dict):
         t = state_dict[key].detach().cpu().contiguous()
