@@ -58,6 +58,7 @@ def test_onnx_export_is_cached_and_a_corrupt_cache_rebuilt(reference, tmp_path, 
     exports = list((tmp_path / "engines").glob("*.onnx"))
     assert len(exports) == 1
     exports[0].write_bytes(b"not an onnx model")
+    engines.forget_engines()  # a new process: the network is not compiled in memory
     with pytest.warns(UserWarning, match="unreadable and is rebuilt"):
         est = PretrainedFeatures(image_size=64, engine="onnxruntime").fit()
     got = est.transform(paths)
@@ -134,6 +135,7 @@ def test_openvino_engine_is_cached_and_a_corrupt_cache_rebuilt(reference, tmp_pa
     xml = list((tmp_path / "engines").glob("*.xml"))
     assert len(xml) == 1 and xml[0].with_suffix(".bin").is_file()
     xml[0].write_text("<broken")
+    engines.forget_engines()  # a new process: the network is not compiled in memory
     with pytest.warns(UserWarning, match="unreadable and is rebuilt"):
         again = PretrainedFeatures(image_size=64, engine="openvino").fit()
     assert cosine(again.transform(paths), expected) >= 0.9999
@@ -255,3 +257,45 @@ def test_clones_with_the_same_settings_reuse_the_engine_and_auto_verdict(shapes3
     np.testing.assert_allclose(first.transform(X[:4]), second.transform(X[:4]), atol=1e-5)
     other = PretrainedFeatures(image_size=48).fit(X[:40])  # another network: checked
     assert len(checks) == 2 and other._engine is not first._engine
+
+
+def test_threads_fitting_at_once_convert_each_network_once(tmp_path, monkeypatch):
+    """Issue 27.17 under threads: each thread missed the memo and converted the network
+    again, and the conversions collided (torch's ONNX exporter and tracer keep global
+    state: EngineError "GLOBALS.in_onnx_export must be True"), even for two networks."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    monkeypatch.setenv("TLEARN_HOME", str(tmp_path))  # no cached conversion to load
+    builds = []
+    build = engines._BUILDERS["onnxruntime"]
+
+    def counted(spec, model, pre, device, key, calibration):
+        builds.append(pre.input_size)
+        return build(spec, model, pre, device, key, calibration)
+
+    monkeypatch.setitem(engines._BUILDERS, "onnxruntime", counted)
+    sizes = [32, 40, 32, 40, 32, 40]
+    with ThreadPoolExecutor(len(sizes)) as pool:
+        fitted = list(
+            pool.map(lambda s: PretrainedFeatures(image_size=s, engine="onnxruntime").fit(), sizes)
+        )
+    assert sorted(builds) == [32, 40]
+    assert (
+        len({id(f._engine) for f in fitted[0::2]})
+        == len({id(f._engine) for f in fitted[1::2]})
+        == 1
+    )
+
+
+def test_threads_asking_auto_at_once_get_one_verdict(tmp_path, monkeypatch):
+    """Threads fitting with engine='auto' each ran the agreement check, and got different
+    engines (onnxruntime, openvino, torch) as their conversions failed one another."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    monkeypatch.setenv("TLEARN_HOME", str(tmp_path))
+    checks = []
+    choose = engines._choose_engine
+    monkeypatch.setattr(engines, "_choose_engine", lambda *a: checks.append(1) or choose(*a))
+    with ThreadPoolExecutor(4) as pool:
+        fitted = list(pool.map(lambda _: PretrainedFeatures(image_size=48).fit(), range(4)))
+    assert len(checks) == 1 and len({f.engine_ for f in fitted}) == 1

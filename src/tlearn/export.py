@@ -29,11 +29,11 @@ from tlearn._validation import check_option
 from tlearn.data.images import Preprocessing
 from tlearn.exceptions import ModelFileError
 from tlearn.models import ModelParts, model_kind, python_value, split_model
-from tlearn.runtime.onnx_engine import OnnxRuntimeEngine, export_onnx, onnx_metadata
+from tlearn.runtime.onnx_engine import OnnxRuntimeEngine, export_onnx, onnx_description
 from tlearn.runtime.openvino_engine import (
     OpenVinoEngine,
     convert_openvino,
-    ir_metadata,
+    ir_description,
     label_model,
 )
 
@@ -130,25 +130,66 @@ def _append_head(
 
 
 def _read_description(path: Path, data: bytes, weights: bytes) -> tuple[dict[str, Any], str]:
-    """An export's classes and preprocessing: from the file's own metadata, else from its
-    sidecar (exports of earlier versions had only that); and where they came from."""
-    found = onnx_metadata(data) if path.suffix == ".onnx" else ir_metadata(data, weights)
+    """An export's description (classes, preprocessing...): from the file's own metadata,
+    else from its sidecar (exports of earlier versions had only that), checked against the
+    network's input and output; and where it came from."""
+    if path.suffix == ".onnx":
+        found, inputs, outputs = onnx_description(data)
+    else:
+        found, inputs, outputs = ir_description(data, weights)
     if "classes" in found and "preprocessing" in found:
-        try:
-            meta = {k: json.loads(found[k]) for k in ("classes", "preprocessing")}
-        except ValueError as e:
-            raise ModelFileError(f"the metadata of {str(path)!r} is damaged ({e})") from None
-        return {**found, **meta}, repr(str(path))
-    sidecar = Path(str(path) + ".json")
-    if not sidecar.is_file():
-        raise ModelFileError(
-            f"{str(path)!r} has no tlearn metadata (classes, preprocessing) and no sidecar "
-            f"{sidecar.name!r} beside it: export it with tlearn export"
-        )
+        where = repr(str(path))
+        what = f"the metadata of {where}"
+        meta = {**found, **{k: _json(found[k], what) for k in ("classes", "preprocessing")}}
+    else:
+        sidecar = Path(str(path) + ".json")
+        if not sidecar.is_file():
+            raise ModelFileError(
+                f"{str(path)!r} has no tlearn metadata (classes, preprocessing) and no sidecar "
+                f"{sidecar.name!r} beside it: export it with tlearn export"
+            )
+        where = repr(str(sidecar))
+        meta = _json(sidecar.read_text(errors="replace"), f"the sidecar {where}")
+        if not isinstance(meta, dict):
+            raise ModelFileError(f"the sidecar {where} is damaged (not a JSON object)")
+    _check_fits(meta, where, inputs, outputs)
+    return meta, where
+
+
+def _json(text: str, what: str) -> Any:
     try:
-        return json.loads(sidecar.read_text()), repr(str(sidecar))
-    except ValueError as e:
-        raise ModelFileError(f"the sidecar {str(sidecar)!r} is damaged ({e})") from None
+        return json.loads(text)
+    except (ValueError, RecursionError) as e:  # RecursionError: nesting past Python's stack
+        raise ModelFileError(f"{what} is damaged ({str(e)[:100]})") from None
+
+
+def _check_fits(meta: dict[str, Any], where: str, inputs: list[Any], outputs: list[Any]) -> None:
+    """Refuse a description the network cannot honour (it comes from the file: from
+    anyone): classes that are not a list of distinct names or numbers, or not one per
+    output, and an input size other than the network's (a huge one allocated its pixels
+    on the first prediction)."""
+    classes, pre = meta.get("classes"), meta.get("preprocessing")
+    if not isinstance(classes, list) or not classes or not isinstance(pre, dict):
+        raise ModelFileError(
+            f"the description in {where} is damaged (classes must be a non-empty list and "
+            "preprocessing an object)"
+        )
+    if not all(isinstance(c, (str, int, float)) for c in classes):
+        raise ModelFileError(f"the description in {where} has classes that are not names")
+    if len(np.unique(np.asarray(classes))) != len(classes):
+        raise ModelFileError(f"the description in {where} names a class twice")
+    if outputs[-1:] != [len(classes)]:
+        raise ModelFileError(
+            f"{where} names {len(classes)} classes but its network gives "
+            f"{outputs[-1] if outputs else 'no'} outputs"
+        )
+    size = pre.get("input_size")
+    square = inputs[2:4] if inputs[1:2] == [3] else inputs[1:3]  # NCHW, or uint8 NHWC
+    if len(inputs) != 4 or square != [size, size] or isinstance(size, bool):
+        raise ModelFileError(
+            f"{where} says the input is {size!r} pixels square but its network takes "
+            f"{inputs}: it does not describe this network"
+        )
 
 
 def _identity(probabilities: np.ndarray) -> np.ndarray:
@@ -162,7 +203,11 @@ def load_exported(path: str | os.PathLike[str]) -> ModelParts:
     if not path.is_file():
         raise ModelFileError(f"no such exported model: {str(path)!r}")
     data = path.read_bytes()
-    weights = path.with_suffix(".bin").read_bytes() if path.suffix == ".xml" else b""
+    weights = b""
+    if path.suffix == ".xml":
+        if not path.with_suffix(".bin").is_file():
+            raise ModelFileError(f"{str(path)!r} needs its weights {path.stem}.bin beside it")
+        weights = path.with_suffix(".bin").read_bytes()
     meta, where = _read_description(path, data, weights)
     try:
         pre = Preprocessing.from_dict(meta["preprocessing"])

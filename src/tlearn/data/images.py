@@ -155,6 +155,15 @@ class Preprocessing:
             raise ValueError(
                 f"Preprocessing.pad_small must be in [0, input_size / 4), got {self.pad_small}"
             )
+        # they divide and shift three channels: a model file or an export's metadata with
+        # two values, or a zero std, made an IndexError or predictions from inf pixels
+        for name, values in (("mean", self.mean), ("std", self.std)):
+            v = np.asarray(values, dtype=np.float64)
+            if v.shape != (3,) or not np.isfinite(v).all() or (name == "std" and (v <= 0).any()):
+                raise ValueError(
+                    f"Preprocessing.{name} must be 3 finite numbers (std above 0), got "
+                    f"{list(values)[:5]}"
+                )
 
     @property
     def resize_size(self) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -12,9 +13,22 @@ from typing import Any, TypeVar
 
 from tlearn.exceptions import EngineError
 
-__all__ = ["cache_path", "cached", "engine_cache_dir", "engine_threads", "extra_missing"]
+__all__ = [
+    "CONVERSION_LOCK",
+    "cache_path",
+    "cached",
+    "engine_cache_dir",
+    "engine_threads",
+    "extra_missing",
+]
 
 T = TypeVar("T")
+
+#: Held while a torch module is traced into another runtime's graph: the ONNX exporter
+#: and the TorchScript tracer OpenVINO uses keep process-wide state, so two threads
+#: converting at once failed ("GLOBALS.in_onnx_export must be True", "Graphs differed
+#: across invocations"), even for different networks.
+CONVERSION_LOCK = threading.RLock()
 
 
 def engine_threads() -> int | None:

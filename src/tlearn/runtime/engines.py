@@ -164,14 +164,15 @@ def build_engine(
     if spec.runtime == "torch" or spec.calibrates:  # runs the caller's module / its images
         return _BUILDERS[spec.runtime](spec, model, pre, device, key, calibration)
     memo = _memo_key(name, key, dev)
-    with _MEMO_LOCK:
-        engine = _BUILT.get(memo)
-    if engine is None:
-        engine = _BUILDERS[spec.runtime](spec, model, pre, device, key, calibration)
+    with _building(memo):  # one thread builds; the others wait for its engine
         with _MEMO_LOCK:
-            _BUILT[memo] = engine
-            while len(_BUILT) > _BUILT_KEPT:
-                _BUILT.pop(next(iter(_BUILT)))
+            engine = _BUILT.get(memo)
+        if engine is None:
+            engine = _BUILDERS[spec.runtime](spec, model, pre, device, key, calibration)
+            with _MEMO_LOCK:
+                _BUILT[memo] = engine
+                while len(_BUILT) > _BUILT_KEPT:
+                    _BUILT.pop(next(iter(_BUILT)))
     return engine
 
 
@@ -184,6 +185,15 @@ _MEMO_LOCK = threading.Lock()
 _BUILT: dict[str, Engine] = {}
 _BUILT_KEPT = 4
 _CHOSEN: dict[str, tuple[str, str]] = {}
+#: One lock per memo key, held while that engine is built or that verdict reached: threads
+#: fitting the same network at once (a GridSearchCV with n_jobs, a thread pool) each
+#: converted and checked it again, and auto gave them different engines.
+_KEY_LOCKS: dict[str, threading.Lock] = {}
+
+
+def _building(memo: str) -> threading.Lock:
+    with _MEMO_LOCK:
+        return _KEY_LOCKS.setdefault(memo, threading.Lock())
 
 
 def _memo_key(name: str, key: dict[str, Any], device: torch.device) -> str:
@@ -235,18 +245,21 @@ def make_engine(
     reference = TorchEngine(model, pre, device)
     if calibration is None or not len(calibration):
         return reference, "engine torch (no calibration images)"
-    memo = _memo_key(AUTO, key, reference.device)
-    with _MEMO_LOCK:
-        chosen = _CHOSEN.get(memo)
-    if chosen is not None:  # this network was checked in this process: same verdict
-        name, reason = chosen
-        if name == "torch":
-            return reference, reason
-        return build_engine(name, model, pre, device, key), reason
-    engine, reason = _choose_engine(reference, model, pre, device, key, calibration)
-    with _MEMO_LOCK:
-        _CHOSEN[memo] = (engine.name, reason)
-    return engine, reason
+    # the verdict also rests on what may run here and how close it must agree
+    rules = [available_engines(reference.device), MIN_COSINE, MIN_MEAN_COSINE_REDUCED]
+    memo = _memo_key(AUTO, {**key, "auto": rules}, reference.device)
+    with _building(memo):  # one check per network; threads asking at once wait for it
+        with _MEMO_LOCK:
+            chosen = _CHOSEN.get(memo)
+        if chosen is None:
+            engine, reason = _choose_engine(reference, model, pre, device, key, calibration)
+            with _MEMO_LOCK:
+                _CHOSEN[memo] = (engine.name, reason)
+            return engine, reason
+    name, reason = chosen  # this network was checked in this process: same verdict
+    if name == "torch":
+        return reference, reason
+    return build_engine(name, model, pre, device, key), reason
 
 
 def _choose_engine(

@@ -18,11 +18,17 @@ import torch
 from tlearn._io import atomic_path
 from tlearn.data.images import Preprocessing
 from tlearn.exceptions import EngineError
-from tlearn.runtime._compiled import cache_path, cached, engine_threads, extra_missing
+from tlearn.runtime._compiled import (
+    CONVERSION_LOCK,
+    cache_path,
+    cached,
+    engine_threads,
+    extra_missing,
+)
 from tlearn.runtime.normalise import normalise_numpy
 from tlearn.runtime.torch_engine import cpu_micro_batch
 
-__all__ = ["OnnxRuntimeEngine", "export_onnx", "onnx_metadata"]
+__all__ = ["OnnxRuntimeEngine", "export_onnx", "onnx_description"]
 
 
 def export_onnx(
@@ -39,7 +45,7 @@ def export_onnx(
     path.parent.mkdir(parents=True, exist_ok=True)
     x = torch.zeros(1, 3, pre.input_size, pre.input_size)
     try:
-        with atomic_path(path, suffix=".onnx") as tmp, warnings.catch_warnings():
+        with CONVERSION_LOCK, atomic_path(path, suffix=".onnx") as tmp, warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the exporter's deprecation notices
             torch.onnx.export(
                 model.eval(),
@@ -66,9 +72,20 @@ def _add_metadata(path: str | os.PathLike[str], metadata: dict[str, str]) -> Non
     onnx.save(proto, os.fspath(path))
 
 
-def onnx_metadata(data: bytes) -> dict[str, str]:
-    """An ONNX file's ``metadata_props``, read by ONNX Runtime."""
-    return dict(_session(data).get_modelmeta().custom_metadata_map)
+def onnx_description(data: bytes) -> tuple[dict[str, str], list[Any], list[Any]]:
+    """An ONNX file's ``metadata_props`` and the shapes of its first input and output
+    (``None`` for a dynamic dimension), read by ONNX Runtime; :class:`EngineError` when it
+    cannot read the file."""
+    try:
+        session = _session(data)
+        metadata = dict(session.get_modelmeta().custom_metadata_map)
+        shapes = [list(session.get_inputs()[0].shape), list(session.get_outputs()[0].shape)]
+    except EngineError:
+        raise
+    except Exception as e:
+        raise EngineError(f"ONNX Runtime cannot load this model ({str(e)[:200]})") from None
+    inputs, outputs = ([d if isinstance(d, int) else None for d in shape] for shape in shapes)
+    return metadata, inputs, outputs
 
 
 def _session(source: str | bytes) -> Any:

@@ -29,7 +29,13 @@ import torch
 from tlearn._io import atomic_path
 from tlearn.data.images import Preprocessing
 from tlearn.exceptions import EngineError
-from tlearn.runtime._compiled import cache_path, cached, engine_threads, extra_missing
+from tlearn.runtime._compiled import (
+    CONVERSION_LOCK,
+    cache_path,
+    cached,
+    engine_threads,
+    extra_missing,
+)
 from tlearn.runtime.normalise import normalise_numpy, pixel_mean_std
 
 __all__ = [
@@ -38,7 +44,7 @@ __all__ = [
     "OpenVinoEngine",
     "check_calibration",
     "convert_openvino",
-    "ir_metadata",
+    "ir_description",
     "label_model",
     "quantize_int8",
 ]
@@ -91,7 +97,7 @@ def convert_openvino(
     path.parent.mkdir(parents=True, exist_ok=True)
     size = pre.input_size
     try:
-        with warnings.catch_warnings():
+        with CONVERSION_LOCK, warnings.catch_warnings():
             warnings.simplefilter("ignore")  # tracer notices
             converted = ov.convert_model(
                 model.eval(),
@@ -120,13 +126,21 @@ def label_model(model: Any, output: str | None, metadata: dict[str, str] | None)
         model.set_rt_info(value, ["tlearn", key])
 
 
-def ir_metadata(xml: bytes, weights: bytes) -> dict[str, str]:
-    """The ``tlearn`` entries of an IR's ``rt_info``."""
-    model = _read(xml, weights)
-    if not model.has_rt_info(["tlearn"]):
-        return {}
-    keys = model.get_rt_info(["tlearn"]).astype(dict)
-    return {k: model.get_rt_info(["tlearn", k]).astype(str) for k in keys}
+def ir_description(xml: bytes, weights: bytes) -> tuple[dict[str, str], list[Any], list[Any]]:
+    """The ``tlearn`` entries of an IR's ``rt_info`` and the shapes of its first input and
+    output (``None`` for a dynamic dimension); :class:`EngineError` when OpenVINO cannot
+    read it."""
+    try:
+        model = _read(xml, weights)
+        shapes = [model.inputs[0].get_partial_shape(), model.outputs[0].get_partial_shape()]
+        metadata = {}
+        if model.has_rt_info(["tlearn"]):
+            keys = model.get_rt_info(["tlearn"]).astype(dict)
+            metadata = {str(k): model.get_rt_info(["tlearn", k]).astype(str) for k in keys}
+    except Exception as e:
+        raise EngineError(f"OpenVINO cannot load this model ({str(e)[:200]})") from None
+    inputs, outputs = ([d.get_length() if d.is_static else None for d in shape] for shape in shapes)
+    return metadata, inputs, outputs
 
 
 def check_calibration(calibration: np.ndarray | None) -> np.ndarray:
