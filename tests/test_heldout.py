@@ -6,6 +6,8 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import numpy as np
+import pytest
+import torch
 
 from tlearn.automl import _choose, _select
 from tlearn.calibration import crossfit_softmax, softmax
@@ -150,3 +152,38 @@ def test_fine_tuning_held_out_rows_are_the_validation_images_with_a_bad_image(tm
     held = np.flatnonzero(~np.isnan(ft.heldout_proba_).any(axis=1))
     assert 0 not in held and len(held) == len(ft.validation_[0])
     assert sorted(X[held]) == sorted(ft.validation_[0])
+
+
+@pytest.mark.parametrize(
+    "backend",
+    [
+        "gloo",
+        pytest.param(
+            "nccl",
+            marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="NCCL needs CUDA"),
+        ),
+    ],
+)
+def test_validation_sums_reduce_on_the_process_groups_device(backend):
+    """Multi-GPU fine-tuning (NCCL) reduced CPU tensors at its first validation: "No
+    backend type associated with device type cpu". A one-process group stands for the
+    run (DistInfo says two, so the helpers reduce)."""
+    import socket
+
+    import torch.distributed as dist
+
+    from tlearn.finetune.distributed import DistInfo, all_reduce_array, all_reduce_sum
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    if backend == "nccl":
+        torch.cuda.set_device(0)
+    dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+    try:
+        info = DistInfo(rank=0, world_size=2)
+        logits = np.arange(6, dtype=np.float32).reshape(3, 2)
+        np.testing.assert_array_equal(all_reduce_array(logits, info), logits)
+        assert all_reduce_sum([1.5, 2.0], info) == [1.5, 2.0]
+    finally:
+        dist.destroy_process_group()

@@ -59,18 +59,24 @@ def maybe_wrap(net: nn.Module, info: DistInfo, device: torch.device) -> nn.Modul
     return nn.parallel.DistributedDataParallel(net, device_ids=ids)
 
 
+def _summed(t: torch.Tensor) -> torch.Tensor:
+    """``t`` summed over processes, on the CPU. NCCL (CUDA's process group) reduces only
+    CUDA tensors: a CPU one raised "No backend type associated with device type cpu" at
+    the first validation of every multi-GPU run; gloo reduces CPU tensors."""
+    if dist.get_backend() == "nccl":
+        t = t.to(torch.device("cuda", torch.cuda.current_device()))
+    dist.all_reduce(t)
+    return t.cpu()
+
+
 def all_reduce_array(values: np.ndarray, info: DistInfo) -> np.ndarray:
     """An array summed over processes (each fills its own rows, zeros elsewhere)."""
     if not info.enabled:
         return values
-    t = torch.from_numpy(values).to(torch.float64)
-    dist.all_reduce(t)
-    return t.numpy().astype(values.dtype)
+    return _summed(torch.from_numpy(values).to(torch.float64)).numpy().astype(values.dtype)
 
 
 def all_reduce_sum(values: list[float], info: DistInfo) -> list[float]:
     if not info.enabled:
         return values
-    t = torch.tensor(values, dtype=torch.float64)
-    dist.all_reduce(t)
-    return t.tolist()
+    return list(_summed(torch.tensor(values, dtype=torch.float64)).tolist())
