@@ -322,3 +322,19 @@ def test_a_class_of_two_images_still_gets_a_held_out_figure_saying_it_is_optimis
     model = LinearProbe(image_size=32, Cs=[0.1, 1.0], engine="torch").fit(X[keep], y[keep])
     assert not np.isnan(model.heldout_proba_).any()
     assert "optimistic" in model.heldout_method_ and "2-fold" in model.heldout_method_
+
+
+def test_boolean_classes_and_0_1_targets_are_one_convention():
+    """Booleans were taken for names: a model of True/False classes scored with 0/1
+    targets (or one of 0/1 with booleans) was refused, though scikit-learn counts them
+    right (accuracy 1.0 for [0, 1] against [False, True])."""
+    from sklearn.metrics import accuracy_score
+
+    from tlearn.data.targets import check_target_kind
+
+    assert accuracy_score([0, 1, 1], [False, True, True]) == 1.0
+    for classes, y in [([False, True], [0, 1]), ([0, 1], [True, False]),
+                       ([False, True], np.array([1, 0], dtype=object))]:  # fmt: skip
+        check_target_kind(np.asarray(classes), np.asarray(y))
+    with pytest.raises(DataError, match="y holds numbers"):
+        check_target_kind(np.array(["no", "yes"]), np.array([True, False]))

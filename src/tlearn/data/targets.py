@@ -17,10 +17,13 @@ __all__ = ["check_target_kind"]
 
 
 def _numbers(values: np.ndarray) -> bool:
-    if values.dtype.kind in "iuf":
+    """Whether ``values`` are numbers. Booleans are: scikit-learn scores ``True`` equal to
+    ``1`` and ``False`` to ``0``, so a model of boolean classes scored with 0/1 targets (a
+    yes/no column read as integers) counts right and is not of the other convention."""
+    if values.dtype.kind in "biuf":
         return True
     return values.dtype.kind == "O" and all(
-        isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+        isinstance(v, (bool, int, float, np.bool_, np.integer, np.floating))
         for v in values.tolist()
     )
 
