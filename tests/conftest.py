@@ -3,14 +3,23 @@
 tests marked ``needs_data`` read the CIFAR-10 JPEG zip from ../shared/data, and they skip,
 saying why, when it is absent.
 
-The suite keeps one warm backbone per session (load_backbone caches the build) and small
-input sizes, so it stays within a few minutes on 2 cores.
+The suite keeps one warm backbone per session (load_backbone caches the build), small input
+sizes, and one Ray head for the whole run (``ray_head``), started only when a test asks.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
 import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -99,3 +108,85 @@ def features64():
     from tlearn import PretrainedFeatures
 
     return PretrainedFeatures("efficientnet_lite0", image_size=64, batch_size=16).fit()
+
+
+@dataclass(frozen=True)
+class RayHead:
+    """A running ``ray start --head``: its ``address``, and the environment (token, usage
+    statistics off) every process that joins it runs with."""
+
+    address: str
+    env: dict[str, str]
+
+
+def _free_ports(n: int) -> list[int]:
+    """``n`` distinct ports free on loopback now (held together so they differ)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+@pytest.fixture(scope="session")
+def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayHead]:
+    """One Ray head for the whole run, on loopback, started on first use (8-20 s) and
+    stopped at the end; the Ray tests join it with ``--address``.
+
+    Every port it opens is a free one (two test runs on one machine, or another user's
+    Ray, would otherwise meet on 6379 or 52365), it has a token of its own whatever
+    ~/.ray holds, and it is stopped by its own process group: ``ray stop`` would stop
+    every Ray instance of the machine."""
+    pytest.importorskip("ray", reason="the Ray tests need the extra: pip install 'tlearn[ray]'")
+    temp = tmp_path_factory.mktemp("ray-head")
+    env = {
+        **os.environ,
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # loopback stays loopback
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": secrets.token_hex(32),
+        "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",  # nothing to drain: stop at once
+    }
+    gcs, agent, agent_grpc, runtime_env, metrics = _free_ports(5)
+    ray = str(Path(sys.executable).with_name("ray"))
+    cmd = [ray, "start", "--head", "--block", f"--port={gcs}", "--num-cpus=3",
+           "--object-store-memory=1500000000", "--node-ip-address=127.0.0.1",
+           f"--dashboard-agent-listen-port={agent}",
+           f"--dashboard-agent-grpc-port={agent_grpc}", f"--runtime-env-agent-port={runtime_env}",
+           f"--metrics-export-port={metrics}", "--include-dashboard=false",
+           "--disable-usage-stats", f"--temp-dir={temp}"]  # fmt: skip
+    log = temp / "ray-start.log"
+    with open(log, "wb") as out:
+        # its own process group: the head and everything it starts, stopped together
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
+                                stdin=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+    try:
+        _wait_for_head(proc, temp / "ray_current_cluster", log)
+        yield RayHead(f"127.0.0.1:{gcs}", env)
+    finally:
+        _stop_group(proc)
+
+
+def _wait_for_head(proc: subprocess.Popen[bytes], address_file: Path, log: Path) -> None:
+    """``ray start --block`` writes the address file once the head is up, then waits."""
+    deadline = time.monotonic() + 180
+    while not address_file.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"ray start --head failed; its output:\n{log.read_text()[-3000:]}")
+        time.sleep(0.1)
+
+
+def _stop_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM to the group, as ``ray stop`` does to every Ray process; SIGKILL then takes
+    whatever of the group is left. Ray's workers, in groups of their own, exit with their
+    raylet (checked: nothing of the head's temp dir runs after the session)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=60)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
