@@ -1,5 +1,6 @@
 """Batch prediction at scale, through the real command: 20,000 small JPEGs from a zip,
-flat peak memory, and a run killed with SIGKILL that resumes without redoing or losing rows."""
+flat peak memory, and a run killed with SIGKILL that resumes without redoing or losing rows
+(on 6,000 of them: a kill after a thousand rows proves as much as one after ten)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ import time
 import pytest
 
 from tlearn import LinearProbe, save
+
+pytestmark = pytest.mark.slow  # 20,000 images predicted twice: a minute on 2 cores
 
 # Runs the CLI and reports the process's own peak RSS (KiB on Linux) on stderr at exit.
 WRAPPER = (
@@ -77,7 +80,7 @@ def test_memory_stays_flat_from_2000_to_20000_images(model, big_zip, tmp_path):
 
 def test_killed_prediction_resumes_without_redoing(model, big_zip, tmp_path):
     out = tmp_path / "preds.jsonl"
-    args = [str(big_zip), "--output", str(out)]
+    args = [f"{big_zip}/part{i}" for i in range(3)] + ["--output", str(out)]  # 6,000
     proc = subprocess.Popen(
         [sys.executable, "-m", "tlearn", "predict", str(model), *args],
         stdout=subprocess.DEVNULL,
@@ -85,7 +88,7 @@ def test_killed_prediction_resumes_without_redoing(model, big_zip, tmp_path):
     )
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and proc.poll() is None:
-        if out.exists() and out.stat().st_size > 600_000:  # a few thousand rows written
+        if out.exists() and out.stat().st_size > 300_000:  # over a thousand rows written
             break
         time.sleep(0.05)
     proc.send_signal(signal.SIGKILL)
@@ -98,4 +101,4 @@ def test_killed_prediction_resumes_without_redoing(model, big_zip, tmp_path):
     assert done_before > 1000
     lines = out.read_text().splitlines()
     paths = [json.loads(line)["path"] for line in lines]
-    assert len(paths) == 20_000 and len(set(paths)) == 20_000
+    assert len(paths) == 6_000 and len(set(paths)) == 6_000
