@@ -32,6 +32,90 @@ CIFAR_ZIP = Path(os.environ.get("TLEARN_CIFAR_ZIP", ROOT.parent / "shared/data/c
 CLASSES3 = list(SHAPES)
 
 
+#: Slow tests in files of other owners, marked ``slow`` here rather than in each file (the
+#: Ray and scale files mark themselves): `make check` leaves them out, `make test` and CI
+#: run them. The figure is each file's or test's CPU seconds (the process and the commands
+#: it waits for), measured on 2 shared cores: about its wall time on 2 idle ones, or more
+#: where torch used both. A test joins a list from about 2 s.
+SLOW_FILES: dict[str, str] = {
+    "test_cli.py": "272 s: fit with its defaults (auto), the demo, predict on several models",
+    "test_common.py": "176 s: the contract over every estimator on every engine",
+    "test_predictor.py": "216 s: 100 rounds of 8 threads on each engine",
+    "test_training.py": "78 s: auto's candidates, fine-tuning refits",
+    "test_finetune_cli.py": "torchrun, killed and resumed runs",
+    "test_serve.py": "servers started and stopped under load",
+    "test_serve_limits.py": "a server flooded with uploads",
+    "test_serve_page.py": "the page in Chromium",
+    "test_doctor_edges.py": "16 s: a doctor run for each edge case",
+    "test_engines.py": "80 s: conversions to ONNX and OpenVINO, their caches, the bench command",
+}
+#: Single slow tests in files that are otherwise fast (every parameter of each).
+SLOW_TESTS: dict[str, dict[str, str]] = {
+    "test_architecture.py": {
+        "test_cluster_ray_without_the_extra_names_it": "5.7 s",
+        "test_import_tlearn_imports_neither_torch_nor_sklearn": "5.0 s",
+    },
+    "test_backbones.py": {
+        "test_embedded_lite0_says_espresso": "6.1 s",
+        "test_torchvision_weights_from_torch_hub_cache": "2.5 s",
+        "test_lite1_and_lite2_load_from_their_packages": "3.1 s",
+    },
+    "test_cli_errors.py": {
+        "test_an_unreadable_training_image_suggests_skip_bad_images": "2.3 s",
+        "test_fit_makes_the_folder_of_its_output": "2.5 s",
+    },
+    "test_doctor_duplicates.py": {
+        "test_leakage_pairs_test_images_with_their_training_originals": "9.7 s",
+        "test_near_duplicates_find_every_planted_copy": "7.1 s",
+        "test_every_doctor_stage_reports_progress": "6.8 s",
+    },
+    "test_doctor_labels.py": {
+        "test_same_issues_and_ranking_as_cleanlab_on_many_random_problems": "5.1 s",
+        "test_second_pass_without_the_flagged_images_ranks_the_flips_better": "16 s",
+    },
+    "test_finetune.py": {
+        "test_data_errors_come_before_training": "16 s",
+        "test_fine_tuned_model_file_round_trip": "12 s",
+        "test_head_only_training_learns_and_writes_history": "26 s",
+        "test_lp_ft_trains_head_then_backbone": "34 s",
+    },
+    "test_fuzz_model_files.py": {
+        "test_mutated_metadata_loads_or_is_refused": "5.5 s",
+    },
+    "test_heldout.py": {
+        "test_fine_tuning_held_out_rows_are_the_validation_images_with_a_bad_image": "3.8 s",
+        "test_resuming_a_finished_run_still_gives_a_held_out_estimate": "10 s",
+    },
+    "test_persistence.py": {
+        "test_loading_stays_within_the_documented_budget": "10 s",
+        "test_pipeline_round_trip": "4.5 s",
+        "test_probe_round_trip_is_exact": "28 s",
+    },
+    "test_probe.py": {
+        "test_calibration_lowers_the_calibration_error_on_held_out_images": "4.4 s",
+        "test_probe_contract": "4.1 s",
+        "test_probe_learns_the_classes": "5.8 s",
+        "test_unreadable_training_images_are_left_out": "3.7 s",
+    },
+    "test_report.py": {
+        "test_array_inputs_get_thumbnails_too": "4.3 s",
+        "test_fine_tuned_report_has_training_curves": "8.2 s",
+    },
+    "test_serve_docs.py": {
+        "test_the_api_page_renders_offline_without_the_key": "9.7 s",
+    },
+}
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects by marker
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        name = item.path.name
+        test = getattr(item, "originalname", item.name)  # without its parameters
+        if name in SLOW_FILES or test in SLOW_TESTS.get(name, {}):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(autouse=True)
 def _isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):
     """Keep caches out of the user's home, and never wait on a network that is not there."""

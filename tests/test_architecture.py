@@ -205,3 +205,18 @@ def test_every_module_has_a_row_in_the_architecture_page_in_import_order():
     for i, row in enumerate(rows):
         later = sorted(m for m in _module_imports(SRC / row) if position.get(m, -1) > i)
         assert not later, f"{row} imports {later}, listed below it in docs/architecture.md"
+
+
+def test_the_slow_lists_in_conftest_name_tests_that_exist():
+    """`make check` leaves out what conftest marks slow by name: a renamed file or test
+    would silently join the fast run (or a list entry would outlive its test)."""
+    from tests import conftest
+
+    for name in conftest.SLOW_FILES:
+        assert (ROOT / "tests" / name).is_file(), f"conftest.SLOW_FILES names {name}: no such file"
+    for name, tests in conftest.SLOW_TESTS.items():
+        path = ROOT / "tests" / name
+        source = path.read_text() if path.is_file() else ""
+        for test in tests:
+            found = re.search(rf"^(async )?def {re.escape(test)}\(", source, re.M)
+            assert found, f"conftest.SLOW_TESTS names {name}::{test}: no such test"
