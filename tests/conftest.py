@@ -48,6 +48,10 @@ SLOW_FILES: dict[str, str] = {
     "test_serve_page.py": "the page in Chromium",
     "test_doctor_edges.py": "16 s: a doctor run for each edge case",
     "test_engines.py": "80 s: conversions to ONNX and OpenVINO, their caches, the bench command",
+    "test_ensemble.py": "89 s: Lite1 and Lite2 loaded, an ensemble fitted and exported",
+    "test_export.py": "103 s: ONNX and OpenVINO exports, int8 calibration, the CLI",
+    "test_export_metadata.py": "25 s: ONNX and OpenVINO exports",
+    "test_serve_docs.py": "15 s: the API pages rendered offline",
 }
 #: Single slow tests in files that are otherwise fast (every parameter of each).
 SLOW_TESTS: dict[str, dict[str, str]] = {
@@ -73,11 +77,19 @@ SLOW_TESTS: dict[str, dict[str, str]] = {
         "test_same_issues_and_ranking_as_cleanlab_on_many_random_problems": "5.1 s",
         "test_second_pass_without_the_flagged_images_ranks_the_flips_better": "16 s",
     },
+    "test_evaluation_inference.py": {
+        "test_resume_after_a_tear_at_every_byte_of_the_last_rows": "4.5 s",
+    },
+    "test_features.py": {
+        "test_estimator_contract": "14 s",
+        "test_pipeline_and_grid_search_over_paths": "7.3 s",
+    },
     "test_finetune.py": {
         "test_data_errors_come_before_training": "16 s",
         "test_fine_tuned_model_file_round_trip": "12 s",
         "test_head_only_training_learns_and_writes_history": "26 s",
         "test_lp_ft_trains_head_then_backbone": "34 s",
+        "test_head_strategy_leaves_the_backbone_untouched": "15 s (the fitted model it shares)",
     },
     "test_fuzz_model_files.py": {
         "test_mutated_metadata_loads_or_is_refused": "5.5 s",
@@ -95,14 +107,12 @@ SLOW_TESTS: dict[str, dict[str, str]] = {
         "test_calibration_lowers_the_calibration_error_on_held_out_images": "4.4 s",
         "test_probe_contract": "4.1 s",
         "test_probe_learns_the_classes": "5.8 s",
+        "test_C_is_chosen_by_cross_validation_then_refit_on_everything": "5.7 s",
         "test_unreadable_training_images_are_left_out": "3.7 s",
     },
     "test_report.py": {
         "test_array_inputs_get_thumbnails_too": "4.3 s",
         "test_fine_tuned_report_has_training_curves": "8.2 s",
-    },
-    "test_serve_docs.py": {
-        "test_the_api_page_renders_offline_without_the_key": "9.7 s",
     },
 }
 

@@ -29,7 +29,16 @@ def reference(shapes3):
     [("torch-bf16", 0.99), ("onnxruntime", 0.99999), ("openvino", 0.9999), ("openvino-bf16", 0.95)],
 )
 def test_engines_agree_with_fp32_torch(engine, min_cos, reference):
+    """Each engine agrees with fp32 torch where it runs; where the CPU lacks native bf16
+    (AVX512-BF16 or AMX; emulated bf16 is slower than fp32), a bf16 engine is refused with
+    the reason, and auto never offers it."""
     paths, expected = reference
+    cpu = torch.device("cpu")
+    if engines.ENGINE_TABLE[engine].precision == "bf16" and not engines._bf16_native(cpu):
+        assert engine not in engines.available_engines(cpu)
+        with pytest.raises(engines.EngineError, match="needs native bf16"):
+            PretrainedFeatures(image_size=64, engine=engine, device="cpu").fit()
+        return
     est = PretrainedFeatures(image_size=64, engine=engine).fit()
     got = est.transform(paths)
     assert got.shape == expected.shape and got.dtype == np.float32
