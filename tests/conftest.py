@@ -12,10 +12,12 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import zipfile
 from collections.abc import Iterator
@@ -226,7 +228,7 @@ def _free_ports(n: int) -> list[int]:
 
 
 @pytest.fixture(scope="session")
-def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayHead]:
+def ray_head() -> Iterator[RayHead]:
     """One Ray head for the whole run, on loopback, started on first use (8-20 s) and
     stopped at the end; the Ray tests join it with ``--address``.
 
@@ -235,7 +237,9 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayHead]:
     ~/.ray holds, and it is stopped by its own process group: ``ray stop`` would stop
     every Ray instance of the machine."""
     pytest.importorskip("ray", reason="the Ray tests need the extra: pip install 'tlearn[ray]'")
-    temp = tmp_path_factory.mktemp("ray-head")
+    # a short folder: Ray's Unix sockets live under it, and their paths may not pass 107
+    # bytes (pytest's own temporary folders are longer under xdist or a deep TMPDIR)
+    temp = Path(tempfile.mkdtemp(prefix="tlearn-ray-"))
     env = {
         **os.environ,
         "RAY_USAGE_STATS_ENABLED": "0",
@@ -262,6 +266,7 @@ def ray_head(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayHead]:
         yield RayHead(f"127.0.0.1:{gcs}", env)
     finally:
         _stop_group(proc)
+        shutil.rmtree(temp, ignore_errors=True)
 
 
 def _wait_for_head(proc: subprocess.Popen[bytes], address_file: Path, log: Path) -> None:

@@ -53,15 +53,76 @@ def test_predictions_keep_order_and_report_failures(probe, shapes3, tmp_path):
     expected = probe.predict(good)
     assert [rows[i]["label"] for i in (0, 2, 3, 4)] == list(expected)
     assert all(len(r["top_labels"]) == 2 for r in rows if not r["error"])
-    out = tmp_path / "preds.csv"
-    counts = write_predictions(iter(rows), out, top_k=2)
+    counts = write_predictions(iter(rows), tmp_path / "preds.csv")
     assert counts == {"ok": 4, "failed": 2}
-    with out.open() as f:
-        table = list(csv.DictReader(f))
-    assert len(table) == 6 and table[1]["error"] and table[0]["label_2"]
-    jsonl = tmp_path / "preds.jsonl"
-    write_predictions(iter(rows), jsonl)
-    assert len(jsonl.read_text().splitlines()) == 6
+    write_predictions(iter(rows), tmp_path / "preds.jsonl")
+    write_predictions(iter(rows), tmp_path / "preds.parquet")
+
+
+def _as_read(output) -> tuple[list[str], list[dict]]:
+    """An output's columns and rows as a user reads them back: pandas for Parquet, one
+    json.loads a line for JSON Lines, csv plus json.loads of the list cells for CSV."""
+    import pandas as pd
+
+    if output.suffix == ".parquet":
+        table = pd.read_parquet(output)
+        rows = [
+            {**r, "row_id": int(r["row_id"]), "top_labels": list(r["top_labels"]),
+             "top_probabilities": list(r["top_probabilities"]),
+             "label": r["label"] if isinstance(r["label"], str) else None,
+             "probability": None if r["probability"] != r["probability"] else r["probability"]}
+            for r in table.to_dict("records")
+        ]  # fmt: skip
+        return list(table.columns), rows
+    if output.suffix == ".jsonl":
+        rows = [json.loads(line) for line in output.read_text().splitlines()]
+        return list(rows[0]), rows
+    with output.open(newline="") as f:
+        reader = csv.DictReader(f)
+        rows = [
+            {**r, "row_id": int(r["row_id"]), "label": r["label"] or None,
+             "probability": float(r["probability"]) if r["probability"] else None,
+             "top_labels": json.loads(r["top_labels"]),
+             "top_probabilities": json.loads(r["top_probabilities"])}
+            for r in reader
+        ]  # fmt: skip
+        return list(reader.fieldnames or ()), rows
+
+
+def test_every_output_format_has_one_schema(probe, shapes3, tmp_path):
+    """Issue 27.14: CSV had flat label_1.. columns where JSON Lines and Parquet had lists.
+    Every format now has the same columns in the same order, and reads back to the same
+    rows: lists in CSV cells as JSON arrays, no label for a failed row, error "" when none."""
+    from tlearn.outputs import PREDICTION_COLUMNS
+
+    inputs = [*shapes3[2][:3], str(tmp_path / "missing.jpg")]
+    rows = list(iter_predictions(probe, inputs, top_k=2))
+    read = {}
+    for ext in ("csv", "jsonl", "parquet"):
+        write_predictions(iter(rows), tmp_path / f"p.{ext}")
+        read[ext] = _as_read(tmp_path / f"p.{ext}")
+    for columns, got in read.values():
+        assert columns == list(PREDICTION_COLUMNS)
+        assert [r["label"] for r in got] == [r["label"] for r in rows]
+        assert [r["top_labels"] for r in got] == [r["top_labels"] for r in rows]
+        assert [r["error"] for r in got] == [r["error"] for r in rows]
+        assert got[0]["error"] == "" and got[-1]["label"] is None and got[-1]["top_labels"] == []
+        want = [r["top_probabilities"] for r in rows]
+        for a, b in zip((r["top_probabilities"] for r in got), want, strict=True):
+            assert np.allclose(a, b, atol=1e-6) and len(a) == len(b)
+        assert got[-1]["probability"] is None and "no such file" in got[-1]["error"]
+
+
+def test_a_csv_of_an_older_tlearn_is_not_appended_to(probe, shapes3, tmp_path):
+    from tlearn import DataError
+    from tlearn.inference import predict_to_file
+
+    out = tmp_path / "old.csv"
+    out.write_text(
+        "row_id,path,label,probability,label_1,probability_1,error\n0,a.jpg,x,1.0,x,1.0,\n"
+    )
+    with pytest.raises(DataError, match="older tlearn wrote label_1"):
+        predict_to_file(probe, list(shapes3[2][:3]), out, resume=True)
 
 
 def test_predict_to_file_outputs_and_refusals(probe, shapes3, tmp_path):
@@ -178,9 +239,10 @@ def _read_rows(output) -> list[dict]:
     with open(output, newline="", encoding="utf-8") as f:
         if output.endswith(".csv"):
             return [
-                {**r, "row_id": int(r["row_id"])}
+                {**r, "row_id": int(r["row_id"]), "top_labels": json.loads(r["top_labels"]),
+                 "top_probabilities": json.loads(r["top_probabilities"])}
                 for r in csv.DictReader(f, strict=True, restval=None)
-            ]
+            ]  # fmt: skip
         return [json.loads(line) for line in f.read().split("\n") if line]
 
 
@@ -280,14 +342,3 @@ def test_resume_keys_on_row_ids_and_refuses_changed_inputs(predictor, shapes3, t
     featurize_to_file(predictor, inputs[:3], out)
     assert featurize_to_file(predictor, inputs, out, resume=True)["skipped"] == 3
     assert [r["row_id"] for r in _read_rows(out)] == [0, 1, 2, 3]
-
-
-def test_a_csv_is_resumed_only_with_its_own_columns(predictor, shapes3, tmp_path):
-    from tlearn import DataError
-    from tlearn.inference import predict_to_file
-
-    out = tmp_path / "p.csv"
-    predict_to_file(predictor, list(shapes3[2][:2]), out, top_k=3)
-    with pytest.raises(DataError, match="columns are.*top_k=1.*--top-k"):
-        predict_to_file(predictor, list(shapes3[2][:4]), out, resume=True)
-    assert len(_read_rows(out)) == 2

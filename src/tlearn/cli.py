@@ -584,7 +584,10 @@ def predict(
 
     Streams: memory stays flat however many images, rows are written as they come; with
     --output - they go to stdout as JSON Lines (messages and progress stay on stderr). With
-    --cluster ray the images are decoded and predicted by Ray workers."""
+    --cluster ray the images are decoded and predicted by Ray workers. Every format has the
+    columns row_id, path, label, probability, top_labels, top_probabilities, error. Exit
+    status: 0 every image predicted, 1 some failed (their rows hold the error), 2 a user
+    error."""
     check_model_file(model)
     check_inputs(inputs)
     if _on_ray(cluster, output):
@@ -594,6 +597,7 @@ def predict(
                                    resume=resume, overwrite=overwrite, engine=engine,
                                    address=address, workers=workers, threads=threads)  # fmt: skip
         _say_written(counts, "predicted", output)
+        _exit_on_failures(counts)
         return
     if output is not None and str(output) != "-":
         check_output(output, "predictions", resume, overwrite)
@@ -603,8 +607,7 @@ def predict(
     predictor = Predictor.load(model, engine=engine)
     counts = _predict_rows(predictor, inputs, output, total, top_k=top_k, tta=tta,
                            resume=resume, overwrite=overwrite)  # fmt: skip
-    if counts["ok"] == 0 and counts["failed"] > 0:
-        raise typer.Exit(1)
+    _exit_on_failures(counts)
 
 
 def _predict_rows(
@@ -705,8 +708,7 @@ def featurize(
                 on_row=lambda _: advance(1),
             )  # fmt: skip
     _say_written(counts, "featurized", output)
-    if counts["ok"] == 0 and counts["failed"] > 0:
-        raise typer.Exit(1)
+    _exit_on_failures(counts)
 
 
 def _on_ray(cluster: str, output: Path | None) -> bool:
@@ -715,6 +717,13 @@ def _on_ray(cluster: str, output: Path | None) -> bool:
     if cluster == "ray" and output is None:
         _fail("--cluster ray writes its rows to a Parquet folder: pass --output NAME.parquet")
     return cluster == "ray"
+
+
+def _exit_on_failures(counts: dict[str, int]) -> None:
+    """Exit status 1 when any image failed (its row, with the error, is written like the
+    others): 0 means every image was done, 2 a user error before any work."""
+    if counts["failed"]:
+        raise typer.Exit(1)
 
 
 def _say_written(counts: dict[str, int], verb: str, output: Path | None) -> None:

@@ -53,16 +53,17 @@ def iter_predictions(
 def write_predictions(
     rows: Iterable[dict[str, Any]],
     output: str | os.PathLike[str],
-    top_k: int = 1,
     *,
     append: bool = False,
     on_row: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, int]:
-    """Write prediction rows as CSV, JSON Lines or a Parquet folder (by extension).
+    """Write prediction rows as CSV, JSON Lines or a Parquet folder (by extension), each
+    with the columns of :data:`tlearn.outputs.PREDICTION_COLUMNS` (in a CSV the lists are
+    JSON arrays).
 
     Returns ``{"ok": n, "failed": m}`` for the rows written now.
     """
-    return write_rows(rows, output, "predictions", top_k, append=append, on_row=on_row)
+    return write_rows(rows, output, "predictions", append=append, on_row=on_row)
 
 
 def predict_to_file(
@@ -82,7 +83,7 @@ def predict_to_file(
     output = os.fspath(output)
     done = prepare_output(output, "predictions", resume=resume, overwrite=overwrite)
     rows = iter_predictions(model, inputs, top_k=top_k, tta=tta, skip=done)
-    counts = write_rows(rows, output, "predictions", top_k, append=done is not None, on_row=on_row)
+    counts = write_rows(rows, output, "predictions", append=done is not None, on_row=on_row)
     return {**counts, "skipped": len(done or ())}
 
 

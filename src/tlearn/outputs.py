@@ -30,6 +30,7 @@ from tlearn.exceptions import DataError
 __all__ = [
     "FORMATS",
     "PART_ROWS",
+    "PREDICTION_COLUMNS",
     "RowWriter",
     "check_output",
     "cut_torn_tail",
@@ -225,28 +226,24 @@ def _json_records(lines: _Lines) -> Iterator[tuple[int, str]]:
         yield row["row_id"], row["path"]
 
 
-def _csv_header(top_k: int) -> list[str]:
-    header = ["row_id", "path", "label", "probability"]
-    for j in range(1, top_k + 1 if top_k > 1 else 1):
-        header += [f"label_{j}", f"probability_{j}"]
-    return [*header, "error"]
+#: The columns of a prediction row, in every format. In a CSV the two lists are JSON arrays
+#: (``json.loads`` reads them back); a failed row's label and probability are empty there
+#: and null in JSON Lines and Parquet; ``error`` is ``""`` for a row that was predicted.
+PREDICTION_COLUMNS = (
+    "row_id", "path", "label", "probability", "top_labels", "top_probabilities", "error",
+)  # fmt: skip
 
 
-def _csv_line(row: dict[str, Any], top_k: int) -> list[Any]:
-    line = [
+def _csv_line(row: dict[str, Any]) -> list[Any]:
+    return [
         row["row_id"],
         row["path"],
         "" if row["label"] is None else row["label"],
         "" if row["probability"] is None else f"{row['probability']:.6f}",
+        json.dumps([str(v) for v in row["top_labels"]]),
+        json.dumps([round(float(v), 6) for v in row["top_probabilities"]]),
+        row["error"],
     ]
-    if top_k > 1:
-        for j in range(top_k):
-            has = j < len(row["top_labels"])
-            line += [
-                row["top_labels"][j] if has else "",
-                f"{row['top_probabilities'][j]:.6f}" if has else "",
-            ]
-    return [*line, row["error"]]
 
 
 def _json_ready(row: dict[str, Any]) -> dict[str, Any]:
@@ -330,17 +327,17 @@ def write_part(rows: list[dict[str, Any]], folder: str, kind: str) -> str | None
     return path
 
 
-def _check_columns(output: str, fmt: str, top_k: int) -> None:
-    """A CSV is appended to only with its own columns (``top_k`` sets how many)."""
+def _check_columns(output: str, fmt: str) -> None:
+    """A CSV is appended to only when it has tlearn's columns."""
     if fmt != "csv" or os.path.getsize(output) == 0:
         return
     with open(output, newline="", encoding="utf-8", errors="replace") as f:
         header = next(csv.reader(f), [])
-    if header != _csv_header(top_k):
+    if header != list(PREDICTION_COLUMNS):
         raise DataError(
-            f"cannot append to {output!r}: its columns are {header}, and top_k={top_k} "
-            f"writes {_csv_header(top_k)}; resume with the first run's --top-k, or pass "
-            "--overwrite"
+            f"cannot append to {output!r}: its columns are {header}, not tlearn's "
+            f"{list(PREDICTION_COLUMNS)} (an older tlearn wrote label_1, probability_1, ...); "
+            "pass --overwrite to start afresh"
         )
 
 
@@ -352,12 +349,11 @@ class RowWriter:
         self,
         output: str,
         kind: str = "predictions",
-        top_k: int = 1,
         *,
         append: bool = False,
         part_rows: int | None = None,
     ) -> None:
-        self.output, self.kind, self.top_k = output, kind, top_k
+        self.output, self.kind = output, kind
         self.fmt = output_format(output, kind)
         self.part_rows = part_rows or PART_ROWS
         self._pending: list[dict[str, Any]] = []
@@ -370,12 +366,12 @@ class RowWriter:
             return
         if append:
             cut_torn_tail(output)
-            _check_columns(output, self.fmt, top_k)
+            _check_columns(output, self.fmt)
         self._file = open(output, "a" if append else "w", newline="", encoding="utf-8")  # noqa: SIM115
         if self.fmt == "csv":
             self._csv = csv.writer(self._file)
             if self._file.tell() == 0:
-                self._csv.writerow(_csv_header(top_k))
+                self._csv.writerow(PREDICTION_COLUMNS)
 
     def write(self, row: dict[str, Any]) -> None:
         self._n += 1
@@ -385,7 +381,7 @@ class RowWriter:
                 self._flush_part()
             return
         if self._csv is not None:
-            self._csv.writerow(_csv_line(row, self.top_k))
+            self._csv.writerow(_csv_line(row))
         else:
             self._file.write(json.dumps(_json_ready(row)) + "\n")
         if self._n % 256 == 0:
@@ -414,7 +410,6 @@ def write_rows(
     rows: Iterable[dict[str, Any]],
     output: str | os.PathLike[str],
     kind: str = "predictions",
-    top_k: int = 1,
     *,
     append: bool = False,
     on_row: Callable[[dict[str, Any]], None] | None = None,
@@ -423,7 +418,7 @@ def write_rows(
     output = os.fspath(output)
     check_output(output)
     counts = {"ok": 0, "failed": 0}
-    with RowWriter(output, kind, top_k, append=append) as writer:
+    with RowWriter(output, kind, append=append) as writer:
         for row in _counted(rows, counts, on_row):
             writer.write(row)
     return counts
