@@ -822,10 +822,9 @@ def export(
 ) -> None:
     """Write the whole classifier (backbone + head, probabilities out) as ONNX or OpenVINO IR,
     with a JSON sidecar of classes and preprocessing; `tlearn predict` runs it directly."""
-    from tlearn._validation import check_option
-
-    # export_model's own check (and message), made before the model loads
-    check_option("export_model", "format", format, read_constant("tlearn.export", "FORMATS"))
+    # export_model's own check, named as the flag, made before the model loads
+    formats = read_constant("tlearn.export", "FORMATS")
+    check_flags({"format": format}, {"format": [Options(formats)]})
     check_model_file(str(model))
     make_folder_for(out, "--out")
     from tlearn.export import export_model
