@@ -221,3 +221,18 @@ def test_user_errors_are_one_line_and_exit_2(image_folder, tmp_path, flags, mess
     lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], r.stderr
     assert "Traceback" not in r.stderr and not (tmp_path / "m.safetensors").exists()
+
+
+def test_table_and_stdout_rows_of_integer_classes(capsys):
+    """A model fitted on the classes 0, 1, ... : the table printed class 0 as an empty
+    label (``row["label"] or ""``), and -o - wrote labels as numbers where a .jsonl file
+    (and CSV, Parquet) holds strings."""
+    from tlearn.cli import _print_predictions, _write_jsonl
+
+    row = {"row_id": 0, "path": "a.jpg", "label": 0, "probability": 0.9,
+           "top_labels": [0, 1], "top_probabilities": [0.9, 0.1], "error": ""}  # fmt: skip
+    _print_predictions([row], top_k=1)
+    assert "a.jpg │ 0 " in capsys.readouterr().out
+    assert _write_jsonl([row], lambda n: None) == {"ok": 1, "failed": 0}
+    line = json.loads(capsys.readouterr().out)
+    assert line["label"] == "0" and line["top_labels"] == ["0", "1"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 
 import numpy as np
@@ -342,3 +343,42 @@ def test_resume_keys_on_row_ids_and_refuses_changed_inputs(predictor, shapes3, t
     featurize_to_file(predictor, inputs[:3], out)
     assert featurize_to_file(predictor, inputs, out, resume=True)["skipped"] == 3
     assert [r["row_id"] for r in _read_rows(out)] == [0, 1, 2, 3]
+
+
+def _row(row_id: int, path: str, labels: list, error: str = "") -> dict:
+    return {
+        "row_id": row_id, "path": path, "label": labels[0] if labels else None,
+        "probability": 0.9 if labels else None, "top_labels": labels,
+        "top_probabilities": [0.9, 0.1][: len(labels)], "error": error,
+    }  # fmt: skip
+
+
+def test_json_lines_labels_are_strings_as_in_csv_and_parquet(tmp_path):
+    """A model fitted on integer classes gives int labels (python_value of its classes):
+    CSV and Parquet wrote them as strings ("1", ["1", "0"]), JSON Lines as numbers (1,
+    [1, 0]), so the same rows read back differently by format, against the one schema."""
+    rows = [_row(0, "a.jpg", [1, 0]), _row(1, "b.jpg", [0, 1]), _row(2, "c.jpg", [], "bad")]
+    read = {}
+    for ext in ("csv", "jsonl", "parquet"):
+        write_predictions(iter(rows), tmp_path / f"p.{ext}")
+        read[ext] = _as_read(tmp_path / f"p.{ext}")[1]
+    for got in read.values():
+        assert [r["label"] for r in got] == ["1", "0", None]
+        assert [r["top_labels"] for r in got] == [["1", "0"], ["0", "1"], []]
+
+
+def test_a_path_that_is_not_utf8_is_written_and_resumed_in_csv(predictor, tmp_path):
+    """A Linux file name that is not UTF-8 (os.fsdecode gives it lone surrogates) made a
+    CSV output raise UnicodeEncodeError, ending the whole run; JSON Lines escaped it. CSV
+    now writes the name's own bytes, and a resumed run reads the same path back."""
+    from tlearn.inference import predict_to_file
+    from tlearn.outputs import read_done_rows
+
+    odd = os.fsdecode(os.fsencode(str(tmp_path)) + b"/caf\xe9.jpg")
+    inputs = [odd, str(tmp_path / "b.jpg")]
+    out = tmp_path / "p.csv"
+    assert predict_to_file(predictor, inputs[:1], out)["failed"] == 1  # missing: an error row
+    assert read_done_rows(out) == {0: odd}
+    counts = predict_to_file(predictor, inputs, out, resume=True)
+    assert counts == {"ok": 0, "failed": 1, "skipped": 1}
+    assert read_done_rows(out) == dict(enumerate(inputs))

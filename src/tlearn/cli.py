@@ -641,9 +641,11 @@ def _advancing(rows: Any, advance: Callable[[int], None]) -> Iterator[dict[str, 
 
 def _write_jsonl(rows: Any, advance: Callable[[int], None]) -> dict[str, int]:
     """Rows to stdout as JSON Lines (what a .jsonl output holds), for a pipe."""
+    from tlearn.outputs import _json_ready
+
     counts = {"ok": 0, "failed": 0}
     for row in rows:
-        sys.stdout.write(json.dumps(row) + "\n")
+        sys.stdout.write(json.dumps(_json_ready(row)) + "\n")
         counts["failed" if row["error"] else "ok"] += 1
         advance(1)
     sys.stdout.flush()
@@ -741,7 +743,8 @@ def _print_predictions(rows: list[dict[str, Any]], top_k: int) -> dict[str, int]
     for row in rows:
         counts["failed" if row["error"] else "ok"] += 1
         prob = "" if row["probability"] is None else f"{row['probability']:.3f}"
-        label = ", ".join(map(str, row["top_labels"])) if top_k > 1 else str(row["label"] or "")
+        best = "" if row["label"] is None else str(row["label"])  # a class 0 is a label too
+        label = ", ".join(map(str, row["top_labels"])) if top_k > 1 else best
         table.add_row(row["path"], label, prob, row["error"])
     console.print(table)
     console.print(f"{counts['ok']} images predicted, {counts['failed']} failed")

@@ -247,9 +247,18 @@ def _csv_line(row: dict[str, Any]) -> list[Any]:
 
 
 def _json_ready(row: dict[str, Any]) -> dict[str, Any]:
+    """A row as JSON Lines holds it: labels as strings (as in CSV and Parquet, whatever
+    type the model's classes have), features as a list."""
     vector = row.get("features")
     if isinstance(vector, np.ndarray):
         return {**row, "features": vector.tolist()}
+    if "top_labels" in row:
+        label = row["label"]
+        return {
+            **row,
+            "label": None if label is None else str(label),
+            "top_labels": [str(v) for v in row["top_labels"]],
+        }
     return row
 
 
@@ -367,7 +376,11 @@ class RowWriter:
         if append:
             cut_torn_tail(output)
             _check_columns(output, self.fmt)
-        self._file = open(output, "a" if append else "w", newline="", encoding="utf-8")  # noqa: SIM115
+        # surrogateescape: a path that is not UTF-8 (a Linux file name's raw bytes) is
+        # written as those bytes, and read back by _Lines to the same path
+        self._file = open(  # noqa: SIM115
+            output, "a" if append else "w", newline="", encoding="utf-8", errors="surrogateescape"
+        )
         if self.fmt == "csv":
             self._csv = csv.writer(self._file)
             if self._file.tell() == 0:
