@@ -382,3 +382,28 @@ def test_a_path_that_is_not_utf8_is_written_and_resumed_in_csv(predictor, tmp_pa
     counts = predict_to_file(predictor, inputs, out, resume=True)
     assert counts == {"ok": 0, "failed": 1, "skipped": 1}
     assert read_done_rows(out) == dict(enumerate(inputs))
+
+
+def test_the_documented_pandas_recipe_reads_labels_back_as_written(tmp_path):
+    """docs/cli.md's recipe, pandas.read_csv(f, converters=...) and read_json(f,
+    lines=True), read the labels "01", "NA", "1.0" back as 1.0, NaN, 1.0 from a CSV, and
+    "01", "1" as 1, 1 from JSON Lines. The recipe now names the label's type."""
+    import pandas as pd
+
+    rows = [_row(i, f"{i}.jpg", [c]) for i, c in enumerate(["01", "NA", "1.0", "1"])]
+    rows.append(_row(4, "4.jpg", [], "bad"))
+    want = ["01", "NA", "1.0", "1", None]
+    for ext in ("csv", "jsonl", "parquet"):
+        write_predictions(iter(rows), tmp_path / f"p.{ext}")
+    lists = {"top_labels": json.loads, "top_probabilities": json.loads}
+    tables = [
+        pd.read_csv(tmp_path / "p.csv", converters=lists, dtype={"label": str},
+                    keep_default_na=False, na_values={"label": [""], "probability": [""]}),
+        pd.read_json(tmp_path / "p.jsonl", lines=True, dtype={"label": str}),
+        pd.read_parquet(tmp_path / "p.parquet"),
+    ]  # fmt: skip
+    for table in tables:
+        assert [None if pd.isna(v) else v for v in table["label"]] == want
+        assert [list(v) for v in table["top_labels"]] == [[c] for c in want[:4]] + [[]]
+        assert table["probability"].isna().tolist() == [False] * 4 + [True]
+        assert table["error"].tolist() == ["", "", "", "", "bad"]
