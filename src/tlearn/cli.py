@@ -21,6 +21,7 @@ import functools
 import inspect
 import json
 import os
+import re
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -45,7 +46,7 @@ from tlearn._cli_options import (
     read_constant,
 )
 from tlearn._validation import Options
-from tlearn.exceptions import DataError, ImageReadError, TlearnError
+from tlearn.exceptions import DataError, ImageReadError, InvalidParameterError, TlearnError
 from tlearn.runtime.table import engine_help
 
 app = typer.Typer(
@@ -787,6 +788,21 @@ def serve(
     timeout_s: Annotated[
         float, typer.Option(help="Each request's deadline (504 after).", rich_help_panel=_SERVE)
     ] = 10.0,
+    body_timeout_s: Annotated[
+        float,
+        typer.Option(
+            help="The upload's own deadline from the first byte (408 after; at most --timeout-s).",
+            rich_help_panel=_SERVE,
+        ),
+    ] = 5.0,
+    upload_buffer_mb: Annotated[
+        float | None,
+        typer.Option(
+            help="Most MB of request bodies held at once, over all requests (503 past it); "
+            "default 8 bodies of --max-body-mb.",
+            rich_help_panel=_SERVE,
+        ),
+    ] = None,
     api_key_env: Annotated[
         str | None,
         typer.Option(
@@ -808,10 +824,18 @@ def serve(
         api_key = os.environ.get(api_key_env)
         if not api_key:
             _fail(f"--api-key-env {api_key_env}: that environment variable is not set or empty")
-    config = ServeConfig(
+    settings: dict[str, Any] = dict(
         max_batch_size=max_batch_size, max_queue=max_queue, max_body_mb=max_body_mb,
-        max_pixels=max_pixels, timeout_s=timeout_s, api_key=api_key, top_k=top_k,
+        max_pixels=max_pixels, timeout_s=timeout_s, body_timeout_s=body_timeout_s,
+        upload_buffer_mb=upload_buffer_mb, top_k=top_k,
     )  # fmt: skip
+    try:
+        config = ServeConfig(**settings, api_key=api_key)
+    except InvalidParameterError as e:  # ServeConfig's words, in the flags' names
+        message = str(e).replace("The '", "'").replace("' parameter of ServeConfig", "'")
+        for name in settings:
+            message = re.sub(rf"'?\b{name}\b'?", flag(name), message)
+        _fail(message.replace(" or None.", "."))
     check_model_file(model)
     check_address(host, port)
     raise typer.Exit(run(model, config, host=host, port=port, engine=engine, log_level=log_level))
