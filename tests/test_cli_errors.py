@@ -110,8 +110,7 @@ MISTAKES = [
     (["fit", "data", "--test", "data", "--test-size", "0.2"], "pass one"),
     (["evaluate", "model.safetensors", "data", "--max-per-class", "-3"], "--max-per-class"),
     (["export", "model.safetensors", "-o", "m.onnx", "--format", "onx"],
-     "'format' parameter of export_model must be one of 'onnx', 'openvino'. Got 'onx' "
-     "instead. Did you mean 'onnx'?"),
+     "--format must be one of 'onnx', 'openvino'. Got 'onx' instead. Did you mean 'onnx'?"),
     (["doctor", "data", "--near-threshold", "2"], "--near-threshold must be a float"),
     (["bench", "data", "--n", "0"], "--n must be an int"),
     (["demo", "--per-class", "0"], "--per-class must be an int"),

@@ -367,8 +367,11 @@ def read_bytes(path: str, max_bytes: int | None = None) -> bytes:
     except KeyError:
         raise ImageReadError(path, f"no member {member!r} in archive {archive!r}") from None
     except Exception as e:  # zipfile: BadZipFile, zlib.error, EOFError, NotImplementedError...
+        # zipfile's messages can quote the archive's own bytes (a damaged header, whole):
+        # the reason stays one readable line
+        detail = str(e) if len(str(e)) <= 200 else f"{str(e)[:200]}..."
         raise ImageReadError(
-            path, f"the archive {archive!r} is damaged ({type(e).__name__}: {e})"
+            path, f"the archive {archive!r} is damaged ({type(e).__name__}: {detail})"
         ) from e
 
 
