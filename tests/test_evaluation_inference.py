@@ -384,6 +384,29 @@ def test_a_path_that_is_not_utf8_is_written_and_resumed_in_csv(predictor, tmp_pa
     assert read_done_rows(out) == dict(enumerate(inputs))
 
 
+def test_a_path_that_is_not_utf8_is_written_and_resumed_in_parquet(predictor, shapes3, tmp_path):
+    """The same name ended a Parquet run with a traceback (Arrow's strings must be UTF-8):
+    its row now holds the name with the odd bytes as \\xNN escapes, the image is predicted,
+    and a resumed run takes that row as done."""
+    import pandas as pd
+
+    from tlearn.inference import predict_to_file
+
+    odd = os.fsdecode(os.fsencode(str(tmp_path)) + b"/caf\xe9.jpg")
+    from tlearn.data.images import read_bytes
+
+    with open(odd, "wb") as f:
+        f.write(read_bytes(shapes3[2][0]))
+    inputs = [odd, str(shapes3[2][1])]
+    out = tmp_path / "p.parquet"
+    assert predict_to_file(predictor, inputs[:1], out) == {"ok": 1, "failed": 0, "skipped": 0}
+    paths = pd.read_parquet(out)["path"].tolist()
+    assert paths == [f"{tmp_path}/caf\\xe9.jpg"]
+    counts = predict_to_file(predictor, inputs, out, resume=True)
+    assert counts == {"ok": 1, "failed": 0, "skipped": 1}
+    assert pd.read_parquet(out)["row_id"].tolist() == [0, 1]
+
+
 def test_the_documented_pandas_recipe_reads_labels_back_as_written(tmp_path):
     """docs/cli.md's recipe, pandas.read_csv(f, converters=...) and read_json(f,
     lines=True), read the labels "01", "NA", "1.0" back as 1.0, NaN, 1.0 from a CSV, and

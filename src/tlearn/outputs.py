@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from tlearn.data.sources import path_text
 from tlearn.exceptions import DataError
 
 __all__ = [
@@ -310,6 +311,8 @@ def rows_table(rows: list[dict[str, Any]], kind: str) -> Any:
             value = row[name]
             if name == "label" and value is not None:
                 value = str(value)
+            elif name == "path":
+                value = path_text(value)
             elif name == "top_labels":
                 value = [str(v) for v in value]
             columns[name].append(value)

@@ -37,7 +37,7 @@ from tlearn.data.images import (
     to_rgb,
 )
 from tlearn.data.loader import ImageInput, check_images
-from tlearn.data.sources import iter_image_paths
+from tlearn.data.sources import iter_image_paths, path_text
 from tlearn.exceptions import DataError, EngineError, ImageReadError, InvalidParameterError
 from tlearn.features import FeatureErrors, iter_engine
 from tlearn.models import IMAGENET_PREFIX, ModelParts, imagenet_parts, python_value, split_model
@@ -359,7 +359,7 @@ def iter_manifest(
 def _done(skip: Mapping[int, str] | None, row_id: int, path: str) -> bool:
     if not skip or row_id not in skip:
         return False
-    if skip[row_id] != path:
+    if skip[row_id] not in (path, path_text(path)):  # a Parquet output holds the text form
         raise DataError(
             f"row {row_id} of the output being resumed is {skip[row_id]!r}, but image "
             f"{row_id} of the inputs is now {path!r}: the inputs changed since that run; "

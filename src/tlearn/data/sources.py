@@ -39,6 +39,7 @@ from tlearn.exceptions import DataError
 
 __all__ = [
     "iter_image_paths",
+    "path_text",
     "load_dataset",
     "load_image_csv",
     "load_image_folder",
@@ -458,6 +459,22 @@ def load_dataset(
     if not os.path.exists(source) and split_zip_path(source) is None:
         raise DataError(f"no such folder, zip archive or CSV file: {source!r}")
     return load_image_folder(source, max_per_class=max_per_class, random_state=random_state)
+
+
+def path_text(path: str) -> str:
+    """``path`` as text that any UTF-8 writer takes (Parquet's strings must be UTF-8): a
+    file name whose bytes are not UTF-8 (Python holds them as lone surrogates, as
+    ``os.listdir`` gives them) gets those bytes as ``\\xNN`` escapes; others are unchanged."""
+    try:
+        path.encode("utf-8")
+        return path
+    except UnicodeEncodeError:
+        pass
+    try:
+        raw = path.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # surrogates that were never bytes of a name
+        return path.encode("utf-8", "backslashreplace").decode("utf-8")
+    return raw.decode("utf-8", "backslashreplace")
 
 
 def iter_image_paths(inputs: Iterable[str]) -> Iterator[str]:
