@@ -25,7 +25,7 @@ import re
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -146,7 +146,7 @@ def _error_line(message: str) -> None:
     err_console.print(f"[bold red]error:[/] {escape(text)}", highlight=False, soft_wrap=True)
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     _error_line(message)
     raise typer.Exit(2)
 
@@ -817,7 +817,7 @@ def serve(
 
     Needs the extra: pip install 'tlearn\[serve]'. Stops cleanly on SIGTERM or Ctrl+C:
     readiness turns 503, admitted requests finish, then the process exits 0."""
-    from tlearn.serve import ServeConfig, run
+    from tlearn.serve import run
 
     api_key = None
     if api_key_env is not None:
@@ -829,16 +829,23 @@ def serve(
         max_pixels=max_pixels, timeout_s=timeout_s, body_timeout_s=body_timeout_s,
         upload_buffer_mb=upload_buffer_mb, top_k=top_k,
     )  # fmt: skip
+    config = _server_config(settings, api_key)
+    check_model_file(model)
+    check_address(host, port)
+    raise typer.Exit(run(model, config, host=host, port=port, engine=engine, log_level=log_level))
+
+
+def _server_config(settings: dict[str, Any], api_key: str | None) -> Any:
+    """The ServeConfig of the flags; its refusal worded in the flags' names."""
+    from tlearn.serve import ServeConfig
+
     try:
-        config = ServeConfig(**settings, api_key=api_key)
-    except InvalidParameterError as e:  # ServeConfig's words, in the flags' names
+        return ServeConfig(**settings, api_key=api_key)
+    except InvalidParameterError as e:
         message = str(e).replace("The '", "'").replace("' parameter of ServeConfig", "'")
         for name in settings:
             message = re.sub(rf"'?\b{name}\b'?", flag(name), message)
         _fail(message.replace(" or None.", "."))
-    check_model_file(model)
-    check_address(host, port)
-    raise typer.Exit(run(model, config, host=host, port=port, engine=engine, log_level=log_level))
 
 
 @command()
