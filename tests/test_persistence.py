@@ -269,12 +269,12 @@ def peak():
 
 out = {}
 for name in ("refused", "good"):
-    before, start = peak(), time.perf_counter()
+    before, start, refused = peak(), time.perf_counter(), False
     try:
         load(sys.argv[1 if name == "good" else 2])
     except ModelFileError:
-        pass
-    out[name] = (peak() - before, time.perf_counter() - start)
+        refused = True
+    out[name] = (peak() - before, time.perf_counter() - start, refused)
 print(json.dumps(out))
 """
 
@@ -301,6 +301,7 @@ def test_loading_stays_within_the_documented_budget(fitted_probe, tmp_path):
     assert r.returncode == 0, r.stderr
     cost = json.loads(r.stdout)
     size = os.path.getsize(good)
+    assert cost["refused"][2] and not cost["good"][2], cost  # each file met its fate
     assert cost["refused"][0] < 64 << 20 and cost["refused"][1] < 10
     assert cost["good"][0] < 3 * size + (96 << 20), (cost, size)
     assert not home.exists() or not any(home.rglob("*"))  # nothing written

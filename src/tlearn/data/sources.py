@@ -467,14 +467,13 @@ def path_text(path: str) -> str:
     ``os.listdir`` gives them) gets those bytes as ``\\xNN`` escapes; others are unchanged."""
     try:
         path.encode("utf-8")
-        return path
     except UnicodeEncodeError:
-        pass
-    try:
-        raw = path.encode("utf-8", "surrogateescape")
-    except UnicodeEncodeError:  # surrogates that were never bytes of a name
-        return path.encode("utf-8", "backslashreplace").decode("utf-8")
-    return raw.decode("utf-8", "backslashreplace")
+        try:
+            raw = path.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:  # surrogates that were never bytes of a name
+            return path.encode("utf-8", "backslashreplace").decode("utf-8")
+        return raw.decode("utf-8", "backslashreplace")
+    return path
 
 
 def iter_image_paths(inputs: Iterable[str]) -> Iterator[str]:
