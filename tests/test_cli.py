@@ -11,14 +11,15 @@ from pathlib import Path
 
 import pytest
 
+from tests.cli_runner import run_tlearn
+
 TLEARN = [sys.executable, "-m", "tlearn"]
 
 
 def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "COLUMNS": "200"}
-    return subprocess.run(
-        [*TLEARN, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=600
-    )
+    """``tlearn ARGS`` in this process (tests/cli_runner.py); one test below runs
+    ``python -m tlearn`` in a process of its own."""
+    return run_tlearn(*args, cwd=cwd)
 
 
 @pytest.fixture(scope="module")
@@ -171,8 +172,11 @@ def test_test_classes_unknown_to_training_are_refused_before_training(image_fold
 
 
 def test_models_lists_offline_backbones():
-    r = run("models")
+    """Through the installed entry point, in a new process: what the other tests call."""
+    env = {**os.environ, "COLUMNS": "200"}
+    r = subprocess.run([*TLEARN, "models"], capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 0 and "efficientnet_lite0" in r.stdout and "yes" in r.stdout
+    assert run("models").stdout == r.stdout
 
 
 def test_demo_runs_end_to_end_on_a_small_subset(tmp_path):

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
+from tests.cli_runner import run_tlearn
 from tlearn.doctor import ISSUE_TYPES, inspect
 from tlearn.doctor.core import COLUMNS
 
@@ -135,10 +136,9 @@ def test_cli_writes_the_report_changes_nothing_and_its_clean_csv_trains(planted,
     train, test, truth = planted
     before = _snapshot(train.parent)
     out, clean = tmp_path / "report", tmp_path / "clean.csv"
-    r = subprocess.run([*TLEARN, "doctor", str(train), "--test", str(test), "--out", str(out),
-                        "--write-clean", str(clean), "--relabel",
-                        "--label-backbone", "efficientnet_lite1"],
-                       capture_output=True, text=True, timeout=900)  # fmt: skip
+    r = run_tlearn("doctor", str(train), "--test", str(test), "--out", str(out),
+                   "--write-clean", str(clean), "--relabel",
+                   "--label-backbone", "efficientnet_lite1")  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert _snapshot(train.parent) == before  # nothing moved, deleted or written there
     rows = list(csv.DictReader((out / "issues.csv").read_text().splitlines()))
@@ -153,9 +153,8 @@ def test_cli_writes_the_report_changes_nothing_and_its_clean_csv_trains(planted,
     assert all(len(pair & kept) <= 1 for pair in truth["exact"])  # never both copies
     relabelled = {row["path"]: row["label"] for row in cleaned}
     assert any(relabelled.get(p) == a for p, a in truth["flipped"])
-    fit = subprocess.run([*TLEARN, "fit", str(clean), "--method", "probe", "--image-size", "96",
-                          "--out", str(tmp_path / "m.safetensors")],
-                         capture_output=True, text=True, timeout=900)  # fmt: skip
+    fit = run_tlearn("fit", str(clean), "--method", "probe", "--image-size", "96",
+                     "--out", str(tmp_path / "m.safetensors"))  # fmt: skip
     assert fit.returncode == 0, fit.stderr
     _renders_in_chromium(out / "report.html", summary["issues"], tmp_path)
 

@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 import os
 import stat
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tests.cli_runner import run_tlearn
 from tlearn import LinearProbe, save
 from tlearn.export import export_model, load_exported
 from tlearn.inference import iter_predictions
@@ -70,48 +69,13 @@ def test_two_class_logistic_head_folds_into_two_logits(shapes3):
 def test_cli_export_then_predict(probe, shapes3, tmp_path):
     model = tmp_path / "m.safetensors"
     save(probe, model)
-    env = {**os.environ, "COLUMNS": "200"}
-    r = subprocess.run(
-        [sys.executable, "-m", "tlearn", "export", str(model), "--out", str(tmp_path / "m.onnx")],
-        capture_output=True,
-        text=True,
-        env=env,
-    )
+    r = run_tlearn("export", str(model), "--out", str(tmp_path / "m.onnx"))
     assert r.returncode == 0, r.stderr
     out = tmp_path / "p.csv"
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "tlearn",
-            "predict",
-            str(tmp_path / "m.onnx"),
-            shapes3[2][0],
-            "--output",
-            str(out),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-    )
+    r = run_tlearn("predict", str(tmp_path / "m.onnx"), shapes3[2][0], "--output", str(out))
     assert r.returncode == 0, r.stderr
     assert "1 images predicted, 0 failed" in r.stdout
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "tlearn",
-            "export",
-            str(model),
-            "--out",
-            str(tmp_path / "m.x"),
-            "--format",
-            "tflite",
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-    )
+    r = run_tlearn("export", str(model), "--out", str(tmp_path / "m.x"), "--format", "tflite")
     assert r.returncode == 2 and "--format must be one of 'onnx', 'openvino'" in r.stderr
 
 

@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
+from tests.cli_runner import run_tlearn
+
 TLEARN = [sys.executable, "-m", "tlearn"]
 
 
@@ -42,13 +44,9 @@ def fit_args(data: Path, out: Path, *extra: str) -> list[str]:
 
 
 def run(args: list[str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*TLEARN, *args],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "COLUMNS": "200"},
-    )
+    """``tlearn ARGS`` in this process (tests/cli_runner.py); the killed run and torchrun
+    start processes of their own."""
+    return run_tlearn(*args)
 
 
 @pytest.fixture(scope="module")
