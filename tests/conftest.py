@@ -10,6 +10,7 @@ sizes, and one Ray head for the whole run (``ray_head``), started only when a te
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 import secrets
 import shutil
@@ -136,14 +137,27 @@ def _isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest
     monkeypatch.setenv("TLEARN_OFFLINE", "1")
 
 
-@pytest.fixture(autouse=True)
-def _fresh_engine_choices():
-    """Each test sees ``auto`` check its engines anew (some change what it may choose)."""
+def _forget_engines() -> None:
     import sys
 
     engines = sys.modules.get("tlearn.runtime.engines")  # not imported yet: nothing kept
     if engines is not None:
         engines.forget_engines()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_engine_choices(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A test that patches something (``monkeypatch`` among its own arguments: what
+    ``auto`` may choose, a threshold, a runtime made to fail) sees ``auto`` check its
+    engines anew, and leaves no engine or verdict behind. Other tests share them, as the
+    calls of one process do: a verdict costs 3-5 s (each candidate engine built and run),
+    which every test that fits a model paid again (issue 26)."""
+    patches = "monkeypatch" in inspect.signature(request.function).parameters
+    if patches:
+        _forget_engines()
+    yield
+    if patches:
+        _forget_engines()
 
 
 @pytest.fixture(scope="session")
