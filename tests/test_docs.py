@@ -10,7 +10,6 @@ import ast
 import contextlib
 import importlib
 import io
-import os
 import re
 import shlex
 import signal
@@ -24,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.cli_runner import run_tlearn
 from tests.synthetic import make_folder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -215,9 +215,8 @@ def photos(tmp_path: Path) -> Path:
 
 
 def tlearn(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "COLUMNS": "200"}
-    return subprocess.run([sys.executable, "-m", "tlearn", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    """The command line as written, run in this process (tests/cli_runner.py)."""
+    return run_tlearn(*args, cwd=cwd)
 
 
 @contextlib.contextmanager
