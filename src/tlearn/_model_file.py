@@ -440,7 +440,7 @@ def check_file(header: dict[str, Any], where: str) -> Plan:
     head.setdefault("history", meta.get("history", []))  # files before 0.2 kept them here
     head.setdefault("best_epoch", meta.get("best_epoch", -1))
     params = meta.get("params")
-    if params is None and kind.name == "linear_probe":  # files written before 0.2
+    if params is None and kind.params_in_head_before_0_2:
         before = head.get("params", {})
         need(isinstance(before, dict), where, "head.params", "an object", before)
         params = {"backbone": bmeta["name"], **bmeta["params"], **before}

@@ -23,6 +23,7 @@ from tlearn.data.images import Preprocessing
 from tlearn.exceptions import ModelFileError
 from tlearn.features import PretrainedFeatures
 from tlearn.finetune import FineTuneClassifier
+from tlearn.finetune.estimator import refit_on_all
 from tlearn.probe import LinearProbe, nominal_C
 from tlearn.runtime.engines import Engine
 
@@ -81,6 +82,19 @@ class ModelKind:
     from_file: Callable[..., Any]
     is_fitted: Callable[[Any], bool]
     estimator: type | None = None
+    #: the fitted model's class labels
+    classes: Callable[[Any], Array] = lambda m: m.classes_
+    #: its honest held-out probabilities (NaN rows: none for that image) and how they
+    #: were made, in one line; ``None``: the kind makes none (give test data)
+    heldout: Callable[[Any], tuple[Array, str]] | None = None
+    #: the model fitted again on every image ``(model, X, y, say)``; ``None``: a fitted
+    #: model has already seen every image
+    refit: Callable[[Any, Array, Array, Callable[[str], None]], Any] | None = None
+    #: its backbone's weights are its own (trained), not the pretrained ones
+    trains_backbone: bool = False
+    #: its files before 0.2 kept its parameters in ``head.params`` (the feature
+    #: extractor's in ``backbone.params``), not in ``params``
+    params_in_head_before_0_2: bool = False
 
 
 MODEL_KINDS: dict[str, ModelKind] = {}
@@ -118,7 +132,7 @@ def split_model(model: Any) -> ModelParts:
         preprocessing=features.preprocessing_,
         engine=features._engine,
         head=kind.head(model),
-        classes=np.asarray(model.classes_ if hasattr(model, "classes_") else model[-1].classes_),
+        classes=np.asarray(kind.classes(model)),
         features=features,
         info={"kind": kind.name},
     )
@@ -435,6 +449,8 @@ register_model_kind(
         from_file=_probe_from_file,
         is_fitted=lambda m: hasattr(m, "classifier_"),
         estimator=LinearProbe,
+        heldout=lambda m: (m.heldout_proba_, m.heldout_method_),
+        params_in_head_before_0_2=True,
     )
 )
 register_model_kind(
@@ -452,6 +468,9 @@ register_model_kind(
         from_file=_finetune_from_file,
         is_fitted=lambda m: hasattr(m, "head_weight_"),
         estimator=FineTuneClassifier,
+        heldout=lambda m: (m.heldout_proba_, m.heldout_method_),
+        refit=refit_on_all,
+        trains_backbone=True,
     )
 )
 register_model_kind(
@@ -465,6 +484,7 @@ register_model_kind(
         check_file=_check_pipeline_file,
         from_file=_pipeline_from_file,
         is_fitted=lambda m: hasattr(m.steps[-1][1], "classes_"),
+        classes=lambda m: m[-1].classes_,
     )
 )
 

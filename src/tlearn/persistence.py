@@ -180,9 +180,8 @@ def _to_tensors(
         raise ModelFileError(f"the {type(model).__name__} is not fitted yet; call fit first")
     features = kind.features(model)
     arrays, head = kind.to_file(model)
-    classes = model.classes_ if hasattr(model, "classes_") else model[-1].classes_
-    class_values, class_kind = _jsonable_classes(np.asarray(classes))
-    params = {} if kind.name == "pipeline" else model.get_params()
+    class_values, class_kind = _jsonable_classes(np.asarray(kind.classes(model)))
+    params = {} if kind.estimator is None else model.get_params()
     meta = {
         "format": _MAGIC,
         "format_version": FORMAT_VERSION,
@@ -259,7 +258,7 @@ def _load_backbone(plan: Plan, tensors: dict[str, torch.Tensor], where: str) -> 
     if bb.weights_sha256 != bmeta["weights_sha256"]:
         raise ModelFileError(f"{where} is damaged: its weights do not match their recorded hash")
     bb.preprocessing = plan.preprocessing
-    bb.weights_source = f"model file {where}" if plan.kind.name != "finetune" else "fine-tuned"
+    bb.weights_source = "fine-tuned" if plan.kind.trains_backbone else f"model file {where}"
     return bb
 
 
@@ -267,7 +266,7 @@ def _features(plan: Plan, tensors: dict[str, torch.Tensor], where: str) -> Pretr
     """The fitted feature extractor, running the engine recorded at fit (what ``auto``
     chose, or the calibrated int8 engine carried by the file)."""
     meta, bmeta = plan.meta, plan.meta["backbone"]
-    weights = "fine-tuned" if plan.kind.name == "finetune" else "pretrained"
+    weights = "fine-tuned" if plan.kind.trains_backbone else "pretrained"
     features = PretrainedFeatures(bmeta["name"], weights=weights, **plan.feature_params)
     backbone = _load_backbone(plan, tensors, where)
     recorded = bmeta.get("engine_")

@@ -116,8 +116,10 @@ def held_out_report(model: Any, X: np.ndarray, y: np.ndarray) -> tuple[Any, dict
     the probe's nested out-of-fold ones, fine-tuning's cross-fitted validation split):
     images no choice has seen. ``heldout_method_`` says how, in one line."""
     from tlearn.evaluation import Report, compute_metrics
+    from tlearn.models import model_kind
 
-    proba = getattr(model, "heldout_proba_", np.zeros((0, 0)))
+    heldout = model_kind(model).heldout
+    proba, what = heldout(model) if heldout is not None else (np.zeros((0, 0)), "")
     ok = ~np.isnan(proba).any(axis=1)
     if not ok.any():
         raise DataError(
@@ -131,7 +133,6 @@ def held_out_report(model: Any, X: np.ndarray, y: np.ndarray) -> tuple[Any, dict
         "ece_before": calibration.get("oof_ece_before", calibration.get("val_ece_before", 0.0)),
         "ece_after": report.expected_calibration_error,
     }
-    what = model.heldout_method_
     return report, {"method": what, "n_images": report.n_images, "accuracy": report.accuracy}
 
 
@@ -139,23 +140,6 @@ def _fit(model: Any, X: np.ndarray, y: np.ndarray, resume: bool = False) -> Any:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # bad files are listed by the caller
         return model.fit(X, y, resume=True) if resume else model.fit(X, y)
-
-
-def refit_on_all(model: Any, X: np.ndarray, y: np.ndarray, say: Callable[[str], None]) -> Any:
-    """A fine-tuned model trained again on every image, for its best number of epochs,
-    keeping the temperature of the validation run. A probe already is."""
-    from sklearn.base import clone
-
-    if not hasattr(model, "head_weight_") or model.validation_size == 0:
-        return model
-    epochs = max(1, model.best_epoch_)
-    say(f"refitting on all {len(y)} images for {epochs} epoch(s), the best of the first run")
-    final = clone(model).set_params(validation_size=0, epochs=epochs, checkpoint_dir=None)
-    if final.head_epochs > epochs:
-        final.set_params(head_epochs=epochs)
-    _fit(final, X, y)
-    final.temperature_, final.calibration_ = model.temperature_, model.calibration_
-    return final
 
 
 @dataclass
@@ -322,15 +306,20 @@ def _evaluate(
 def _refit(
     model: Any, X: np.ndarray, y: np.ndarray, test_size: float | None, say: Callable[[str], None]
 ) -> Any:
+    """The model to save: fitted on every image (the test split too, when one was held
+    out), as its kind refits it."""
+    from tlearn.models import model_kind
+
     if test_size is not None:  # a test split was held out: fit again with it
         from sklearn.base import clone
 
         say(f"refitting on all {len(y)} images (the test split included)")
-        final = _fit(clone(model), X, y)
-        return refit_on_all(final, X, y, say)
-    if hasattr(model, "head_weight_"):
-        return refit_on_all(model, X, y, say)
-    say(f"the saved model is fitted on all {len(y)} images")
+        model = _fit(clone(model), X, y)
+    refit = model_kind(model).refit
+    if refit is not None:
+        return refit(model, X, y, say)
+    if test_size is None:
+        say(f"the saved model is fitted on all {len(y)} images")
     return model
 
 

@@ -33,7 +33,7 @@ from tlearn.probe import ScoresNamedTargets, check_labels
 from tlearn.runtime import resolve_device
 from tlearn.runtime.engines import CALIBRATION_IMAGES, ENGINES
 
-__all__ = ["STRATEGIES", "FineTuneClassifier"]
+__all__ = ["STRATEGIES", "FineTuneClassifier", "refit_on_all"]
 
 STRATEGIES = ("head", "full", "partial", "lp-ft")
 #: Images whose shorter side is below SMALL_IMAGES train at SMALL_INPUT pixels by default:
@@ -568,3 +568,28 @@ class FineTuneClassifier(ForwardsFeatureParams, ScoresNamedTargets, BaseEstimato
         tags = super().__sklearn_tags__()
         tags.input_tags.two_d_array = False
         return tags
+
+
+def refit_on_all(
+    model: FineTuneClassifier, X: ImageInput, y: Any, say: Any = lambda line: None
+) -> FineTuneClassifier:
+    """The fine-tuned ``model`` trained again on every image, for its best number of
+    epochs, keeping the temperature of the validation run (the refit of
+    :class:`tlearn.models.ModelKind`). A model trained without a validation split already
+    saw every image and is returned as it is."""
+    import warnings
+
+    from sklearn.base import clone
+
+    if model.validation_size == 0:
+        return model
+    epochs = max(1, model.best_epoch_)
+    say(f"refitting on all {len(y)} images for {epochs} epoch(s), the best of the first run")
+    final = clone(model).set_params(validation_size=0, epochs=epochs, checkpoint_dir=None)
+    if final.head_epochs > epochs:
+        final.set_params(head_epochs=epochs)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # bad files are listed by the caller
+        final.fit(X, y)
+    final.temperature_, final.calibration_ = model.temperature_, model.calibration_
+    return final
