@@ -220,3 +220,46 @@ def test_the_slow_lists_in_conftest_name_tests_that_exist():
         for test in tests:
             found = re.search(rf"^(async )?def {re.escape(test)}\(", source, re.M)
             assert found, f"conftest.SLOW_TESTS names {name}::{test}: no such test"
+
+
+@pytest.mark.parametrize(
+    ("module", "call", "message"),
+    [
+        ("pyarrow", "tlearn.outputs:_pyarrow",
+         "writing Parquet needs pyarrow, which is not installed: pip install 'tlearn[parquet]' "
+         "(or write .jsonl)"),
+        ("uvicorn", "tlearn.serve:_require_extra",
+         "the server needs uvicorn, which is not installed: pip install 'tlearn[serve]'"),
+        ("openvino", "tlearn.runtime.openvino_engine:_ov",
+         "engine='openvino' needs OpenVINO, which is not installed: pip install "
+         "'tlearn[openvino]'"),
+        ("ray", "tlearn.scale.ray:_ray",
+         "--cluster ray needs Ray, which is not installed: pip install 'tlearn[ray]'"),
+    ],
+)  # fmt: skip
+def test_every_missing_extra_is_one_error_worded_one_way(monkeypatch, module, call, message):
+    """Five places worded "install tlearn[x]" five ways, with three exception types."""
+    import importlib
+
+    from tlearn.exceptions import EngineError, MissingExtraError
+
+    owner, name = call.split(":")
+    fn = getattr(importlib.import_module(owner), name)
+    monkeypatch.setitem(sys.modules, module, None)
+    with pytest.raises(MissingExtraError) as caught:
+        fn()
+    assert str(caught.value) == message
+    assert isinstance(caught.value, EngineError) and isinstance(caught.value, ImportError)
+
+
+def test_a_missing_engine_runtime_is_worded_as_every_missing_extra(monkeypatch):
+    import torch
+
+    from tlearn.runtime import engines
+    from tlearn.runtime.table import ENGINE_TABLE
+
+    monkeypatch.setattr(engines, "_installed", lambda module: module != "onnxruntime")
+    why = engines._why_not(ENGINE_TABLE["onnxruntime"], torch.device("cpu"))
+    assert why == (
+        "engine='onnxruntime' needs onnxruntime, which is not installed: pip install 'tlearn[onnx]'"
+    )

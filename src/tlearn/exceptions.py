@@ -30,12 +30,14 @@ __all__ = [
     "EngineError",
     "ImageReadError",
     "InvalidParameterError",
+    "MissingExtraError",
     "ModelFileError",
     "TlearnError",
     "TrainingError",
     "UnknownBackboneError",
     "UnknownClassError",
     "WeightsUnavailableError",
+    "require_extra",
 ]
 
 
@@ -85,6 +87,37 @@ class WeightsUnavailableError(BackboneError):
 
 class EngineError(TlearnError):
     """An inference engine that is not installed or cannot run this backbone."""
+
+
+class MissingExtraError(EngineError, ImportError):
+    """A part of tlearn (an engine, the server, Ray, Parquet output) needs packages that
+    are not installed; the message names the extra to install. An :class:`EngineError`,
+    so that an engine whose runtime is missing is passed over like one that cannot run."""
+
+
+def require_extra(extra: str, modules: dict[str, str], needed_by: str, hint: str = "") -> None:
+    """Raise :class:`MissingExtraError` when any of ``modules`` (import name -> name said)
+    is not installed: ``"{needed_by} needs {names}, which is not installed: pip install
+    'tlearn[{extra}]'{hint}"``. Nothing is imported (a module set to ``None`` in
+    ``sys.modules`` counts as missing)."""
+    import importlib.util
+    import sys
+
+    def installed(module: str) -> bool:
+        if module in sys.modules:
+            return sys.modules[module] is not None
+        try:
+            return importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):
+            return False
+
+    missing = [said for module, said in modules.items() if not installed(module)]
+    if missing:
+        verb = "is" if len(missing) == 1 else "are"
+        raise MissingExtraError(
+            f"{needed_by} needs {', '.join(missing)}, which {verb} not installed: "
+            f"pip install 'tlearn[{extra}]'{hint}"
+        )
 
 
 class ModelFileError(TlearnError, ValueError):

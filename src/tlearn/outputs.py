@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from tlearn.data.sources import path_text
-from tlearn.exceptions import DataError
+from tlearn.exceptions import DataError, require_extra
 
 __all__ = [
     "FORMATS",
@@ -290,12 +290,9 @@ def _schema(kind: str) -> Any:
 
 
 def _pyarrow() -> Any:
-    try:
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise DataError(
-            "writing Parquet needs pyarrow: pip install 'tlearn[parquet]' (or write .jsonl)"
-        ) from None
+    require_extra("parquet", {"pyarrow": "pyarrow"}, "writing Parquet", " (or write .jsonl)")
+    import pyarrow.parquet as pq
+
     return pq
 
 

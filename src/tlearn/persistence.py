@@ -306,8 +306,8 @@ def _install_carried(
     except EngineError as e:
         warnings.warn(
             f"{where} carries an {name} engine calibrated on its training images, which "
-            f"cannot run here ({str(e)[:160]}); predicting with fp32 torch instead, so "
-            "probabilities may differ slightly. pip install 'tlearn[openvino]' to use it",
+            f"cannot run here ({str(e)[:200]}); predicting with fp32 torch instead, so "
+            "probabilities may differ slightly",
             UserWarning,
             stacklevel=5,
         )

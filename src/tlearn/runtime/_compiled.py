@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from tlearn.exceptions import EngineError
+from tlearn.exceptions import EngineError, require_extra
 
 __all__ = [
     "CONVERSION_LOCK",
@@ -19,7 +19,7 @@ __all__ = [
     "cached",
     "engine_cache_dir",
     "engine_threads",
-    "extra_missing",
+    "require_runtime",
 ]
 
 T = TypeVar("T")
@@ -74,7 +74,6 @@ def cached(paths: list[Path], build: Callable[[], None], load: Callable[[], T], 
     raise AssertionError("unreachable")
 
 
-def extra_missing(engine: str, extra: str, module: str) -> EngineError:
-    return EngineError(
-        f"engine={engine!r} needs {module}, which is not installed: pip install 'tlearn[{extra}]'"
-    )
+def require_runtime(engine: str, extra: str, module: str, said: str) -> None:
+    """:func:`tlearn.exceptions.require_extra` for ``engine``'s runtime."""
+    require_extra(extra, {module: said}, f"engine={engine!r}")

@@ -86,11 +86,11 @@ def _installed(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-def _runtime_installed(spec: EngineSpec) -> bool:
+def _missing_modules(spec: EngineSpec) -> list[str]:
     modules = _RUNTIME_MODULES.get(spec.runtime, ())
     if spec.calibrates:
         modules = (*modules, "nncf")
-    return all(_installed(m) for m in modules)
+    return [m for m in modules if not _installed(m)]
 
 
 def _bf16_native(device: torch.device) -> bool:
@@ -107,8 +107,13 @@ def _why_not(spec: EngineSpec, device: torch.device) -> str | None:
             f"engine={spec.name!r} runs on {'/'.join(spec.devices)}, not {device.type}; on "
             f"{device.type} use one of {', '.join(others)}"
         )
-    if not _runtime_installed(spec):
-        return f"engine={spec.name!r} needs its runtime: pip install 'tlearn[{spec.extra}]'"
+    missing = _missing_modules(spec)
+    if missing:  # worded as tlearn.exceptions.require_extra words it
+        verb = "is" if len(missing) == 1 else "are"
+        return (
+            f"engine={spec.name!r} needs {', '.join(missing)}, which {verb} not installed: "
+            f"pip install 'tlearn[{spec.extra}]'"
+        )
     if spec.precision == "bf16" and not _bf16_native(device):
         return f"engine={spec.name!r} needs native bf16 (AVX512-BF16/AMX or a recent GPU)"
     return None

@@ -23,7 +23,7 @@ from tlearn.runtime._compiled import (
     cache_path,
     cached,
     engine_threads,
-    extra_missing,
+    require_runtime,
 )
 from tlearn.runtime.normalise import normalise_numpy
 from tlearn.runtime.torch_engine import cpu_micro_batch
@@ -89,10 +89,9 @@ def onnx_description(data: bytes) -> tuple[dict[str, str], list[Any], list[Any]]
 
 
 def _session(source: str | bytes) -> Any:
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        raise extra_missing("onnxruntime", "onnx", "ONNX Runtime") from None
+    require_runtime("onnxruntime", "onnx", "onnxruntime", "ONNX Runtime")
+    import onnxruntime as ort
+
     options = ort.SessionOptions()
     options.intra_op_num_threads = engine_threads() or os.cpu_count() or 1
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])

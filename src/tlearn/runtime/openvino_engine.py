@@ -34,7 +34,7 @@ from tlearn.runtime._compiled import (
     cache_path,
     cached,
     engine_threads,
-    extra_missing,
+    require_runtime,
 )
 from tlearn.runtime.normalise import normalise_numpy, pixel_mean_std
 
@@ -58,10 +58,9 @@ PRECISIONS = {"openvino": "f32", "openvino-bf16": "bf16", "openvino-int8": "int8
 
 
 def _ov() -> Any:
-    try:
-        import openvino as ov
-    except ImportError:
-        raise extra_missing("openvino", "openvino", "OpenVINO") from None
+    require_runtime("openvino", "openvino", "openvino", "OpenVINO")
+    import openvino as ov
+
     return ov
 
 
@@ -160,10 +159,9 @@ def quantize_int8(converted: Any, calibration: np.ndarray) -> Any:
     """NNCF post-training int8 quantisation on ``calibration`` (uint8 NHWC images, as the
     converted model takes them). The stem convolution stays fp32: it sees the raw pixels,
     and quantising it too cost 0.21 points of CIFAR-10 probe accuracy for 10% more speed."""
-    try:
-        import nncf
-    except ImportError:
-        raise extra_missing("openvino-int8", "openvino", "NNCF") from None
+    require_runtime("openvino-int8", "openvino", "nncf", "NNCF")
+    import nncf
+
     convs = [
         op.get_friendly_name()
         for op in converted.get_ordered_ops()

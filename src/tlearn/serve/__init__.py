@@ -43,14 +43,7 @@ def __getattr__(name: str) -> Any:
 
 
 def _require_extra() -> None:
-    import importlib.util
+    from tlearn.exceptions import require_extra
 
-    missing = [
-        m
-        for m in ("fastapi", "fastapi_offline", "uvicorn", "python_multipart", "prometheus_client")
-        if importlib.util.find_spec(m) is None
-    ]
-    if missing:
-        from tlearn.exceptions import EngineError
-
-        raise EngineError(f"the server needs {', '.join(missing)}: pip install 'tlearn[serve]'")
+    modules = ("fastapi", "fastapi_offline", "uvicorn", "python_multipart", "prometheus_client")
+    require_extra("serve", {m: m for m in modules}, "the server")
