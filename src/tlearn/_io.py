@@ -20,7 +20,18 @@ from typing import Any
 
 import torch
 
-__all__ = ["atomic_path", "read_safetensors", "write_atomic", "write_safetensors_atomic"]
+__all__ = [
+    "atomic_path",
+    "python_value",
+    "read_safetensors",
+    "write_atomic",
+    "write_safetensors_atomic",
+]
+
+
+def python_value(v: Any) -> Any:
+    """A numpy scalar as the plain Python value (for JSON and CSV output)."""
+    return v.item() if hasattr(v, "item") else v
 
 
 def _new_file(folder: str, suffix: str) -> str:

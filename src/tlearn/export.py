@@ -24,11 +24,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from tlearn._io import atomic_path, write_atomic
+from tlearn._io import atomic_path, python_value, write_atomic
 from tlearn._validation import check_option
 from tlearn.data.images import Preprocessing
 from tlearn.exceptions import ModelFileError
-from tlearn.models import ModelParts, model_kind, python_value, split_model
+from tlearn.models import ModelParts, model_kind, split_model
 from tlearn.runtime.onnx_engine import OnnxRuntimeEngine, export_onnx, onnx_description
 from tlearn.runtime.openvino_engine import (
     OpenVinoEngine,

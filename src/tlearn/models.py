@@ -34,7 +34,6 @@ __all__ = [
     "ModelParts",
     "imagenet_parts",
     "model_kind",
-    "python_value",
     "register_model_kind",
     "split_model",
 ]
@@ -42,11 +41,6 @@ __all__ = [
 IMAGENET_PREFIX = "imagenet:"
 Array = np.ndarray
 Head = Callable[[Array], Array]
-
-
-def python_value(v: Any) -> Any:
-    """A numpy scalar as the plain Python value (for JSON and CSV output)."""
-    return v.item() if hasattr(v, "item") else v
 
 
 @dataclass

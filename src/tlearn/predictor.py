@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from tlearn._io import python_value
 from tlearn._validation import Interval, Options, validate_params
 from tlearn.data.images import (
     decode_image,
@@ -40,7 +41,7 @@ from tlearn.data.loader import ImageInput, check_images
 from tlearn.data.sources import iter_image_paths, path_text
 from tlearn.exceptions import DataError, EngineError, ImageReadError, InvalidParameterError
 from tlearn.features import FeatureErrors, iter_engine
-from tlearn.models import IMAGENET_PREFIX, ModelParts, imagenet_parts, python_value, split_model
+from tlearn.models import IMAGENET_PREFIX, ModelParts, imagenet_parts, split_model
 
 __all__ = ["Predictor", "error_row", "iter_manifest", "load_predictor", "top_k_rows"]
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from tlearn._io import python_value as _py
 from tlearn._validation import check_option
 from tlearn.calibration import expected_calibration_error, softmax
 from tlearn.data.loader import check_images
@@ -14,7 +15,6 @@ from tlearn.data.targets import check_target_kind
 from tlearn.evaluation.metrics import compute_metrics
 from tlearn.evaluation.report import Report
 from tlearn.exceptions import DataError, UnknownClassError
-from tlearn.models import python_value as _py
 from tlearn.predictor import load_predictor
 
 __all__ = ["evaluate", "predict_proba_with_errors"]

@@ -19,8 +19,8 @@ from sklearn.metrics import (
     precision_recall_fscore_support,
 )
 
+from tlearn._io import python_value as _py
 from tlearn.calibration import ece_of, reliability
-from tlearn.models import python_value as _py
 
 __all__ = ["Metrics", "compute_metrics"]
 

@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 
 from tlearn._io import write_atomic
 from tlearn.evaluation.metrics import Metrics
-from tlearn.finetune.callbacks import plot_history
+from tlearn.plotting import plot_history
 
 __all__ = ["plot_confusion", "plot_history", "plot_reliability", "write_plots"]
 

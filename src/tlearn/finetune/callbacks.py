@@ -21,7 +21,7 @@ from typing import Any
 
 from torch import nn
 
-from tlearn._io import atomic_path, write_atomic
+from tlearn._io import atomic_path
 from tlearn._log import logger
 from tlearn.exceptions import CheckpointError
 from tlearn.finetune.checkpoint import (
@@ -33,6 +33,7 @@ from tlearn.finetune.checkpoint import (
 from tlearn.finetune.distributed import DistInfo, maybe_wrap
 from tlearn.finetune.loop import Classifier, LoopConfig, LoopState
 from tlearn.finetune.optim import set_trainable
+from tlearn.plotting import plot_history
 
 __all__ = [
     "BestWeights",
@@ -43,7 +44,6 @@ __all__ = [
     "ProgressLog",
     "Unfreeze",
     "default_callbacks",
-    "plot_history",
 ]
 
 
@@ -271,28 +271,3 @@ def default_callbacks(
     if info.launcher == "ray":  # after Checkpoint: it reports the file just written
         callbacks.append(RayTrainReport(cfg.checkpoint_dir, info))
     return [*callbacks, ProgressLog(cfg, info)]
-
-
-def plot_history(history: list[dict[str, float]], path: str | os.PathLike[str]) -> None:
-    """Loss and accuracy curves per epoch as a PNG (matplotlib's Figure API: no pyplot,
-    no global backend switch, safe from any thread)."""
-    import io
-
-    from matplotlib.figure import Figure
-
-    epochs = [h["epoch"] for h in history]
-    fig = Figure(figsize=(10, 4))
-    ax1, ax2 = fig.subplots(1, 2)
-    ax1.plot(epochs, [h["train_loss"] for h in history], "o-", label="train loss")
-    if any(not math.isnan(h["val_loss"]) for h in history):
-        ax1.plot(epochs, [h["val_loss"] for h in history], "o-", label="validation loss")
-        ax2.plot(epochs, [h["val_accuracy"] for h in history], "o-", color="C2")
-    ax1.set_xlabel("epoch")
-    ax1.set_title("loss")
-    ax1.legend()
-    ax2.set_xlabel("epoch")
-    ax2.set_title("validation accuracy")
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    write_atomic(path, buf.getvalue())

@@ -693,7 +693,7 @@ async def _run_images(
 
 
 def _predictions(service: Service, proba: Any, top_k: int) -> list[dict[str, Any]]:
-    from tlearn.models import python_value
+    from tlearn._io import python_value
 
     classes = service.predictor.classes
     order = (-proba).argsort(kind="stable")[:top_k]
