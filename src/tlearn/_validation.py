@@ -15,12 +15,13 @@ from dataclasses import dataclass
 from numbers import Integral, Real
 from typing import Any
 
-from tlearn.exceptions import InvalidParameterError
+from tlearn.exceptions import DataError, InvalidParameterError
 
 __all__ = [
     "Interval",
     "Options",
     "Predicate",
+    "check_labels",
     "check_option",
     "invalid_message",
     "validate_params",
@@ -187,3 +188,32 @@ def validate_params(
 def check_option(owner: str, name: str, value: Any, options: Iterable[Any]) -> None:
     """Shorthand for one parameter that must be one of ``options``."""
     validate_params(owner, {name: value}, {name: [Options(options)]})
+
+
+def check_labels(y: object, n_samples: int, *, min_per_class: int = 1) -> tuple[Any, Any]:
+    """Validate labels; return ``(classes, encoded y)``. Labels may be strings or ints."""
+    import numpy as np
+
+    if y is None:
+        raise DataError("y is required: one label per image")
+    y_arr = np.asarray(y)
+    if y_arr.ndim != 1:
+        raise DataError(f"y must be 1-d (one label per image), got shape {y_arr.shape}")
+    if len(y_arr) != n_samples:
+        raise DataError(f"X has {n_samples} images but y has {len(y_arr)} labels")
+    classes, encoded = np.unique(y_arr, return_inverse=True)
+    if len(classes) < 2:
+        raise DataError(
+            f"at least 2 classes are needed to train a classifier; got only "
+            f"{[c.item() if hasattr(c, 'item') else c for c in classes]}. Add a folder of "
+            "images for each other class"
+        )
+    counts = np.bincount(encoded)
+    small = [(classes[i], int(c)) for i, c in enumerate(counts) if c < min_per_class]
+    if small:
+        names = ", ".join(f"{str(c)!r} ({n})" for c, n in small[:10])
+        raise DataError(
+            f"class(es) with fewer than {min_per_class} images: {names}. Add images (at least "
+            f"{min_per_class} per class) or remove the class"
+        )
+    return classes, encoded.astype(np.int64)

@@ -17,7 +17,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.validation import check_is_fitted
 
-from tlearn._validation import Interval, Predicate, validate_params
+from tlearn._validation import Interval, Predicate, check_labels, validate_params
 from tlearn.backbones import DEFAULT_BACKBONE
 from tlearn.calibration import (
     crossfit_softmax,
@@ -36,7 +36,6 @@ __all__ = [
     "LinearProbe",
     "ScoresNamedTargets",
     "TunedHead",
-    "check_labels",
     "make_probe",
     "tune_block_heads",
     "tune_linear_head",
@@ -51,35 +50,6 @@ SEARCH_SAMPLES = 5_000
 #: Folds of nested cross-validation's inner search (each outer fold's C): 3 folds cost
 #: half of 5 and choose the same C but for noise (measured in benchmarks/honest.py).
 INNER_FOLDS = 3
-
-
-def check_labels(
-    y: object, n_samples: int, *, min_per_class: int = 1
-) -> tuple[np.ndarray, np.ndarray]:
-    """Validate labels; return ``(classes, encoded y)``. Labels may be strings or ints."""
-    if y is None:
-        raise DataError("y is required: one label per image")
-    y_arr = np.asarray(y)
-    if y_arr.ndim != 1:
-        raise DataError(f"y must be 1-d (one label per image), got shape {y_arr.shape}")
-    if len(y_arr) != n_samples:
-        raise DataError(f"X has {n_samples} images but y has {len(y_arr)} labels")
-    classes, encoded = np.unique(y_arr, return_inverse=True)
-    if len(classes) < 2:
-        raise DataError(
-            f"at least 2 classes are needed to train a classifier; got only "
-            f"{[c.item() if hasattr(c, 'item') else c for c in classes]}. Add a folder of "
-            "images for each other class"
-        )
-    counts = np.bincount(encoded)
-    small = [(classes[i], int(c)) for i, c in enumerate(counts) if c < min_per_class]
-    if small:
-        names = ", ".join(f"{str(c)!r} ({n})" for c, n in small[:10])
-        raise DataError(
-            f"class(es) with fewer than {min_per_class} images: {names}. Add images (at least "
-            f"{min_per_class} per class) or remove the class"
-        )
-    return classes, encoded.astype(np.int64)
 
 
 @dataclass

@@ -17,7 +17,7 @@ from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.validation import check_is_fitted
 
 from tlearn._log import ensure_handler
-from tlearn._validation import Interval, Options, validate_params
+from tlearn._validation import Interval, Options, check_labels, validate_params
 from tlearn.backbones import DEFAULT_BACKBONE, Backbone, load_backbone, state_dict_sha256
 from tlearn.calibration import expected_calibration_error, fit_temperature, softmax
 from tlearn.data.images import Preprocessing
@@ -29,7 +29,7 @@ from tlearn.finetune.callbacks import default_callbacks
 from tlearn.finetune.distributed import DistInfo, dist_info
 from tlearn.finetune.heldout import crossfit_epochs
 from tlearn.finetune.loop import Classifier, LoopConfig, LoopData, fit_loop
-from tlearn.probe import ScoresNamedTargets, check_labels
+from tlearn.probe import ScoresNamedTargets
 from tlearn.runtime import resolve_device
 from tlearn.runtime.engines import CALIBRATION_IMAGES, ENGINES
 
