@@ -30,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+from tlearn.backbones.policy import DEFAULT_BACKBONE as DEFAULT
+from tlearn.backbones.policy import SECOND_BACKBONES, SMALL_IMAGES, ensemble_backbone
 from tlearn.data.loader import median_short_side
 from tlearn.exceptions import DataError
 from tlearn.runtime.table import ENGINE_TABLE
@@ -40,10 +42,6 @@ __all__ = ["DEFAULT_TIME_BUDGET", "ensemble_backbone", "fit_auto", "probe_settin
 #: Eight minutes: `tlearn fit` on all 50,000 CIFAR-10 training images (and its test set)
 #: then takes no longer than the 8.8 minutes it took before --method auto.
 DEFAULT_TIME_BUDGET = 480.0
-SECOND_BACKBONES = ("efficientnet_lite2", "efficientnet_lite1")
-DEFAULT = "efficientnet_lite0"
-#: Images whose shorter side is below this are "small" (upsampled to the input).
-SMALL_IMAGES = 96
 
 
 def _seconds(s: float) -> str:
@@ -81,15 +79,6 @@ def feature_rate(params: dict[str, Any], X: np.ndarray, k: int = 128, fast_k: in
         est.extract(sample)
         best = min(best, time.perf_counter() - t0)
     return len(sample) / max(1e-6, best)
-
-
-def ensemble_backbone() -> str | None:
-    """The two largest embedded backbones installed, smaller first (it sets the input
-    size), as one ensemble name; ``None`` with fewer than two."""
-    from tlearn.backbones.weights import embedded_weights_file
-
-    installed = [n for n in (*SECOND_BACKBONES, DEFAULT) if embedded_weights_file(n)]
-    return "+".join(reversed(installed[:2])) if len(installed) >= 2 else None
 
 
 def probe_settings(small: bool, n: int, ensemble: str | None = None) -> list[dict[str, Any]]:

@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 from tlearn.backbones import load_backbone
+from tlearn.backbones.policy import DEFAULT_BACKBONE
 from tlearn.data.images import read_bytes
 from tlearn.features import PretrainedFeatures
 from tlearn.runtime import resolve_device
@@ -80,7 +81,7 @@ def naive_loop(
 
 def run_bench(
     paths: Sequence[str],
-    backbone: str = "efficientnet_lite0",
+    backbone: str = DEFAULT_BACKBONE,
     engines: Sequence[str] | None = None,
     batch_size: int = 32,
     image_size: int | None = None,

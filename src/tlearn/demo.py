@@ -15,6 +15,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from tlearn.backbones.policy import DEFAULT_BACKBONE
 from tlearn.data import fetch_fashion_mnist, subsample_per_class
 from tlearn.inference import iter_predictions
 from tlearn.persistence import load, save
@@ -55,7 +56,7 @@ def run_demo(
     )
 
     t0 = time.perf_counter()
-    probe = LinearProbe("efficientnet_lite0", random_state=seed, verbose=1)
+    probe = LinearProbe(DEFAULT_BACKBONE, random_state=seed, verbose=1)
     probe.fit(X_train, y_train)
     probe_acc = float(probe.score(X_test, y_test))
     console.print(

@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING
 from tlearn._lazy import lazy_exports
 
 if TYPE_CHECKING:
+    from tlearn.backbones.policy import DEFAULT_BACKBONE
     from tlearn.backbones.registry import (
-        DEFAULT_BACKBONE,
         Backbone,
         build_backbone,
         list_backbones,
@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from tlearn.backbones.weights import is_online, state_dict_sha256
 
 _WHERE = {
-    "DEFAULT_BACKBONE": "tlearn.backbones.registry",
+    "DEFAULT_BACKBONE": "tlearn.backbones.policy",
     "Backbone": "tlearn.backbones.registry",
     "build_backbone": "tlearn.backbones.registry",
     "list_backbones": "tlearn.backbones.registry",

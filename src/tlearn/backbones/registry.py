@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from tlearn.backbones.policy import DEFAULT_BACKBONE
 from tlearn.backbones.weights import (
     EMBEDDED,
     embedded_weights_file,
@@ -38,7 +39,6 @@ __all__ = [
     "resolve_name",
 ]
 
-DEFAULT_BACKBONE = "efficientnet_lite0"
 PRETRAINED = "pretrained"
 
 

@@ -286,10 +286,8 @@ def _label_views(
 
 def _label_backbones(names: Sequence[str] | str, feature_params: dict[str, Any]) -> list[str]:
     """``names``, with ``"auto"`` resolved (see :func:`inspect`)."""
-    from tlearn.automl import SECOND_BACKBONES
-    from tlearn.backbones import DEFAULT_BACKBONE
+    from tlearn.backbones.policy import DEFAULT_BACKBONE, second_backbone
     from tlearn.backbones.registry import resolve_name
-    from tlearn.backbones.weights import embedded_weights_file
 
     if isinstance(names, str) and names != "auto":
         names = [names]  # one name, not its letters
@@ -300,7 +298,8 @@ def _label_backbones(names: Sequence[str] | str, feature_params: dict[str, Any])
         resolve_name(main) != resolve_name(DEFAULT_BACKBONE)
     ):
         return []
-    return [n for n in SECOND_BACKBONES if embedded_weights_file(n) is not None][:1]
+    second = second_backbone()
+    return [second] if second is not None else []
 
 
 def _load_backbones(feature_params: dict[str, Any], label_backbones: Sequence[str]) -> None:

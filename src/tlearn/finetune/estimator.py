@@ -18,7 +18,8 @@ from sklearn.utils.validation import check_is_fitted
 
 from tlearn._log import ensure_handler
 from tlearn._validation import Interval, Options, check_labels, validate_params
-from tlearn.backbones import DEFAULT_BACKBONE, Backbone, load_backbone, state_dict_sha256
+from tlearn.backbones import Backbone, load_backbone, state_dict_sha256
+from tlearn.backbones.policy import DEFAULT_BACKBONE, SMALL_IMAGES, SMALL_INPUT
 from tlearn.calibration import expected_calibration_error, fit_temperature, softmax
 from tlearn.data.images import Preprocessing
 from tlearn.data.loader import ImageInput, check_images, iter_batches, median_short_side
@@ -36,10 +37,6 @@ from tlearn.runtime.engines import CALIBRATION_IMAGES, ENGINES
 __all__ = ["STRATEGIES", "FineTuneClassifier", "refit_on_all"]
 
 STRATEGIES = ("head", "full", "partial", "lp-ft")
-#: Images whose shorter side is below SMALL_IMAGES train at SMALL_INPUT pixels by default:
-#: lp-ft on CIFAR-10 (500/class, 6 epochs) reached 77.0% at 128 px in 7.5 minutes on two
-#: cores, where 224 px costs three times as long.
-SMALL_IMAGES, SMALL_INPUT = 96, 128
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
