@@ -263,3 +263,23 @@ def test_a_missing_engine_runtime_is_worded_as_every_missing_extra(monkeypatch):
     assert why == (
         "engine='onnxruntime' needs onnxruntime, which is not installed: pip install 'tlearn[onnx]'"
     )
+
+
+def test_the_doctors_issue_types_come_from_the_one_table():
+    """docs/doctor.md's table names every issue type of tlearn.doctor.issues once, with
+    its default threshold; the clean CSV leaves out exactly the types the table says."""
+    from tlearn.doctor.issues import ISSUE_TYPES, ISSUES, LEFT_OUT
+
+    page = (ROOT / "docs" / "doctor.md").read_text()
+    table = page.split("| issue | how | default threshold |", 1)[1].split("\n\n", 1)[0]
+    named: dict[str, str] = {}
+    for line in table.strip().splitlines()[1:]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        for name in cells[0].split("(")[0].split(","):  # "near_duplicate, leakage (...)"
+            named[name.strip()] = cells[-1]
+    assert sorted(named) == sorted(ISSUES)
+    for name, issue in ISSUES.items():
+        if issue.threshold is not None and name != "outlier":  # outlier: "Q3 + 3 IQR"
+            assert f"{issue.threshold:g}" in named[name], (name, named[name])
+    assert list(ISSUE_TYPES) == list(ISSUES)
+    assert set(LEFT_OUT) == {"unreadable", "exact_duplicate", "near_duplicate", "label_issue"}

@@ -24,28 +24,14 @@ from tlearn.doctor.duplicates import (
     pixel_hash,
     thumbnail,
 )
+from tlearn.doctor.issues import IMBALANCE, ISSUE_TYPES, OUTLIER_IQR
 from tlearn.doctor.labels import find_label_issues, label_quality, out_of_fold_proba
 from tlearn.doctor.quality import THRESHOLDS, image_properties, quality_scores
 from tlearn.exceptions import DataError
 
 __all__ = ["ISSUE_TYPES", "Findings", "inspect"]
 
-#: Every issue type, in report order, with what it means.
-ISSUE_TYPES = {
-    "unreadable": "the file cannot be decoded (the reason is given)",
-    "exact_duplicate": "the same decoded pixels as the partner image",
-    "near_duplicate": "the same shot as the partner (resized, re-encoded, recoloured...)",
-    "leakage": "a test image with a near or exact duplicate in the training set",
-    "label_issue": "confidently predicted (out of fold) as another class",
-    "outlier": "far from its own class in feature space",
-    "class_imbalance": "a class with under a fifth of the median class's images in a split",
-    **{name: f"image quality: {name.replace('_', ' ')}" for name in THRESHOLDS},
-}
 COLUMNS = ("path", "split", "issue", "score", "partner", "given_label", "suggested_label")
-#: An image is an outlier when its distance to its class centre is above Q3 + 3 IQR of
-#: its class's distances (the rule cleanvision uses for odd sizes).
-OUTLIER_IQR = 3.0
-IMBALANCE = 0.2
 
 
 @dataclass

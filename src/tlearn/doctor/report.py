@@ -11,14 +11,12 @@ import os
 from pathlib import Path
 from typing import Any
 
-from tlearn.doctor.core import ISSUE_TYPES, Findings
+from tlearn.doctor.core import Findings
+from tlearn.doctor.issues import ISSUE_TYPES, ISSUES, LEFT_OUT
 from tlearn.exceptions import ImageReadError
 
 __all__ = ["LEFT_OUT", "write_clean", "write_report"]
 
-#: Issue types whose images the clean CSV leaves out (one copy of each duplicate stays);
-#: quality issues and outliers are reported but kept: they are often valid images.
-LEFT_OUT = ("unreadable", "exact_duplicate", "near_duplicate", "label_issue")
 GALLERY_MAX = 60
 THUMB_SIDE = 112
 
@@ -45,9 +43,10 @@ def write_clean(
     for row in findings.rows:
         if row["split"] != "train" or row["issue"] not in LEFT_OUT:
             continue
-        if row["issue"] == "label_issue" and relabel:
+        clean = ISSUES[row["issue"]].clean
+        if clean == "relabel" and relabel:
             new_label[row["path"]] = row["suggested_label"]
-        elif row["issue"] in ("exact_duplicate", "near_duplicate"):
+        elif clean == "one":
             groups.join(row["path"], row["partner"])
         else:
             drop.add(row["path"])
