@@ -24,6 +24,7 @@ from tlearn.exceptions import ModelFileError
 from tlearn.features import PretrainedFeatures
 from tlearn.finetune import FineTuneClassifier
 from tlearn.finetune.estimator import refit_on_all
+from tlearn.multilabel import MultiLabelProbe
 from tlearn.probe import LinearProbe, nominal_C
 from tlearn.runtime.engines import Engine
 
@@ -89,6 +90,9 @@ class ModelKind:
     #: its files before 0.2 kept its parameters in ``head.params`` (the feature
     #: extractor's in ``backbone.params``), not in ``params``
     params_in_head_before_0_2: bool = False
+    #: how its head's scores become probabilities: ``"softmax"`` (one label per image,
+    #: they sum to 1) or ``"sigmoid"`` (each label on its own: multi-label)
+    activation: str = "softmax"
 
 
 MODEL_KINDS: dict[str, ModelKind] = {}
@@ -479,6 +483,96 @@ register_model_kind(
         from_file=_pipeline_from_file,
         is_fitted=lambda m: hasattr(m.steps[-1][1], "classes_"),
         classes=lambda m: m[-1].classes_,
+    )
+)
+
+
+# -- multi-label: one calibrated logistic regression per label ----------------------------
+_MULTILABEL = ("head.coef", "head.intercept", "head.slope", "head.offset", "head.thresholds")
+
+
+def _multilabel_to_file(model: MultiLabelProbe) -> tuple[dict[str, Array], dict[str, Any]]:
+    arrays = {
+        "head.coef": model.coef_,
+        "head.intercept": model.intercept_,
+        "head.slope": model.calibration_slope_,
+        "head.offset": model.calibration_offset_,
+        "head.thresholds": model.thresholds_,
+        "head.scaler_mean": model.scaler_.mean_,
+        "head.scaler_scale": model.scaler_.scale_,
+        "head.scaler_var": model.scaler_.var_,
+    }
+    meta = {"type": "one_vs_rest_logistic", "C": model.C_, "cv_results": model.cv_results_}
+    return arrays, meta
+
+
+def _check_multilabel_file(
+    head: dict[str, Any], shapes: dict[str, tuple[int, ...]], n_classes: int
+) -> int:
+    _need(STRENGTHS.is_satisfied_by(head.get("C")), "head.C", str(STRENGTHS), head.get("C"))
+    _dict(head, "cv_results")
+    n_features = _tensor(shapes, "head.coef", (n_classes, None))
+    for name in _MULTILABEL[1:]:
+        _tensor(shapes, name, (n_classes,))
+    for name in _SCALER:
+        _tensor(shapes, name, (n_features,))
+    _only(shapes, {*_MULTILABEL, *_SCALER})
+    return n_features
+
+
+def _multilabel_from_file(
+    head: dict[str, Any],
+    arrays: dict[str, Array],
+    features: PretrainedFeatures,
+    classes: Array,
+    params: dict[str, Any],
+) -> MultiLabelProbe:
+    from sklearn.preprocessing import StandardScaler
+
+    thresholds = arrays["head.thresholds"]
+    if not ((thresholds >= 0) & (thresholds <= 1)).all():
+        raise ValueError("the tensor 'head.thresholds' must hold probabilities in [0, 1]")
+    model = MultiLabelProbe(**params)
+    scaler = StandardScaler()
+    scaler.mean_, scaler.scale_ = arrays["head.scaler_mean"], arrays["head.scaler_scale"]
+    scaler.var_, scaler.n_features_in_ = arrays["head.scaler_var"], len(arrays["head.scaler_mean"])
+    scaler.n_samples_seen_ = np.int64(0)
+    if not (scaler.scale_ > 0).all():
+        raise ValueError("the tensor 'head.scaler_scale' must be positive")
+    model.features_, model.classes_, model.scaler_ = features, classes, scaler
+    model.coef_, model.intercept_ = arrays["head.coef"], arrays["head.intercept"]
+    model.calibration_slope_, model.calibration_offset_ = (
+        arrays["head.slope"],
+        arrays["head.offset"],
+    )
+    model.thresholds_, model.C_ = thresholds, float(head["C"])
+    model.cv_results_, model.skipped_ = head.get("cv_results", {}), []
+    model.n_features_in_ = model.coef_.shape[1]
+    return model
+
+
+def _multilabel_linear(model: MultiLabelProbe) -> tuple[Array, Array]:
+    """The calibrated log odds as one linear layer on the raw features."""
+    a, c = model.calibration_slope_[:, None], model.calibration_offset_
+    coef = model.coef_ / model.scaler_.scale_ * a
+    intercept = model.intercept_ - (model.scaler_.mean_ / model.scaler_.scale_) @ model.coef_.T
+    return coef, intercept * model.calibration_slope_ + c
+
+
+register_model_kind(
+    ModelKind(
+        name="multilabel_probe",
+        matches=lambda m: isinstance(m, MultiLabelProbe),
+        features=lambda m: m.features_,
+        head=lambda m: m.predict_proba_features,
+        linear_head=_multilabel_linear,
+        to_file=_multilabel_to_file,
+        check_file=_check_multilabel_file,
+        from_file=_multilabel_from_file,
+        is_fitted=lambda m: hasattr(m, "coef_"),
+        estimator=MultiLabelProbe,
+        heldout=lambda m: (m.heldout_proba_, m.heldout_method_),
+        activation="sigmoid",
     )
 )
 

@@ -1,0 +1,343 @@
+"""Multi-label classification on frozen features: several labels per image (a dog *and* a
+person), or none.
+
+:class:`MultiLabelProbe` fits one logistic regression per label on the shared, standardised
+features (one-vs-rest), with one ``C`` chosen by k-fold cross-validation on the mean of the
+per-label log losses; each label's probabilities are calibrated on its out-of-fold scores
+(Platt scaling: a slope and an offset per label), and each label gets its own decision
+threshold, chosen on the calibrated out-of-fold probabilities (best F1 by default, or a
+target precision or recall: ``threshold_for="precision=0.9"``).
+
+Labels come as scikit-learn's indicator matrix ``(n_samples, n_labels)`` of 0/1, or as one
+collection of labels per image (``[["dog", "person"], ["cat"], []]``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from numbers import Integral
+from typing import Any
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import KFold
+from sklearn.preprocessing import StandardScaler
+from sklearn.utils.validation import check_is_fitted
+
+from tlearn._validation import Interval, Predicate, validate_params
+from tlearn.backbones.policy import DEFAULT_BACKBONE
+from tlearn.data.loader import check_images
+from tlearn.exceptions import DataError
+from tlearn.features import ForwardsFeatureParams, PretrainedFeatures
+from tlearn.probe import one_blas_thread
+from tlearn.runtime import resolve_device
+
+__all__ = ["MULTILABEL_CS", "MultiLabelProbe", "check_multilabel", "choose_thresholds"]
+
+#: C values tried by default: each costs one fit per label and fold.
+MULTILABEL_CS = tuple(float(c) for c in np.logspace(-4, 1, 6))
+_TARGET = re.compile(r"^(f1|(precision|recall)=(0?\.\d+|1(\.0*)?))$")
+
+
+def check_multilabel(Y: Any, n_samples: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(classes, indicator matrix)`` of multi-label targets: an indicator matrix of 0/1
+    (classes ``0..n_labels-1``, scikit-learn's convention) or one collection of labels per
+    image (classes sorted). Images with no label are allowed."""
+    if Y is None:
+        raise DataError("Y is required: the labels of each image (an indicator matrix or lists)")
+    if len(Y) != n_samples:
+        raise DataError(f"X has {n_samples} images but Y has {len(Y)} rows of labels")
+    if _is_matrix(Y):
+        M = np.asarray(Y)
+        if not np.isin(M, (0, 1)).all():
+            raise DataError("an indicator matrix holds only 0 and 1 (1: the image has the label)")
+        return np.arange(M.shape[1]), M.astype(np.int8)
+    rows = []
+    for i, labels in enumerate(Y):
+        if isinstance(labels, (str, bytes)) or not hasattr(labels, "__iter__"):
+            raise DataError(
+                f"row {i} of Y is {labels!r}: give each image a list of labels "
+                "(['dog', 'person'], or [] for none) or an indicator matrix"
+            )
+        rows.append(set(labels))
+    classes = np.array(sorted(set().union(*rows), key=str), dtype=object)
+    if len(classes) == 0:
+        raise DataError("no image has a label: multi-label training needs at least one")
+    index = {c: j for j, c in enumerate(classes)}
+    M = np.zeros((n_samples, len(classes)), np.int8)
+    for i, labels in enumerate(rows):
+        M[i, [index[c] for c in labels]] = 1
+    return classes, M
+
+
+def _is_matrix(Y: Any) -> bool:
+    try:
+        M = np.asarray(Y)
+    except ValueError:  # ragged lists
+        return False
+    return M.ndim == 2 and M.shape[1] > 0 and np.issubdtype(M.dtype, np.number)
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * z))  # stable for large |z|
+
+
+def _log_loss(p: np.ndarray, y: np.ndarray) -> float:
+    p = np.clip(p, 1e-7, 1 - 1e-7)
+    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+
+
+def _fit_label(F: np.ndarray, y: np.ndarray, C: float, max_iter: int) -> tuple[np.ndarray, float]:
+    """One label's logistic regression on standardised features: ``(coef, intercept)``;
+    a label constant on these images gets the prior's log odds and no weights."""
+    if y.min() == y.max():
+        prior = np.clip(y.mean(), 1e-3, 1 - 1e-3)
+        return np.zeros(F.shape[1]), float(np.log(prior / (1 - prior)))
+    clf = LogisticRegression(C=C, max_iter=max_iter).fit(F, y)
+    return clf.coef_[0], float(clf.intercept_[0])
+
+
+def _fit_all(
+    F: np.ndarray, Y: np.ndarray, C: float, max_iter: int
+) -> tuple[np.ndarray, np.ndarray]:
+    fitted = [_fit_label(F, Y[:, j], C, max_iter) for j in range(Y.shape[1])]
+    return np.stack([c for c, _ in fitted]), np.array([b for _, b in fitted])
+
+
+def _platt(scores: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Slope and offset mapping one label's scores to calibrated log odds."""
+    if y.min() == y.max():
+        return 1.0, 0.0
+    clf = LogisticRegression(C=1e4, max_iter=1000).fit(scores[:, None], y)
+    return float(clf.coef_[0, 0]), float(clf.intercept_[0])
+
+
+def _best_threshold(p: np.ndarray, y: np.ndarray, target: str) -> float:
+    """The threshold on one label's probabilities that meets ``target`` ("f1", or
+    "precision=x" at the most recall, or "recall=x" at the most precision)."""
+    if y.sum() == 0:
+        return 1.0  # never seen positive: predict it only when certain
+    order = np.argsort(-p, kind="stable")
+    ps, ys = p[order], y[order]
+    tp = np.cumsum(ys)
+    k = np.arange(1, len(ys) + 1)
+    last = np.r_[ps[1:] != ps[:-1], True]  # thresholds between distinct values only
+    precision, recall = tp / k, tp / ys.sum()
+    if target == "f1":
+        score = np.where(last, 2 * tp / (k + ys.sum()), -1.0)
+    else:
+        what, value = target.split("=")
+        goal = float(value)
+        ok = last & ((precision if what == "precision" else recall) >= goal)
+        if not ok.any():
+            ok = last & (precision == precision[last].max())
+        score = np.where(ok, recall if what == "precision" else precision, -1.0)
+        score = score + 1e-9 * (k if what == "precision" else -k)  # ties: more recall
+    i = int(np.argmax(score))
+    below = ps[i + 1] if i + 1 < len(ps) else 0.0
+    return float((ps[i] + below) / 2)
+
+
+def choose_thresholds(P: np.ndarray, Y: np.ndarray, target: str = "f1") -> np.ndarray:
+    """One threshold per label on held-out probabilities ``P`` for targets ``Y``."""
+    return np.array([_best_threshold(P[:, j], Y[:, j], target) for j in range(Y.shape[1])])
+
+
+class MultiLabelProbe(ForwardsFeatureParams, ClassifierMixin, BaseEstimator):
+    """Multi-label image classifier: pretrained features -> StandardScaler -> one logistic
+    regression per label, calibrated per label, with a threshold per label.
+
+    Parameters
+    ----------
+    backbone, weights, image_size, crop, pooling, flip_average
+        Passed to :class:`PretrainedFeatures`: which features.
+    batch_size, device, n_workers, cache_dir, on_error, engine
+        Passed to :class:`PretrainedFeatures`: how they are computed.
+    Cs : sequence of float, optional
+        Inverse regularisation strengths to try (one for every label); default
+        :data:`MULTILABEL_CS`.
+    cv : int, default=5
+        Folds (shuffled) for choosing C, calibrating and choosing the thresholds.
+    max_iter : int, default=1000
+    threshold_for : str, default="f1"
+        What each label's threshold maximises on the held-out probabilities: ``"f1"``, or
+        ``"precision=0.9"`` (the most recall at that precision) or ``"recall=0.9"``.
+    random_state : int, default=0
+    verbose : int, default=0
+
+    Attributes
+    ----------
+    classes_ : ndarray of shape (n_labels,)
+    features_, scaler_ : the fitted feature extractor and scaler
+    coef_ : ndarray of shape (n_labels, n_features)
+    intercept_, calibration_slope_, calibration_offset_, thresholds_ : ndarray (n_labels,)
+    C_ : float
+    cv_results_ : dict
+        ``C`` and ``mean_log_loss`` (mean over labels and folds) for each value tried.
+    oof_proba_, heldout_proba_ : ndarray of shape (n_samples, n_labels)
+        Calibrated out-of-fold probabilities (the held-out estimate: each label's
+        calibration is cross-fitted between two halves of the images).
+    heldout_method_ : str
+    """
+
+    _parameter_constraints: dict[str, list[Any]] = {
+        **PretrainedFeatures._parameter_constraints,
+        "Cs": [
+            Predicate(
+                lambda v: len(v) > 0 and all(float(c) > 0 for c in v),
+                "a non-empty list of positive floats",
+            ),
+            None,
+        ],
+        "cv": [Interval(Integral, 2, None)],
+        "max_iter": [Interval(Integral, 1, None)],
+        "threshold_for": [
+            Predicate(
+                lambda v: isinstance(v, str) and bool(_TARGET.match(v)),
+                "'f1', 'precision=0.9' or 'recall=0.9' (a value in (0, 1])",
+            )
+        ],
+        "random_state": ["random_state", None],
+    }
+
+    def __init__(
+        self,
+        backbone: str = DEFAULT_BACKBONE,
+        *,
+        weights: str | os.PathLike[str] | None = "pretrained",
+        image_size: int | None = None,
+        crop: str = "auto",
+        pooling: str = "auto",
+        flip_average: bool = True,
+        Cs: tuple[float, ...] | list[float] | None = None,
+        cv: int = 5,
+        max_iter: int = 1000,
+        threshold_for: str = "f1",
+        batch_size: int = 64,
+        device: str = "auto",
+        n_workers: int | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+        on_error: str = "raise",
+        engine: str = "auto",
+        random_state: int | None = 0,
+        verbose: int = 0,
+    ) -> None:
+        self.backbone = backbone
+        self.weights = weights
+        self.image_size = image_size
+        self.crop = crop
+        self.pooling = pooling
+        self.flip_average = flip_average
+        self.Cs = Cs
+        self.cv = cv
+        self.max_iter = max_iter
+        self.threshold_for = threshold_for
+        self.batch_size = batch_size
+        self.device = device
+        self.n_workers = n_workers
+        self.cache_dir = cache_dir
+        self.on_error = on_error
+        self.engine = engine
+        self.random_state = random_state
+        self.verbose = verbose
+
+    def _make_features(self) -> PretrainedFeatures:
+        params = PretrainedFeatures().get_params()
+        return PretrainedFeatures(**{k: getattr(self, k) for k in params})
+
+    def fit(self, X: object, Y: object) -> MultiLabelProbe:
+        """Compute features, choose ``C`` by cross-validation, calibrate each label and
+        choose its threshold on the out-of-fold probabilities, refit on everything."""
+        validate_params(type(self).__name__, self.get_params(), self._parameter_constraints)
+        resolve_device(self.device)
+        classes, M = check_multilabel(Y, len(check_images(X)))
+        features = self._make_features().fit(X)
+        F, self.skipped_ = features.extract(X)
+        ok = ~np.isnan(F).any(axis=1)
+        if ok.sum() < self.cv:
+            raise DataError(f"{int(ok.sum())} readable images; cv={self.cv} needs at least that")
+        with one_blas_thread():
+            self._fit_head(F[ok], M[ok], np.flatnonzero(ok), len(F))
+        self.classes_, self.features_, self.n_features_in_ = classes, features, F.shape[1]
+        return self
+
+    def _fit_head(self, F: np.ndarray, M: np.ndarray, rows: np.ndarray, n: int) -> None:
+        scaler = StandardScaler().fit(F)
+        Z = scaler.transform(F)
+        folds = list(KFold(self.cv, shuffle=True, random_state=self.random_state).split(Z))
+        Cs = MULTILABEL_CS if self.Cs is None else tuple(float(c) for c in self.Cs)
+        results, best = [], None
+        for C in Cs:
+            scores = np.empty(M.shape, np.float64)
+            for train, test in folds:
+                coef, b = _fit_all(Z[train], M[train], C, self.max_iter)
+                scores[test] = Z[test] @ coef.T + b
+            loss = float(np.mean([_log_loss(_sigmoid(scores[:, j]), M[:, j])
+                                  for j in range(M.shape[1])]))  # fmt: skip
+            results.append({"C": C, "mean_log_loss": loss})
+            if best is None or loss < best[0]:
+                best = (loss, C, scores)
+        assert best is not None
+        _, self.C_, oof = best
+        self.cv_results_ = {"C": [r["C"] for r in results],
+                            "mean_log_loss": [r["mean_log_loss"] for r in results]}  # fmt: skip
+        platt = [_platt(oof[:, j], M[:, j]) for j in range(M.shape[1])]
+        self.calibration_slope_ = np.array([a for a, _ in platt])
+        self.calibration_offset_ = np.array([c for _, c in platt])
+        oof_p = _sigmoid(oof * self.calibration_slope_ + self.calibration_offset_)
+        self.thresholds_ = choose_thresholds(oof_p, M, self.threshold_for)
+        self.scaler_ = scaler
+        self.coef_, self.intercept_ = _fit_all(Z, M, self.C_, self.max_iter)
+        self.oof_proba_ = np.full((n, M.shape[1]), np.nan)
+        self.oof_proba_[rows] = oof_p
+        self.heldout_proba_ = np.full((n, M.shape[1]), np.nan)
+        self.heldout_proba_[rows] = self._crossfit(oof, M)
+        self.heldout_method_ = (
+            f"{self.cv}-fold out-of-fold probabilities (C chosen on them among {len(Cs)}; "
+            "each label's calibration cross-fitted between two halves)"
+        )
+
+    def _crossfit(self, scores: np.ndarray, M: np.ndarray) -> np.ndarray:
+        half = np.random.default_rng(self.random_state).permutation(len(M)) % 2 == 0
+        out = np.empty(M.shape)
+        for part in (half, ~half):
+            for j in range(M.shape[1]):
+                a, c = _platt(scores[~part, j], M[~part, j]) if (~part).any() else (1.0, 0.0)
+                out[part, j] = _sigmoid(a * scores[part, j] + c)
+        return out
+
+    def decision_function_features(self, F: np.ndarray) -> np.ndarray:
+        """Calibrated log odds ``(n, n_labels)`` from precomputed features."""
+        check_is_fitted(self, "coef_")
+        z = self.scaler_.transform(F) @ self.coef_.T + self.intercept_
+        return np.asarray(z * self.calibration_slope_ + self.calibration_offset_)
+
+    def predict_proba_features(self, F: np.ndarray) -> np.ndarray:
+        """Each label's calibrated probability ``(n, n_labels)`` from features."""
+        return _sigmoid(self.decision_function_features(F))
+
+    def predict_proba(self, X: object) -> np.ndarray:
+        """Each label's calibrated probability ``(n_samples, n_labels)``, columns in
+        ``classes_`` order (they need not sum to 1)."""
+        check_is_fitted(self, "coef_")
+        return self.predict_proba_features(self.features_.transform(X))
+
+    def predict(self, X: object) -> np.ndarray:
+        """The indicator matrix ``(n_samples, n_labels)``: 1 where a label's probability
+        reaches its threshold."""
+        return (self.predict_proba(X) >= self.thresholds_).astype(np.int8)
+
+    def score(self, X: object, Y: object, sample_weight: object = None) -> float:
+        """Macro-averaged F1 of :meth:`predict` against ``Y``."""
+        from sklearn.metrics import f1_score
+
+        _, M = check_multilabel(Y, len(check_images(X)))
+        return float(f1_score(M, self.predict(X), average="macro", zero_division=0))
+
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()
+        tags.input_tags.two_d_array = False
+        tags.target_tags.multi_output = True
+        return tags

@@ -1,0 +1,133 @@
+"""Multi-label classification (issue 28): labels as lists or an indicator matrix, one
+threshold per label chosen for its target, and the probe on mosaics of real CIFAR-10
+photos (1-4 classes each) against a hand-written scikit-learn one-vs-rest baseline, saved
+and loaded bit for bit, pickled, and predicting the same from threads."""
+
+from __future__ import annotations
+
+import importlib.util
+import pickle
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tlearn.exceptions import DataError
+from tlearn.multilabel import MultiLabelProbe, check_multilabel, choose_thresholds
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_labels_as_lists_or_an_indicator_matrix():
+    classes, M = check_multilabel([["dog", "person"], ["cat"], []], 3)
+    assert list(classes) == ["cat", "dog", "person"]
+    assert M.tolist() == [[0, 1, 1], [1, 0, 0], [0, 0, 0]]  # an image with no label: all 0
+    classes, M = check_multilabel(np.array([[1, 0], [0, 0], [1, 1]]), 3)
+    assert list(classes) == [0, 1] and M.tolist() == [[1, 0], [0, 0], [1, 1]]
+    with pytest.raises(DataError, match="only 0 and 1"):
+        check_multilabel(np.array([[2, 0], [0, 1]]), 2)
+    with pytest.raises(DataError, match="row 1 of Y is 'cat'"):
+        check_multilabel([["dog"], "cat"], 2)
+    with pytest.raises(DataError, match="3 images but Y has 2"):
+        check_multilabel([["dog"], ["cat"]], 3)
+    with pytest.raises(DataError, match="no image has a label"):
+        check_multilabel([[], []], 2)
+
+
+def test_each_threshold_meets_its_target():
+    rng = np.random.default_rng(0)
+    Y = (rng.random((400, 3)) < [0.1, 0.4, 0.7]).astype(int)
+    P = np.clip(Y * 0.35 + rng.random((400, 3)) * 0.65, 0, 1)
+    best = choose_thresholds(P, Y, "f1")
+    for j in range(3):  # best F1 over every cut, brute force
+        cuts = np.unique(P[:, j])
+        f1s = [2 * (Y[P[:, j] >= t, j].sum()) / ((P[:, j] >= t).sum() + Y[:, j].sum())
+               for t in cuts]  # fmt: skip
+        got = P[:, j] >= best[j]
+        f1 = 2 * Y[got, j].sum() / (got.sum() + Y[:, j].sum())
+        assert f1 == pytest.approx(max(f1s))
+    strict = choose_thresholds(P, Y, "precision=0.9")
+    for j in range(3):  # the most recall of any cut at precision 0.9 or more
+        got = P[:, j] >= strict[j]
+        assert Y[got, j].mean() >= 0.9 and got.any()
+        recalls = [Y[P[:, j] >= t, j].sum() for t in np.unique(P[:, j])
+                   if Y[P[:, j] >= t, j].mean() >= 0.9]  # fmt: skip
+        assert Y[got, j].sum() == max(recalls)
+    assert choose_thresholds(P, np.zeros_like(Y), "f1").tolist() == [1.0] * 3
+    with pytest.raises(Exception, match="precision=0.9"):
+        MultiLabelProbe(threshold_for="precision=90").fit(["a.jpg"] * 5, [["a"]] * 5)
+
+
+def _mosaics_module():
+    spec = importlib.util.spec_from_file_location(
+        "multilabel_mosaics", ROOT / "benchmarks" / "multilabel_mosaics.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def mosaics(cifar_zip, tmp_path_factory):
+    bench = _mosaics_module()
+    root = tmp_path_factory.mktemp("mosaics")
+    X, labels = bench.make_mosaics(cifar_zip, "train", 240, root / "train", seed=0)
+    X_test, labels_test = bench.make_mosaics(cifar_zip, "test", 120, root / "test", seed=1)
+    return bench, X, labels, X_test, labels_test
+
+
+@pytest.fixture(scope="module")
+def probe(mosaics):
+    _, X, labels, _, _ = mosaics
+    return MultiLabelProbe(image_size=96, engine="torch").fit(X, labels)
+
+
+@pytest.mark.needs_data
+def test_at_least_as_good_as_a_hand_written_one_vs_rest_on_real_photos(mosaics, probe):
+    bench, X, labels, X_test, labels_test = mosaics
+    classes, Y = check_multilabel(labels, len(X))
+    Y_test = np.array([[c in row for c in classes] for row in labels_test], dtype=np.int8)
+    P = probe.predict_proba(X_test)
+    ours = bench.multilabel_metrics(Y_test, P, probe.predict(X_test))
+    F, _ = probe.features_.extract(X)
+    F_test, _ = probe.features_.extract(X_test)
+    P_b, pred_b = bench.baseline(F, Y, F_test)
+    theirs = bench.multilabel_metrics(Y_test, P_b, pred_b)
+    print({"tlearn": ours, "baseline": theirs})
+    assert ours["mAP"] > 0.5  # ten classes, 1-4 per mosaic (2.5 on average): chance 0.25
+    assert ours["mAP"] >= theirs["mAP"] - 0.02  # the same model family: ranking alike
+    assert ours["macro_f1"] >= theirs["macro_f1"]  # thresholds per label, not 0.5
+    heldout = probe.heldout_proba_
+    assert heldout.shape == Y.shape and not np.isnan(heldout).any()
+
+
+@pytest.mark.needs_data
+def test_saved_pickled_and_threaded_it_predicts_the_same(mosaics, probe, tmp_path):
+    from safetensors.torch import load_file
+
+    from tlearn import load, save
+    from tlearn.models import model_kind
+
+    _, _, _, X_test, _ = mosaics
+    P = probe.predict_proba(X_test[:16])
+    path = save(probe, tmp_path / "multi.safetensors")
+    loaded = load(path)
+    assert np.array_equal(loaded.predict_proba(X_test[:16]), P)
+    assert np.array_equal(loaded.thresholds_, probe.thresholds_)
+    assert list(loaded.classes_) == list(probe.classes_)
+    again_path = save(loaded, tmp_path / "again.safetensors")  # every tensor bit for bit
+    first, second = load_file(path), load_file(again_path)
+    assert first.keys() == second.keys()
+    assert all(np.array_equal(first[k].numpy(), second[k].numpy()) for k in first)
+    again = pickle.loads(pickle.dumps(probe))
+    assert np.array_equal(again.predict(X_test[:16]), probe.predict(X_test[:16]))
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: probe.predict_proba(X_test[:16]), range(8)))
+    assert all(np.array_equal(r, P) for r in results)
+    kind = model_kind(probe)
+    assert kind.activation == "sigmoid"
+    W, b = kind.linear_head(probe)
+    F = probe.features_.transform(X_test[:16])
+    logits = F @ W.T + b
+    np.testing.assert_allclose(1 / (1 + np.exp(-logits)), P, rtol=1e-5, atol=1e-6)
