@@ -131,3 +131,23 @@ def test_saved_pickled_and_threaded_it_predicts_the_same(mosaics, probe, tmp_pat
     F = probe.features_.transform(X_test[:16])
     logits = F @ W.T + b
     np.testing.assert_allclose(1 / (1 + np.exp(-logits)), P, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.needs_data
+def test_interfaces_for_one_label_refuse_it_in_one_line(probe, tmp_path):
+    """Until predict, serve, export and Ray handle several labels, they say so instead of
+    giving softmax-style top-k rows or a softmax export of sigmoid scores."""
+    from tlearn import save
+    from tlearn.exceptions import ModelFileError
+    from tlearn.export import export_model
+    from tlearn.predictor import Predictor
+
+    with pytest.raises(ModelFileError, match="gives several: predict with it in Python"):
+        Predictor(probe)
+    with pytest.raises(ModelFileError, match="export handles models of one label"):
+        export_model(probe, tmp_path / "m.onnx")
+    from tests.cli_runner import run_tlearn
+
+    path = save(probe, tmp_path / "multi.safetensors")
+    r = run_tlearn("predict", str(path), str(tmp_path), "-o", str(tmp_path / "p.csv"))
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "several" in r.stderr

@@ -28,7 +28,7 @@ from tlearn._io import atomic_path, python_value, write_atomic
 from tlearn._validation import check_option
 from tlearn.data.images import Preprocessing
 from tlearn.exceptions import ModelFileError
-from tlearn.models import ModelParts, model_kind, split_model
+from tlearn.models import ModelParts, model_kind, require_single_label, split_model
 from tlearn.runtime.onnx_engine import OnnxRuntimeEngine, export_onnx, onnx_description
 from tlearn.runtime.openvino_engine import (
     OpenVinoEngine,
@@ -62,6 +62,7 @@ class _Classifier(nn.Module):
 def export_model(model: Any, path: str | os.PathLike[str], format: str = "onnx") -> str:
     """Write ``model`` as ``path`` (``.onnx`` or ``.xml`` + ``.bin``) and ``path.json``."""
     check_option("export_model", "format", format, FORMATS)
+    require_single_label(model, "export")
     parts = split_model(model)
     assert parts.features is not None
     bb, pre, net = parts.features.backbone_, parts.preprocessing, parts.features.network_

@@ -36,6 +36,7 @@ __all__ = [
     "imagenet_parts",
     "model_kind",
     "register_model_kind",
+    "require_single_label",
     "split_model",
 ]
 
@@ -132,8 +133,17 @@ def split_model(model: Any) -> ModelParts:
         head=kind.head(model),
         classes=np.asarray(kind.classes(model)),
         features=features,
-        info={"kind": kind.name},
+        info={"kind": kind.name, "activation": kind.activation},
     )
+
+
+def require_single_label(model: Any, what: str) -> None:
+    """Refuse a multi-label model where only one label per image is handled so far."""
+    if not isinstance(model, ModelParts) and model_kind(model).activation != "softmax":
+        raise ModelFileError(
+            f"{what} handles models of one label per image; this {type(model).__name__} "
+            "gives several: predict with it in Python (its predict and predict_proba)"
+        )
 
 
 # -- checking a file's head ----------------------------------------------------------------

@@ -41,7 +41,13 @@ from tlearn.data.loader import ImageInput, check_images
 from tlearn.data.sources import iter_image_paths, path_text
 from tlearn.exceptions import DataError, EngineError, ImageReadError, InvalidParameterError
 from tlearn.features import FeatureErrors, iter_engine
-from tlearn.models import IMAGENET_PREFIX, ModelParts, imagenet_parts, split_model
+from tlearn.models import (
+    IMAGENET_PREFIX,
+    ModelParts,
+    imagenet_parts,
+    require_single_label,
+    split_model,
+)
 
 __all__ = ["Predictor", "error_row", "iter_manifest", "load_predictor", "top_k_rows"]
 
@@ -111,6 +117,7 @@ class Predictor:
         _recipe: tuple[Any, ...] | None = None,
         _options: dict[str, Any] | None = None,
     ) -> None:
+        require_single_label(model, "the Predictor (tlearn predict, serve, Ray)")
         self.parts: ModelParts = split_model(model)
         features = self.parts.features
         self.batch_size = int(batch_size or (features.batch_size if features else 32))
