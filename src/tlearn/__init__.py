@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     from tlearn.finetune import FineTuneClassifier
     from tlearn.persistence import load, save
     from tlearn.predictor import Predictor, load_predictor
+    from tlearn.multilabel import MultiLabelProbe
     from tlearn.probe import LinearProbe, make_probe
     from tlearn.training import train
 
@@ -65,6 +66,7 @@ _WHERE = {
     "Predictor": "tlearn.predictor",
     "load_predictor": "tlearn.predictor",
     "LinearProbe": "tlearn.probe",
+    "MultiLabelProbe": "tlearn.multilabel",
     "make_probe": "tlearn.probe",
     "train": "tlearn.training",
 }
@@ -81,6 +83,7 @@ __all__ = [
     "ImageReadError",
     "InvalidParameterError",
     "LinearProbe",
+    "MultiLabelProbe",
     "ModelFileError",
     "Predictor",
     "Preprocessing",
