@@ -40,9 +40,9 @@ if TYPE_CHECKING:
     from tlearn.evaluation import Report, evaluate
     from tlearn.features import PretrainedFeatures
     from tlearn.finetune import FineTuneClassifier
+    from tlearn.multilabel import MultiLabelProbe
     from tlearn.persistence import load, save
     from tlearn.predictor import Predictor, load_predictor
-    from tlearn.multilabel import MultiLabelProbe
     from tlearn.probe import LinearProbe, make_probe
     from tlearn.training import train
 
