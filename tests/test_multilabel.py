@@ -151,3 +151,31 @@ def test_interfaces_for_one_label_refuse_it_in_one_line(probe, tmp_path):
     path = save(probe, tmp_path / "multi.safetensors")
     r = run_tlearn("predict", str(path), str(tmp_path), "-o", str(tmp_path / "p.csv"))
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "several" in r.stderr
+
+
+def test_a_csv_of_several_labels_per_image_in_each_layout(tmp_path):
+    from tlearn.data.multilabel_sources import load_multilabel_csv
+
+    (tmp_path / "pipes.csv").write_text(
+        'path,labels\na.jpg,dog|person\nb.jpg,cat\nc.jpg,\nd.jpg,"[""cat"", ""dog""]"\n'
+        "e.jpg, person ; dog \n"
+    )
+    data = load_multilabel_csv(tmp_path / "pipes.csv")
+    assert data.target_names == ["cat", "dog", "person"]
+    assert data.target.tolist() == [[0, 1, 1], [1, 0, 0], [0, 0, 0], [1, 1, 0], [0, 1, 1]]
+    assert data.filenames[0] == str(tmp_path / "a.jpg")
+    (tmp_path / "columns.tsv").write_text(
+        "image\tsky\tsea\nx.jpg\t1\t0\ny.jpg\t1\t1\nz.jpg\t0\t0\n"
+    )
+    data = load_multilabel_csv(tmp_path / "columns.tsv")
+    assert data.target_names == ["sky", "sea"]  # the file's order
+    assert data.target.tolist() == [[1, 0], [1, 1], [0, 0]]
+    (tmp_path / "bad.csv").write_text('path,tags\na.jpg,"[""cat"", 3.5]"\n')
+    with pytest.raises(DataError, match="line 2: a JSON list of labels holds strings"):
+        load_multilabel_csv(tmp_path / "bad.csv")
+    (tmp_path / "none.csv").write_text("path,labels\na.jpg,\nb.jpg,\n")
+    with pytest.raises(DataError, match="no image in .* has a label"):
+        load_multilabel_csv(tmp_path / "none.csv")
+    (tmp_path / "nolabels.csv").write_text("path,size\na.jpg,big\n")
+    with pytest.raises(DataError, match="no labels column"):
+        load_multilabel_csv(tmp_path / "nolabels.csv")

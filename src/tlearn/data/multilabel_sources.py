@@ -1,0 +1,112 @@
+"""Multi-label data from a CSV or TSV: several labels per image, or none (issue 28).
+
+Two layouts, found from the header:
+
+- one labels column (``labels``, ``tags``, ``label``...) holding ``a|b``, ``a;b`` (in a
+  comma-separated file) or a JSON list ``["a", "b"]``; an empty cell is an image with no
+  label;
+- one column of 0/1 per class beside the path column (every other column holds only 0
+  and 1): the classes are the column names, in file order.
+
+Returns a :class:`~sklearn.utils.Bunch` like :func:`tlearn.data.load_image_csv`, with
+``target`` an indicator matrix ``(n_images, n_classes)`` of 0/1 (scikit-learn's
+convention) and ``target_names`` the classes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from typing import Any
+
+import numpy as np
+from sklearn.utils import Bunch
+
+from tlearn.data.sources import _PATH_COLUMNS, _column, _pick_column, _read_csv, _shown
+from tlearn.exceptions import DataError
+
+__all__ = ["load_multilabel_csv", "split_labels"]
+
+_LABELS_COLUMNS = ("labels", "tags", "label", "classes", "categories", "target")
+_SEPARATORS = re.compile(r"[|;]")
+#: Labels a cell may hold: a bound on the work a hostile file can ask for.
+MAX_LABELS_PER_IMAGE = 1000
+
+
+def split_labels(cell: str, where: str) -> list[str]:
+    """The labels in one cell: a JSON list, or names separated by ``|`` or ``;``."""
+    cell = cell.strip()
+    if not cell:
+        return []
+    if cell.startswith("["):
+        try:
+            value = json.loads(cell)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{where}: {_shown(cell)} is not a JSON list ({e.msg})") from None
+        if not isinstance(value, list) or not all(isinstance(v, str | int) for v in value):
+            raise DataError(f"{where}: a JSON list of labels holds strings or numbers only")
+        labels = [str(v).strip() for v in value]
+    else:
+        labels = [part.strip() for part in _SEPARATORS.split(cell)]
+    labels = [label for label in labels if label]
+    if len(labels) > MAX_LABELS_PER_IMAGE:
+        raise DataError(f"{where}: {len(labels)} labels, over {MAX_LABELS_PER_IMAGE} an image")
+    return labels
+
+
+def _indicator_columns(
+    fields: list[str], rows: list[tuple[int, dict[str, str]]], pcol: str
+) -> list[str] | None:
+    others = [f for f in fields if f != pcol]
+    if not others:
+        return None
+    for _, row in rows:
+        if any((row.get(f) or "").strip() not in ("0", "1") for f in others):
+            return None
+    return others
+
+
+def load_multilabel_csv(
+    path: str | os.PathLike[str],
+    path_column: str | None = None,
+    labels_column: str | None = None,
+) -> Bunch:
+    """Load a CSV or TSV of image paths and their labels, several per image (see the
+    module's docstring for the two layouts). Relative paths are taken from the file's
+    folder."""
+    path = os.fspath(path)
+    fields, rows = _read_csv(path)
+    pcol = _pick_column(fields, path_column, _PATH_COLUMNS, "path", path) or fields[0]
+    folder = os.path.dirname(os.path.abspath(path))
+    cells = _column(rows, pcol, path)
+    filenames = np.array([c if os.path.isabs(c) else os.path.join(folder, c) for c in cells],
+                         dtype=object)  # fmt: skip
+    columns = None if labels_column else _indicator_columns(fields, rows, pcol)
+    if columns is not None:
+        M = np.array([[int(row[c].strip()) for c in columns] for _, row in rows], np.int8)
+        names: list[Any] = columns
+    else:
+        lcol = _pick_column(fields, labels_column, _LABELS_COLUMNS, "labels", path)
+        if lcol is None:
+            raise DataError(
+                f"the CSV {path!r} has no labels column ({', '.join(_LABELS_COLUMNS)}) and "
+                "no 0/1 column per class; name its labels column with labels_column"
+            )
+        per_image = [split_labels(row.get(lcol) or "", f"{path!r} line {line}")
+                     for line, row in rows]  # fmt: skip
+        names = sorted(set().union(*map(set, per_image)))
+        index = {c: j for j, c in enumerate(names)}
+        M = np.zeros((len(rows), len(names)), np.int8)
+        for i, labels in enumerate(per_image):
+            M[i, [index[c] for c in labels]] = 1
+    if M.shape[1] == 0 or not M.any():
+        raise DataError(f"no image in {path!r} has a label")
+    return Bunch(
+        filenames=filenames,
+        target=M,
+        target_names=list(names),
+        ignored=[],
+        DESCR=f"Images listed in {path!r}: {len(M)} images, {M.shape[1]} labels, "
+        f"{M.sum(axis=1).mean():.2f} per image on average.",
+    )
