@@ -252,6 +252,47 @@ def test_every_missing_extra_is_one_error_worded_one_way(monkeypatch, module, ca
     assert isinstance(caught.value, EngineError) and isinstance(caught.value, ImportError)
 
 
+@pytest.mark.parametrize(
+    ("broken", "call", "start"),
+    [
+        ("openvino", "tlearn.runtime.openvino_engine:_ov",
+         "engine='openvino' needs OpenVINO, which is installed but cannot be imported "
+         "(libfoo.so.1: cannot open shared object file): reinstall it"),
+        ("onnxruntime", "tlearn.runtime.onnx_engine:_session",
+         "engine='onnxruntime' needs ONNX Runtime, which is installed but cannot be imported "
+         "(libfoo.so.1: cannot open shared object file): reinstall it"),
+        ("pyarrow", "tlearn.outputs:_pyarrow",
+         "writing Parquet needs pyarrow, which is installed but cannot be imported "
+         "(libfoo.so.1: cannot open shared object file): reinstall it"),
+    ],
+)  # fmt: skip
+def test_an_extra_installed_but_broken_is_the_same_error(
+    monkeypatch, tmp_path, broken, call, start
+):
+    """A package that is found but fails to import (a shared library missing, built for
+    another NumPy) was a bare ImportError once the check became find_spec: a traceback on
+    the command line, and ``auto`` stopped at a broken OpenVINO instead of passing over it
+    to the next engine. The import's failure is the same MissingExtraError, with why."""
+    import importlib
+
+    from tlearn.exceptions import EngineError, MissingExtraError
+
+    fake = tmp_path / broken
+    fake.mkdir()
+    (fake / "__init__.py").write_text(
+        "raise ImportError('libfoo.so.1: cannot open shared object file')\n"
+    )
+    owner, name = call.split(":")
+    fn = getattr(importlib.import_module(owner), name)
+    for loaded in [m for m in sys.modules if m == broken or m.startswith(f"{broken}.")]:
+        monkeypatch.delitem(sys.modules, loaded)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(MissingExtraError) as caught:
+        fn(*([b""] if name == "_session" else []))
+    assert str(caught.value).startswith(start)
+    assert isinstance(caught.value, EngineError)
+
+
 def test_a_missing_engine_runtime_is_worded_as_every_missing_extra(monkeypatch):
     import torch
 

@@ -22,6 +22,8 @@ them into a JSON 4xx.
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "BackboneError",
     "CheckpointError",
@@ -37,6 +39,7 @@ __all__ = [
     "UnknownBackboneError",
     "UnknownClassError",
     "WeightsUnavailableError",
+    "import_extra",
     "require_extra",
 ]
 
@@ -118,6 +121,24 @@ def require_extra(extra: str, modules: dict[str, str], needed_by: str, hint: str
             f"{needed_by} needs {', '.join(missing)}, which {verb} not installed: "
             f"pip install 'tlearn[{extra}]'{hint}"
         )
+
+
+def import_extra(extra: str, module: str, said: str, needed_by: str, hint: str = "") -> Any:
+    """``module`` imported, after :func:`require_extra` for its package. A package that is
+    installed but cannot be imported (a shared library missing, built for another NumPy)
+    raises :class:`MissingExtraError` too, with the reason: ``auto`` passes over such an
+    engine, and the command line says it in one line, as for a missing one."""
+    import importlib
+
+    require_extra(extra, {module.partition(".")[0]: said}, needed_by, hint)
+    try:
+        return importlib.import_module(module)
+    except Exception as e:  # noqa: BLE001 - any failure to import: the extra is unusable
+        reason = " ".join(str(e).split())[:200] or type(e).__name__
+        raise MissingExtraError(
+            f"{needed_by} needs {said}, which is installed but cannot be imported ({reason}): "
+            f"reinstall it, pip install --force-reinstall 'tlearn[{extra}]'{hint}"
+        ) from None
 
 
 class ModelFileError(TlearnError, ValueError):

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from tlearn.data.sources import path_text
-from tlearn.exceptions import DataError, require_extra
+from tlearn.exceptions import DataError, import_extra
 
 __all__ = [
     "FORMATS",
@@ -290,10 +290,8 @@ def _schema(kind: str) -> Any:
 
 
 def _pyarrow() -> Any:
-    require_extra("parquet", {"pyarrow": "pyarrow"}, "writing Parquet", " (or write .jsonl)")
-    import pyarrow.parquet as pq
-
-    return pq
+    return import_extra("parquet", "pyarrow.parquet", "pyarrow", "writing Parquet",
+                        " (or write .jsonl)")  # fmt: skip
 
 
 def rows_table(rows: list[dict[str, Any]], kind: str) -> Any:

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from tlearn.exceptions import EngineError, require_extra
+from tlearn.exceptions import EngineError, import_extra
 
 __all__ = [
     "CONVERSION_LOCK",
@@ -74,6 +74,8 @@ def cached(paths: list[Path], build: Callable[[], None], load: Callable[[], T], 
     raise AssertionError("unreachable")
 
 
-def require_runtime(engine: str, extra: str, module: str, said: str) -> None:
-    """:func:`tlearn.exceptions.require_extra` for ``engine``'s runtime."""
-    require_extra(extra, {module: said}, f"engine={engine!r}")
+def require_runtime(engine: str, extra: str, module: str, said: str) -> Any:
+    """``engine``'s runtime module, imported by :func:`tlearn.exceptions.import_extra`
+    (:class:`~tlearn.exceptions.MissingExtraError`, an ``EngineError``, when it is not
+    installed or cannot be imported)."""
+    return import_extra(extra, module, said, f"engine={engine!r}")

@@ -89,9 +89,7 @@ def onnx_description(data: bytes) -> tuple[dict[str, str], list[Any], list[Any]]
 
 
 def _session(source: str | bytes) -> Any:
-    require_runtime("onnxruntime", "onnx", "onnxruntime", "ONNX Runtime")
-    import onnxruntime as ort
-
+    ort = require_runtime("onnxruntime", "onnx", "onnxruntime", "ONNX Runtime")
     options = ort.SessionOptions()
     options.intra_op_num_threads = engine_threads() or os.cpu_count() or 1
     return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])

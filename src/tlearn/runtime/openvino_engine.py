@@ -58,10 +58,7 @@ PRECISIONS = {"openvino": "f32", "openvino-bf16": "bf16", "openvino-int8": "int8
 
 
 def _ov() -> Any:
-    require_runtime("openvino", "openvino", "openvino", "OpenVINO")
-    import openvino as ov
-
-    return ov
+    return require_runtime("openvino", "openvino", "openvino", "OpenVINO")
 
 
 def with_uint8_input(converted: Any, pre: Preprocessing) -> Any:
@@ -159,9 +156,7 @@ def quantize_int8(converted: Any, calibration: np.ndarray) -> Any:
     """NNCF post-training int8 quantisation on ``calibration`` (uint8 NHWC images, as the
     converted model takes them). The stem convolution stays fp32: it sees the raw pixels,
     and quantising it too cost 0.21 points of CIFAR-10 probe accuracy for 10% more speed."""
-    require_runtime("openvino-int8", "openvino", "nncf", "NNCF")
-    import nncf
-
+    nncf = require_runtime("openvino-int8", "openvino", "nncf", "NNCF")
     convs = [
         op.get_friendly_name()
         for op in converted.get_ordered_ops()
