@@ -179,3 +179,57 @@ def test_a_csv_of_several_labels_per_image_in_each_layout(tmp_path):
     (tmp_path / "nolabels.csv").write_text("path,size\na.jpg,big\n")
     with pytest.raises(DataError, match="no labels column"):
         load_multilabel_csv(tmp_path / "nolabels.csv")
+
+
+def test_labels_of_every_form_are_read_or_refused_in_one_line():
+    """Found by the adversarial review of 28.2: a boolean indicator matrix (``Y > 0.5``, a
+    DataFrame's bool columns) was read as label lists, giving two labels, False and True,
+    that every image had; a label that was a list or a dict was a TypeError; 1 and '1' were
+    two labels of one name (saved, but the file then refused); scoring with labels of
+    another test set compared columns of different labels."""
+    flags = np.array([[True, False, False], [False, True, True]])
+    for Y in (flags, flags.astype(object), flags.astype(float)):
+        classes, M = check_multilabel(Y, 2)
+        assert list(classes) == [0, 1, 2] and M.tolist() == [[1, 0, 0], [0, 1, 1]]
+    classes, M = check_multilabel([{10}, {9, 2}, set()], 3)  # integer labels: sorted as numbers
+    assert classes.dtype == np.int64 and list(classes) == [2, 9, 10]
+    assert M.tolist() == [[0, 0, 1], [1, 1, 0], [0, 0, 0]]
+    for Y, message in [
+        ([["a", ["b"]], ["c"]], r"row 0 of Y holds \['b'\]: a label is a string or an integer"),
+        ([[{"a": 1}], []], "row 0 of Y holds {'a': 1}"),
+        ([[None], ["a"]], "row 0 of Y holds None"),
+        ([["a"], [2.5]], "row 1 of Y holds 2.5"),
+        ([[1], ["1"]], "mixes string and integer labels"),
+        ([np.array(3), ["a"]], "row 0 of Y is array"),
+        (np.zeros((2, 2, 2)), "row 0 of Y holds array"),
+        ([[10], [9]], "indicator matrix .* give each image a set of them"),
+        (np.zeros((2, 3)), "no image has a label"),
+    ]:
+        with pytest.raises(DataError, match=message):
+            check_multilabel(Y, len(Y))
+    # a fitted model's labels: the columns follow them, whichever a test set holds
+    model = np.array(["cat", "dog", "person"], dtype=object)
+    classes, M = check_multilabel([["person"], []], 2, model)
+    assert list(classes) == list(model) and M.tolist() == [[0, 0, 1], [0, 0, 0]]
+    with pytest.raises(DataError, match="not fitted on: 'bird'"):
+        check_multilabel([["bird"], []], 2, model)
+    with pytest.raises(DataError, match="2 columns, but the model has 3 labels"):
+        check_multilabel(np.eye(2), 2, model)
+
+
+def test_one_label_or_integer_labels_round_trip_through_a_file(shapes3, tmp_path):
+    """A multi-label model of one label (a yes or no) was saved, then refused by load as a
+    damaged file (classes had to be 2 or more); integer labels came back as strings."""
+    from tlearn import load, save
+
+    X, y, X_test, _ = shapes3
+    for Y in ([["rocket"] if c == "rocket" else [] for c in y],
+              [{3} if c == "rocket" else {5, 7} for c in y]):  # fmt: skip
+        probe = MultiLabelProbe(image_size=32, Cs=[1.0], cv=2, engine="torch").fit(X, Y)
+        loaded = load(save(probe, tmp_path / "one.tlearn"))
+        assert loaded.classes_.tolist() == probe.classes_.tolist()
+        assert [type(c) for c in loaded.classes_.tolist()] == [
+            type(c) for c in probe.classes_.tolist()
+        ]
+        assert np.array_equal(loaded.predict_proba(X_test), probe.predict_proba(X_test))
+    assert probe.score(X_test[:4], [{5}] * 4) >= 0.0  # a test set without label 3 or 7

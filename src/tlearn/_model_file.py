@@ -310,15 +310,17 @@ def _params(
     return out
 
 
-def _classes(meta: dict[str, Any], where: str) -> np.ndarray:
+def _classes(meta: dict[str, Any], where: str, minimum: int = 2) -> np.ndarray:
+    """The class labels: ``minimum`` (2; 1 for a multi-label model, whose one label is
+    a yes or no of its own) to :data:`MAX_ITEMS` distinct ones of the recorded type."""
     values: Any = meta.get("classes")
     kind: Any = meta.get("classes_type")
     types = {"int": int, "bool": bool, "str": str}
     need(kind in types, where, "classes_type", "'int', 'bool' or 'str'", kind)
-    ok = isinstance(values, list) and 2 <= len(values) <= MAX_ITEMS
+    ok = isinstance(values, list) and minimum <= len(values) <= MAX_ITEMS
     # type(v) is int: a bool is an int to Python, but not a class label of type int
     ok = ok and all(type(v) is types[kind] for v in values) and len(set(values)) == len(values)
-    need(ok, where, "classes", f"2 to {MAX_ITEMS} distinct labels of type {kind}", values)
+    need(ok, where, "classes", f"{minimum} to {MAX_ITEMS} distinct labels of type {kind}", values)
     if kind == "str":  # numpy stores every name at the longest one's width
         width = max(len(v) for v in values) * 4 * len(values)
         need(width <= _MAX_CLASS_BYTES, where, "classes", "names of reasonable length", "...")
@@ -435,7 +437,7 @@ def check_file(header: dict[str, Any], where: str) -> Plan:
     preprocessing = _preprocessing(bmeta, where)
     feature_params = _feature_params(bmeta, where)
     _engines(meta, bmeta, where)
-    classes = _classes(meta, where)
+    classes = _classes(meta, where, 1 if kind.activation == "sigmoid" else 2)
     head = _object(meta, "head", where, "head")
     head.setdefault("history", meta.get("history", []))  # files before 0.2 kept them here
     head.setdefault("best_epoch", meta.get("best_epoch", -1))

@@ -41,43 +41,99 @@ MULTILABEL_CS = tuple(float(c) for c in np.logspace(-4, 1, 6))
 _TARGET = re.compile(r"^(f1|(precision|recall)=(0?\.\d+|1(\.0*)?))$")
 
 
-def check_multilabel(Y: Any, n_samples: int) -> tuple[np.ndarray, np.ndarray]:
+def check_multilabel(
+    Y: Any, n_samples: int, classes: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """``(classes, indicator matrix)`` of multi-label targets: an indicator matrix of 0/1
-    (classes ``0..n_labels-1``, scikit-learn's convention) or one collection of labels per
-    image (classes sorted). Images with no label are allowed."""
+    (numbers or booleans; classes ``0..n_labels-1``, scikit-learn's convention) or one
+    collection of labels per image, strings or integers (classes sorted). Images with no
+    label are allowed. ``classes``: a fitted model's, which the labels must be among (an
+    indicator matrix has one column for each)."""
     if Y is None:
         raise DataError("Y is required: the labels of each image (an indicator matrix or lists)")
+    if not hasattr(Y, "__len__"):
+        Y = list(Y)
     if len(Y) != n_samples:
         raise DataError(f"X has {n_samples} images but Y has {len(Y)} rows of labels")
     if _is_matrix(Y):
         M = np.asarray(Y)
+        M = M.astype(np.float64) if M.dtype == object else M
         if not np.isin(M, (0, 1)).all():
-            raise DataError("an indicator matrix holds only 0 and 1 (1: the image has the label)")
-        return np.arange(M.shape[1]), M.astype(np.int8)
-    rows = []
-    for i, labels in enumerate(Y):
-        if isinstance(labels, (str, bytes)) or not hasattr(labels, "__iter__"):
             raise DataError(
-                f"row {i} of Y is {labels!r}: give each image a list of labels "
-                "(['dog', 'person'], or [] for none) or an indicator matrix"
+                "Y is read as an indicator matrix (rows of numbers, all of one length), which "
+                "holds only 0 and 1 (1: the image has the label); to give integer labels, "
+                "give each image a set of them ([{3}, {5, 7}])"
             )
-        rows.append(set(labels))
-    classes = np.array(sorted(set().union(*rows), key=str), dtype=object)
-    if len(classes) == 0:
-        raise DataError("no image has a label: multi-label training needs at least one")
-    index = {c: j for j, c in enumerate(classes)}
+        if classes is not None and M.shape[1] != len(classes):
+            raise DataError(f"Y has {M.shape[1]} columns, but the model has {len(classes)} labels")
+        if classes is None and not M.any():
+            raise DataError("no image has a label: multi-label training needs at least one")
+        found = np.arange(M.shape[1]) if classes is None else np.asarray(classes)
+        return found, M.astype(np.int8)
+    rows = [_labels_of(labels, i) for i, labels in enumerate(Y)]
+    every = set().union(*rows)
+    if len({type(v) for v in every}) > 1:
+        raise DataError(
+            "Y mixes string and integer labels (such as 1 and '1', which would be two labels "
+            "of one name): give labels of one type"
+        )
+    if classes is None:
+        if not every:
+            raise DataError("no image has a label: multi-label training needs at least one")
+        ints = isinstance(next(iter(every)), int)
+        classes = np.array(sorted(every), dtype=np.int64 if ints else object)
+    index = {c: j for j, c in enumerate(np.asarray(classes).tolist())}
+    unknown = sorted(every - index.keys(), key=str)
+    if unknown:
+        raise DataError(
+            f"Y has labels the model was not fitted on: {', '.join(map(repr, unknown[:10]))}"
+        )
     M = np.zeros((n_samples, len(classes)), np.int8)
     for i, labels in enumerate(rows):
         M[i, [index[c] for c in labels]] = 1
-    return classes, M
+    return np.asarray(classes), M
+
+
+def _labels_of(labels: Any, i: int) -> set[str | int]:
+    """Row ``i`` of label lists as a set of strings or integers (NumPy's as Python's)."""
+    try:
+        if isinstance(labels, (str, bytes)):
+            raise TypeError
+        items = list(labels)
+    except TypeError:
+        raise DataError(
+            f"row {i} of Y is {_shown(labels)}: give each image a list of labels "
+            "(['dog', 'person'], or [] for none) or an indicator matrix"
+        ) from None
+    row: set[str | int] = set()
+    for label in items:
+        value = label.item() if isinstance(label, np.generic) else label
+        if isinstance(value, bool) or not isinstance(value, (str, int)):
+            raise DataError(
+                f"row {i} of Y holds {_shown(label)}: a label is a string or an integer"
+            )
+        if isinstance(value, int) and not -(2**63) <= value < 2**63:
+            raise DataError(f"row {i} of Y holds {value}: an integer label fits in 64 bits")
+        row.add(value)
+    return row
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _is_matrix(Y: Any) -> bool:
+    """Rows of numbers (or booleans) of one length: an indicator matrix."""
     try:
         M = np.asarray(Y)
     except ValueError:  # ragged lists
         return False
-    return M.ndim == 2 and M.shape[1] > 0 and np.issubdtype(M.dtype, np.number)
+    if M.ndim != 2 or M.shape[1] == 0:
+        return False
+    if M.dtype == object:  # a DataFrame's mixed columns: numbers only, no labels
+        return all(isinstance(v, (int, float, np.number)) for v in M.flat)
+    return M.dtype == bool or np.issubdtype(M.dtype, np.number)
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
@@ -333,7 +389,7 @@ class MultiLabelProbe(ForwardsFeatureParams, ClassifierMixin, BaseEstimator):
         """Macro-averaged F1 of :meth:`predict` against ``Y``."""
         from sklearn.metrics import f1_score
 
-        _, M = check_multilabel(Y, len(check_images(X)))
+        _, M = check_multilabel(Y, len(check_images(X)), self.classes_)
         return float(f1_score(M, self.predict(X), average="macro", zero_division=0))
 
     def __sklearn_tags__(self) -> Any:

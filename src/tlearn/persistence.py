@@ -25,8 +25,8 @@ file and the field:
 - the image size (``input_size``, ``image_size``) is within the estimators' own bound,
   [8, 4096]; the crop fraction within :data:`CROP_PCT`; the normalisation finite (std at
   least 0.001); the temperature within :data:`tlearn.models.TEMPERATURES`; the classes 2 to
-  :data:`MAX_ITEMS` distinct labels; every parameter within its estimator's constraints,
-  and the engine one tlearn has;
+  :data:`MAX_ITEMS` distinct labels (1 for a multi-label model); every parameter within its
+  estimator's constraints, and the engine one tlearn has;
 - the network the file names is first built on PyTorch's meta device, which allocates
   nothing, and its weights must be exactly the tensors the file carries (names, shapes,
   dtypes); the head's tensors must fit the classes and the network's features, and be
