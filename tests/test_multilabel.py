@@ -233,3 +233,32 @@ def test_one_label_or_integer_labels_round_trip_through_a_file(shapes3, tmp_path
         ]
         assert np.array_equal(loaded.predict_proba(X_test), probe.predict_proba(X_test))
     assert probe.score(X_test[:4], [{5}] * 4) >= 0.0  # a test set without label 3 or 7
+
+
+def test_a_csv_whose_labels_look_like_flags_or_ids_is_read_as_written(tmp_path, monkeypatch):
+    """Found by the adversarial review of 28.2: a labels column holding 0 and 1 (two
+    classes named so) was read as one 0/1 column of a class named 'labels', so the images
+    labelled '0' had none, unless one row said '0|1'; two columns of one name were read as
+    the last one twice; labels unique to each image (an id column) made an indicator
+    matrix the square of the file (0.5 MB of CSV asked for 900 MB)."""
+    from tlearn.data import multilabel_sources
+    from tlearn.data.multilabel_sources import load_multilabel_csv
+
+    (tmp_path / "digits.csv").write_text("path,labels\na.jpg,0\nb.jpg,1\nc.jpg,1\n")
+    data = load_multilabel_csv(tmp_path / "digits.csv")
+    assert data.target_names == ["0", "1"] and data.target.tolist() == [[1, 0], [0, 1], [0, 1]]
+    (tmp_path / "flag.csv").write_text("path,cat\na.jpg,0\nb.jpg,1\n")  # a class's column
+    data = load_multilabel_csv(tmp_path / "flag.csv")
+    assert data.target_names == ["cat"] and data.target.tolist() == [[0], [1]]
+    (tmp_path / "twice.csv").write_text("path,dog,dog\na.jpg,1,0\nb.jpg,0,1\n")
+    with pytest.raises(DataError, match="more than one column named 'dog'"):
+        load_multilabel_csv(tmp_path / "twice.csv")
+    (tmp_path / "json.csv").write_text('path,labels\na.jpg,"[true]"\n')
+    with pytest.raises(DataError, match="line 2: a JSON list of labels holds strings"):
+        load_multilabel_csv(tmp_path / "json.csv")
+    monkeypatch.setattr(multilabel_sources, "MAX_CELLS", 50 * 49)
+    (tmp_path / "ids.csv").write_text(
+        "path,label\n" + "".join(f"{i}.jpg,id{i}\n" for i in range(50))
+    )
+    with pytest.raises(DataError, match="50 distinct labels for 50 images: over the bounds"):
+        load_multilabel_csv(tmp_path / "ids.csv")

@@ -32,6 +32,13 @@ _LABELS_COLUMNS = ("labels", "tags", "label", "classes", "categories", "target")
 _SEPARATORS = re.compile(r"[|;]")
 #: Labels a cell may hold: a bound on the work a hostile file can ask for.
 MAX_LABELS_PER_IMAGE = 1000
+#: Distinct labels a file may hold: as many classes as a model file may (its MAX_ITEMS).
+MAX_LABELS = 100_000
+#: Cells of the indicator matrix (one byte each), checked before it is made: images times
+#: labels grows as the square of the file (a labels column of names unique to each image,
+#: such as ids or captions: a 0.5 MB file of 30,000 rows asked for 900 MB). 100,000 images
+#: of 2,600 labels, or a million of 260, fit.
+MAX_CELLS = 1 << 28
 
 
 def split_labels(cell: str, where: str) -> list[str]:
@@ -44,7 +51,9 @@ def split_labels(cell: str, where: str) -> list[str]:
             value = json.loads(cell)
         except json.JSONDecodeError as e:
             raise DataError(f"{where}: {_shown(cell)} is not a JSON list ({e.msg})") from None
-        if not isinstance(value, list) or not all(isinstance(v, str | int) for v in value):
+        if not isinstance(value, list) or not all(
+            isinstance(v, str | int) and not isinstance(v, bool) for v in value
+        ):
             raise DataError(f"{where}: a JSON list of labels holds strings or numbers only")
         labels = [str(v).strip() for v in value]
     else:
@@ -61,10 +70,34 @@ def _indicator_columns(
     others = [f for f in fields if f != pcol]
     if not others:
         return None
+    if len(others) == 1 and others[0].lower().strip() in _LABELS_COLUMNS:
+        return None  # a labels column whose labels happen to be 0 and 1: names, not flags
     for _, row in rows:
         if any((row.get(f) or "").strip() not in ("0", "1") for f in others):
             return None
     return others
+
+
+def _once(fields: list[str], names: list[str], path: str) -> None:
+    """The columns read are each named once (a reader keeps the last of two)."""
+    counts = dict.fromkeys(names, 0)
+    for f in fields:
+        if f in counts:
+            counts[f] += 1
+            if counts[f] > 1:
+                raise DataError(
+                    f"the CSV {path!r} has more than one column named {_shown(f)}; name "
+                    "each column once"
+                )
+
+
+def _bounded(n_images: int, n_labels: int, path: str) -> None:
+    if n_labels > MAX_LABELS or n_images * n_labels > MAX_CELLS:
+        raise DataError(
+            f"the CSV {path!r} holds {n_labels:,} distinct labels for {n_images:,} images: "
+            f"over the bounds of {MAX_LABELS:,} labels and {MAX_CELLS:,} images times labels "
+            "(is its labels column an id or a caption of each image?)"
+        )
 
 
 def load_multilabel_csv(
@@ -78,12 +111,15 @@ def load_multilabel_csv(
     path = os.fspath(path)
     fields, rows = _read_csv(path)
     pcol = _pick_column(fields, path_column, _PATH_COLUMNS, "path", path) or fields[0]
+    _once(fields, [pcol], path)
     folder = os.path.dirname(os.path.abspath(path))
     cells = _column(rows, pcol, path)
     filenames = np.array([c if os.path.isabs(c) else os.path.join(folder, c) for c in cells],
                          dtype=object)  # fmt: skip
     columns = None if labels_column else _indicator_columns(fields, rows, pcol)
     if columns is not None:
+        _once(fields, columns, path)
+        _bounded(len(rows), len(columns), path)
         M = np.array([[int(row[c].strip()) for c in columns] for _, row in rows], np.int8)
         names: list[Any] = columns
     else:
@@ -95,7 +131,9 @@ def load_multilabel_csv(
             )
         per_image = [split_labels(row.get(lcol) or "", f"{path!r} line {line}")
                      for line, row in rows]  # fmt: skip
+        _once(fields, [lcol], path)
         names = sorted(set().union(*map(set, per_image)))
+        _bounded(len(rows), len(names), path)
         index = {c: j for j, c in enumerate(names)}
         M = np.zeros((len(rows), len(names)), np.int8)
         for i, labels in enumerate(per_image):
