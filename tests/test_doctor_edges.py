@@ -4,6 +4,8 @@ unreadable. Every stage runs or the summary says why not; none raises."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from tlearn.doctor import inspect
@@ -78,3 +80,33 @@ def test_class_imbalance_is_counted_per_split():
     rows = {(r["split"], r["given_label"], r["score"]) for r in _imbalance(data)}
     # train: a 10, b 10, c 1 (median 10); test: a 2, b 0, c 9 (median of those present 5.5)
     assert rows == {("train", "c", 0.1), ("test", "b", 0.0)}
+
+
+def test_a_file_name_that_is_not_utf8_is_written_as_its_bytes(tmp_path):
+    """Found by the adversarial review of 28.1: a training image whose name is not UTF-8
+    (Linux gives its bytes as lone surrogates) ended the doctor, after every check, with a
+    UnicodeEncodeError from --write-clean's CSV (issues.csv and report.html too when the
+    image was flagged). Its name is written as its bytes, as the predictions' CSV writes
+    it, so the clean CSV names the file."""
+    import os
+
+    from PIL import Image
+
+    from tlearn.doctor import write_clean, write_report
+    from tlearn.doctor.core import Findings
+
+    name = os.fsdecode(os.path.join(os.fsencode(tmp_path), b"caf\xe9.png"))
+    other = str(tmp_path / "other.png")
+    for path in (name, other):
+        Image.fromarray(_images(1)[0]).save(path)
+    row = {"path": name, "split": "train", "issue": "exact_duplicate", "score": 1.0,
+           "partner": other, "given_label": "a", "suggested_label": ""}  # fmt: skip
+    findings = Findings(rows=[row], summary={"images": 3, "images_flagged": 1})
+    paths = write_report(findings, tmp_path / "out", title="odd names")
+    raw = os.fsencode(name)
+    assert raw in Path(paths["issues.csv"]).read_bytes()
+    assert raw in Path(paths["report.html"]).read_bytes()
+    counts = write_clean(findings, [name, other, name + "2"], ["a", "a", "b"],
+                         str(tmp_path / "clean.csv"), relabel=False)  # fmt: skip
+    assert counts == {"kept": 2, "left_out": 1, "relabelled": 0}
+    assert raw + b"2,b" in (tmp_path / "clean.csv").read_bytes()

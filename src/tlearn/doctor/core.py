@@ -63,7 +63,8 @@ class Findings:
         return pd.DataFrame(self.rows, columns=list(COLUMNS))
 
     def to_csv(self, path: str | os.PathLike[str]) -> None:
-        with open(path, "w", newline="", encoding="utf-8") as f:
+        # a file name that is not UTF-8: its bytes, as the predictions' CSV writes it
+        with open(path, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
             writer = csv.DictWriter(f, fieldnames=COLUMNS)
             writer.writeheader()
             writer.writerows(self.rows)

@@ -28,7 +28,11 @@ def write_report(findings: Findings, folder: str | os.PathLike[str], title: str)
     paths = {name: str(out / name) for name in ("issues.csv", "summary.json", "report.html")}
     findings.to_csv(paths["issues.csv"])
     Path(paths["summary.json"]).write_text(json.dumps(findings.summary, indent=2))
-    Path(paths["report.html"]).write_text(render_page(findings, title), encoding="utf-8")
+    # surrogateescape: a file name that is not UTF-8 (Linux gives its raw bytes as lone
+    # surrogates) is written as those bytes, as the predictions' CSV writes it
+    Path(paths["report.html"]).write_text(
+        render_page(findings, title), encoding="utf-8", errors="surrogateescape"
+    )
     return paths
 
 
@@ -54,8 +58,8 @@ def write_clean(
         keep = [m for m in sorted(members) if m not in drop]
         drop.update(keep[1:])
     kept = relabelled = 0
-    with open(csv_path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
+    with open(csv_path, "w", newline="", encoding="utf-8", errors="surrogateescape") as f:
+        writer = csv.writer(f)  # a name that is not UTF-8: its bytes, naming the file
         writer.writerow(["path", "label"])
         for path, label in zip(paths, labels, strict=True):
             if path in drop:
