@@ -10,6 +10,7 @@ from sklearn.exceptions import NotFittedError
 
 from tlearn import DataError, LinearProbe, make_probe
 from tlearn.calibration import expected_calibration_error
+from tlearn.exceptions import InvalidParameterError
 from tlearn.probe import tune_linear_head
 
 
@@ -338,3 +339,31 @@ def test_boolean_classes_and_0_1_targets_are_one_convention():
         check_target_kind(np.asarray(classes), np.asarray(y))
     with pytest.raises(DataError, match="y holds numbers"):
         check_target_kind(np.array(["no", "yes"]), np.array([True, False]))
+
+
+def test_class_weight_balanced_or_by_label_raises_the_small_class_recall(shapes3, tmp_path):
+    """Issue 28: class_weight as scikit-learn's, with a dict keyed by the labels the user
+    gave (the classifier is trained on class indices, so it is translated)."""
+    rng = np.random.default_rng(0)
+    F = np.r_[rng.normal(0, 1, (300, 8)), rng.normal(0.8, 1, (15, 8))]
+    y = np.r_[np.zeros(300, int), np.ones(15, int)]
+    F_test = np.r_[rng.normal(0, 1, (500, 8)), rng.normal(0.8, 1, (500, 8))]
+    recall = {}
+    for weight in (None, "balanced"):
+        head = tune_linear_head(F, y, Cs=(1.0,), class_weight=weight)
+        pred = head.classifier.predict(head.scaler.transform(F_test))
+        recall[weight] = (pred[500:] == 1).mean()
+    assert recall["balanced"] > recall[None] + 0.2
+    X, labels = shapes3[0], np.asarray(shapes3[1])
+    probe = LinearProbe(image_size=32, Cs=[1.0], class_weight={"rocket": 3.0}).fit(X, labels)
+    index = list(probe.classes_).index("rocket")
+    assert probe.classifier_.class_weight == {index: 3.0}
+    from tlearn import load, save
+
+    loaded = load(save(probe, tmp_path / "weighted.safetensors"))
+    assert loaded.get_params()["class_weight"] == {"rocket": 3.0}
+    assert np.array_equal(loaded.predict_proba(X[:4]), probe.predict_proba(X[:4]))
+    with pytest.raises(DataError, match=r"class_weight names \['rockett'\]"):
+        LinearProbe(image_size=32, Cs=[1.0], class_weight={"rockett": 3.0}).fit(X, labels)
+    with pytest.raises(InvalidParameterError, match="class_weight"):
+        LinearProbe(class_weight="balance").fit(X, labels)

@@ -153,6 +153,8 @@ def _jsonable(value: Any) -> Any:
         return value
     if isinstance(value, (list, tuple)) and all(isinstance(v, (int, float)) for v in value):
         return [_jsonable(v) for v in value]
+    if isinstance(value, dict) and all(isinstance(v, (int, float)) for v in value.values()):
+        return {str(k): float(v) for k, v in value.items()}  # class_weight: label -> weight
     return str(value)
 
 

@@ -17,7 +17,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.validation import check_is_fitted
 
-from tlearn._validation import Interval, Predicate, check_labels, validate_params
+from tlearn._validation import Interval, Options, Predicate, check_labels, validate_params
 from tlearn.backbones import DEFAULT_BACKBONE
 from tlearn.calibration import (
     crossfit_softmax,
@@ -264,6 +264,7 @@ def tune_linear_head(
     random_state: int | None = 0,
     n_jobs: int | None = None,
     refit: bool = True,
+    class_weight: Any = None,
 ) -> TunedHead:
     """Choose ``C`` for StandardScaler + LogisticRegression on features ``F``, scored by
     mean log loss across stratified folds (it separates values of C that accuracy ties;
@@ -279,7 +280,8 @@ def tune_linear_head(
     searched once (or simply taken, when ``Cs`` has one value)."""
     from sklearn.pipeline import Pipeline
 
-    pipe = Pipeline([("scaler", StandardScaler()), ("clf", LogisticRegression(max_iter=max_iter))])
+    clf = LogisticRegression(max_iter=max_iter, class_weight=class_weight)
+    pipe = Pipeline([("scaler", StandardScaler()), ("clf", clf)])
     oof = index = honest = None
     estimate = ""
     with warnings.catch_warnings(), one_blas_thread():
@@ -467,6 +469,11 @@ class LinearProbe(ForwardsFeatureParams, ScoresNamedTargets, BaseEstimator):
         Iterations of the logistic regression's solver.
     calibrate : bool, default=True
         Fit a temperature on the out-of-fold scores (``False``: the raw probabilities).
+    class_weight : "balanced", dict or None, default=None
+        Weights of the classes in the logistic regression's loss, as scikit-learn's
+        (``"balanced"``: inversely proportional to their counts; a dict: class label ->
+        weight, 1 for a class left out). Weighting raises the recall of small classes at
+        the cost of calibrated probabilities (they lean towards the small classes).
     random_state : int, default=0
         Seeds the folds.
     verbose : int, default=0
@@ -522,6 +529,11 @@ class LinearProbe(ForwardsFeatureParams, ScoresNamedTargets, BaseEstimator):
         "cv": [Interval(Integral, 2, None), Predicate(lambda v: hasattr(v, "split"), "a splitter")],
         "max_iter": [Interval(Integral, 1, None)],
         "calibrate": ["boolean"],
+        "class_weight": [
+            Options({"balanced"}),
+            Predicate(lambda v: isinstance(v, dict), "a dict of class -> weight"),
+            None,
+        ],
         "random_state": ["random_state", None],
     }
 
@@ -538,6 +550,7 @@ class LinearProbe(ForwardsFeatureParams, ScoresNamedTargets, BaseEstimator):
         cv: int = 5,
         max_iter: int = 1000,
         calibrate: bool = True,
+        class_weight: str | dict[Any, float] | None = None,
         batch_size: int = 64,
         device: str = "auto",
         n_workers: int | None = None,
@@ -557,6 +570,7 @@ class LinearProbe(ForwardsFeatureParams, ScoresNamedTargets, BaseEstimator):
         self.cv = cv
         self.max_iter = max_iter
         self.calibrate = calibrate
+        self.class_weight = class_weight
         self.batch_size = batch_size
         self.device = device
         self.n_workers = n_workers
@@ -594,6 +608,7 @@ class LinearProbe(ForwardsFeatureParams, ScoresNamedTargets, BaseEstimator):
             max_iter=self.max_iter,
             calibrate=self.calibrate,
             random_state=self.random_state,
+            class_weight=_encoded_weights(self.class_weight, classes),
         )
         self.classes_, self.features_ = classes, features
         self.scaler_, self.classifier_, self.C_ = head.scaler, head.classifier, head.C
@@ -642,6 +657,25 @@ class LinearProbe(ForwardsFeatureParams, ScoresNamedTargets, BaseEstimator):
         tags = super().__sklearn_tags__()
         tags.input_tags.two_d_array = False
         return tags
+
+
+def _encoded_weights(class_weight: Any, classes: np.ndarray) -> Any:
+    """``class_weight`` for the classifier, which is trained on class indices: a dict of
+    class labels becomes one of indices (a label not among the classes is an error)."""
+    if not isinstance(class_weight, dict):
+        return class_weight
+    index = {str(c): i for i, c in enumerate(classes)}  # a file's JSON keys are text
+    index.update({c.item() if hasattr(c, "item") else c: i for i, c in enumerate(classes)})
+    unknown = [k for k in class_weight if k not in index]
+    if unknown:
+        raise DataError(
+            f"class_weight names {unknown[:5]}, which are not classes of y "
+            f"({[str(c) for c in classes[:10]]})"
+        )
+    bad = [k for k, w in class_weight.items() if not (isinstance(w, (int, float)) and w > 0)]
+    if bad:
+        raise DataError(f"class_weight of {bad[:5]} must be a positive number")
+    return {index[k]: float(w) for k, w in class_weight.items()}
 
 
 def _warn_left_out(skipped: list[tuple[int, str, str]], y_kept: np.ndarray, n_classes: int) -> None:
