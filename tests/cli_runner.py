@@ -63,6 +63,21 @@ def _cli_state() -> Iterator[None]:
         logger.propagate = propagate
 
 
+def _streams() -> tuple[io.TextIOWrapper, io.TextIOWrapper]:
+    """stdout and stderr as Python opens them for a UTF-8 locale (en_US.UTF-8, a macOS
+    terminal): text that cannot be encoded (a file name that is not UTF-8, held as lone
+    surrogates) is an error on stdout and escaped on stderr. A StringIO took anything, so
+    a command that fails in a terminal passed here."""
+    out = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", errors="strict", newline="\n")
+    err = io.TextIOWrapper(io.BytesIO(), encoding="utf-8", errors="backslashreplace", newline="\n")
+    return out, err
+
+
+def _text(stream: io.TextIOWrapper) -> str:
+    stream.flush()
+    return stream.buffer.getvalue().decode("utf-8")  # type: ignore[attr-defined]
+
+
 def run_tlearn(
     *args: str, cwd: str | Path | None = None, env: Mapping[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
@@ -70,13 +85,15 @@ def run_tlearn(
     and ``text`` would return it: the exit status, stdout and stderr."""
     from tlearn.cli import main
 
-    out, err = io.StringIO(), io.StringIO()
-    code: int | str | None = 0
+    out, err = _streams()
+    code: object = 0
     captured = contextlib.redirect_stdout(out), contextlib.redirect_stderr(err)
     with _environment(env, cwd), _cli_state(), captured[0], captured[1]:
         try:
             main(list(args))
         except SystemExit as e:
             code = e.code
+            if not isinstance(code, int) and code is not None:  # as Python's exit does
+                err.write(f"{code}\n")
     status = code if isinstance(code, int) else (0 if code is None else 1)
-    return subprocess.CompletedProcess(["tlearn", *args], status, out.getvalue(), err.getvalue())
+    return subprocess.CompletedProcess(["tlearn", *args], status, _text(out), _text(err))
