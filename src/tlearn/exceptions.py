@@ -134,7 +134,7 @@ def import_extra(extra: str, module: str, said: str, needed_by: str, hint: str =
     try:
         return importlib.import_module(module)
     except Exception as e:  # noqa: BLE001 - any failure to import: the extra is unusable
-        reason = " ".join(str(e).split())[:200] or type(e).__name__
+        reason = " ".join(str(e).split())[:100] or type(e).__name__  # callers cut at 200
         raise MissingExtraError(
             f"{needed_by} needs {said}, which is installed but cannot be imported ({reason}): "
             f"reinstall it, pip install --force-reinstall 'tlearn[{extra}]'{hint}"
