@@ -1,18 +1,21 @@
 """Prediction and featurisation on Ray, against single-process `tlearn predict` and
-`tlearn featurize` on real CIFAR-10 photos: the same rows with a bad-file mix while a
-predictor actor is SIGKILLed mid-job, a driver SIGKILLed then resumed, and a local
-instance started while a separate head runs.
+`tlearn featurize` on real CIFAR-10 photos: the same rows with a bad-file mix through a
+driver SIGKILLed then resumed while a predictor actor is SIGKILLed (with images listed
+twice), and the same features from a local instance started while a separate head runs.
 
-The jobs join the test run's one Ray head (conftest's ``ray_head``: `ray start --head` on
-127.0.0.1, usage statistics off) and run through the real command, as a user runs them.
-Each `tlearn --cluster ray` run costs 15-25 s before its first image on 2 cores (Ray
-Data's start, actors importing torch), so the tests share runs where their claims allow."""
+The jobs run through the real command, as a user runs them, and join the test run's one
+Ray head (conftest's ``ray_head``: `ray start --head` on 127.0.0.1, usage statistics off)
+but for the local instance's. Each `tlearn --cluster ray` run costs 15-25 s before its
+first image on 2 cores (Ray Data's start, actors importing torch), so the tests share runs
+where their claims allow, and cut the photos into parts of ``--part-rows 32``: eleven
+parts from 332 rows, where parts of the default 256 took 1,202 rows for five. The
+single-process references run in this process (tests/cli_runner.py); a Ray driver, or a
+run to be killed, never does."""
 
 from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -23,6 +26,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.cli_runner import run_tlearn
+
 pytest.importorskip("ray", reason="the Ray tests need the extra: pip install 'tlearn[ray]'")
 pd = pytest.importorskip("pandas")
 
@@ -30,16 +35,23 @@ pytestmark = [pytest.mark.needs_data, pytest.mark.slow]
 
 TLEARN = [sys.executable, "-m", "tlearn"]
 MODEL = "imagenet:efficientnet_lite0"
-# 1,202 rows: five parts of SHARD_ROWS (256), so a driver killed after two parts still has
-# three to resume, and each of the two actors has a second part to retry when one is killed
-N_PER_CLASS = 120
-N_ROWS = 10 * N_PER_CLASS + 2
-N_PARTS = -(-N_ROWS // 256)
+PART_ROWS = 32
+# 322 photo rows (two of them bad files), then one image of each of the first ten parts
+# listed again: 332 rows, eleven parts of PART_ROWS, the last holding the ten repeats. A
+# driver killed after two parts leaves six or more to resume, parts for both actors when
+# one is killed; and whichever parts the killed run finished, some image has one of its
+# two rows done and the other not
+N_PER_CLASS = 32
+N_PHOTO_ROWS = 10 * N_PER_CLASS + 2
+N_TWICE = N_PHOTO_ROWS // PART_ROWS
+N_ROWS = N_PHOTO_ROWS + N_TWICE
+N_PARTS = -(-N_ROWS // PART_ROWS)
+assert N_PARTS == N_TWICE + 1 == 11
 
 
 @pytest.fixture(scope="module")
 def photos(cifar_zip, tmp_path_factory) -> Path:
-    """1,200 CIFAR-10 test JPEGs in class folders, plus two files that are not images."""
+    """320 CIFAR-10 test JPEGs in class folders, plus two files that are not images."""
     root = tmp_path_factory.mktemp("ray-photos") / "photos"
     with zipfile.ZipFile(cifar_zip) as zf:
         names = sorted(n for n in zf.namelist() if n.startswith("test/") and n.endswith(".jpg"))
@@ -78,18 +90,34 @@ def tlearn(
 
 
 @pytest.fixture(scope="module")
-def single(photos, env, tmp_path_factory) -> pd.DataFrame:
-    """Single-process `tlearn predict` on the photos: the reference."""
+def twice(photos) -> dict[int, str]:
+    """The images listed twice, by their first row: the first photo of each of the first
+    N_TWICE parts."""
+    from tlearn.data import iter_image_paths
+
+    rows = list(iter_image_paths([str(photos)]))
+    assert len(rows) == N_PHOTO_ROWS
+    photo_rows = [i for i, p in enumerate(rows) if not p.endswith(("truncated.jpg", "notes.jpg"))]
+    firsts = [min(i for i in photo_rows if i >= k * PART_ROWS) for k in range(N_TWICE)]
+    assert all(i // PART_ROWS == k for k, i in enumerate(firsts))
+    return {i: rows[i] for i in firsts}
+
+
+@pytest.fixture(scope="module")
+def inputs(photos, twice) -> list[str]:
+    """The photo folder, then the images of ``twice`` again."""
+    return [str(photos), *twice.values()]
+
+
+@pytest.fixture(scope="module")
+def single(inputs, env, tmp_path_factory) -> pd.DataFrame:
+    """Single-process `tlearn predict` on the inputs, in this process: the reference."""
     out = tmp_path_factory.mktemp("single") / "preds.parquet"
-    r = tlearn("predict", MODEL, str(photos), "-o", str(out), "--top-k", "3", env=env)
+    r = run_tlearn("predict", MODEL, *inputs, "-o", str(out), "--top-k", "3", env=env)
     assert r.returncode == 1, r.stderr  # the two bad files failed; every row is written
-    return pd.read_parquet(out)
-
-
-def assert_status(r: subprocess.CompletedProcess[str]) -> None:
-    """Exit status 1 exactly when an image of this run failed (issue 27.14)."""
-    failed = int(re.search(r"(\d+) failed", " ".join(r.stdout.split())).group(1))
-    assert r.returncode == (1 if failed else 0), r.stderr[-3000:]
+    got = pd.read_parquet(out)
+    assert len(got) == N_ROWS and got["path"].tolist()[N_PHOTO_ROWS:] == inputs[1:]
+    return got
 
 
 def assert_same_predictions(got: pd.DataFrame, want: pd.DataFrame) -> None:
@@ -107,14 +135,23 @@ def assert_same_predictions(got: pd.DataFrame, want: pd.DataFrame) -> None:
     assert np.abs(gp - wp).max() < 1e-5
 
 
-def test_ray_featurize_equals_single_process(photos, head, env, tmp_path):
+def test_without_an_address_a_local_instance_featurizes_as_a_single_process(
+    photos, head, env, tmp_path
+):
+    """One run for two claims: Ray's feature rows are single-process `tlearn featurize`'s
+    (in parts of --part-rows), and without --address a local Ray instance is started for
+    the job (not the head that runs beside it) and gives them. One class and a bad file:
+    the instance's start is what costs here, not the images."""
     cat = photos / "cat"
     local, ray_out = tmp_path / "local.parquet", tmp_path / "ray.parquet"
-    r = tlearn("featurize", str(cat), "-o", str(local), env=env)
+    r = run_tlearn("featurize", str(cat), "-o", str(local), env=env)
     assert r.returncode == 1, r.stderr  # the truncated photo
     r = tlearn("featurize", str(cat), "-o", str(ray_out), "--cluster", "ray",
-               "--address", head, env=env)  # fmt: skip
+               "--part-rows", "16", env=env)  # fmt: skip
     assert r.returncode == 1, r.stderr[-3000:]
+    assert sorted(p.name for p in ray_out.glob("part-*")) == [
+        f"part-{i:09d}.parquet" for i in (0, 16, 32)
+    ]
     a, b = pd.read_parquet(local), pd.read_parquet(ray_out)
     assert len(a) == len(b) == N_PER_CLASS + 1
     assert (a["row_id"] == b["row_id"]).all() and (a["error"] == b["error"]).all()
@@ -122,6 +159,23 @@ def test_ray_featurize_equals_single_process(photos, head, env, tmp_path):
     fa, fb = np.stack(a["features"][ok].to_numpy()), np.stack(b["features"][ok].to_numpy())
     assert fa.shape == (N_PER_CLASS, 1280) and np.abs(fa - fb).max() < 1e-5
     assert b["features"][~ok].isna().all()
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "ten"])
+def test_a_bad_part_rows_is_one_error_line(value, tmp_path):
+    r = run_tlearn("predict", MODEL, str(tmp_path), "-o", str(tmp_path / "p.parquet"),
+                   "--cluster", "ray", "--part-rows", value)  # fmt: skip
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.startswith("error: ") and r.stderr.count("\n") == 1, r.stderr
+    assert "--part-rows" in r.stderr and not (tmp_path / "p.parquet").exists()
+
+
+def test_part_rows_without_cluster_ray_is_refused(tmp_path):
+    """--part-rows sizes Ray's tasks: in a single process it would be silently ignored."""
+    r = run_tlearn("featurize", str(tmp_path), "-o", str(tmp_path / "f.parquet"),
+                   "--part-rows", "64")  # fmt: skip
+    assert r.returncode == 2 and r.stderr.startswith("error: --part-rows") and r.stdout == ""
+    assert r.stderr.count("\n") == 1 and "--cluster ray" in r.stderr
 
 
 def _wait_for(what, timeout: float = 300):
@@ -134,100 +188,124 @@ def _wait_for(what, timeout: float = 300):
     raise AssertionError("timed out waiting")
 
 
-def test_ray_predict_equals_single_process_when_an_actor_is_killed(
-    photos, single, head, env, tmp_path
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _done_rows(out: Path) -> set[int]:
+    return set(pd.read_parquet(out, columns=["row_id"])["row_id"].tolist())
+
+
+def _actors(out: Path) -> dict[int, int]:
+    """The predictor actors of the runs into ``out`` (by their PID files), with how many
+    parts each wrote."""
+    folder = out / ".tlearn-workers"
+    found = {}
+    for f in folder.glob("*.pid") if folder.is_dir() else []:
+        text = f.read_text().strip()
+        if text:
+            found[int(f.stem)] = int(text)
+    return found
+
+
+def test_killed_driver_and_actor_then_resume_give_the_single_process_rows(
+    photos, twice, inputs, single, head, env, tmp_path
 ):
-    """One run for two claims: the rows of single-process `tlearn predict`, bad files
-    included, and a predictor actor SIGKILLed after its first part is restarted by Ray and
-    its shard retried, with no row lost or written twice."""
+    """Ray's rows are single-process `tlearn predict`'s, bad files included, through two
+    kills. A driver SIGKILLed after two parts leaves complete parts: the same command is
+    then refused without --resume, and --resume predicts only the rows they lack, even
+    with one of its predictor actors SIGKILLed after its first part (Ray restarts the actor
+    and retries its shard, with no row lost or written twice); a --resume with nothing
+    left changes nothing.
+
+    And a resume with an image listed twice completes: resume took the done rows as a set
+    of paths and checked completeness in rows, so with an image listed twice every
+    --resume failed ("rerun with --resume"). Ten images are listed twice here, so that
+    when the driver dies one of them has one row done and the other not, and the last
+    --resume finds both rows of each done."""
     out = tmp_path / "ray.parquet"
+    args = ["predict", MODEL, *inputs, "-o", str(out), "--top-k", "3", "--cluster", "ray",
+            "--address", head, "--part-rows", str(PART_ROWS)]  # fmt: skip
+    # one worker: at most its part and one queued can still land after the kill
+    first = [*TLEARN, *args, "--workers", "1"]
+    proc = subprocess.Popen(first, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            env=env)  # fmt: skip
+    try:
+        _wait_for(lambda: len(list(out.glob("part-*.parquet"))) >= 2 or proc.poll() is not None)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        stderr = proc.communicate()[1]
+    assert proc.returncode == -signal.SIGKILL, f"the run ended by itself: {stderr[-3000:]}"
+    # the driver's actors die with it (Ray's fate sharing): no part lands after this
+    dead = set(_actors(out))
+    _wait_for(lambda: not any(_running(pid) for pid in dead), timeout=120)
+    parts_before = len(list(out.glob("part-*.parquet")))
+    assert 2 <= parts_before <= 5  # two seen, and the one in hand and one queued at most
+    done = _done_rows(out)
+    pairs = [(i, N_PHOTO_ROWS + k) for k, i in enumerate(twice)]  # an image's two rows
+    assert any((a in done) != (b in done) for a, b in pairs)
+
+    from tlearn.scale import ray as scale_ray
+
+    def no_driver_here(*args, **kwargs):
+        raise AssertionError("the refused run went on to start a Ray driver")
+
+    with pytest.MonkeyPatch.context() as mp:  # refused before Ray: run in this process
+        mp.setattr(scale_ray, "connect", no_driver_here)
+        r = run_tlearn(*first[len(TLEARN) :], env=env)
+    assert r.returncode == 2 and "--resume" in r.stderr  # never silently overwritten
+    assert _done_rows(out) == done
+
+    # two workers, one SIGKILLed once it has written a part: with six parts or more left,
+    # it has a shard in hand, and each worker more to do
     proc = subprocess.Popen(
-        [*TLEARN, "predict", MODEL, str(photos), "-o", str(out), "--top-k", "3",
-         "--cluster", "ray", "--address", head, "--workers", "2"],
+        [*TLEARN, *args, "--workers", "2", "--resume"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )  # fmt: skip
-    workers = out / ".tlearn-workers"
 
-    def busy_worker() -> int | None:  # a worker that has written at least one part
-        for f in workers.glob("*.pid") if workers.is_dir() else []:
-            if f.read_text().strip() not in ("", "0"):
-                return int(f.stem)
+    def busy_worker() -> int | None:  # a worker of this run that has written a part
+        for pid, parts in _actors(out).items():
+            if pid not in dead and parts and _running(pid):
+                return pid
         return None
 
-    pid = _wait_for(busy_worker)
-    os.kill(pid, signal.SIGKILL)
-    stdout, stderr = proc.communicate(timeout=900)
-    assert proc.returncode == 1, stderr[-3000:]  # 1: some images failed
-    assert f"{N_ROWS - 2} images predicted, 2 failed" in stdout
+    try:
+        pid = _wait_for(lambda: busy_worker() or proc.poll() is not None)
+        assert proc.poll() is None, f"the run ended first: {proc.communicate()[1][-3000:]}"
+        os.kill(pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate(timeout=900)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    said = " ".join(stdout.split())
+    counts = re.search(r"(\d+) images predicted, (\d+) failed; (\d+) were already done", said)
+    assert counts, stderr[-3000:]
+    predicted, failed, skipped = (int(n) for n in counts.groups())
+    bad = set(single["row_id"][single["error"] != ""])
+    assert len(bad) == 2 and failed == len(bad - done)
+    assert skipped == len(done) and predicted + failed == N_ROWS - len(done)
+    # exit status 1 exactly when an image of this run failed (issue 27.14)
+    assert proc.returncode == (1 if failed else 0), stderr[-3000:]
     got = pd.read_parquet(out)
     assert_same_predictions(got, single)
     errors = dict(zip(got["path"], got["error"], strict=True))
     assert "truncated" in errors[str(photos / "cat" / "0000-truncated.jpg")].lower()
     assert "not a recognised image" in errors[str(photos / "dog" / "notes.jpg")]
-    parts = sorted(p.name for p in out.iterdir())
-    assert parts[0] == "part-000000000.parquet" and len(parts) == N_PARTS
+    parts = sorted(p.name for p in out.glob("part-*.parquet"))
+    left = N_ROWS - len(done)  # the resumed run's parts: those rows, PART_ROWS at a time
+    assert parts[0] == "part-000000000.parquet"
+    assert len(parts) == parts_before + -(-left // PART_ROWS)
 
-
-def test_killed_driver_then_resume_predicts_only_the_rest(photos, single, head, env, tmp_path):
-    out = tmp_path / "ray.parquet"
-    args = ["predict", MODEL, str(photos), "-o", str(out), "--top-k", "3",
-            "--cluster", "ray", "--address", head, "--workers", "2"]  # fmt: skip
-    proc = subprocess.Popen(
-        [*TLEARN, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env
-    )
-    _wait_for(lambda: len(list(out.glob("part-*.parquet"))) >= 2)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    parts_before = len(list(out.glob("part-*.parquet")))
-    assert 2 <= parts_before < N_PARTS
-    r = tlearn(*args, env=env)
-    assert r.returncode == 2 and "--resume" in r.stderr  # never silently overwritten
-    r = tlearn(*args, "--resume", env=env)
-    assert_status(r)
-    assert "were already done" in r.stdout
-    skipped = int(r.stdout.split("; ")[1].split()[0])
-    assert 0 < skipped < N_ROWS
-    assert_same_predictions(pd.read_parquet(out), single)
-    r = tlearn(*args, "--resume", env=env)  # nothing left to do: nothing changes
+    r = tlearn(*args, "--workers", "1", "--resume", env=env)  # nothing left: nothing changes
     assert r.returncode == 0, r.stderr[-3000:]
     said = " ".join(r.stdout.split())
     assert f"0 images predicted, 0 failed; {N_ROWS} were already done" in said
     assert_same_predictions(pd.read_parquet(out), single)
-
-
-def test_without_an_address_a_local_instance_predicts_the_same_rows(
-    photos, single, head, env, tmp_path
-):
-    """Without --address a local instance is started (not the running head), and it
-    predicts what single-process `tlearn predict` does (one class and a bad file: its
-    start is what costs here, not the images)."""
-    local = tmp_path / "local.parquet"
-    r = tlearn("predict", MODEL, str(photos / "dog"), "-o", str(local), "--top-k", "3",
-               "--cluster", "ray", env=env)  # fmt: skip
-    assert r.returncode == 1, r.stderr[-3000:]  # notes.jpg
-    got = pd.read_parquet(local).sort_values("row_id").reset_index(drop=True)
-    want = single[single["path"].str.startswith(f"{photos / 'dog'}{os.sep}")]
-    assert len(got) == len(want) == N_PER_CLASS + 1
-    assert (got["path"].to_numpy() == want["path"].to_numpy()).all()
-    got["row_id"] = want["row_id"].to_numpy()  # the same images, numbered in another input
-    assert_same_predictions(got, want.reset_index(drop=True))
-    shutil.rmtree(local)
-
-
-def test_resume_with_an_image_listed_twice_completes(photos, head, env, tmp_path):
-    """Resume took the done rows as a set of paths and checked completeness in rows: with
-    an image listed twice, every --resume failed ("rerun with --resume")."""
-    cat = sorted(str(p) for p in (photos / "cat").glob("00*.jpg"))[:3]
-    inputs = [cat[0], cat[1], cat[0], cat[2]]
-    out = tmp_path / "twice.parquet"
-    r = tlearn("predict", MODEL, *inputs[:3], "-o", str(out), env=env)  # rows 0-2 done
-    assert r.returncode == 1, r.stderr[-3000:]  # cat[0] is the truncated photo, twice
-    r = tlearn("predict", MODEL, *inputs, "-o", str(out), "--resume", "--cluster", "ray",
-               "--address", head, "--workers", "1", env=env)  # fmt: skip
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert "1 images predicted, 0 failed; 3 were already done" in " ".join(r.stdout.split())
-    got = pd.read_parquet(out).sort_values("row_id")
-    assert got["row_id"].tolist() == [0, 1, 2, 3] and got["path"].tolist() == inputs
 
 
 def test_any_failure_to_read_one_image_becomes_its_error_row(tmp_path, monkeypatch):

@@ -367,6 +367,7 @@ FLAG_CONSTRAINTS: dict[str, list[Any]] = {
     "top_k": _COUNT,
     "workers": [*_COUNT, None],
     "threads": _COUNT,
+    "part_rows": [*_COUNT, None],
     "max_per_class": [*_COUNT, None],
     "test_max_per_class": [*_COUNT, None],
     "test_size": _FRACTION,

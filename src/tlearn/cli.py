@@ -138,6 +138,16 @@ WorkersOpt = Annotated[
 ThreadsOpt = Annotated[
     int, typer.Option(help="CPUs (engine threads) per Ray worker.", rich_help_panel=_SCALE)
 ]
+PartRowsOpt = Annotated[
+    int | None,
+    typer.Option(
+        help="Rows per Ray task and per Parquet part it writes (default: "
+        f"{read_constant('tlearn.scale.ray', 'SHARD_ROWS')}): a killed worker's task is retried, "
+        "and a killed run resumed, a part at a time, so smaller parts redo less; larger ones "
+        "hold more decoded images in memory.",
+        rich_help_panel=_SCALE,
+    ),
+]
 
 
 def _error_line(message: str) -> None:
@@ -580,6 +590,7 @@ def predict(
     address: AddressOpt = None,
     workers: WorkersOpt = None,
     threads: ThreadsOpt = 1,
+    part_rows: PartRowsOpt = None,
 ) -> None:
     """Predict the class of every image in INPUTS; unreadable files get a row with the error.
 
@@ -591,12 +602,13 @@ def predict(
     error."""
     check_model_file(model)
     check_inputs(inputs)
-    if _on_ray(cluster, output):
+    if _on_ray(cluster, output, part_rows):
         from tlearn.scale import ray as scale_ray
 
         counts = scale_ray.predict(model, inputs, str(output), top_k=top_k, tta=tta,
                                    resume=resume, overwrite=overwrite, engine=engine,
-                                   address=address, workers=workers, threads=threads)  # fmt: skip
+                                   address=address, workers=workers, threads=threads,
+                                   shard_rows=part_rows or scale_ray.SHARD_ROWS)  # fmt: skip
         _say_written(counts, "predicted", output)
         _exit_on_failures(counts)
         return
@@ -684,6 +696,7 @@ def featurize(
     address: AddressOpt = None,
     workers: WorkersOpt = None,
     threads: ThreadsOpt = 1,
+    part_rows: PartRowsOpt = None,
 ) -> None:
     """Write the backbone's feature vector of every image in INPUTS to OUTPUT, one row each
     (row_id, path, features, error): embeddings for your own search, clustering or models.
@@ -691,12 +704,13 @@ def featurize(
     Streams with flat memory; --resume continues an interrupted run."""
     check_model_file(model)
     check_inputs(inputs)
-    if _on_ray(cluster, output):
+    if _on_ray(cluster, output, part_rows):
         from tlearn.scale import ray as scale_ray
 
         counts = scale_ray.featurize(model, inputs, str(output), resume=resume,
                                      overwrite=overwrite, engine=engine, address=address,
-                                     workers=workers, threads=threads)  # fmt: skip
+                                     workers=workers, threads=threads,
+                                     shard_rows=part_rows or scale_ray.SHARD_ROWS)  # fmt: skip
     else:
         check_output(output, "features", resume, overwrite)
         total = _images_to_do(inputs, output if resume else None)
@@ -714,11 +728,13 @@ def featurize(
     _exit_on_failures(counts)
 
 
-def _on_ray(cluster: str, output: Path | None) -> bool:
+def _on_ray(cluster: str, output: Path | None, part_rows: int | None = None) -> bool:
     if cluster not in ("local", "ray"):
         _fail(f"--cluster must be 'local' or 'ray', got {cluster!r}")
     if cluster == "ray" and output is None:
         _fail("--cluster ray writes its rows to a Parquet folder: pass --output NAME.parquet")
+    if cluster != "ray" and part_rows is not None:
+        _fail("--part-rows sizes the parts of Ray's tasks: it needs --cluster ray")
     return cluster == "ray"
 
 
