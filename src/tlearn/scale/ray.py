@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from tlearn.exceptions import DataError, ImageReadError, TlearnError
+from tlearn.exceptions import DataError, ImageReadError, TlearnError, import_extra
 from tlearn.outputs import output_format, prepare_output, rows_table, write_part
 from tlearn.predictor import Predictor, error_row, iter_manifest, load_predictor, top_k_rows
 
@@ -51,13 +51,7 @@ _WORKERS_DIR = ".tlearn-workers"
 
 
 def _ray() -> Any:
-    try:
-        import ray
-    except ImportError:
-        raise TlearnError(
-            "--cluster ray needs Ray, which is not installed: pip install 'tlearn[ray]'"
-        ) from None
-    return ray
+    return import_extra("ray", "ray", "Ray", "--cluster ray")
 
 
 @contextlib.contextmanager
