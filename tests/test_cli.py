@@ -240,3 +240,22 @@ def test_table_and_stdout_rows_of_integer_classes(capsys):
     assert _write_jsonl([row], lambda n: None) == {"ok": 1, "failed": 0}
     line = json.loads(capsys.readouterr().out)
     assert line["label"] == "0" and line["top_labels"] == ["0", "1"]
+
+
+def test_the_table_shows_odd_file_names_as_they_are(tmp_path):
+    """A path with rich markup ([/y], [red]) raised MarkupError or lost its brackets, and
+    a name that is not UTF-8 ended the table with a UnicodeEncodeError (adversarial
+    review of 28.1)."""
+    from PIL import Image
+
+    folder = tmp_path / "x["
+    folder.mkdir()
+    for name in ("y].jpg", "[red]z.jpg", "caf\udce9.jpg"):
+        Image.new("RGB", (40, 40), (200, 30, 30)).save(
+            os.fsencode(folder) + b"/" + os.fsencode(name), "JPEG"
+        )
+    r = run("predict", "imagenet:efficientnet_lite0", str(folder))
+    assert r.returncode == 0, r.stderr
+    said = " ".join(r.stdout.split())
+    assert "y].jpg" in said and "[red]z.jpg" in said and "caf\\xe9.jpg" in said
+    assert "3 images predicted, 0 failed" in said

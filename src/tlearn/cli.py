@@ -181,7 +181,9 @@ def _write_skipped(skipped: list[tuple[int, str, str]], beside: str) -> str | No
         w = csv.writer(f)
         w.writerow(["path", "reason"])
         w.writerows((p, r) for _, p, r in skipped)
-    err_console.print(f"[yellow]{len(skipped)} unreadable image(s) skipped[/], listed in {path}:")
+    err_console.print(
+        f"[yellow]{len(skipped)} unreadable image(s) skipped[/], listed in {escape(str(path))}:"
+    )
     for _, p, r in skipped[:10]:
         err_console.print(f"  {escape(p)}: {escape(r)}", highlight=False)
     return path
@@ -462,10 +464,10 @@ def evaluate_cmd(
         _write_skipped(rows, str(json_path or model))
     if json_path is not None:
         report.to_json(json_path)
-        console.print(f"metrics written to {json_path}")
+        console.print(f"metrics written to {escape(str(json_path))}")
     if report_dir is not None:
         paths = report.save(report_dir, title=f"{Path(model).name} on {data}")
-        console.print(f"report written to {paths['html']}")
+        console.print(f"report written to {escape(str(paths['html']))}")
     console.print(f"[bold]accuracy: {report.accuracy:.4f}[/] ({report.n_images} images)")
 
 
@@ -557,9 +559,11 @@ def doctor(
     console.print(table)
     if write_clean is not None:
         counts = clean_csv(findings, list(X), list(y), str(write_clean), relabel)
+        clean = escape(str(write_clean))
         console.print(f"clean CSV: {counts['kept']} images kept, {counts['left_out']} left out, "
-                      f"{counts['relabelled']} relabelled -> {write_clean}")  # fmt: skip
-    console.print(f"report written to {paths['report.html']}, issues to {paths['issues.csv']}")
+                      f"{counts['relabelled']} relabelled -> {clean}")  # fmt: skip
+    console.print(f"report written to {escape(paths['report.html'])}, issues to "
+                  f"{escape(paths['issues.csv'])}")  # fmt: skip
 
 
 @command()
@@ -754,7 +758,10 @@ def _say_written(counts: dict[str, int], verb: str, output: Path | None) -> None
 
 
 def _print_predictions(rows: list[dict[str, Any]], top_k: int) -> dict[str, int]:
-    """The predictions as a table on the terminal; returns how many worked and failed."""
+    """The predictions as a table on the terminal; returns how many worked and failed
+    (paths and labels shown as text: a file name is neither markup nor always UTF-8)."""
+    from tlearn.data.sources import path_text
+
     table = Table("path", "label", "probability", "error")
     counts = {"ok": 0, "failed": 0}
     for row in rows:
@@ -762,7 +769,7 @@ def _print_predictions(rows: list[dict[str, Any]], top_k: int) -> dict[str, int]
         prob = "" if row["probability"] is None else f"{row['probability']:.3f}"
         best = "" if row["label"] is None else str(row["label"])  # a class 0 is a label too
         label = ", ".join(map(str, row["top_labels"])) if top_k > 1 else best
-        table.add_row(row["path"], label, prob, row["error"])
+        table.add_row(escape(path_text(row["path"])), escape(label), prob, escape(row["error"]))
     console.print(table)
     console.print(f"{counts['ok']} images predicted, {counts['failed']} failed")
     return counts
@@ -881,7 +888,8 @@ def export(
     from tlearn.persistence import load
 
     path = export_model(load(model), out, format)
-    console.print(f"exported to {path} (classes and preprocessing in {path}.json)")
+    console.print(f"exported to {escape(str(path))} (classes and preprocessing in "
+                  f"{escape(str(path))}.json)")  # fmt: skip
 
 
 # -- models, bench, demo --------------------------------------------------------------------
