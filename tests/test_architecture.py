@@ -118,14 +118,16 @@ def test_engine_names_come_from_the_one_table():
 def test_cli_defaults_equal_the_estimators_defaults():
     from tlearn.cli import _estimator_options
     from tlearn.finetune import FineTuneClassifier
+    from tlearn.multilabel import MultiLabelProbe
     from tlearn.probe import LinearProbe
 
     defaults = {
         "probe": LinearProbe().get_params(),
         "finetune": FineTuneClassifier().get_params(),
+        "multilabel": MultiLabelProbe().get_params(),
     }
     options = _estimator_options()
-    assert {"lr", "epochs", "strategy", "engine", "backbone", "image_size"} <= {
+    assert {"lr", "epochs", "strategy", "engine", "backbone", "image_size", "threshold_for"} <= {
         o.name for o in options
     }
     for option in options:

@@ -232,12 +232,13 @@ def test_table_and_stdout_rows_of_integer_classes(capsys):
     label (``row["label"] or ""``), and -o - wrote labels as numbers where a .jsonl file
     (and CSV, Parquet) holds strings."""
     from tlearn.cli import _print_predictions, _write_jsonl
+    from tlearn.rows import ROW_KINDS
 
     row = {"row_id": 0, "path": "a.jpg", "label": 0, "probability": 0.9,
            "top_labels": [0, 1], "top_probabilities": [0.9, 0.1], "error": ""}  # fmt: skip
     _print_predictions([row], top_k=1)
     assert "a.jpg │ 0 " in capsys.readouterr().out
-    assert _write_jsonl([row], lambda n: None) == {"ok": 1, "failed": 0}
+    assert _write_jsonl([row], lambda n: None, ROW_KINDS["predictions"]) == {"ok": 1, "failed": 0}
     line = json.loads(capsys.readouterr().out)
     assert line["label"] == "0" and line["top_labels"] == ["0", "1"]
 

@@ -215,7 +215,8 @@ def estimator_options(
         if len({repr(v) for v in defaults.values()}) > 1:
             annotation, default = annotation | None, None
             help_text += " (default: " + ", ".join(f"{m} {v!r}" for m, v in defaults.items()) + ")"
-        panel = panels["both"] if len(defaults) > 1 else panels[next(iter(defaults))]
+        both = {"probe", "finetune"} <= defaults.keys()
+        panel = panels["both"] if both else panels[next(iter(defaults))]
         options.append(
             EstimatorOption(
                 name,

@@ -16,9 +16,10 @@ import json
 import os
 import secrets
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:  # python_value is used where torch must not load (the CLI's checks)
+    import torch
 
 __all__ = [
     "atomic_path",

@@ -224,12 +224,16 @@ _FIT_GENERAL: list[tuple[str, Any, Any]] = [
      rich_help_panel=_SCALE)], 2),
     ("threads", ThreadsOpt, 1),
 ]  # fmt: skip
-_PANELS = {"both": "Features", "probe": "Probe", "finetune": "Fine-tuning"}
+_PANELS = {"both": "Features", "probe": "Probe", "finetune": "Fine-tuning",
+           "multilabel": "Multi-label (a CSV of several labels per image)"}  # fmt: skip
 
 
+#: The estimators whose parameters are fit's flags; "multilabel" is the probe of data with
+#: several labels per image (--method probe or auto on such data).
 _ESTIMATORS = {
     "probe": ("tlearn.probe", "LinearProbe"),
     "finetune": ("tlearn.finetune.estimator", "FineTuneClassifier"),
+    "multilabel": ("tlearn.multilabel", "MultiLabelProbe"),
 }
 
 
@@ -277,8 +281,9 @@ def _fit_settings(ctx: typer.Context, values: dict[str, Any]) -> dict[str, Any]:
     for option in _estimator_options():
         source = ctx.get_parameter_source(option.name)
         explicit = (source is not None and source.name != "DEFAULT") or option.name in from_file
-        if explicit and method in ("probe", "finetune") and method not in option.methods:
-            _fail(f"{flag(option.name)} applies to --method {' or '.join(option.methods)}, "
+        takes = {"probe" if m == "multilabel" else m for m in option.methods}
+        if explicit and method in ("probe", "finetune") and method not in takes:
+            _fail(f"{flag(option.name)} applies to --method {' or '.join(sorted(takes))}, "
                   f"not {method}")  # fmt: skip
         if explicit:
             _check_estimator_flag(option, settings[option.name], method)
@@ -292,7 +297,8 @@ def _check_estimator_flag(option: Any, value: Any, method: str) -> None:
     --method auto), read from their source: a bad value fails before PyTorch loads."""
     from tlearn._cli_options import read_constraints
 
-    for m in option.methods if method == "auto" else (method,):
+    takers = {method, "multilabel"} if method == "probe" else {method}
+    for m in [m for m in option.methods if method == "auto" or m in takers]:
         allowed = read_constraints(*_ESTIMATORS[m]).get(option.name)
         check_flags({option.name: value}, {option.name: allowed} if allowed else {})
 
@@ -355,9 +361,8 @@ def fit(ctx: typer.Context, data: str, **values: Any) -> None:
     how = result.evaluation["method"]
     which = "test" if "test" in how else "held-out"
     console.print(
-        f"[bold]{which} loss: {result.report.log_loss:.4f}  {which} accuracy: "
-        f"{result.report.accuracy:.4f}[/] ({result.report.n_images} images, {how}); model "
-        f"saved to {out} ({result.seconds:.0f} s)"
+        f"[bold]{result.report.headline(which)}[/] ({result.report.n_images} images, "
+        f"{escape(how)}); model saved to {escape(str(out))} ({result.seconds:.0f} s)"
     )
 
 
@@ -456,7 +461,8 @@ def evaluate_cmd(
         report = evaluate(predictor, X, y, unknown="skip" if skip_unknown_classes else "raise",
                           on_error="skip" if skip_bad_images else "raise")  # fmt: skip
     console.print(report)
-    console.print(_confusion_table(report))
+    if report.to_dict().get("confusion_matrix"):  # one label per image
+        console.print(_confusion_table(report))
     if report.unknown:
         err_console.print(f"[yellow]{len(report.unknown)} image(s) with unknown classes left out")
     if report.failed:
@@ -468,7 +474,7 @@ def evaluate_cmd(
     if report_dir is not None:
         paths = report.save(report_dir, title=f"{Path(model).name} on {data}")
         console.print(f"report written to {escape(str(paths['html']))}")
-    console.print(f"[bold]accuracy: {report.accuracy:.4f}[/] ({report.n_images} images)")
+    console.print(f"[bold]{report.headline()}[/] ({report.n_images} images)")
 
 
 def _confusion_table(report: Any) -> Table:
@@ -549,6 +555,10 @@ def doctor(
 
     X, y = load_labelled(data, max_per_class, seed)
     X_test, y_test = load_labelled(test, None, seed) if test else (None, None)
+    from tlearn.data.targets import refuse_label_sets
+
+    for labels in (y, y_test):  # before minutes of features
+        refuse_label_sets(labels, "the doctor")
     findings = inspect(X, y, X_test, y_test, near_threshold=near_threshold,
                        label_backbones=_label_backbones(label_backbone), backbone=backbone,
                        cache_dir=cache_dir, say=console.print)  # fmt: skip
@@ -585,7 +595,13 @@ def predict(
             "stdout; default: a table.",
         ),
     ] = None,
-    top_k: Annotated[int, typer.Option(help="How many labels per image.")] = 1,
+    top_k: Annotated[
+        int | None,
+        typer.Option(
+            help="How many labels (and scores) per image; default 1, or every label of a "
+            "multi-label model."
+        ),
+    ] = None,
     tta: Annotated[bool, typer.Option(help="Average over a horizontal flip.")] = False,
     resume: ResumeOpt = False,
     overwrite: OverwriteOpt = False,
@@ -601,7 +617,8 @@ def predict(
     Streams: memory stays flat however many images, rows are written as they come; with
     --output - they go to stdout as JSON Lines (messages and progress stay on stderr). With
     --cluster ray the images are decoded and predicted by Ray workers. Every format has the
-    columns row_id, path, label, probability, top_labels, top_probabilities, error. Exit
+    columns row_id, path, label, probability, top_labels, top_probabilities, error (and a
+    multi-label model's above_threshold: every label that applies, before error). Exit
     status: 0 every image predicted, 1 some failed (their rows hold the error), 2 a user
     error."""
     check_model_file(model)
@@ -638,7 +655,8 @@ def _predict_rows(
         if output is None:
             rows = list(_advancing(predictor.iter_predict(inputs, top_k=top_k, tta=tta), advance))
         elif str(output) == "-":
-            counts = _write_jsonl(predictor.iter_predict(inputs, top_k=top_k, tta=tta), advance)
+            rows = predictor.iter_predict(inputs, top_k=top_k, tta=tta)
+            counts = _write_jsonl(rows, advance, predictor.rows)
         else:
             from tlearn.inference import predict_to_file
 
@@ -656,13 +674,12 @@ def _advancing(rows: Any, advance: Callable[[int], None]) -> Iterator[dict[str, 
         yield row
 
 
-def _write_jsonl(rows: Any, advance: Callable[[int], None]) -> dict[str, int]:
-    """Rows to stdout as JSON Lines (what a .jsonl output holds), for a pipe."""
-    from tlearn.outputs import _json_ready
-
+def _write_jsonl(rows: Any, advance: Callable[[int], None], kind: Any) -> dict[str, int]:
+    """Rows of ``kind`` (:mod:`tlearn.rows`) to stdout as JSON Lines (what a .jsonl output
+    holds), for a pipe."""
     counts = {"ok": 0, "failed": 0}
     for row in rows:
-        sys.stdout.write(json.dumps(_json_ready(row)) + "\n")
+        sys.stdout.write(json.dumps(kind.plain(row)) + "\n")
         counts["failed" if row["error"] else "ok"] += 1
         advance(1)
     sys.stdout.flush()
@@ -757,22 +774,36 @@ def _say_written(counts: dict[str, int], verb: str, output: Path | None) -> None
     )
 
 
-def _print_predictions(rows: list[dict[str, Any]], top_k: int) -> dict[str, int]:
-    """The predictions as a table on the terminal; returns how many worked and failed
-    (paths and labels shown as text: a file name is neither markup nor always UTF-8)."""
+def _print_predictions(rows: list[dict[str, Any]], top_k: int | None) -> dict[str, int]:
+    """The predictions as a table on the terminal (a multi-label model's: the labels that
+    apply, with their probabilities); returns how many worked and failed (paths and labels
+    shown as text: a file name is neither markup nor always UTF-8)."""
     from tlearn.data.sources import path_text
 
-    table = Table("path", "label", "probability", "error")
+    several = bool(rows) and "above_threshold" in rows[0]
+    table = Table("path", "labels" if several else "label", "probability", "error")
     counts = {"ok": 0, "failed": 0}
     for row in rows:
         counts["failed" if row["error"] else "ok"] += 1
-        prob = "" if row["probability"] is None else f"{row['probability']:.3f}"
-        best = "" if row["label"] is None else str(row["label"])  # a class 0 is a label too
-        label = ", ".join(map(str, row["top_labels"])) if top_k > 1 else best
+        label, prob = _shown_prediction(row, several, top_k)
         table.add_row(escape(path_text(row["path"])), escape(label), prob, escape(row["error"]))
     console.print(table)
     console.print(f"{counts['ok']} images predicted, {counts['failed']} failed")
     return counts
+
+
+def _shown_prediction(row: dict[str, Any], several: bool, top_k: int | None) -> tuple[str, str]:
+    """A row's labels and probabilities as the table shows them."""
+    if row["error"]:
+        return "", ""
+    if several:  # multi-label: the labels that apply, or "(none)"
+        scores = dict(zip(row["top_labels"], row["top_probabilities"], strict=True))
+        above = row["above_threshold"]
+        shown = ", ".join(f"{scores[c]:.3f}" if c in scores else "" for c in above)
+        return (", ".join(map(str, above)) or "(none)"), shown
+    if top_k is not None and top_k > 1:
+        return ", ".join(map(str, row["top_labels"])), f"{row['probability']:.3f}"
+    return str(row["label"]), f"{row['probability']:.3f}"  # a class 0 is a label too
 
 
 _SERVE = "Server limits"

@@ -7,7 +7,9 @@ them for tools that read no metadata. :func:`load_exported` runs such a file aga
 (``tlearn predict``, the predictor), from its metadata or the sidecar.
 
 The head comes from the model's kind (:data:`tlearn.models.MODEL_KINDS`) as one linear
-layer. A model fitted on ``openvino-int8`` exports to OpenVINO as its calibrated int8
+layer and its activation: a softmax, or a multi-label model's sigmoid (each label's own
+probability; its threshold per label is in the metadata as ``thresholds``).
+A model fitted on ``openvino-int8`` exports to OpenVINO as its calibrated int8
 backbone plus that head (taking uint8 NHWC pixels); every other export is fp32 (normalised
 NCHW input). The conversions are the engines' own (:func:`export_onnx`,
 :func:`convert_openvino`).
@@ -28,7 +30,7 @@ from tlearn._io import atomic_path, python_value, write_atomic
 from tlearn._validation import check_option
 from tlearn.data.images import Preprocessing
 from tlearn.exceptions import ModelFileError
-from tlearn.models import ModelParts, model_kind, require_single_label, split_model
+from tlearn.models import ModelParts, model_kind, split_model
 from tlearn.runtime.onnx_engine import OnnxRuntimeEngine, export_onnx, onnx_description
 from tlearn.runtime.openvino_engine import (
     OpenVinoEngine,
@@ -45,28 +47,32 @@ OUTPUT = "probabilities"
 
 
 class _Classifier(nn.Module):
-    """Normalised images -> class probabilities."""
+    """Normalised images -> class probabilities (``activation``: softmax, or sigmoid for a
+    multi-label model)."""
 
-    def __init__(self, backbone: nn.Module, weight: np.ndarray, bias: np.ndarray) -> None:
+    def __init__(
+        self, backbone: nn.Module, weight: np.ndarray, bias: np.ndarray, activation: str
+    ) -> None:
         super().__init__()
-        self.backbone = backbone
+        self.backbone, self.sigmoid = backbone, activation == "sigmoid"
         self.head = nn.Linear(weight.shape[1], weight.shape[0])
         with torch.no_grad():
             self.head.weight.copy_(torch.from_numpy(np.asarray(weight, np.float32)))
             self.head.bias.copy_(torch.from_numpy(np.asarray(bias, np.float32)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(x)).softmax(dim=1)
+        logits = self.head(self.backbone(x))
+        return logits.sigmoid() if self.sigmoid else logits.softmax(dim=1)
 
 
 def export_model(model: Any, path: str | os.PathLike[str], format: str = "onnx") -> str:
     """Write ``model`` as ``path`` (``.onnx`` or ``.xml`` + ``.bin``) and ``path.json``."""
     check_option("export_model", "format", format, FORMATS)
-    require_single_label(model, "export")
     parts = split_model(model)
     assert parts.features is not None
     bb, pre, net = parts.features.backbone_, parts.preprocessing, parts.features.network_
-    weight, bias = model_kind(model).linear_head(model)
+    kind = model_kind(model)
+    weight, bias = kind.linear_head(model)
     path = Path(path)
     if path.suffix != FORMATS[format]:
         path = path.with_suffix(FORMATS[format])
@@ -79,19 +85,32 @@ def export_model(model: Any, path: str | os.PathLike[str], format: str = "onnx")
     sidecar = _description(parts, bb, pre, int8)
     metadata = {k: v if isinstance(v, str) else json.dumps(v) for k, v in sidecar.items()}
     if format == "onnx":
-        classifier = _Classifier(net, weight, bias).eval()
+        classifier = _Classifier(net, weight, bias, kind.activation).eval()
         export_onnx(classifier, pre, path, output=OUTPUT, metadata=metadata)
     elif int8:
-        _append_head(ir, weight, bias, path, metadata)
+        _append_head(ir, (weight, bias, kind.activation), path, metadata)
     else:
-        convert_openvino(_Classifier(net, weight, bias).eval(), pre, path, output=OUTPUT,
-                         metadata=metadata)  # fmt: skip
+        convert_openvino(_Classifier(net, weight, bias, kind.activation).eval(), pre, path,
+                         output=OUTPUT, metadata=metadata)  # fmt: skip
     write_atomic(str(path) + ".json", (json.dumps(sidecar, indent=2) + "\n").encode())
     return str(path)
 
 
 def _description(parts: ModelParts, bb: Any, pre: Preprocessing, int8: bool) -> dict[str, Any]:
-    """What a deployed file needs said about it: classes, preprocessing, input, output."""
+    """What a deployed file needs said about it: classes, preprocessing, input, output (a
+    multi-label model's: sigmoid probabilities and the threshold of each label)."""
+    several = parts.thresholds is not None
+    outputs = (
+        f"{OUTPUT}: float32 (n, n_labels), each label's own probability (sigmoid), in the "
+        "order of classes; a label applies where it reaches its threshold"
+        if several
+        else f"{OUTPUT}: float32 (n, n_classes), in the order of classes"
+    )
+    extra = (
+        {"activation": "sigmoid", "thresholds": [float(t) for t in parts.thresholds]}
+        if parts.thresholds is not None
+        else {}
+    )
     return {
         "format": "tlearn-export",
         "format_version": 1,
@@ -101,30 +120,33 @@ def _description(parts: ModelParts, bb: Any, pre: Preprocessing, int8: bool) -> 
             if int8
             else "float32 NCHW, normalised with the preprocessing's mean and std"
         ),
-        "outputs": f"{OUTPUT}: float32 (n, n_classes), in the order of classes",
+        "outputs": outputs,
         "backbone": bb.architecture,
         "weights_sha256": bb.weights_sha256,
         "classes": [python_value(c) for c in parts.classes],
         "preprocessing": pre.to_dict(),
+        **extra,
     }
 
 
 def _append_head(
-    ir: Any, weight: np.ndarray, bias: np.ndarray, path: Path, metadata: dict[str, str]
+    ir: Any, head: tuple[np.ndarray, np.ndarray, str], path: Path, metadata: dict[str, str]
 ) -> None:
     """The calibrated int8 backbone (uint8 pixels in, features out) with the folded linear
-    head and a softmax appended, saved as ``path``: the deployed model is the one the
-    fitted model ran."""
+    head and its activation (softmax or sigmoid) appended, saved as ``path``: the deployed
+    model is the one the fitted model ran."""
     import openvino as ov
     import openvino.opset13 as ops
 
+    weight, bias, activation = head
     model = ov.Core().read_model(ir[0], ov.Tensor(np.frombuffer(ir[1], np.uint8).copy()))
     features = model.get_results()[0].input_value(0)
     logits = ops.add(
         ops.matmul(features, ops.constant(np.asarray(weight, np.float32).T), False, False),
         ops.constant(np.asarray(bias, np.float32)),
     )
-    classifier = ov.Model([ops.softmax(logits, 1)], model.get_parameters(), "tlearn-classifier")
+    out = ops.sigmoid(logits) if activation == "sigmoid" else ops.softmax(logits, 1)
+    classifier = ov.Model([out], model.get_parameters(), "tlearn-classifier")
     label_model(classifier, OUTPUT, metadata)
     with atomic_path(path, suffix=path.suffix, companions=(".bin",)) as tmp:
         ov.save_model(classifier, tmp, compress_to_fp16=False)
@@ -141,7 +163,8 @@ def _read_description(path: Path, data: bytes, weights: bytes) -> tuple[dict[str
     if "classes" in found and "preprocessing" in found:
         where = repr(str(path))
         what = f"the metadata of {where}"
-        meta = {**found, **{k: _json(found[k], what) for k in ("classes", "preprocessing")}}
+        lists = [k for k in ("classes", "preprocessing", "thresholds") if k in found]
+        meta: dict[str, Any] = {**found, **{k: _json(found[k], what) for k in lists}}
     else:
         sidecar = Path(str(path) + ".json")
         if not sidecar.is_file():
@@ -170,6 +193,17 @@ def _check_fits(meta: dict[str, Any], where: str, inputs: list[Any], outputs: li
     output, and an input size other than the network's (a huge one allocated its pixels
     on the first prediction)."""
     classes, pre = meta.get("classes"), meta.get("preprocessing")
+    thresholds = meta.get("thresholds")
+    if thresholds is not None and not (
+        isinstance(thresholds, list)
+        and isinstance(classes, list)
+        and len(thresholds) == len(classes)
+        and all(isinstance(t, (int, float)) and 0 <= t <= 1 for t in thresholds)
+    ):
+        raise ModelFileError(
+            f"the description in {where} is damaged (thresholds must be one probability "
+            "for each class)"
+        )
     if not isinstance(classes, list) or not classes or not isinstance(pre, dict):
         raise ModelFileError(
             f"the description in {where} is damaged (classes must be a non-empty list and "
@@ -225,5 +259,8 @@ def load_exported(path: str | os.PathLike[str]) -> ModelParts:
         "format": path.suffix[1:],
         "backbone": meta.get("backbone"),
         "precision": meta.get("precision", "fp32"),
+        "activation": "sigmoid" if "thresholds" in meta else "softmax",
     }
-    return ModelParts(pre, engine, _identity, classes, None, info)
+    cuts = meta.get("thresholds")
+    thresholds = None if cuts is None else np.asarray(cuts, np.float64)
+    return ModelParts(pre, engine, _identity, classes, None, info, thresholds)

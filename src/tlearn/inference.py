@@ -9,6 +9,7 @@ cluster.
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
@@ -31,14 +32,14 @@ def iter_predictions(
     model: Any,
     inputs: Iterable[str],
     *,
-    top_k: int = 1,
+    top_k: int | None = None,
     tta: bool = False,
     chunk_size: int = 1024,
     skip: Mapping[int, str] | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Yield one dict per image, in input order: ``row_id``, ``path``, ``label``,
-    ``probability``, ``top_labels``, ``top_probabilities`` and ``error`` (empty when the
-    image was read).
+    ``probability``, ``top_labels``, ``top_probabilities``, a multi-label model's
+    ``above_threshold`` and ``error`` (empty when the image was read).
 
     ``model`` is a :class:`~tlearn.predictor.Predictor`, a fitted model, a model file, an
     export or ``imagenet:NAME``; see :meth:`Predictor.iter_predict`. ``skip``: the rows
@@ -61,9 +62,14 @@ def write_predictions(
     with the columns of :data:`tlearn.outputs.PREDICTION_COLUMNS` (in a CSV the lists are
     JSON arrays).
 
-    Returns ``{"ok": n, "failed": m}`` for the rows written now.
+    Returns ``{"ok": n, "failed": m}`` for the rows written now. Rows of a multi-label
+    model (with ``above_threshold``) are written with that column too.
     """
-    return write_rows(rows, output, "predictions", append=append, on_row=on_row)
+    rows = iter(rows)
+    first = next(rows, None)
+    kind = "multilabel" if first is not None and "above_threshold" in first else "predictions"
+    rows = itertools.chain([] if first is None else [first], rows)
+    return write_rows(rows, output, kind, append=append, on_row=on_row)
 
 
 def predict_to_file(
@@ -71,7 +77,7 @@ def predict_to_file(
     inputs: Iterable[str],
     output: str | os.PathLike[str],
     *,
-    top_k: int = 1,
+    top_k: int | None = None,
     tta: bool = False,
     resume: bool = False,
     overwrite: bool = False,
@@ -81,9 +87,11 @@ def predict_to_file(
     ``failed`` and ``skipped`` (already done by an earlier run, with ``resume``: its
     complete rows, by row id, so an image listed twice is done twice)."""
     output = os.fspath(output)
-    done = prepare_output(output, "predictions", resume=resume, overwrite=overwrite)
-    rows = iter_predictions(model, inputs, top_k=top_k, tta=tta, skip=done)
-    counts = write_rows(rows, output, "predictions", append=done is not None, on_row=on_row)
+    predictor = load_predictor(model)
+    kind = predictor.rows.name  # one label a row, or several
+    done = prepare_output(output, kind, resume=resume, overwrite=overwrite)
+    rows = iter_predictions(predictor, inputs, top_k=top_k, tta=tta, skip=done)
+    counts = write_rows(rows, output, kind, append=done is not None, on_row=on_row)
     return {**counts, "skipped": len(done or ())}
 
 

@@ -36,7 +36,6 @@ __all__ = [
     "imagenet_parts",
     "model_kind",
     "register_model_kind",
-    "require_single_label",
     "split_model",
 ]
 
@@ -57,6 +56,13 @@ class ModelParts:
     classes: np.ndarray
     features: PretrainedFeatures | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    #: a multi-label model's threshold for each class (``None``: one label per image)
+    thresholds: np.ndarray | None = None
+
+    @property
+    def rows(self) -> str:
+        """The kind of prediction row it makes (:data:`tlearn.rows.ROW_KINDS`)."""
+        return "predictions" if self.thresholds is None else "multilabel"
 
 
 @dataclass(frozen=True)
@@ -94,6 +100,9 @@ class ModelKind:
     #: how its head's scores become probabilities: ``"softmax"`` (one label per image,
     #: they sum to 1) or ``"sigmoid"`` (each label on its own: multi-label)
     activation: str = "softmax"
+    #: a multi-label model's probability threshold for each class; ``None``: one label
+    #: per image (the best)
+    thresholds: Callable[[Any], Array] | None = None
 
 
 MODEL_KINDS: dict[str, ModelKind] = {}
@@ -134,16 +143,8 @@ def split_model(model: Any) -> ModelParts:
         classes=np.asarray(kind.classes(model)),
         features=features,
         info={"kind": kind.name, "activation": kind.activation},
+        thresholds=None if kind.thresholds is None else np.asarray(kind.thresholds(model)),
     )
-
-
-def require_single_label(model: Any, what: str) -> None:
-    """Refuse a multi-label model where only one label per image is handled so far."""
-    if not isinstance(model, ModelParts) and model_kind(model).activation != "softmax":
-        raise ModelFileError(
-            f"{what} handles models of one label per image; this {type(model).__name__} "
-            "gives several: predict with it in Python (its predict and predict_proba)"
-        )
 
 
 # -- checking a file's head ----------------------------------------------------------------
@@ -583,6 +584,7 @@ register_model_kind(
         estimator=MultiLabelProbe,
         heldout=lambda m: (m.heldout_proba_, m.heldout_method_),
         activation="sigmoid",
+        thresholds=lambda m: m.thresholds_,
     )
 )
 

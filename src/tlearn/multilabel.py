@@ -235,6 +235,9 @@ class MultiLabelProbe(ForwardsFeatureParams, ClassifierMixin, BaseEstimator):
     oof_proba_, heldout_proba_ : ndarray of shape (n_samples, n_labels)
         Calibrated out-of-fold probabilities (the held-out estimate: each label's
         calibration is cross-fitted between two halves of the images).
+    heldout_labels_ : ndarray of shape (n_samples, n_labels)
+        The held-out predicted labels (0/1; -1 for an unreadable image): each half
+        thresholded as the other half's probabilities chose.
     heldout_method_ : str
     """
 
@@ -299,6 +302,10 @@ class MultiLabelProbe(ForwardsFeatureParams, ClassifierMixin, BaseEstimator):
         self.random_state = random_state
         self.verbose = verbose
 
+    def _validate_params(self) -> None:
+        validate_params(type(self).__name__, self.get_params(), self._parameter_constraints)
+        resolve_device(self.device)
+
     def _make_features(self) -> PretrainedFeatures:
         params = PretrainedFeatures().get_params()
         return PretrainedFeatures(**{k: getattr(self, k) for k in params})
@@ -306,8 +313,7 @@ class MultiLabelProbe(ForwardsFeatureParams, ClassifierMixin, BaseEstimator):
     def fit(self, X: object, Y: object) -> MultiLabelProbe:
         """Compute features, choose ``C`` by cross-validation, calibrate each label and
         choose its threshold on the out-of-fold probabilities, refit on everything."""
-        validate_params(type(self).__name__, self.get_params(), self._parameter_constraints)
-        resolve_device(self.device)
+        self._validate_params()
         classes, M = check_multilabel(Y, len(check_images(X)))
         features = self._make_features().fit(X)
         F, self.skipped_ = features.extract(X)
@@ -348,21 +354,35 @@ class MultiLabelProbe(ForwardsFeatureParams, ClassifierMixin, BaseEstimator):
         self.coef_, self.intercept_ = _fit_all(Z, M, self.C_, self.max_iter)
         self.oof_proba_ = np.full((n, M.shape[1]), np.nan)
         self.oof_proba_[rows] = oof_p
+        proba, labels = self._crossfit(oof, M)
         self.heldout_proba_ = np.full((n, M.shape[1]), np.nan)
-        self.heldout_proba_[rows] = self._crossfit(oof, M)
+        self.heldout_proba_[rows] = proba
+        self.heldout_labels_ = np.full((n, M.shape[1]), -1, np.int8)
+        self.heldout_labels_[rows] = labels
         self.heldout_method_ = (
             f"{self.cv}-fold out-of-fold probabilities (C chosen on them among {len(Cs)}; "
-            "each label's calibration cross-fitted between two halves)"
+            "each label's calibration and threshold cross-fitted between two halves)"
         )
 
-    def _crossfit(self, scores: np.ndarray, M: np.ndarray) -> np.ndarray:
+    def _crossfit(self, scores: np.ndarray, M: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Held-out probabilities and predicted labels: each half of the images calibrated,
+        and thresholded, by what the other half's out-of-fold scores chose."""
         half = np.random.default_rng(self.random_state).permutation(len(M)) % 2 == 0
-        out = np.empty(M.shape)
+        proba, labels = np.empty(M.shape), np.zeros(M.shape, np.int8)
         for part in (half, ~half):
+            other = ~part
             for j in range(M.shape[1]):
-                a, c = _platt(scores[~part, j], M[~part, j]) if (~part).any() else (1.0, 0.0)
-                out[part, j] = _sigmoid(a * scores[part, j] + c)
-        return out
+                a, c = _platt(scores[other, j], M[other, j]) if other.any() else (1.0, 0.0)
+                proba[part, j] = _sigmoid(a * scores[part, j] + c)
+                chosen = (
+                    _best_threshold(
+                        _sigmoid(a * scores[other, j] + c), M[other, j], self.threshold_for
+                    )  # fmt: skip
+                    if other.any()
+                    else 0.5
+                )
+                labels[part, j] = proba[part, j] >= chosen
+        return proba, labels
 
     def decision_function_features(self, F: np.ndarray) -> np.ndarray:
         """Calibrated log odds ``(n, n_labels)`` from precomputed features."""

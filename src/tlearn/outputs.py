@@ -1,9 +1,9 @@
 """Where batch rows go: CSV, JSON Lines, or a Parquet dataset folder, each written so that a
 killed run loses at most the rows in flight and a resumed one can tell what is done.
 
-Two kinds of row share these writers: predictions (``row_id``, ``path``, ``label``,
-``probability``, ``top_labels``, ``top_probabilities``, ``error``) and features
-(``row_id``, ``path``, ``features``, ``error``).
+Every kind of row of :data:`tlearn.rows.ROW_KINDS` (predictions, multi-label predictions,
+features) shares these writers; the kind gives the columns, the CSV cells and the Arrow
+schema.
 
 Parquet output is a folder of part files, as Spark and Ray Data write it
 (``pandas.read_parquet(folder)`` reads it whole, in row order): each part is written under a
@@ -23,10 +23,9 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-import numpy as np
-
 from tlearn.data.sources import path_text
 from tlearn.exceptions import DataError, import_extra
+from tlearn.rows import ROW_KINDS, row_kind
 
 __all__ = [
     "FORMATS",
@@ -57,11 +56,13 @@ _PART = "part-{:09d}.parquet"
 
 
 def output_format(output: str, kind: str = "predictions") -> str:
-    """``csv``, ``jsonl`` or ``parquet``, from the extension; features have no CSV form."""
+    """``csv``, ``jsonl`` or ``parquet``, from the extension (a kind of row without a CSV
+    form, as features, only the last two)."""
     ext = os.path.splitext(output)[1].lower()
-    allowed = FORMATS if kind == "predictions" else {k: v for k, v in FORMATS.items() if v != "csv"}
+    csv_too = row_kind(kind).has_csv
+    allowed = FORMATS if csv_too else {k: v for k, v in FORMATS.items() if v != "csv"}
     if ext not in allowed:
-        names = ".csv, .jsonl or .parquet" if kind == "predictions" else ".parquet or .jsonl"
+        names = ".csv, .jsonl or .parquet" if csv_too else ".parquet or .jsonl"
         raise DataError(f"unknown output format {ext!r} for {output!r}; use {names}")
     return allowed[ext]
 
@@ -230,65 +231,10 @@ def _json_records(lines: _Lines) -> Iterator[tuple[int, str]]:
 #: The columns of a prediction row, in every format. In a CSV the two lists are JSON arrays
 #: (``json.loads`` reads them back); a failed row's label and probability are empty there
 #: and null in JSON Lines and Parquet; ``error`` is ``""`` for a row that was predicted.
-PREDICTION_COLUMNS = (
-    "row_id", "path", "label", "probability", "top_labels", "top_probabilities", "error",
-)  # fmt: skip
-
-
-def _csv_line(row: dict[str, Any]) -> list[Any]:
-    return [
-        row["row_id"],
-        row["path"],
-        "" if row["label"] is None else row["label"],
-        "" if row["probability"] is None else f"{row['probability']:.6f}",
-        json.dumps([str(v) for v in row["top_labels"]]),
-        json.dumps([round(float(v), 6) for v in row["top_probabilities"]]),
-        row["error"],
-    ]
-
-
-def _json_ready(row: dict[str, Any]) -> dict[str, Any]:
-    """A row as JSON Lines holds it: labels as strings (as in CSV and Parquet, whatever
-    type the model's classes have), features as a list."""
-    vector = row.get("features")
-    if isinstance(vector, np.ndarray):
-        return {**row, "features": vector.tolist()}
-    if "top_labels" in row:
-        label = row["label"]
-        return {
-            **row,
-            "label": None if label is None else str(label),
-            "top_labels": [str(v) for v in row["top_labels"]],
-        }
-    return row
+PREDICTION_COLUMNS = ROW_KINDS["predictions"].names
 
 
 # -- Parquet parts ----------------------------------------------------------------------
-def _schema(kind: str) -> Any:
-    import pyarrow as pa
-
-    if kind == "features":
-        return pa.schema(
-            [
-                ("row_id", pa.int64()),
-                ("path", pa.string()),
-                ("features", pa.list_(pa.float32())),
-                ("error", pa.string()),
-            ]
-        )
-    return pa.schema(
-        [
-            ("row_id", pa.int64()),
-            ("path", pa.string()),
-            ("label", pa.string()),
-            ("probability", pa.float64()),
-            ("top_labels", pa.list_(pa.string())),
-            ("top_probabilities", pa.list_(pa.float64())),
-            ("error", pa.string()),
-        ]
-    )
-
-
 def _pyarrow() -> Any:
     return import_extra("parquet", "pyarrow.parquet", "pyarrow", "writing Parquet",
                         " (or write .jsonl)")  # fmt: skip
@@ -299,19 +245,15 @@ def rows_table(rows: list[dict[str, Any]], kind: str) -> Any:
     the same whichever rows a part happens to hold (all failed, say)."""
     import pyarrow as pa
 
-    schema = _schema(kind)
-    columns: dict[str, list[Any]] = {name: [] for name in schema.names}
+    kind_ = row_kind(kind)
+    columns: dict[str, list[Any]] = {c.name: [] for c in kind_.columns}
     for row in rows:
-        for name in schema.names:
-            value = row[name]
-            if name == "label" and value is not None:
-                value = str(value)
-            elif name == "path":
-                value = path_text(value)
-            elif name == "top_labels":
-                value = [str(v) for v in value]
-            columns[name].append(value)
-    return pa.table(columns, schema=schema)
+        for column in kind_.columns:
+            value = row[column.name]
+            columns[column.name].append(
+                path_text(value) if column.name == "path" else column.plain(value)
+            )
+    return pa.table(columns, schema=kind_.schema())
 
 
 def write_part(rows: list[dict[str, Any]], folder: str, kind: str) -> str | None:
@@ -334,17 +276,19 @@ def write_part(rows: list[dict[str, Any]], folder: str, kind: str) -> str | None
     return path
 
 
-def _check_columns(output: str, fmt: str) -> None:
-    """A CSV is appended to only when it has tlearn's columns."""
+def _check_columns(output: str, fmt: str, kind: str) -> None:
+    """A CSV is appended to only when it has the columns of ``kind``'s rows."""
     if fmt != "csv" or os.path.getsize(output) == 0:
         return
     with open(output, newline="", encoding="utf-8", errors="replace") as f:
         header = next(csv.reader(f), [])
-    if header != list(PREDICTION_COLUMNS):
+    names = list(row_kind(kind).names)
+    if header != names:
         raise DataError(
-            f"cannot append to {output!r}: its columns are {header}, not tlearn's "
-            f"{list(PREDICTION_COLUMNS)} (an older tlearn wrote label_1, probability_1, ...); "
-            "pass --overwrite to start afresh"
+            f"cannot append to {output!r}: its columns are {header}, not those of "
+            f"{row_kind(kind).what} row {names} (an older tlearn wrote label_1, "
+            "probability_1, ...; another model may give another kind of row); pass "
+            "--overwrite to start afresh"
         )
 
 
@@ -360,7 +304,7 @@ class RowWriter:
         append: bool = False,
         part_rows: int | None = None,
     ) -> None:
-        self.output, self.kind = output, kind
+        self.output, self.kind, self._row = output, kind, row_kind(kind)
         self.fmt = output_format(output, kind)
         self.part_rows = part_rows or PART_ROWS
         self._pending: list[dict[str, Any]] = []
@@ -373,7 +317,7 @@ class RowWriter:
             return
         if append:
             cut_torn_tail(output)
-            _check_columns(output, self.fmt)
+            _check_columns(output, self.fmt, kind)
         # surrogateescape: a path that is not UTF-8 (a Linux file name's raw bytes) is
         # written as those bytes, and read back by _Lines to the same path
         self._file = open(  # noqa: SIM115
@@ -382,7 +326,7 @@ class RowWriter:
         if self.fmt == "csv":
             self._csv = csv.writer(self._file)
             if self._file.tell() == 0:
-                self._csv.writerow(PREDICTION_COLUMNS)
+                self._csv.writerow(self._row.names)
 
     def write(self, row: dict[str, Any]) -> None:
         self._n += 1
@@ -392,9 +336,9 @@ class RowWriter:
                 self._flush_part()
             return
         if self._csv is not None:
-            self._csv.writerow(_csv_line(row))
+            self._csv.writerow(self._row.csv_line(row))
         else:
-            self._file.write(json.dumps(_json_ready(row)) + "\n")
+            self._file.write(json.dumps(self._row.plain(row)) + "\n")
         if self._n % 256 == 0:
             self._file.flush()
 

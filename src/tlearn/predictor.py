@@ -41,48 +41,12 @@ from tlearn.data.loader import ImageInput, check_images
 from tlearn.data.sources import iter_image_paths, path_text
 from tlearn.exceptions import DataError, EngineError, ImageReadError, InvalidParameterError
 from tlearn.features import FeatureErrors, iter_engine
-from tlearn.models import (
-    IMAGENET_PREFIX,
-    ModelParts,
-    imagenet_parts,
-    require_single_label,
-    split_model,
-)
+from tlearn.models import IMAGENET_PREFIX, ModelParts, imagenet_parts, split_model
+from tlearn.rows import ROW_KINDS, RowKind, error_row, top_k_rows
 
 __all__ = ["Predictor", "error_row", "iter_manifest", "load_predictor", "top_k_rows"]
 
 _EXPORTS = (".onnx", ".xml")
-
-
-def top_k_rows(proba: np.ndarray, classes: np.ndarray, top_k: int) -> list[dict[str, Any]]:
-    """One prediction row per row of ``proba``: the ``top_k`` labels, best first."""
-    k = min(top_k, len(classes))
-    top = np.argsort(-proba, axis=1, kind="stable")[:, :k]
-    rows = []
-    for p, t in zip(proba, top, strict=True):
-        labels = [python_value(classes[j]) for j in t]
-        scores = [float(p[j]) for j in t]
-        rows.append(
-            {
-                "label": labels[0],
-                "probability": scores[0],
-                "top_labels": labels,
-                "top_probabilities": scores,
-                "error": "",
-            }
-        )
-    return rows
-
-
-def error_row(reason: str) -> dict[str, Any]:
-    """The row of an image that could not be read (``reason`` says why)."""
-    return {
-        "label": None,
-        "probability": None,
-        "top_labels": [],
-        "top_probabilities": [],
-        "error": reason,
-    }
 
 
 class Predictor:
@@ -117,8 +81,9 @@ class Predictor:
         _recipe: tuple[Any, ...] | None = None,
         _options: dict[str, Any] | None = None,
     ) -> None:
-        require_single_label(model, "the Predictor (tlearn predict, serve, Ray)")
         self.parts: ModelParts = split_model(model)
+        #: the kind of row its predictions make (one label, or several: multi-label)
+        self.rows: RowKind = ROW_KINDS[self.parts.rows]
         features = self.parts.features
         self.batch_size = int(batch_size or (features.batch_size if features else 32))
         self.n_workers = n_workers
@@ -202,7 +167,10 @@ class Predictor:
             "preprocessing": self.preprocessing.to_dict(),
             "engine": getattr(self.parts.engine, "name", "unknown"),
             "precision": getattr(self.parts.engine, "precision", "fp32"),
+            "task": "multi-label" if self.parts.thresholds is not None else "single-label",
         }
+        if self.parts.thresholds is not None:
+            info["thresholds"] = [float(t) for t in self.parts.thresholds]
         if features is not None:
             info["backbone"] = features.backbone_.name
             info["architecture"] = features.backbone_.architecture
@@ -246,23 +214,36 @@ class Predictor:
             )
         return preprocess_image(img, pre)
 
+    @property
+    def default_top_k(self) -> int:
+        """Labels per row when ``top_k`` is not given: the best one, or a multi-label
+        model's every label (those that apply are ``above_threshold``)."""
+        return 1 if self.parts.thresholds is None else len(self.classes)
+
+    def prediction_rows(self, proba: np.ndarray, top_k: int | None = None) -> list[dict[str, Any]]:
+        """Probabilities -> one row each, of this model's kind (:attr:`rows`), the
+        ``top_k`` best labels in each (default :attr:`default_top_k`)."""
+        k = self.default_top_k if top_k is None else top_k
+        return self.rows.build(proba, self.classes, k, self.parts.thresholds)
+
     def predict_images(
-        self, items: Sequence[Any], *, top_k: int = 1, tta: bool = False
+        self, items: Sequence[Any], *, top_k: int | None = None, tta: bool = False
     ) -> list[dict[str, Any]]:
         """One result per item, in order: ``label``, ``probability``, ``top_labels``,
-        ``top_probabilities`` and ``error`` (empty), or only ``error`` filled in for an item
-        that could not be read. A bad item never affects the others."""
+        ``top_probabilities`` (and a multi-label model's ``above_threshold``) and ``error``
+        (empty), or only ``error`` filled in for an item that could not be read. A bad item
+        never affects the others."""
         _check_top_k(top_k)
-        pixels, where, results = [], [], [error_row("")] * len(items)
+        pixels, where, results = [], [], [self.rows.failed_row("")] * len(items)
         for i, item in enumerate(items):
             try:
                 pixels.append(self.preprocess(item))
                 where.append(i)
             except ImageReadError as e:
-                results[i] = error_row(e.reason)
+                results[i] = self.rows.failed_row(e.reason)
         if pixels:
             proba = self.predict_pixels(np.stack(pixels), tta=tta)
-            for i, row in zip(where, top_k_rows(proba, self.classes, top_k), strict=True):
+            for i, row in zip(where, self.prediction_rows(proba, top_k), strict=True):
                 results[i] = row
         return results
 
@@ -295,14 +276,15 @@ class Predictor:
         self,
         inputs: Iterable[str],
         *,
-        top_k: int = 1,
+        top_k: int | None = None,
         tta: bool = False,
         chunk_size: int = 1024,
         skip: Mapping[int, str] | None = None,
     ) -> Iterator[dict[str, Any]]:
         """One row per image, in input order: ``row_id`` (the image's position in the
         expanded input), ``path``, ``label``, ``probability``, ``top_labels``,
-        ``top_probabilities`` and ``error`` (empty when the image was read). ``inputs`` are
+        ``top_probabilities``, a multi-label model's ``above_threshold``, and ``error``
+        (empty when the image was read). ``inputs`` are
         files, folders, zips, CSVs or globs, expanded lazily; images are taken
         ``chunk_size`` at a time, so memory stays flat. Unreadable images get a row with
         the error; the rows in ``skip`` (``{row id: path}``, done by an earlier run) are
@@ -312,12 +294,13 @@ class Predictor:
             paths = [p for _, p in chunk]
             rows: list[dict[str, Any] | None] = [None] * len(chunk)
             for idx, proba, errors in self.iter_proba(paths, on_error="skip", tta=tta):
-                for i, row in zip(idx, top_k_rows(proba, self.classes, top_k), strict=True):
+                for i, row in zip(idx, self.prediction_rows(proba, top_k), strict=True):
                     rows[i] = row
                 for i, _, reason in errors:
-                    rows[i] = error_row(reason)
+                    rows[i] = self.rows.failed_row(reason)
             for (row_id, path), done in zip(chunk, rows, strict=True):
-                yield {"row_id": row_id, "path": path, **(done or error_row("not processed"))}
+                yield {"row_id": row_id, "path": path,
+                       **(done or self.rows.failed_row("not processed"))}  # fmt: skip
 
     def iter_featurize(
         self,
@@ -335,21 +318,19 @@ class Predictor:
                 "an exported model gives probabilities, not features; featurize with a model "
                 "file from `tlearn fit` or imagenet:BACKBONE"
             )
+        kind = ROW_KINDS["features"]
         for chunk in iter_manifest(inputs, chunk_size, skip):
             rows: list[dict[str, Any] | None] = [None] * len(chunk)
             for idx, feats, errors in features.iter_features(
                 [p for _, p in chunk], on_error="skip", batch_size=self.batch_size
             ):
-                for i, vector in zip(idx, feats, strict=True):
-                    rows[i] = {"features": vector, "error": ""}
+                for i, row in zip(idx, kind.build(feats), strict=True):
+                    rows[i] = row
                 for i, _, reason in errors:
-                    rows[i] = {"features": None, "error": reason}
+                    rows[i] = kind.failed_row(reason)
             for (row_id, path), done in zip(chunk, rows, strict=True):
-                yield {
-                    "row_id": row_id,
-                    "path": path,
-                    **(done or {"features": None, "error": "not processed"}),
-                }
+                yield {"row_id": row_id, "path": path,
+                       **(done or kind.failed_row("not processed"))}  # fmt: skip
 
 
 def iter_manifest(
@@ -376,8 +357,9 @@ def _done(skip: Mapping[int, str] | None, row_id: int, path: str) -> bool:
     return True
 
 
-def _check_top_k(top_k: int) -> None:
-    validate_params("Predictor", {"top_k": top_k}, {"top_k": [Interval(int, 1, None)]})
+def _check_top_k(top_k: int | None) -> None:
+    if top_k is not None:
+        validate_params("Predictor", {"top_k": top_k}, {"top_k": [Interval(int, 1, None)]})
 
 
 def _restore(recipe: tuple[Any, ...], options: dict[str, Any]) -> Predictor:

@@ -28,6 +28,7 @@ import numpy as np
 
 from tlearn._log import logger
 from tlearn._validation import check_option
+from tlearn.data.targets import is_label_sets
 from tlearn.exceptions import DataError
 
 __all__ = [
@@ -61,9 +62,25 @@ class TrainResult:
 def load_labelled(
     source: str | os.PathLike[str], max_per_class: int | None = None, seed: int = 0
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``(paths, labels)`` of a class-folder tree, a zip of one, or a CSV of path,label."""
+    """``(paths, labels)`` of a class-folder tree, a zip of one, or a CSV of path,label;
+    a CSV of several labels per image (:func:`~tlearn.data.multilabel_sources.is_multilabel_csv`),
+    or a folder whose Hugging Face ``metadata.jsonl``/``metadata.csv`` lists them, gives each
+    image a tuple of labels (see :func:`is_multilabel`)."""
     from tlearn.data import load_dataset
+    from tlearn.data import multilabel_sources as ml
 
+    text, several = os.fspath(source), None
+    if (
+        text.lower().endswith((".csv", ".tsv"))
+        and os.path.isfile(text)
+        and ml.is_multilabel_csv(text)
+    ):
+        several = ml.load_multilabel_csv(text)
+    elif os.path.isdir(text) and (metadata := ml.find_hf_metadata(text)) is not None:
+        several = ml.load_hf_metadata(metadata)  # Hugging Face's imagefolder, lists of labels
+    if several is not None:
+        keep = _per_label_sample(several.target, max_per_class, seed)
+        return several.filenames[keep], _label_tuples(several.target[keep], several.target_names)
     data = load_dataset(source, max_per_class=max_per_class, random_state=seed)
     if data.target is None:
         raise DataError(
@@ -72,6 +89,41 @@ def load_labelled(
         )
     names = np.asarray(data.target_names, dtype=object)
     return np.asarray(data.filenames, dtype=object), names[data.target]
+
+
+def _label_tuples(M: np.ndarray, names: list[Any]) -> np.ndarray:
+    """An indicator matrix as one tuple of label names per image (an object array)."""
+    y = np.empty(len(M), dtype=object)
+    for i, row in enumerate(M):
+        y[i] = tuple(names[j] for j in np.flatnonzero(row))
+    return y
+
+
+def _per_label_sample(M: np.ndarray, max_per_class: int | None, seed: int) -> np.ndarray:
+    """Rows of a multi-label set kept by ``max_per_class``: in a shuffled order, an image is
+    kept while one of its labels has fewer than that many (images without a label: while
+    fewer than that many of them are kept)."""
+    if max_per_class is None:
+        return np.arange(len(M))
+    counts, none, keep = np.zeros(M.shape[1], np.int64), 0, []
+    for i in np.random.default_rng(seed).permutation(len(M)):
+        labels = np.flatnonzero(M[i])
+        if (len(labels) and (counts[labels] < max_per_class).any()) or (
+            not len(labels) and none < max_per_class
+        ):
+            keep.append(i)
+            counts[labels] += 1
+            none += not len(labels)
+    return np.sort(np.asarray(keep, dtype=np.int64))
+
+
+def is_multilabel(y: np.ndarray) -> bool:
+    """Whether ``y`` (from :func:`load_labelled`) gives each image a tuple of labels."""
+    return is_label_sets(y)
+
+
+def _classes_of(y: np.ndarray) -> set[Any]:
+    return set().union(*map(set, y)) if is_multilabel(y) else set(y)
 
 
 def estimator_class(method: str) -> type:
@@ -85,10 +137,20 @@ def estimator_class(method: str) -> type:
     return FineTuneClassifier
 
 
-def make_estimator(method: str, **params: Any) -> Any:
+def make_estimator(method: str, multilabel: bool = False, **params: Any) -> Any:
     """The estimator for ``method`` with the parameters it takes (validated now, so a bad
-    value fails before any image is read)."""
-    cls = estimator_class(method)
+    value fails before any image is read); ``multilabel``: several labels per image."""
+    if multilabel:
+        if method in ("finetune", "lp-ft"):
+            raise DataError(
+                "fine-tuning takes one label per image so far; this data gives several: use "
+                "--method probe (or auto), the multi-label probe"
+            )
+        from tlearn.multilabel import MultiLabelProbe
+
+        cls: type = MultiLabelProbe
+    else:
+        cls = estimator_class(method)
     if method == "lp-ft":
         params["strategy"] = "lp-ft"
     known = cls().get_params()
@@ -101,7 +163,7 @@ def _test_data(
     test: str | None, max_per_class: int | None, seed: int, train_classes: set[Any]
 ) -> tuple[np.ndarray, np.ndarray]:
     X_test, y_test = load_labelled(test, max_per_class, seed)  # type: ignore[arg-type]
-    unseen = sorted(set(y_test) - train_classes)
+    unseen = sorted(_classes_of(y_test) - train_classes, key=str)
     if unseen:
         raise DataError(
             f"the test data {test!r} has classes the training data lacks: {unseen}; the "
@@ -118,14 +180,16 @@ def held_out_report(model: Any, X: np.ndarray, y: np.ndarray) -> tuple[Any, dict
     from tlearn.evaluation import Report, compute_metrics
     from tlearn.models import model_kind
 
-    heldout = model_kind(model).heldout
-    proba, what = heldout(model) if heldout is not None else (np.zeros((0, 0)), "")
+    kind = model_kind(model)
+    proba, what = kind.heldout(model) if kind.heldout is not None else (np.zeros((0, 0)), "")
     ok = ~np.isnan(proba).any(axis=1)
     if not ok.any():
         raise DataError(
             "this model has no held-out estimate (a probe with calibrate=False, or "
             "fine-tuning with validation_size=0); give --test DATA or --test-size 0.2"
         )
+    if kind.thresholds is not None:  # several labels per image
+        return _held_out_multilabel(model, kind, X, y, (proba, ok, what))
     report = Report.from_metrics(compute_metrics(model.classes_, y[ok], proba[ok], X[ok]))
     calibration = getattr(model, "calibration_", {}) or {}
     report.calibration = {
@@ -134,6 +198,34 @@ def held_out_report(model: Any, X: np.ndarray, y: np.ndarray) -> tuple[Any, dict
         "ece_after": report.expected_calibration_error,
     }
     return report, {"method": what, "n_images": report.n_images, "accuracy": report.accuracy}
+
+
+#: What a multi-label run's evaluation records beside its subset accuracy.
+_MULTILABEL_FIGURES = ("mean_average_precision", "macro_f1", "micro_f1", "hamming_loss")
+
+
+def _held_out_multilabel(
+    model: Any, kind: Any, X: np.ndarray, y: np.ndarray, heldout: tuple[Any, Any, str]
+) -> tuple[Any, dict[str, Any]]:
+    """A multi-label model's report on its held-out probabilities and labels (the labels
+    thresholded as other images chose, ``heldout_labels_``, and average precision ranked
+    by the out-of-fold ``oof_proba_``, when the model has them)."""
+    from tlearn.evaluation.multilabel import compute_multilabel_metrics
+    from tlearn.multilabel import check_multilabel
+
+    proba, ok, what = heldout
+    classes = np.asarray(kind.classes(model))
+    _, M = check_multilabel(list(y), len(y), classes)
+    labels, oof = getattr(model, "heldout_labels_", None), getattr(model, "oof_proba_", None)
+    report = compute_multilabel_metrics(
+        classes, M[ok], proba[ok], np.asarray(kind.thresholds(model)),
+        np.asarray([str(x) for x in X], dtype=object)[ok],
+        predicted=None if labels is None else labels[ok],
+        ranking=None if oof is None else oof[ok],
+    )  # fmt: skip
+    figures = report.to_dict()
+    evaluation = {"method": what, "n_images": report.n_images, "accuracy": report.accuracy}
+    return report, {**evaluation, **{k: figures[k] for k in _MULTILABEL_FIGURES}}
 
 
 def _fit(model: Any, X: np.ndarray, y: np.ndarray, resume: bool = False) -> Any:
@@ -195,6 +287,8 @@ def train(data: str | os.PathLike[str], **options: Any) -> TrainResult:
     if req.resume and "strategy" not in model.get_params():
         raise DataError("resume continues an interrupted fine-tuning run; the probe has none")
     X, y = load_labelled(req.data, req.max_per_class, req.seed)
+    if is_multilabel(y):  # several labels per image: the multi-label probe
+        model = make_estimator(req.method, multilabel=True, **req.common, **req.params)
     split = _split(X, y, req.test, req.test_size, req.test_max_per_class, req.seed)
     req.say(_plan(model, req.method, y, split, req.test, "backbone" in req.params))
     with _feature_cache(req, model) as temporary:
@@ -233,7 +327,7 @@ def _fit_and_evaluate(
     req: TrainRequest, model: Any, X: np.ndarray, y: np.ndarray, split: Any
 ) -> tuple[Any, Any, dict[str, Any], list[dict[str, Any]]]:
     leaderboard: list[dict[str, Any]] = []
-    if req.method == "auto":
+    if req.method == "auto" and not is_multilabel(y):
         from tlearn.automl import fit_auto
 
         model, leaderboard = fit_auto(
@@ -259,7 +353,7 @@ def _split(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
     """``(X_fit, y_fit, X_test, y_test)``: the test data, a held-out split, or none."""
     if test is not None:
-        return (X, y, *_test_data(test, test_max_per_class, seed, set(y)))
+        return (X, y, *_test_data(test, test_max_per_class, seed, _classes_of(y)))
     if test_size is None:
         return X, y, None, None
     from sklearn.model_selection import train_test_split
@@ -267,7 +361,7 @@ def _split(
     if not 0 < test_size < 1:
         raise DataError(f"test_size must be between 0 and 1, got {test_size}")
     X_tr, X_te, y_tr, y_te = train_test_split(
-        X, y, test_size=test_size, stratify=y, random_state=seed
+        X, y, test_size=test_size, stratify=None if is_multilabel(y) else y, random_state=seed
     )
     return X_tr, y_tr, X_te, y_te
 
@@ -278,10 +372,18 @@ def _plan(model: Any, method: str, y: np.ndarray, split: Any, test: Any, named: 
         if split[2] is not None
         else "evaluating by its own held-out predictions, then using every image"
     )
-    backbone = "as auto chooses" if method == "auto" and not named else model.backbone
+    several = is_multilabel(y)
+    backbone = (
+        "as auto chooses" if method == "auto" and not named and not several else model.backbone
+    )
+    if several:  # auto's other candidates take one label per image so far
+        what = f"{len(_classes_of(y))} labels (several per image)"
+        method = "probe (multi-label: one-vs-rest, a threshold per label)"
+    else:
+        what = f"{len(set(y))} classes"
     return (
-        f"training on {len(split[0])} images in {len(set(y))} classes, {tested}; backbone "
-        f"{backbone}, method {method}"
+        f"training on {len(split[0])} images in {what}, {tested}; backbone {backbone}, "
+        f"method {method}"
     )
 
 
@@ -297,6 +399,9 @@ def _evaluate(
         report = evaluate(model, X_test, y_test, unknown="skip")
         what = "test data" if test is not None else f"held-out {test_size:.0%} test split"
         evaluation = {"method": what, "n_images": report.n_images, "accuracy": report.accuracy}
+        figures = report.to_dict()
+        if figures.get("task") == "multi-label":  # the figures it is judged by
+            evaluation.update({k: figures[k] for k in _MULTILABEL_FIGURES})
     report.evaluation = evaluation
     evaluation["log_loss"] = report.log_loss
     evaluation["expected_calibration_error"] = report.expected_calibration_error

@@ -26,7 +26,7 @@ from sklearn.utils import Bunch
 from tlearn.data.sources import _PATH_COLUMNS, _column, _pick_column, _read_csv, _shown
 from tlearn.exceptions import DataError
 
-__all__ = ["load_multilabel_csv", "split_labels"]
+__all__ = ["is_multilabel_csv", "load_multilabel_csv", "split_labels"]
 
 _LABELS_COLUMNS = ("labels", "tags", "label", "classes", "categories", "target")
 _SEPARATORS = re.compile(r"[|;]")
@@ -100,6 +100,32 @@ def _bounded(n_images: int, n_labels: int, path: str) -> None:
         )
 
 
+#: Column names that say "several labels": a labels column under one of these is read as
+#: one, even when each cell happens to hold one label.
+_PLURAL = ("labels", "tags")
+
+
+def is_multilabel_csv(path: str | os.PathLike[str]) -> bool:
+    """Whether a CSV or TSV lists several labels per image (read by
+    :func:`load_multilabel_csv`) rather than one (:func:`tlearn.data.load_image_csv`): two
+    or more 0/1 columns beside the path; a column named ``labels`` or ``tags``; or label
+    cells holding ``a|b``, ``a;b`` or a JSON list. One 0/1 column (``path,y``) is one label
+    of two classes."""
+    path = os.fspath(path)
+    fields, rows = _read_csv(path)
+    pcol = _pick_column(fields, None, _PATH_COLUMNS, "path", path) or fields[0]
+    indicators = _indicator_columns(fields, rows, pcol)
+    if indicators is not None and len(indicators) >= 2:
+        return True
+    if _pick_column(fields, None, _PLURAL, "labels", path) is not None:
+        return True
+    lcol = _pick_column(fields, None, _LABELS_COLUMNS, "labels", path)
+    if lcol is None:
+        return False
+    cells = ((row.get(lcol) or "").strip() for _, row in rows)
+    return any(c.startswith("[") or _SEPARATORS.search(c) for c in cells)
+
+
 def load_multilabel_csv(
     path: str | os.PathLike[str],
     path_column: str | None = None,
@@ -148,3 +174,89 @@ def load_multilabel_csv(
         DESCR=f"Images listed in {path!r}: {len(M)} images, {M.shape[1]} labels, "
         f"{M.sum(axis=1).mean():.2f} per image on average.",
     )
+
+
+#: The file names Hugging Face's ``imagefolder`` reads labels from, in the order it tries.
+HF_METADATA = ("metadata.jsonl", "metadata.csv")
+#: Bytes a metadata file may hold (100 MB: a million images with a few labels each).
+MAX_METADATA_BYTES = 100 << 20
+
+
+def find_hf_metadata(folder: str | os.PathLike[str]) -> str | None:
+    """The ``metadata.jsonl`` or ``metadata.csv`` of an ``imagefolder`` that gives several
+    labels per image (a column of lists in JSON Lines; one :func:`is_multilabel_csv` reads
+    as such in a CSV), or ``None``: the folder's class sub-folders label it."""
+    folder = os.fspath(folder)
+    for name in HF_METADATA:
+        path = os.path.join(folder, name)
+        if not os.path.isfile(path):
+            continue
+        if name.endswith(".csv"):
+            return path if is_multilabel_csv(path) else None
+        return path if _jsonl_labels_column(_jsonl_rows(path), path) is not None else None
+    return None
+
+
+def load_hf_metadata(path: str | os.PathLike[str]) -> Bunch:
+    """The images of an ``imagefolder``'s metadata file and their labels, as
+    :func:`load_multilabel_csv` gives them: ``file_name`` is the path (relative to the
+    file's folder), the labels a column of lists (``labels``, ``tags``... or the only
+    column of lists)."""
+    path = os.fspath(path)
+    if path.endswith(".csv"):
+        return load_multilabel_csv(path, path_column="file_name")
+    rows = _jsonl_rows(path)
+    column = _jsonl_labels_column(rows, path)
+    if column is None:
+        raise DataError(f'{path!r} has no column of label lists (such as "labels": [...])')
+    folder = os.path.dirname(os.path.abspath(path))
+    filenames, per_image = [], []
+    for line, row in rows:
+        name = row.get("file_name")
+        if not isinstance(name, str) or not name or os.path.isabs(name) or ".." in name.split("/"):
+            raise DataError(
+                f"{path!r} line {line}: file_name must be a path inside the folder, not "
+                f"{_shown(str(name))}"
+            )
+        filenames.append(os.path.join(folder, name))
+        per_image.append(split_labels(json.dumps(row.get(column) or []), f"{path!r} line {line}"))
+    names = sorted(set().union(*map(set, per_image)))
+    _bounded(len(rows), len(names), path)
+    index = {c: j for j, c in enumerate(names)}
+    M = np.zeros((len(rows), len(names)), np.int8)
+    for i, labels in enumerate(per_image):
+        M[i, [index[c] for c in labels]] = 1
+    if not M.any():
+        raise DataError(f"no image in {path!r} has a label")
+    return Bunch(filenames=np.array(filenames, dtype=object), target=M, target_names=names,
+                 ignored=[], DESCR=f"Images listed in {path!r}: {len(M)} images, "
+                 f"{M.shape[1]} labels.")  # fmt: skip
+
+
+def _jsonl_rows(path: str) -> list[tuple[int, dict[str, Any]]]:
+    if os.path.getsize(path) > MAX_METADATA_BYTES:
+        raise DataError(f"{path!r} is over {MAX_METADATA_BYTES >> 20} MB: not a metadata file")
+    rows = []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line, text in enumerate(f, 1):
+            if not text.strip():
+                continue
+            try:
+                row = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path!r} line {line} is not JSON ({e.msg})") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{path!r} line {line} is not a JSON object")
+            rows.append((line, row))
+    if not rows:
+        raise DataError(f"{path!r} lists no image")
+    return rows
+
+
+def _jsonl_labels_column(rows: list[tuple[int, dict[str, Any]]], path: str) -> str | None:
+    """The column of label lists: one named as labels are, else the only column of lists."""
+    lists = [k for k, v in rows[0][1].items() if isinstance(v, list)]
+    named = [k for k in lists if k.lower() in _LABELS_COLUMNS]
+    if named:
+        return named[0]
+    return lists[0] if len(lists) == 1 else None

@@ -13,7 +13,24 @@ import numpy as np
 
 from tlearn.exceptions import DataError
 
-__all__ = ["check_target_kind"]
+__all__ = ["check_target_kind", "is_label_sets", "refuse_label_sets"]
+
+
+def is_label_sets(y: object) -> bool:
+    """Whether ``y`` gives each image a tuple of labels (several per image, as
+    :func:`tlearn.training.load_labelled` gives a multi-label CSV's)."""
+    return (
+        isinstance(y, np.ndarray) and len(y) > 0 and y.dtype == object and isinstance(y[0], tuple)
+    )
+
+
+def refuse_label_sets(y: object, what: str) -> None:
+    """One line for a part that takes one label per image, given several."""
+    if is_label_sets(y):
+        raise DataError(
+            f"{what} takes one label per image so far; this data gives several per image "
+            "(multi-label)"
+        )
 
 
 def _numbers(values: np.ndarray) -> bool:

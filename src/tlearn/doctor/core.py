@@ -15,6 +15,7 @@ import numpy as np
 
 from tlearn._log import logger
 from tlearn._progress import progress
+from tlearn.data.targets import refuse_label_sets
 from tlearn.doctor.duplicates import (
     NEAR_THRESHOLD,
     check_thresholds,
@@ -220,6 +221,8 @@ def inspect(
     """
     if y is not None and len(y) != len(X):
         raise DataError(f"{len(X)} training images but {len(y)} labels")
+    for labels in (y, y_test):
+        refuse_label_sets(labels, "the doctor")
     if near_threshold is None:
         near_threshold = NEAR_THRESHOLD
     check_thresholds(near_threshold)  # before minutes of reading

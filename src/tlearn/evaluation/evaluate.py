@@ -98,8 +98,10 @@ def evaluate(
         features = predictor.parts.features
         on_error = features.on_error if features is not None else "raise"
     check_option("evaluate", "on_error", on_error, ("raise", "skip"))
-    y_arr = np.asarray(y)
     paths = check_images(X)
+    if predictor.parts.thresholds is not None:  # several labels per image
+        return _evaluate_multilabel(predictor, paths, y, unknown, on_error, tta)
+    y_arr = np.asarray(y)
     if len(y_arr) != len(paths):
         raise DataError(f"X has {len(paths)} images but y has {len(y_arr)} labels")
     check_target_kind(predictor.classes, y_arr)
@@ -108,10 +110,7 @@ def evaluate(
     ok = ~np.isnan(proba[:, 0])
     if not ok.any():
         raise DataError("no image could be evaluated: every image failed to load")
-    names = np.array(
-        [f"X[{i}]" for i in range(len(y_arr))] if isinstance(paths, np.ndarray) else list(paths),
-        dtype=object,
-    )
+    names = _names(paths)
     metrics = compute_metrics(predictor.classes, y_arr[ok], proba[ok], names[ok])
     metrics.calibration = calibration_figures(
         predictor.model, proba[ok], y_arr[ok], predictor.classes
@@ -119,5 +118,60 @@ def evaluate(
     report = Report.from_metrics(metrics)
     report.failed, report.unknown = failed, unknown_rows
     report.history = list(getattr(model, "history_", []) or [])
+    report.images = paths[ok] if isinstance(paths, np.ndarray) else None
+    return report
+
+
+def _names(paths: Any) -> np.ndarray:
+    n = len(paths)
+    return np.array(
+        [f"X[{i}]" for i in range(n)] if isinstance(paths, np.ndarray) else list(paths),
+        dtype=object,
+    )
+
+
+def _known_labels(
+    names: np.ndarray, Y: Any, classes: np.ndarray, unknown: str
+) -> tuple[Any, list[dict[str, Any]]]:
+    """Label lists without the labels the model does not know (listed, when ``unknown`` is
+    "skip"; refused otherwise); an indicator matrix as it is."""
+    from tlearn.multilabel import _is_matrix, _labels_of
+
+    if _is_matrix(Y):
+        return Y, []
+    known = {_py(c) for c in classes}
+    rows = [_labels_of(labels, i) for i, labels in enumerate(Y)]
+    strange = [(i, sorted(r - known, key=str)) for i, r in enumerate(rows) if r - known]
+    if strange and unknown == "raise":
+        every = sorted({str(v) for _, labels in strange for v in labels})
+        raise UnknownClassError(
+            f"{len(strange)} images have labels the model was not trained on: {every[:10]}; "
+            f"the model knows {[_py(c) for c in classes][:20]}. Evaluate the known labels "
+            "only with unknown='skip' (CLI: --skip-unknown-classes)"
+        )
+    unknown_rows = [{"path": str(names[i]), "label": labels} for i, labels in strange]
+    return [sorted(r & known, key=str) for r in rows], unknown_rows
+
+
+def _evaluate_multilabel(
+    predictor: Any, paths: Any, Y: Any, unknown: str, on_error: str, tta: bool
+) -> Any:
+    """A multi-label model's :class:`MultiLabelReport` on images with label lists (or an
+    indicator matrix); unknown labels are refused, or left out with ``unknown="skip"``."""
+    from tlearn.evaluation.multilabel import compute_multilabel_metrics
+    from tlearn.multilabel import check_multilabel
+
+    if not hasattr(Y, "__len__") or len(Y) != len(paths):
+        raise DataError(f"X has {len(paths)} images but Y has {len(Y)} rows of labels")
+    names = _names(paths)
+    labels, unknown_rows = _known_labels(names, Y, predictor.classes, unknown)
+    _, M = check_multilabel(labels, len(paths), predictor.classes)
+    proba, failed = predict_proba_with_errors(predictor, paths, on_error=on_error, tta=tta)
+    ok = ~np.isnan(proba[:, 0])
+    if not ok.any():
+        raise DataError("no image could be evaluated: every image failed to load")
+    thresholds = predictor.parts.thresholds
+    report = compute_multilabel_metrics(predictor.classes, M[ok], proba[ok], thresholds, names[ok])
+    report.failed, report.unknown = failed, unknown_rows
     report.images = paths[ok] if isinstance(paths, np.ndarray) else None
     return report

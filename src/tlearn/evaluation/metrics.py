@@ -70,6 +70,11 @@ class Metrics:
     evaluation: dict[str, Any] = field(default_factory=dict)
     images: Any = field(default=None, repr=False)
 
+    def headline(self, which: str = "") -> str:
+        """The figures a run is judged by, on one line (``which``: "test", "held-out")."""
+        w = f"{which} " if which else ""
+        return f"{w}loss: {self.log_loss:.4f}  {w}accuracy: {self.accuracy:.4f}"
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "accuracy": self.accuracy,

@@ -39,7 +39,8 @@ import numpy as np
 
 from tlearn.exceptions import DataError, ImageReadError, TlearnError, import_extra
 from tlearn.outputs import output_format, prepare_output, rows_table, write_part
-from tlearn.predictor import Predictor, error_row, iter_manifest, load_predictor, top_k_rows
+from tlearn.predictor import Predictor, iter_manifest, load_predictor
+from tlearn.rows import ROW_KINDS
 
 __all__ = ["connect", "dataset", "featurize", "predict"]
 
@@ -123,7 +124,7 @@ class _Predict:
     CPUs Ray assigned; turns decoded shards into rows (or writes them as parts)."""
 
     def __init__(
-        self, blob: bytes, kind: str, top_k: int, tta: bool, output: str | None, threads: int
+        self, blob: bytes, kind: str, top_k: int | None, tta: bool, output: str | None, threads: int
     ) -> None:
         import ray
 
@@ -150,17 +151,17 @@ class _Predict:
         p = self.predictor
         if self.kind == "features":
             feats = _in_steps(p.features_pixels, pixels, p.batch_size, 0)
-            return [{"features": f, "error": ""} for f in feats.astype(np.float32)]
+            return ROW_KINDS["features"].build(feats)
         proba = _in_steps(
             lambda x: p.predict_pixels(x, tta=self.tta), pixels, p.batch_size, len(p.classes)
         )
-        return top_k_rows(proba, p.classes, self.top_k)
+        return p.prediction_rows(proba, self.top_k)
 
     def rows(self, batch: dict[str, np.ndarray]) -> list[dict[str, Any]]:
         errors = [str(e) for e in batch["error"]]
         ok = [i for i, e in enumerate(errors) if not e]
         done = iter(self._outputs(batch["pixels"][ok]))
-        failed: dict[str, Any] = {"features": None} if self.kind == "features" else error_row("")
+        failed = ROW_KINDS[self.kind].failed_row("")
         rows = []
         for row_id, path, err in zip(batch["row_id"], batch["path"], errors, strict=True):
             row = next(done) if not err else {**failed, "error": err}
@@ -207,7 +208,7 @@ def dataset(
     inputs: Iterable[str],
     *,
     kind: str = "predictions",
-    top_k: int = 1,
+    top_k: int | None = None,
     tta: bool = False,
     workers: int | None = None,
     threads: int = 1,
@@ -220,7 +221,8 @@ def dataset(
     _output: str | None = None,
 ) -> Any:
     """The Ray Dataset of prediction rows (``kind="predictions"``: ``row_id``, ``path``,
-    ``label``, ``probability``, ``top_labels``, ``top_probabilities``, ``error``) or
+    ``label``, ``probability``, ``top_labels``, ``top_probabilities``, a multi-label
+    model's ``above_threshold``, ``error``) or
     feature rows (``kind="features"``: ``row_id``, ``path``, ``features``, ``error``), for
     users already on Ray; lazy, like every Ray Dataset. Needs ``ray.init()`` first (or
     :func:`connect`). ``model``: a model file, an export, ``imagenet:BACKBONE``, a fitted
@@ -230,6 +232,8 @@ def dataset(
     if not ray.is_initialized():
         raise TlearnError("call ray.init() (or use tlearn.scale.ray.connect()) first")
     predictor = _shippable(model, ship, engine)
+    if kind != "features":  # the model's kind of prediction row (multi-label: its own)
+        kind = predictor.rows.name
     pre = predictor.preprocessing
     if kind == "features" and predictor.parts.features is None:
         raise DataError("an export gives probabilities, not features; use a model file")
@@ -353,7 +357,7 @@ def predict(
     inputs: Iterable[str],
     output: str | os.PathLike[str],
     *,
-    top_k: int = 1,
+    top_k: int | None = None,
     tta: bool = False,
     resume: bool = False,
     overwrite: bool = False,

@@ -569,11 +569,11 @@ async def _predict(service: Service, request: Any, top_k_query: str | None) -> A
     if not many:
         if isinstance(rows[0], ServeError):
             raise rows[0]
-        return JSONResponse({"predictions": rows[0], **payload})
+        return JSONResponse({**rows[0], **payload})
     for r in rows:
         if isinstance(r, ServeError):
             service.metrics.reject(r.code)
-    out = [r.body() if isinstance(r, ServeError) else {"predictions": r} for r in rows]
+    out = [r.body() if isinstance(r, ServeError) else r for r in rows]
     return JSONResponse({"results": out, **payload})
 
 
@@ -692,12 +692,24 @@ async def _run_images(
     return results, timing
 
 
-def _predictions(service: Service, proba: Any, top_k: int) -> list[dict[str, Any]]:
-    from tlearn._io import python_value
-
-    classes = service.predictor.classes
-    order = (-proba).argsort(kind="stable")[:top_k]
-    return [{"label": python_value(classes[j]), "score": float(proba[j])} for j in order]
+def _predictions(service: Service, proba: Any, top_k: int) -> dict[str, Any]:
+    """One image's answer from its row (:mod:`tlearn.rows`): ``predictions``, the
+    ``top_k`` labels with their scores, best first; a multi-label model's
+    ``above_threshold`` too, every label that applies, with its score."""
+    predictor = service.predictor
+    several = predictor.parts.thresholds is not None  # scores of every label that applies
+    row = predictor.prediction_rows(proba[None], len(predictor.classes) if several else top_k)[0]
+    scores = dict(zip(row["top_labels"], row["top_probabilities"], strict=True))
+    answer: dict[str, Any] = {
+        "predictions": [
+            {"label": label, "score": scores[label]} for label in row["top_labels"][:top_k]
+        ]  # fmt: skip
+    }
+    if "above_threshold" in row:
+        answer["above_threshold"] = [
+            {"label": label, "score": scores[label]} for label in row["above_threshold"]
+        ]
+    return answer
 
 
 def _round(timing: dict[str, float]) -> dict[str, float]:

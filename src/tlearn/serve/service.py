@@ -101,6 +101,7 @@ class Service:
             "backbone": info.get("backbone", info.get("architecture", "unknown")),
             "engine": info.get("engine"),
             "n_classes": len(info["classes"]),
+            "task": info["task"],
         }
         self.predictor = predictor
         log.info(
