@@ -45,10 +45,8 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
-# Two workers (pytest-xdist), each test file on one of them (tests/conftest.py groups the
-# Ray files together): the suite leaves a core idle in subprocess starts, servers and Ray.
 pytest: setup browser
-	$(PY) -m pytest -n 2 --dist loadgroup
+	$(PY) -m pytest
 
 test: setup lint typecheck pytest
 

@@ -120,11 +120,6 @@ SLOW_TESTS: dict[str, dict[str, str]] = {
 }
 
 
-#: Test files that share one worker under pytest-xdist (``make test`` runs two): the Ray
-#: tests join one Ray head, started once per worker that needs it.
-_GROUPS = {"test_scale_ray.py": "ray", "test_scale_ray_train.py": "ray"}
-
-
 @pytest.hookimpl(tryfirst=True)  # before -m deselects by marker
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
@@ -132,18 +127,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         test = getattr(item, "originalname", item.name)  # without its parameters
         if name in SLOW_FILES or test in SLOW_TESTS.get(name, {}):
             item.add_marker(pytest.mark.slow)
-        # under `-n 2 --dist loadgroup`, a file's tests run on one worker: its module
-        # fixtures (fitted models, servers) are made once
-        item.add_marker(pytest.mark.xdist_group(_GROUPS.get(name, name)))
 
 
 @pytest.fixture(autouse=True)
 def _isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):
-    """Keep caches out of the user's home, and never wait on a network that is not there.
-    The workers of one run (pytest-xdist) share one home: an engine converted or
-    calibrated by one is loaded by the other (each file written atomically)."""
-    base = tmp_path_factory.getbasetemp()
-    home = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "tlearn-home"
+    """Keep caches out of the user's home, and never wait on a network that is not there."""
+    home = tmp_path_factory.getbasetemp() / "tlearn-home"
     monkeypatch.setenv("TLEARN_HOME", str(home))
     monkeypatch.setenv("TLEARN_OFFLINE", "1")
 
