@@ -155,7 +155,11 @@ def test_predict_passes_the_total_to_the_progress_display(tmp_path, monkeypatch,
     for i in range(4):
         (tmp_path / f"{i}.jpg").write_bytes(b"")
 
+    from tlearn.rows import ROW_KINDS
+
     class Fake:
+        rows = ROW_KINDS["predictions"]  # the kind of row it makes, as a Predictor says
+
         @classmethod
         def load(cls, source, **options):
             return cls()

@@ -332,3 +332,30 @@ def test_any_failure_to_read_one_image_becomes_its_error_row(tmp_path, monkeypat
     assert decoded["error"][0] == "" and decoded["pixels"][0].any()
     assert "RuntimeError: File is encrypted" in decoded["error"][1]
     assert "Input/output error" in decoded["error"][2] and not decoded["pixels"][2].any()
+
+
+def test_a_multi_label_model_gives_the_rows_of_tlearn_predict(photos, head, env, tmp_path):
+    """A multi-label model through Ray: the same rows as `tlearn predict` in one process,
+    ``above_threshold`` included (each photo labelled with its class and animal or
+    vehicle; two classes, so one actor start is what costs)."""
+    from tlearn import MultiLabelProbe, save
+
+    X = [str(p) for cls in ("cat", "ship") for p in sorted((photos / cls).glob("[0-9]*.jpg"))]
+    X = [p for p in X if "truncated" not in p]
+    labels = [[Path(p).parent.name, "animal" if "/cat/" in p else "vehicle"] for p in X]
+    probe = MultiLabelProbe(image_size=32, engine="torch", flip_average=False).fit(X, labels)
+    model = save(probe, tmp_path / "multi.safetensors")
+    inputs = [str(photos / "cat"), str(photos / "ship")]
+    local, ray_out = tmp_path / "local.parquet", tmp_path / "ray.parquet"
+    r = run_tlearn("predict", str(model), *inputs, "-o", str(local), env=env)
+    assert r.returncode == 1, r.stderr  # the truncated photo
+    r = tlearn("predict", str(model), *inputs, "-o", str(ray_out), "--cluster", "ray",
+               "--address", head, "--part-rows", "16", env=env)  # fmt: skip
+    assert r.returncode == 1, r.stderr[-3000:]
+    want, got = pd.read_parquet(local), pd.read_parquet(ray_out).sort_values("row_id")
+    assert list(got.columns) == list(want.columns) and "above_threshold" in got.columns
+    assert_same_predictions(got.reset_index(drop=True), want)
+    ok = want["error"] == ""
+    for a, b in zip(got["above_threshold"][ok], want["above_threshold"][ok], strict=True):
+        assert list(a) == list(b)
+    assert {frozenset(a) for a in want["above_threshold"][ok]} >= {frozenset({"cat", "animal"})}

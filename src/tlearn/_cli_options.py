@@ -171,6 +171,8 @@ def _cli_type(annotation: str) -> Any:
     members = [m.strip() for m in annotation.split("|")]
     optional = "None" in members
     members = [m for m in members if m != "None"]
+    if "str" in members:  # a mapping's alternative is Python's alone: the flag takes the text
+        members = [m for m in members if not m.startswith(("dict", "Mapping", "list"))]
     if any("PathLike" in m for m in members):
         base: Any = str
     elif len(members) == 1 and members[0] in _TYPES:
