@@ -62,7 +62,7 @@ def test_auto_reports_its_choice_cross_fitted_and_marks_one_winner_on_a_tie():
     fitted = [(_model(first, "one"), {"candidate": "one"}),
               (_model(second, "two"), {"candidate": "two"})]  # fmt: skip
     rows = [r for _, r in fitted]
-    model = _choose(fitted, y, rows, seed=0)
+    model = _choose(fitted, y, np.ones(len(y)), seed=0)
     assert sum(r["chosen"] for r in rows) == 1
     assert "cross-fitted between two halves" in model.heldout_method_
     assert not np.isnan(model.heldout_proba_).any()
@@ -72,9 +72,29 @@ def test_a_later_candidate_must_beat_the_incumbent_on_the_images_both_predicted(
     correct = np.array([[1, 1, 0, 0, 1, 1], [np.nan, np.nan, 1, 1, np.nan, np.nan]], float)
     everything = np.ones(6, bool)
     # on its 2 images the second is right where the first was wrong: 1.0 > 0.0 + margin
-    assert _select(correct, everything) == 1
+    assert _select(correct, everything, np.ones(6)) == 1
     # on rows where only the first predicted, there is nothing to compare: the first stays
-    assert _select(correct, np.array([1, 1, 0, 0, 1, 1], bool)) == 0
+    assert _select(correct, np.array([1, 1, 0, 0, 1, 1], bool), np.ones(6)) == 0
+
+
+def test_imbalanced_classes_are_judged_by_balanced_accuracy():
+    """Nine images of "big", three of "small": the first candidate says "big" always
+    (accuracy 0.75, balanced 0.5), the second is right on every small image and wrong on
+    two big ones (accuracy 0.83, balanced 0.89). Equal weights and balanced ones agree
+    here; with the first right on 8 of 9 big images (accuracy 0.92) and the second as
+    before, accuracy keeps the first and balanced accuracy takes the second."""
+    from tlearn.automl import class_balancing_weights
+
+    y = np.array(["big"] * 9 + ["small"] * 3)
+    first = np.array([1] * 8 + [0] + [1, 1, 0], float)  # 11 of 12 right; small 2/3
+    second = np.array([1] * 7 + [0, 0] + [1, 1, 1], float)  # 10 of 12; small 3/3
+    correct = np.array([first, second])
+    everything = np.ones(12, bool)
+    weights = class_balancing_weights(y)
+    assert weights.sum() == pytest.approx(2.0)  # one per class
+    assert _select(correct, everything, np.ones(12)) == 0  # accuracy: 0.92 against 0.83
+    # balanced: (8/9 + 2/3) / 2 = 0.78 against (7/9 + 1) / 2 = 0.89, over its margin
+    assert _select(correct, everything, weights) == 1
 
 
 def test_auto_times_an_engine_that_quantises_on_the_images_it_was_given(monkeypatch):

@@ -142,3 +142,28 @@ def test_fine_tuning_crops_see_a_small_image_at_its_evaluation_scale():
     assert preprocess_image(Image.fromarray(large), pre_train).shape == (72, 72, 3)
     with pytest.raises(ValueError, match="pad_small"):
         Preprocessing(64, (0.5,) * 3, (0.5,) * 3, pad_small=16)
+
+
+def test_imbalanced_classes_are_weighted_and_the_report_leads_with_balanced_accuracy(
+    tmp_path,
+):
+    """The smallest class under a fifth of the largest: fit weighs the classes ("balanced",
+    the better default on long-tailed CIFAR-10, docs/accuracy.md), says so, and the report
+    puts balanced accuracy first; a class_weight given (None included) is kept."""
+    import shutil
+
+    root = make_folder(tmp_path / "photos", 30, size=48, seed=3)
+    classes = sorted(p.name for p in root.iterdir())
+    for extra in sorted((root / classes[0]).iterdir())[5:]:  # 5 of the first, 30 of others
+        shutil.move(extra, tmp_path / extra.name)
+    said: list[str] = []
+    result = tlearn.train(root, method="probe", Cs=[1.0], image_size=32, engine="torch",
+                          say=said.append)  # fmt: skip
+    assert result.model.class_weight == "balanced"
+    assert any("classes imbalanced (the smallest has 5 images, the largest 30)" in s
+               for s in said)  # fmt: skip
+    assert result.report.imbalanced
+    assert result.report.headline("held-out").startswith("held-out balanced accuracy: ")
+    kept = tlearn.train(root, method="probe", Cs=[1.0], class_weight=None, engine="torch",
+                        **SMALL)  # fmt: skip
+    assert kept.model.class_weight is None

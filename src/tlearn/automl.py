@@ -110,10 +110,13 @@ def _probe_seconds(n: int, rate: float, heads: int = 1) -> float:
     return n / rate + (search + oof + 0.0004 * n) * math.ceil(heads / 2) * (1.2 if heads > 1 else 1)
 
 
-def _row(name: str, model: Any, y: np.ndarray, seconds: float) -> dict[str, Any]:
+def _row(
+    name: str, model: Any, y: np.ndarray, seconds: float, weights: np.ndarray
+) -> dict[str, Any]:
     from tlearn.predictor import Predictor
 
-    acc, n = _held_out(model, y)
+    acc, n = _held_out(model, y, np.ones(len(y)))
+    balanced, _ = _held_out(model, y, weights)
     predictor = Predictor(model, warmup=False)
     size = predictor.preprocessing.input_size
     pixels = np.zeros((32, size, size, 3), np.uint8)
@@ -121,8 +124,9 @@ def _row(name: str, model: Any, y: np.ndarray, seconds: float) -> dict[str, Any]
     t0 = time.perf_counter()
     predictor.predict_pixels(pixels)
     rate = 32 / max(1e-6, time.perf_counter() - t0)
-    return {"candidate": name, "accuracy": acc, "n_held_out": n, "seconds": seconds,
-            "images_per_second": rate, "note": model.heldout_method_}  # fmt: skip
+    return {"candidate": name, "accuracy": acc, "balanced_accuracy": balanced,
+            "n_held_out": n, "seconds": seconds, "images_per_second": rate,
+            "note": model.heldout_method_}  # fmt: skip
 
 
 def _correct(model: Any, y: np.ndarray) -> np.ndarray:
@@ -135,11 +139,19 @@ def _correct(model: Any, y: np.ndarray) -> np.ndarray:
     return out
 
 
-def _held_out(model: Any, y: np.ndarray) -> tuple[float | None, int]:
-    """The model's honest held-out accuracy and on how many images."""
+def _held_out(model: Any, y: np.ndarray, weights: np.ndarray) -> tuple[float | None, int]:
+    """The model's honest held-out accuracy, each image weighing ``weights`` (equal:
+    accuracy; inverse class counts: balanced accuracy), and on how many images."""
     correct = _correct(model, y)
-    n = int((~np.isnan(correct)).sum())
-    return (float(np.nanmean(correct)) if n else None), n
+    ok = ~np.isnan(correct)
+    n = int(ok.sum())
+    return (float(np.average(correct[ok], weights=weights[ok])) if n else None), n
+
+
+def class_balancing_weights(y: np.ndarray) -> np.ndarray:
+    """Per image, one over its class's count: a mean weighted so is balanced accuracy."""
+    _, index, counts = np.unique(y, return_inverse=True, return_counts=True)
+    return 1.0 / counts[index]
 
 
 @dataclass
@@ -159,9 +171,12 @@ def fit_auto(
     params: dict[str, Any],
     budget: float | None,
     say: Callable[[str], None],
+    balanced: bool = False,
 ) -> tuple[Any, list[dict[str, Any]]]:
-    """The best model found within ``budget`` seconds, and the leaderboard."""
+    """The best model found within ``budget`` seconds, and the leaderboard; ``balanced``:
+    judged by balanced accuracy (imbalanced classes), else by accuracy."""
     explicit = budget is not None
+    weights = class_balancing_weights(y) if balanced else np.ones(len(y))
     budget = float(budget or DEFAULT_TIME_BUDGET)
     t0 = time.perf_counter()
     small = median_short_side(X) < SMALL_IMAGES
@@ -188,20 +203,20 @@ def fit_auto(
             say(f"auto: {candidate.name} skipped ({e})")
             rows.append({**_skipped(candidate.name, 0.0, 0.0), "note": f"skipped: {e}"})
             continue
-        rows.append(_row(candidate.name, model, y, time.perf_counter() - t0))
+        rows.append(_row(candidate.name, model, y, time.perf_counter() - t0, weights))
         fitted.append((model, rows[-1]))
-    return _choose(fitted, y, rows, int(common.get("random_state") or 0)), rows
+    return _choose(fitted, y, weights, int(common.get("random_state") or 0)), rows
 
 
 def _choose(
-    fitted: list[tuple[Any, dict[str, Any]]], y: np.ndarray, rows: list[Any], seed: int
+    fitted: list[tuple[Any, dict[str, Any]]], y: np.ndarray, weights: np.ndarray, seed: int
 ) -> Any:
     """The winner on every image (marked in the leaderboard), with an honest held-out
     estimate of choosing it: the images are split in two halves, each half is predicted by
     the candidate the other half would have chosen (:func:`_select`), so the reported figure
     is not the maximum of several noisy ones (the winner's curse)."""
     correct = np.array([_correct(model, y) for model, _ in fitted])
-    winner = _select(correct, np.ones(len(y), bool))
+    winner = _select(correct, np.ones(len(y), bool), weights)
     fitted[winner][1]["chosen"] = True
     for _, row in fitted:
         row.setdefault("chosen", False)
@@ -211,7 +226,7 @@ def _choose(
     half = np.random.default_rng(seed).permutation(len(y)) % 2 == 0
     proba = np.full_like(model.heldout_proba_, np.nan)
     for part in (half, ~half):
-        proba[part] = fitted[_select(correct, ~part)][0].heldout_proba_[part]
+        proba[part] = fitted[_select(correct, ~part, weights)][0].heldout_proba_[part]
     model.heldout_proba_ = proba
     model.heldout_method_ += (
         f"; auto's choice among {len(fitted)} candidates cross-fitted between two halves"
@@ -219,17 +234,20 @@ def _choose(
     return model
 
 
-def _select(correct: np.ndarray, rows: np.ndarray) -> int:
+def _select(correct: np.ndarray, rows: np.ndarray, weights: np.ndarray) -> int:
     """Which candidate to keep, judged on ``rows`` only: the first, unless a later one
-    beats the best so far on the images both predicted honestly, by more than its
-    standard error there (a validation split of 25 images must not win on luck)."""
+    beats the best so far on the images both predicted honestly (their mean correctness
+    weighted by ``weights``), by more than its standard error there (a validation split of
+    25 images must not win on luck; with unequal weights, of their effective number)."""
     best = 0
     for i in range(1, len(correct)):
         both = rows & ~np.isnan(correct[i]) & ~np.isnan(correct[best])
-        n = int(both.sum())
+        w = weights[both]
+        n = float(w.sum() ** 2 / (w**2).sum()) if both.any() else 0
         if n == 0:
             continue
-        acc, incumbent = correct[i][both].mean(), correct[best][both].mean()
+        acc = np.average(correct[i][both], weights=w)
+        incumbent = np.average(correct[best][both], weights=w)
         margin = math.sqrt(max(acc * (1 - acc), 1e-4) / n)
         if acc > incumbent + margin:
             best = i

@@ -285,8 +285,11 @@ def _fit_settings(ctx: typer.Context, values: dict[str, Any]) -> dict[str, Any]:
         if explicit and method in ("probe", "finetune") and method not in takes:
             _fail(f"{flag(option.name)} applies to --method {' or '.join(sorted(takes))}, "
                   f"not {method}")  # fmt: skip
-        if explicit:
-            _check_estimator_flag(option, settings[option.name], method)
+        value = settings.get(option.name)
+        if explicit and option.default is None and str(value).lower() == "none":
+            settings[option.name] = None  # "none" turns off what a default would choose
+        elif explicit:
+            _check_estimator_flag(option, value, method)
         else:  # the method's own default, and auto sees what the user set
             settings.pop(option.name, None)
     return settings

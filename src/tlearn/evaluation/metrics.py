@@ -70,10 +70,21 @@ class Metrics:
     evaluation: dict[str, Any] = field(default_factory=dict)
     images: Any = field(default=None, repr=False)
 
+    @property
+    def imbalanced(self) -> bool:
+        """The smallest class has under a fifth of the largest's images: then balanced
+        accuracy and per-class recall say more than accuracy, and come first."""
+        support = [r["support"] for r in self.per_class if r["support"]]
+        return bool(support) and min(support) < 0.2 * max(support)
+
     def headline(self, which: str = "") -> str:
-        """The figures a run is judged by, on one line (``which``: "test", "held-out")."""
+        """The figures a run is judged by, on one line (``which``: "test", "held-out");
+        balanced accuracy first when the classes are imbalanced."""
         w = f"{which} " if which else ""
-        return f"{w}loss: {self.log_loss:.4f}  {w}accuracy: {self.accuracy:.4f}"
+        line = f"{w}loss: {self.log_loss:.4f}  {w}accuracy: {self.accuracy:.4f}"
+        if self.imbalanced:
+            line = f"{w}balanced accuracy: {self.balanced_accuracy:.4f}  " + line
+        return line
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -108,20 +119,23 @@ class Metrics:
     def __rich__(self) -> Any:
         from rich.table import Table
 
-        table = Table(
-            title=f"accuracy {self.accuracy:.4f}, loss {self.log_loss:.4f}, on "
-            f"{self.n_images} images"
-        )
-        for col in ("class", "precision", "recall", "f1", "support"):
+        # imbalanced classes: balanced accuracy first, per-class recall first, the smallest
+        # classes on top (where a model that favours the big ones fails)
+        title = f"accuracy {self.accuracy:.4f}, loss {self.log_loss:.4f}"
+        if self.imbalanced:
+            title = f"balanced accuracy {self.balanced_accuracy:.4f}, {title}"
+        table = Table(title=f"{title}, on {self.n_images} images")
+        cols = ["recall", "precision"] if self.imbalanced else ["precision", "recall"]
+        for col in ("class", *cols, "f1", "support"):
             table.add_column(col, justify="left" if col == "class" else "right")
-        for row in self.per_class:
-            table.add_row(
-                str(row["class"]),
-                f"{row['precision']:.3f}",
-                f"{row['recall']:.3f}",
-                f"{row['f1']:.3f}",
-                str(row["support"]),
-            )
+        rows = (
+            sorted(self.per_class, key=lambda r: r["support"])
+            if self.imbalanced
+            else self.per_class
+        )
+        for row in rows:
+            table.add_row(str(row["class"]), *(f"{row[c]:.3f}" for c in cols),
+                          f"{row['f1']:.3f}", str(row["support"]))  # fmt: skip
         return table
 
 
