@@ -34,8 +34,8 @@ from tlearn.backbones.policy import DEFAULT_BACKBONE as DEFAULT
 from tlearn.backbones.policy import SECOND_BACKBONES, SMALL_IMAGES, ensemble_backbone
 from tlearn.data.loader import median_short_side
 from tlearn.exceptions import DataError
+from tlearn.methods import make_estimator
 from tlearn.runtime.table import ENGINE_TABLE
-from tlearn.training import make_estimator
 
 __all__ = ["DEFAULT_TIME_BUDGET", "ensemble_backbone", "fit_auto", "probe_settings"]
 

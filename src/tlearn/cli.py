@@ -275,7 +275,7 @@ def _fit_settings(ctx: typer.Context, values: dict[str, Any]) -> dict[str, Any]:
         source = ctx.get_parameter_source(key)
         if source is None or source.name == "DEFAULT":
             settings[key] = value
-    methods = read_constant("tlearn.training", "METHODS")
+    methods = read_constant("tlearn.methods", "METHODS")
     check_flags(settings, {**FLAG_CONSTRAINTS, "method": [Options(methods)]})
     method = "finetune" if settings["method"] == "lp-ft" else settings["method"]
     for option in _estimator_options():

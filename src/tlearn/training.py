@@ -27,9 +27,9 @@ from typing import Any
 import numpy as np
 
 from tlearn._log import logger
-from tlearn._validation import check_option
 from tlearn.data.targets import is_label_sets
 from tlearn.exceptions import DataError
+from tlearn.methods import METHODS, make_estimator
 
 __all__ = [
     "METHODS",
@@ -40,8 +40,6 @@ __all__ = [
     "train",
 ]
 
-#: ``method`` -> the estimator that fits it ("auto" chooses among them).
-METHODS = ("auto", "probe", "finetune", "lp-ft")
 #: Classes are imbalanced when the smallest has fewer images than this share of the
 #: largest: then the loss weighs classes by inverse frequency and auto compares candidates
 #: by balanced accuracy (unless ``class_weight`` is given).
@@ -128,39 +126,6 @@ def is_multilabel(y: np.ndarray) -> bool:
 
 def _classes_of(y: np.ndarray) -> set[Any]:
     return set().union(*map(set, y)) if is_multilabel(y) else set(y)
-
-
-def estimator_class(method: str) -> type:
-    check_option("train", "method", method, METHODS)
-    if method in ("probe", "auto"):
-        from tlearn.probe import LinearProbe
-
-        return LinearProbe
-    from tlearn.finetune import FineTuneClassifier
-
-    return FineTuneClassifier
-
-
-def make_estimator(method: str, multilabel: bool = False, **params: Any) -> Any:
-    """The estimator for ``method`` with the parameters it takes (validated now, so a bad
-    value fails before any image is read); ``multilabel``: several labels per image."""
-    if multilabel:
-        if method in ("finetune", "lp-ft"):
-            raise DataError(
-                "fine-tuning takes one label per image so far; this data gives several: use "
-                "--method probe (or auto), the multi-label probe"
-            )
-        from tlearn.multilabel import MultiLabelProbe
-
-        cls: type = MultiLabelProbe
-    else:
-        cls = estimator_class(method)
-    if method == "lp-ft":
-        params["strategy"] = "lp-ft"
-    known = cls().get_params()
-    model = cls(**{k: v for k, v in params.items() if k in known and v is not None})
-    model._validate_params()
-    return model
 
 
 def _test_data(
