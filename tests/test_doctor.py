@@ -159,7 +159,7 @@ def test_cli_writes_the_report_changes_nothing_and_its_clean_csv_trains(planted,
     _renders_in_chromium(out / "report.html", summary["issues"], tmp_path)
 
 
-def test_label_backbones_average_each_backbones_out_of_fold_probabilities(cifar_zip):
+def test_label_backbones_average_each_backbones_out_of_fold_probabilities(cifar_zip, tmp_path):
     from tlearn import PretrainedFeatures
     from tlearn.data import load_image_folder
     from tlearn.doctor.labels import out_of_fold_proba
@@ -168,7 +168,9 @@ def test_label_backbones_average_each_backbones_out_of_fold_probabilities(cifar_
                              max_per_class=10, random_state=3)  # fmt: skip
     X, y = np.asarray(data.filenames), np.asarray(data.target_names)[data.target]
     y[[0, 15]] = y[[15, 0]]  # two labels swapped
-    params = {"engine": "torch", "image_size": 96, "verbose": 0}  # small and quick
+    # small and quick; one feature cache: each backbone featurises the images once, however
+    # many of the runs below read its features
+    params = {"engine": "torch", "image_size": 96, "verbose": 0, "cache_dir": str(tmp_path)}
     alone = inspect(X, y, label_backbones=(), say=lambda s: None, **params)
     both = inspect(X, y, label_backbones=["efficientnet_lite1"], say=lambda s: None, **params)
     codes = np.unique(y, return_inverse=True)[1]
