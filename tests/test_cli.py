@@ -24,6 +24,9 @@ def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, shapes_zip):
+    """`tlearn fit` with its defaults (--method auto) but for the size, the budget and the
+    engine: no claim here is about an engine, and auto's check converted each candidate's
+    backbones (Lite1 + Lite2, Lite0) to OpenVINO before fitting on 36 images."""
     out = tmp_path_factory.mktemp("cli") / "model.safetensors"
     r = run(
         "fit",
@@ -38,6 +41,8 @@ def trained(tmp_path_factory, shapes_zip):
         "64",
         "--time-budget",
         "3m",
+        "--engine",
+        "torch",
         "--out",
         str(out),
         "--json",
