@@ -78,9 +78,13 @@ def mosaics(cifar_zip, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def probe(mosaics):
+def probe(mosaics, tmp_path_factory):
+    """Fitted with a feature cache, so that the baseline below reads the features the
+    probe computed rather than featurising the 360 mosaics again; the test that saves,
+    pickles and predicts from threads turns the cache off first."""
     _, X, labels, _, _ = mosaics
-    return MultiLabelProbe(image_size=96, engine="torch").fit(X, labels)
+    cache = tmp_path_factory.mktemp("multilabel-features")
+    return MultiLabelProbe(image_size=96, engine="torch", cache_dir=str(cache)).fit(X, labels)
 
 
 @pytest.mark.needs_data
@@ -110,6 +114,7 @@ def test_saved_pickled_and_threaded_it_predicts_the_same(mosaics, probe, tmp_pat
     from tlearn.models import model_kind
 
     _, _, _, X_test, _ = mosaics
+    probe.set_params(cache_dir=None)  # every prediction below computes its features
     P = probe.predict_proba(X_test[:16])
     path = save(probe, tmp_path / "multi.safetensors")
     loaded = load(path)
@@ -311,8 +316,12 @@ def test_a_csv_is_read_as_multi_label_only_when_it_says_so(tmp_path):
         "path,label\na.jpg,cat\nb.jpg,dog\n": False,
         "path,y\na.jpg,0\nb.jpg,1\n": False,  # one 0/1 column: two classes
         "path,cat,dog\na.jpg,1,0\nb.jpg,1,1\n": True,
-        "path,labels\na.jpg,cat\nb.jpg,dog\n": True,
-        "path,tags\na.jpg,cat\n": True,
+        # one label a row stays single-label, whatever the column's name
+        "path,labels\na.jpg,cat\nb.jpg,dog\n": False,
+        "path,label\na.jpg,rock;pop\n": False,  # a class named so
+        "path,label\na.jpg,[abc]\n": False,  # not a JSON list
+        "path,labels\na.jpg,cat;dog\nb.jpg,dog\n": True,
+        "path,tags\na.jpg,cat|dog\n": True,
         "path,label\na.jpg,cat|dog\nb.jpg,dog\n": True,
         'path,label\na.jpg,"[""cat""]"\n': True,
     }
@@ -456,3 +465,86 @@ def test_a_hugging_face_imagefolder_with_label_lists_is_multi_label(tmp_path):
     (tmp_path / "metadata.jsonl").write_text(json.dumps({"file_name": "../x.png", "l": ["a"]}))
     with pytest.raises(DataError, match="file_name must be a path inside the folder"):
         load_labelled(tmp_path)
+
+
+def test_review_findings_on_hostile_metadata_and_mixed_outputs(tmp_path):
+    """The adversarial review of issue 28: a metadata.jsonl's labels must be lists (a
+    string became '"cat' and 'dog"'), a BOM is no row, the labels column may first appear
+    on a later row, metadata.csv may not name files outside its folder (jsonl could not),
+    and a damaged metadata.jsonl beside class folders leaves them to label the images."""
+    import json
+
+    from tests.synthetic import make_folder
+    from tlearn.data.multilabel_sources import find_hf_metadata, load_hf_metadata
+
+    meta = tmp_path / "m" / "metadata.jsonl"
+    meta.parent.mkdir()
+    rows = [{"file_name": "0.png"}, {"file_name": "1.png", "labels": ["a", "b"]}]
+    meta.write_text("\ufeff" + "".join(json.dumps(r) + "\n" for r in rows))
+    data = load_hf_metadata(meta)
+    assert data.target_names == ["a", "b"] and data.target.tolist() == [[0, 0], [1, 1]]
+    rows = [{"file_name": "0.png", "labels": ["a"]}, {"file_name": "1.png", "labels": "a|b"}]
+    meta.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(DataError, match="line 2: 'labels' must be a list of labels"):
+        load_hf_metadata(meta)
+    csv_meta = tmp_path / "c" / "metadata.csv"
+    csv_meta.parent.mkdir()
+    for outside in ("/etc/passwd", "../x.png", "a\\\\..\\\\..\\\\x.png"):
+        csv_meta.write_text(f"file_name,labels\n0.png,a|b\n{outside},b\n")
+        with pytest.raises(DataError, match="file_name must be a path inside the folder"):
+            load_hf_metadata(csv_meta)
+    folder = make_folder(tmp_path / "classes", 2, size=16)
+    (folder / "metadata.jsonl").write_text("captions, not JSON\n")
+    with pytest.warns(UserWarning, match="not JSON"):
+        assert find_hf_metadata(folder) is None
+
+
+@pytest.mark.parametrize("ext", [".jsonl", ".parquet"])
+def test_resuming_an_output_of_the_other_kind_of_row_is_refused(tmp_path, ext):
+    """A single-label model's output resumed by a multi-label model (or the reverse)
+    mixed two kinds of row in JSON Lines and Parquet; only CSV refused it."""
+    from tlearn.outputs import prepare_output, write_rows
+    from tlearn.rows import ROW_KINDS
+
+    out = str(tmp_path / f"p{ext}")
+    row = {"row_id": 0, "path": "a.jpg", **ROW_KINDS["predictions"].failed_row("bad")}
+    write_rows([row], out, "predictions")
+    assert prepare_output(out, "predictions", resume=True, overwrite=False) == {0: "a.jpg"}
+    with pytest.raises(DataError, match="another model may give another kind of row"):
+        prepare_output(out, "multilabel", resume=True, overwrite=False)
+
+
+def test_evaluation_helpers_take_one_label_per_image_and_drop_images_of_unknown_labels():
+    from tlearn.evaluation.evaluate import _as_label_sets, _known_labels
+    from tlearn.evaluation.multilabel import compute_multilabel_metrics
+
+    Y = _as_label_sets(np.array(["a", "b", "c"], dtype=object))  # a class folder's labels
+    assert list(Y) == [("a",), ("b",), ("c",)]
+    names = np.array(["0", "1", "2"], dtype=object)
+    labels, unknown, keep = _known_labels(
+        names, [["a", "z"], ["z"], []], np.array(["a", "b"]), "skip"
+    )
+    assert labels[0] == ["a"] and keep.tolist() == [True, False, True]
+    assert [u["left_out"] for u in unknown] == [False, True]
+    # a label named as matplotlib math does not stop the report ("Unknown symbol")
+    report = compute_multilabel_metrics(
+        np.array(["$\\\\foo$", "b"], dtype=object), np.array([[1, 0], [0, 1]]),
+        np.array([[0.9, 0.2], [0.1, 0.8]]), np.array([0.5, 0.5]), names[:2],
+    )  # fmt: skip
+    assert "Per label" in report.to_html()
+
+
+def test_flags_of_the_other_task_and_damaged_export_thresholds_are_refused(tmp_path):
+    import tlearn
+    from tlearn.exceptions import ModelFileError
+    from tlearn.export import _check_fits
+
+    csv = tmp_path / "t.csv"
+    csv.write_text("path,labels\na.jpg,x|y\nb.jpg,y\n")
+    with pytest.raises(DataError, match="class_weight weighs the classes of one label"):
+        tlearn.train(csv, class_weight="balanced", say=lambda s: None)
+    meta = {"classes": ["a", "b"], "preprocessing": {"input_size": 32},
+            "activation": "sigmoid", "thresholds": [True, False]}  # fmt: skip
+    for damaged in ({"thresholds": [True, False]}, {"thresholds": None}):
+        with pytest.raises(ModelFileError, match="damaged"):
+            _check_fits({**meta, **damaged}, "x", [1, 3, 32, 32], [1, 2])

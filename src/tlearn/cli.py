@@ -260,6 +260,10 @@ def _read_config(path: Path | None) -> dict[str, Any]:
     return {k.replace("-", "_"): v for k, v in table.items()}
 
 
+#: Flags whose value "none" turns off what fit would choose from the data.
+_NONE_TURNS_OFF = {"class_weight"}
+
+
 def _fit_settings(ctx: typer.Context, values: dict[str, Any]) -> dict[str, Any]:
     """The command line's values, with a --config file filling what was left unset, each
     checked against its constraints; flags that the chosen method does not take are
@@ -286,8 +290,8 @@ def _fit_settings(ctx: typer.Context, values: dict[str, Any]) -> dict[str, Any]:
             _fail(f"{flag(option.name)} applies to --method {' or '.join(sorted(takes))}, "
                   f"not {method}")  # fmt: skip
         value = settings.get(option.name)
-        if explicit and option.default is None and str(value).lower() == "none":
-            settings[option.name] = None  # "none" turns off what a default would choose
+        if explicit and option.name in _NONE_TURNS_OFF and str(value).lower() == "none":
+            settings[option.name] = None  # turns off what the data would choose
         elif explicit:
             _check_estimator_flag(option, value, method)
         else:  # the method's own default, and auto sees what the user set
@@ -467,7 +471,12 @@ def evaluate_cmd(
     if report.to_dict().get("confusion_matrix"):  # one label per image
         console.print(_confusion_table(report))
     if report.unknown:
-        err_console.print(f"[yellow]{len(report.unknown)} image(s) with unknown classes left out")
+        left = sum(1 for r in report.unknown if r.get("left_out", True))
+        kept = len(report.unknown) - left
+        err_console.print(
+            f"[yellow]{left} image(s) with unknown classes left out"
+            + (f"; {kept} scored on their known labels only" if kept else "")
+        )
     if report.failed:
         rows = [(0, f["path"], f["reason"]) for f in report.failed]
         _write_skipped(rows, str(json_path or model))
@@ -655,8 +664,9 @@ def _predict_rows(
 
     top_k, tta = options["top_k"], options["tta"]
     with progress(total, 1, "predicting") as advance:
-        if output is None:
-            rows = list(_advancing(predictor.iter_predict(inputs, top_k=top_k, tta=tta), advance))
+        if output is None:  # a multi-label table shows each label that applies, with its score
+            k = None if predictor.rows.name == "multilabel" else top_k
+            rows = list(_advancing(predictor.iter_predict(inputs, top_k=k, tta=tta), advance))
         elif str(output) == "-":
             rows = predictor.iter_predict(inputs, top_k=top_k, tta=tta)
             counts = _write_jsonl(rows, advance, predictor.rows)

@@ -194,11 +194,20 @@ def _check_fits(meta: dict[str, Any], where: str, inputs: list[Any], outputs: li
     on the first prediction)."""
     classes, pre = meta.get("classes"), meta.get("preprocessing")
     thresholds = meta.get("thresholds")
+    if meta.get("activation", "softmax") not in ("softmax", "sigmoid") or (
+        (meta.get("activation") == "sigmoid") != (thresholds is not None)
+    ):
+        raise ModelFileError(
+            f"the description in {where} is damaged (a sigmoid model has thresholds, and only it)"
+        )
     if thresholds is not None and not (
         isinstance(thresholds, list)
         and isinstance(classes, list)
         and len(thresholds) == len(classes)
-        and all(isinstance(t, (int, float)) and 0 <= t <= 1 for t in thresholds)
+        and all(
+            isinstance(t, (int, float)) and not isinstance(t, bool) and 0 <= t <= 1
+            for t in thresholds
+        )  # fmt: skip
     ):
         raise ModelFileError(
             f"the description in {where} is damaged (thresholds must be one probability "

@@ -86,7 +86,9 @@ def prepare_output(
     check_output(output)
     if os.path.exists(output):
         if resume:
-            return cut_torn_tail(output)
+            done = cut_torn_tail(output)
+            _check_columns(output, output_format(output, kind), kind)
+            return done
         if not overwrite:
             raise DataError(
                 f"the output {output!r} exists; pass --overwrite to replace it or "
@@ -277,19 +279,40 @@ def write_part(rows: list[dict[str, Any]], folder: str, kind: str) -> str | None
 
 
 def _check_columns(output: str, fmt: str, kind: str) -> None:
-    """A CSV is appended to only when it has the columns of ``kind``'s rows."""
-    if fmt != "csv" or os.path.getsize(output) == 0:
-        return
-    with open(output, newline="", encoding="utf-8", errors="replace") as f:
-        header = next(csv.reader(f), [])
+    """An output is appended to only when it has the columns of ``kind``'s rows (another
+    model may give another kind: one label per image, or several): a CSV's header, the
+    keys of a JSON Lines file's first row, the schema of a Parquet folder's first part."""
+    found = _columns_of(output, fmt)
     names = list(row_kind(kind).names)
-    if header != names:
+    if found is not None and found != names:
         raise DataError(
-            f"cannot append to {output!r}: its columns are {header}, not those of "
+            f"cannot append to {output!r}: its columns are {found}, not those of "
             f"{row_kind(kind).what} row {names} (an older tlearn wrote label_1, "
             "probability_1, ...; another model may give another kind of row); pass "
             "--overwrite to start afresh"
         )
+
+
+def _columns_of(output: str, fmt: str) -> list[str] | None:
+    """The columns an existing output holds; ``None`` when it holds no row yet."""
+    if fmt == "parquet":
+        parts = sorted(n for n in os.listdir(output) if n.startswith("part-"))
+        if not parts:
+            return None
+        import pyarrow.parquet as pq
+
+        return list(pq.read_schema(os.path.join(output, parts[0])).names)
+    if os.path.getsize(output) == 0:
+        return None
+    with open(output, newline="", encoding="utf-8", errors="replace") as f:
+        if fmt == "csv":
+            return next(csv.reader(f), [])
+        first = f.readline()
+    try:
+        row = json.loads(first)
+    except ValueError:
+        return None  # damaged: the scan of the records says so
+    return list(row) if isinstance(row, dict) else None
 
 
 class RowWriter:

@@ -8,7 +8,13 @@ import os
 
 from tlearn._io import write_atomic
 
-__all__ = ["plot_history"]
+__all__ = ["plot_history", "plain_text"]
+
+
+def plain_text(value: object) -> str:
+    """A class name as matplotlib shows it literally: ``$`` would start its math mode (a
+    class named ``$\\foo$`` raised "Unknown symbol" and lost the whole report)."""
+    return str(value).replace("$", r"\$")
 
 
 def plot_history(history: list[dict[str, float]], path: str | os.PathLike[str]) -> None:

@@ -256,6 +256,7 @@ def train(data: str | os.PathLike[str], **options: Any) -> TrainResult:
     if req.resume and "strategy" not in model.get_params():
         raise DataError("resume continues an interrupted fine-tuning run; the probe has none")
     X, y = load_labelled(req.data, req.max_per_class, req.seed)
+    _check_task_params(req.params, is_multilabel(y))
     if is_multilabel(y):  # several labels per image: the multi-label probe
         model = make_estimator(req.method, multilabel=True, **req.common, **req.params)
     split = _split(X, y, req.test, req.test_size, req.test_max_per_class, req.seed)
@@ -314,6 +315,20 @@ def _fit_and_evaluate(
     if req.refit and req.test is None:
         model = _refit(model, X, y, req.test_size, req.say)
     return model, report, evaluation, leaderboard
+
+
+def _check_task_params(params: dict[str, Any], several: bool) -> None:
+    """Refuse what the data's task does not take, rather than drop it silently."""
+    if several and params.get("class_weight") is not None:
+        raise DataError(
+            "class_weight weighs the classes of one label per image; this data gives several "
+            "per image (multi-label), whose labels are fitted one by one: leave it out"
+        )
+    if not several and params.get("threshold_for") is not None:
+        raise DataError(
+            "threshold_for sets a multi-label model's thresholds; this data gives one label "
+            "per image: leave it out"
+        )
 
 
 def _balance(req: TrainRequest, y: np.ndarray) -> bool:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import warnings
 from typing import Any
 
 import numpy as np
@@ -100,30 +101,40 @@ def _bounded(n_images: int, n_labels: int, path: str) -> None:
         )
 
 
-#: Column names that say "several labels": a labels column under one of these is read as
-#: one, even when each cell happens to hold one label.
+#: Column names under which ``;`` separates labels too (elsewhere a class may be named
+#: "rock;pop").
 _PLURAL = ("labels", "tags")
 
 
 def is_multilabel_csv(path: str | os.PathLike[str]) -> bool:
     """Whether a CSV or TSV lists several labels per image (read by
     :func:`load_multilabel_csv`) rather than one (:func:`tlearn.data.load_image_csv`): two
-    or more 0/1 columns beside the path; a column named ``labels`` or ``tags``; or label
-    cells holding ``a|b``, ``a;b`` or a JSON list. One 0/1 column (``path,y``) is one label
-    of two classes."""
+    or more 0/1 columns beside the path, or a label cell that holds a JSON list or several
+    labels (``a|b``; ``a;b`` in a column named ``labels`` or ``tags``). A file of one label
+    per row stays single-label, whatever its column is called; so does one 0/1 column
+    (``path,y``: one label of two classes) and a class named ``[abc]`` (not a JSON list)."""
     path = os.fspath(path)
     fields, rows = _read_csv(path)
     pcol = _pick_column(fields, None, _PATH_COLUMNS, "path", path) or fields[0]
     indicators = _indicator_columns(fields, rows, pcol)
     if indicators is not None and len(indicators) >= 2:
         return True
-    if _pick_column(fields, None, _PLURAL, "labels", path) is not None:
-        return True
     lcol = _pick_column(fields, None, _LABELS_COLUMNS, "labels", path)
     if lcol is None:
         return False
-    cells = ((row.get(lcol) or "").strip() for _, row in rows)
-    return any(c.startswith("[") or _SEPARATORS.search(c) for c in cells)
+    plural = lcol.lower().strip() in _PLURAL
+    return any(_holds_several((row.get(lcol) or "").strip(), plural) for _, row in rows)
+
+
+def _holds_several(cell: str, plural: bool) -> bool:
+    """A JSON list, or two or more labels between ``|`` (or ``;`` under a plural name)."""
+    if cell.startswith("["):
+        try:
+            return isinstance(json.loads(cell), list)
+        except (json.JSONDecodeError, RecursionError):
+            return False
+    parts = (_SEPARATORS if plural else re.compile(r"\|")).split(cell)
+    return sum(1 for part in parts if part.strip()) >= 2
 
 
 def load_multilabel_csv(
@@ -185,16 +196,34 @@ MAX_METADATA_BYTES = 100 << 20
 def find_hf_metadata(folder: str | os.PathLike[str]) -> str | None:
     """The ``metadata.jsonl`` or ``metadata.csv`` of an ``imagefolder`` that gives several
     labels per image (a column of lists in JSON Lines; one :func:`is_multilabel_csv` reads
-    as such in a CSV), or ``None``: the folder's class sub-folders label it."""
+    as such in a CSV), or ``None``: the folder's class sub-folders label it. A metadata
+    file that cannot be read so (captions, another tool's, damaged) is passed over with a
+    warning: the class sub-folders still label the images."""
     folder = os.fspath(folder)
     for name in HF_METADATA:
         path = os.path.join(folder, name)
         if not os.path.isfile(path):
             continue
-        if name.endswith(".csv"):
-            return path if is_multilabel_csv(path) else None
-        return path if _jsonl_labels_column(_jsonl_rows(path), path) is not None else None
+        try:
+            if name.endswith(".csv"):
+                return path if is_multilabel_csv(path) else None
+            return path if _jsonl_labels_column(_jsonl_rows(path)) is not None else None
+        except DataError as e:
+            warnings.warn(f"{e}; its labels are not used", UserWarning, stacklevel=2)
+            return None
     return None
+
+
+def _inside(folder: str, name: Any, where: str) -> str:
+    """``folder/name`` for a ``file_name`` that stays inside ``folder`` (not absolute, no
+    ``..`` out of it, no backslash path); refused naming ``where`` otherwise."""
+    path = os.path.normpath(os.path.join(folder, name)) if isinstance(name, str) and name else ""
+    if (not path or os.path.isabs(name) or "\\" in name
+            or os.path.commonpath([folder, path]) != folder):  # fmt: skip
+        raise DataError(
+            f"{where}: file_name must be a path inside the folder, not {_shown(str(name))}"
+        )
+    return path
 
 
 def load_hf_metadata(path: str | os.PathLike[str]) -> Bunch:
@@ -203,23 +232,27 @@ def load_hf_metadata(path: str | os.PathLike[str]) -> Bunch:
     file's folder), the labels a column of lists (``labels``, ``tags``... or the only
     column of lists)."""
     path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
     if path.endswith(".csv"):
-        return load_multilabel_csv(path, path_column="file_name")
+        data = load_multilabel_csv(path, path_column="file_name")
+        _, rows_csv = _read_csv(path)
+        for (line, row), _ in zip(rows_csv, data.filenames, strict=True):
+            _inside(folder, (row.get("file_name") or "").strip(), f"{path!r} line {line}")
+        return data
     rows = _jsonl_rows(path)
-    column = _jsonl_labels_column(rows, path)
+    column = _jsonl_labels_column(rows)
     if column is None:
         raise DataError(f'{path!r} has no column of label lists (such as "labels": [...])')
-    folder = os.path.dirname(os.path.abspath(path))
     filenames, per_image = [], []
     for line, row in rows:
-        name = row.get("file_name")
-        if not isinstance(name, str) or not name or os.path.isabs(name) or ".." in name.split("/"):
+        where = f"{path!r} line {line}"
+        filenames.append(_inside(folder, row.get("file_name"), where))
+        value = row.get(column)
+        if value is not None and not isinstance(value, list):
             raise DataError(
-                f"{path!r} line {line}: file_name must be a path inside the folder, not "
-                f"{_shown(str(name))}"
+                f"{where}: {column!r} must be a list of labels, not {_shown(repr(value))}"
             )
-        filenames.append(os.path.join(folder, name))
-        per_image.append(split_labels(json.dumps(row.get(column) or []), f"{path!r} line {line}"))
+        per_image.append(split_labels(json.dumps(value or []), where))
     names = sorted(set().union(*map(set, per_image)))
     _bounded(len(rows), len(names), path)
     index = {c: j for j, c in enumerate(names)}
@@ -237,7 +270,7 @@ def _jsonl_rows(path: str) -> list[tuple[int, dict[str, Any]]]:
     if os.path.getsize(path) > MAX_METADATA_BYTES:
         raise DataError(f"{path!r} is over {MAX_METADATA_BYTES >> 20} MB: not a metadata file")
     rows = []
-    with open(path, encoding="utf-8", errors="replace") as f:
+    with open(path, encoding="utf-8-sig", errors="replace") as f:  # -sig: a BOM is no row
         for line, text in enumerate(f, 1):
             if not text.strip():
                 continue
@@ -253,9 +286,10 @@ def _jsonl_rows(path: str) -> list[tuple[int, dict[str, Any]]]:
     return rows
 
 
-def _jsonl_labels_column(rows: list[tuple[int, dict[str, Any]]], path: str) -> str | None:
-    """The column of label lists: one named as labels are, else the only column of lists."""
-    lists = [k for k, v in rows[0][1].items() if isinstance(v, list)]
+def _jsonl_labels_column(rows: list[tuple[int, dict[str, Any]]]) -> str | None:
+    """The column of label lists (in any row): one named as labels are, else the only
+    column of lists."""
+    lists = sorted({k for _, row in rows for k, v in row.items() if isinstance(v, list)})
     named = [k for k in lists if k.lower() in _LABELS_COLUMNS]
     if named:
         return named[0]

@@ -11,7 +11,7 @@ from tlearn._io import python_value as _py
 from tlearn._validation import check_option
 from tlearn.calibration import expected_calibration_error, softmax
 from tlearn.data.loader import check_images
-from tlearn.data.targets import check_target_kind
+from tlearn.data.targets import check_target_kind, is_label_sets
 from tlearn.evaluation.metrics import compute_metrics
 from tlearn.evaluation.report import Report
 from tlearn.exceptions import DataError, UnknownClassError
@@ -101,6 +101,11 @@ def evaluate(
     paths = check_images(X)
     if predictor.parts.thresholds is not None:  # several labels per image
         return _evaluate_multilabel(predictor, paths, y, unknown, on_error, tta)
+    if is_label_sets(y):
+        raise DataError(
+            "this model gives one label per image, and the data gives several per image "
+            "(multi-label): evaluate a multi-label model on it (tlearn fit fits one)"
+        )
     y_arr = np.asarray(y)
     if len(y_arr) != len(paths):
         raise DataError(f"X has {len(paths)} images but y has {len(y_arr)} labels")
@@ -132,13 +137,15 @@ def _names(paths: Any) -> np.ndarray:
 
 def _known_labels(
     names: np.ndarray, Y: Any, classes: np.ndarray, unknown: str
-) -> tuple[Any, list[dict[str, Any]]]:
-    """Label lists without the labels the model does not know (listed, when ``unknown`` is
-    "skip"; refused otherwise); an indicator matrix as it is."""
+) -> tuple[Any, list[dict[str, Any]], np.ndarray]:
+    """Label lists without the labels the model does not know, which are refused (unless
+    ``unknown="skip"``: then listed, and an image left with no known label at all is left
+    out rather than scored as an image without labels), and which images are kept; an
+    indicator matrix as it is."""
     from tlearn.multilabel import _is_matrix, _labels_of
 
     if _is_matrix(Y):
-        return Y, []
+        return Y, [], np.ones(len(names), bool)
     known = {_py(c) for c in classes}
     rows = [_labels_of(labels, i) for i, labels in enumerate(Y)]
     strange = [(i, sorted(r - known, key=str)) for i, r in enumerate(rows) if r - known]
@@ -149,8 +156,22 @@ def _known_labels(
             f"the model knows {[_py(c) for c in classes][:20]}. Evaluate the known labels "
             "only with unknown='skip' (CLI: --skip-unknown-classes)"
         )
-    unknown_rows = [{"path": str(names[i]), "label": labels} for i, labels in strange]
-    return [sorted(r & known, key=str) for r in rows], unknown_rows
+    keep = np.array([not (r - known) or bool(r & known) for r in rows], bool)
+    unknown_rows = [{"path": str(names[i]), "label": labels, "left_out": not keep[i]}
+                    for i, labels in strange]  # fmt: skip
+    return [sorted(r & known, key=str) for r in rows], unknown_rows, keep
+
+
+def _as_label_sets(Y: Any) -> Any:
+    """One label per image (a class folder's) as one 1-tuple per image: what a
+    multi-label model is scored on; lists, tuples and indicator matrices as they are."""
+    single = isinstance(Y, np.ndarray) and Y.ndim == 1 and not is_label_sets(Y)
+    if not single or not all(isinstance(v, (str, int)) for v in Y.tolist()):
+        return Y
+    out = np.empty(len(Y), dtype=object)
+    for i, v in enumerate(Y.tolist()):
+        out[i] = (v,)
+    return out
 
 
 def _evaluate_multilabel(
@@ -164,7 +185,14 @@ def _evaluate_multilabel(
     if not hasattr(Y, "__len__") or len(Y) != len(paths):
         raise DataError(f"X has {len(paths)} images but Y has {len(Y)} rows of labels")
     names = _names(paths)
-    labels, unknown_rows = _known_labels(names, Y, predictor.classes, unknown)
+    labels, unknown_rows, keep = _known_labels(names, _as_label_sets(Y), predictor.classes, unknown)
+    if not keep.all():  # images whose every label the model does not know
+        where = np.flatnonzero(keep)
+        labels = [labels[i] for i in where]
+        paths = paths[where] if isinstance(paths, np.ndarray) else [paths[i] for i in where]
+        names = names[where]
+        if not len(where):
+            raise DataError("no image has a label the model knows: nothing to evaluate")
     _, M = check_multilabel(labels, len(paths), predictor.classes)
     proba, failed = predict_proba_with_errors(predictor, paths, on_error=on_error, tta=tta)
     ok = ~np.isnan(proba[:, 0])

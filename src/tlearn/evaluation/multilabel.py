@@ -17,6 +17,7 @@ from sklearn.metrics import average_precision_score, f1_score, precision_recall_
 
 from tlearn._io import python_value as _py
 from tlearn.calibration import ece_of, reliability
+from tlearn.plotting import plain_text
 
 __all__ = ["MultiLabelReport", "compute_multilabel_metrics"]
 
@@ -227,7 +228,8 @@ def _plot_pr(report: MultiLabelReport, path: Path) -> str:
     for r in shown:
         if str(r["class"]) in report.pr_curves:
             rec, prec = report.pr_curves[str(r["class"])]
-            ax.plot(rec, prec, lw=1.2, label=f"{r['class']} (AP {r['average_precision']:.2f})")
+            name = plain_text(r["class"])
+            ax.plot(rec, prec, lw=1.2, label=f"{name} (AP {r['average_precision']:.2f})")
     mean_ap = report.mean_average_precision
     ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.02),
            title=f"precision-recall per label (mAP {mean_ap:.3f})")  # fmt: skip

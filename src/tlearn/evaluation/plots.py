@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 
 from tlearn._io import write_atomic
 from tlearn.evaluation.metrics import Metrics
-from tlearn.plotting import plot_history
+from tlearn.plotting import plain_text, plot_history
 
 __all__ = ["plot_confusion", "plot_history", "plot_reliability", "write_plots"]
 
@@ -32,7 +32,7 @@ def plot_confusion(report: Metrics, path: str | os.PathLike[str]) -> None:
     fig = Figure(figsize=(side, side * 0.9))
     ax = fig.subplots()
     im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    names = [str(c) for c in report.classes]
+    names = [plain_text(c) for c in report.classes]
     font = max(4, min(10, int(300 / max(n, 1))))
     ax.set_xticks(range(n), names, rotation=90, fontsize=font)
     ax.set_yticks(range(n), names, fontsize=font)
