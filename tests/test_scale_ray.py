@@ -141,13 +141,15 @@ def test_without_an_address_a_local_instance_featurizes_as_a_single_process(
     """One run for two claims: Ray's feature rows are single-process `tlearn featurize`'s
     (in parts of --part-rows), and without --address a local Ray instance is started for
     the job (not the head that runs beside it) and gives them. One class and a bad file:
-    the instance's start is what costs here, not the images."""
+    the instance's start is what costs here, not the images; and one predictor actor
+    (--workers 1), not one for each core, each importing torch on the 2 cores the test
+    run has."""
     cat = photos / "cat"
     local, ray_out = tmp_path / "local.parquet", tmp_path / "ray.parquet"
     r = run_tlearn("featurize", str(cat), "-o", str(local), env=env)
     assert r.returncode == 1, r.stderr  # the truncated photo
     r = tlearn("featurize", str(cat), "-o", str(ray_out), "--cluster", "ray",
-               "--part-rows", "16", env=env)  # fmt: skip
+               "--part-rows", "16", "--workers", "1", env=env)  # fmt: skip
     assert r.returncode == 1, r.stderr[-3000:]
     assert sorted(p.name for p in ray_out.glob("part-*")) == [
         f"part-{i:09d}.parquet" for i in (0, 16, 32)
@@ -337,7 +339,7 @@ def test_any_failure_to_read_one_image_becomes_its_error_row(tmp_path, monkeypat
 def test_a_multi_label_model_gives_the_rows_of_tlearn_predict(photos, head, env, tmp_path):
     """A multi-label model through Ray: the same rows as `tlearn predict` in one process,
     ``above_threshold`` included (each photo labelled with its class and animal or
-    vehicle; two classes, so one actor start is what costs)."""
+    vehicle; two classes, so one actor start is what costs: one actor, --workers 1)."""
     from tlearn import MultiLabelProbe, save
 
     X = [str(p) for cls in ("cat", "ship") for p in sorted((photos / cls).glob("[0-9]*.jpg"))]
@@ -350,7 +352,7 @@ def test_a_multi_label_model_gives_the_rows_of_tlearn_predict(photos, head, env,
     r = run_tlearn("predict", str(model), *inputs, "-o", str(local), env=env)
     assert r.returncode == 1, r.stderr  # the truncated photo
     r = tlearn("predict", str(model), *inputs, "-o", str(ray_out), "--cluster", "ray",
-               "--address", head, "--part-rows", "16", env=env)  # fmt: skip
+               "--address", head, "--part-rows", "16", "--workers", "1", env=env)  # fmt: skip
     assert r.returncode == 1, r.stderr[-3000:]
     want, got = pd.read_parquet(local), pd.read_parquet(ray_out).sort_values("row_id")
     assert list(got.columns) == list(want.columns) and "above_threshold" in got.columns
