@@ -167,6 +167,29 @@ def compute_multilabel_metrics(
     Y = np.asarray(Y, dtype=np.int8)
     pred = (proba >= thresholds).astype(np.int8) if predicted is None else predicted
     p = np.clip(proba, 1e-12, 1 - 1e-12)
+    per_class, aps, curves = _per_label(classes, Y, pred, ranking, thresholds)
+    return MultiLabelReport(
+        mean_average_precision=float(np.mean(aps)) if aps else float("nan"),
+        micro_f1=float(f1_score(Y, pred, average="micro", zero_division=0)),
+        macro_f1=float(f1_score(Y, pred, average="macro", zero_division=0)),
+        subset_accuracy=float((pred == Y).all(1).mean()),
+        hamming_loss=float((pred != Y).mean()),
+        log_loss=float(-(Y * np.log(p) + (1 - Y) * np.log(1 - p)).mean()),
+        expected_calibration_error=ece_of(reliability(proba.ravel(), Y.ravel() == 1)),
+        classes=[_py(c) for c in classes],
+        per_class=per_class,
+        n_images=len(Y),
+        most_missed=_most_missed(classes, Y, pred),
+        worst_images=_worst_images(classes, Y, pred, names, n_worst),
+        pr_curves=curves,
+    )
+
+
+def _per_label(
+    classes: np.ndarray, Y: np.ndarray, pred: np.ndarray, ranking: np.ndarray, cuts: np.ndarray
+) -> tuple[list[dict[str, Any]], list[float], dict[str, Any]]:
+    """Each label's row (precision, recall, F1 at its threshold, average precision...),
+    the APs of the labels some image has, and their precision-recall curves."""
     per_class, aps, curves = [], [], {}
     for j, c in enumerate(classes):
         tp = int((pred[:, j] & Y[:, j]).sum())
@@ -181,39 +204,27 @@ def compute_multilabel_metrics(
             curves[str(c)] = (rec.tolist(), prec.tolist())
         per_class.append({"class": _py(c), "precision": precision, "recall": recall, "f1": f1,
                           "average_precision": ap, "support": support, "predicted": n_predicted,
-                          "threshold": float(thresholds[j])})  # fmt: skip
+                          "threshold": float(cuts[j])})  # fmt: skip
+    return per_class, aps, curves
+
+
+def _most_missed(classes: np.ndarray, Y: np.ndarray, pred: np.ndarray) -> list[dict[str, Any]]:
+    """The 20 labels most often missed or given wrongly."""
     missed, extra = (Y & (1 - pred)).sum(0), (pred & (1 - Y)).sum(0)
     order = np.argsort(-(missed + extra), kind="stable")
+    return [{"class": _py(classes[j]), "missed": int(missed[j]), "extra": int(extra[j])}
+            for j in order if missed[j] + extra[j]][:20]  # fmt: skip
+
+
+def _worst_images(
+    classes: np.ndarray, Y: np.ndarray, pred: np.ndarray, names: np.ndarray, n: int
+) -> list[dict[str, Any]]:
+    """The ``n`` images with the most wrong labels (missed or extra)."""
     wrong = (pred != Y).sum(1)
-    worst = [i for i in np.argsort(-wrong, kind="stable")[:n_worst] if wrong[i]]
-    return MultiLabelReport(
-        mean_average_precision=float(np.mean(aps)) if aps else float("nan"),
-        micro_f1=float(f1_score(Y, pred, average="micro", zero_division=0)),
-        macro_f1=float(f1_score(Y, pred, average="macro", zero_division=0)),
-        subset_accuracy=float((pred == Y).all(1).mean()),
-        hamming_loss=float((pred != Y).mean()),
-        log_loss=float(-(Y * np.log(p) + (1 - Y) * np.log(1 - p)).mean()),
-        expected_calibration_error=ece_of(reliability(proba.ravel(), Y.ravel() == 1)),
-        classes=[_py(c) for c in classes],
-        per_class=per_class,
-        n_images=len(Y),
-        most_missed=[
-            {"class": _py(classes[j]), "missed": int(missed[j]), "extra": int(extra[j])}
-            for j in order
-            if missed[j] + extra[j]
-        ][:20],  # fmt: skip
-        worst_images=[
-            {
-                "path": str(names[i]),
-                "index": int(i),
-                "true": [_py(c) for c in classes[Y[i] == 1]],
-                "predicted": [_py(c) for c in classes[pred[i] == 1]],
-                "wrong": int(wrong[i]),
-            }
-            for i in worst
-        ],  # fmt: skip
-        pr_curves=curves,
-    )
+    return [{"path": str(names[i]), "index": int(i),
+             "true": [_py(c) for c in classes[Y[i] == 1]],
+             "predicted": [_py(c) for c in classes[pred[i] == 1]], "wrong": int(wrong[i])}
+            for i in np.argsort(-wrong, kind="stable")[:n] if wrong[i]]  # fmt: skip
 
 
 def _plot_pr(report: MultiLabelReport, path: Path) -> str:
