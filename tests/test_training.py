@@ -68,7 +68,10 @@ def test_auto_keeps_the_best_candidate_within_its_budget(folder, tmp_path, monke
 
     monkeypatch.setattr(automl, "_finetune_seconds", lambda *args: 3600.0)  # cannot fit
     out = tmp_path / "auto.safetensors"
-    result = tlearn.train(folder, out=out, method="auto", time_budget=60, Cs=[0.1], **SMALL)
+    # engine torch: the claims are about auto's candidates and budget, not an engine (auto's
+    # check converted each candidate's backbones, Lite1 + Lite2 and Lite0, to OpenVINO)
+    result = tlearn.train(folder, out=out, method="auto", time_budget=60, Cs=[0.1],
+                          engine="torch", **SMALL)  # fmt: skip
     rows = result.leaderboard
     # first the ensemble of the two largest embedded backbones, then no second-backbone probe
     assert rows[0]["candidate"].startswith(f"probe {automl.ensemble_backbone()} (")
@@ -96,7 +99,8 @@ def test_the_default_budget_never_fails_it_fits_the_cheapest_probe(folder, monke
 
     monkeypatch.setattr(automl, "DEFAULT_TIME_BUDGET", 0.5)  # nothing fits
     said: list[str] = []
-    result = tlearn.train(folder, Cs=[0.1], image_size=32, say=said.append)  # no budget given
+    # no budget given; engine torch: no claim here is about an engine
+    result = tlearn.train(folder, Cs=[0.1], image_size=32, engine="torch", say=said.append)
     assert result.leaderboard[0]["chosen"] and result.model.C_ == 0.1
     assert any("over the default budget" in line and "fitting it alone" in line for line in said)
 
