@@ -307,6 +307,11 @@ def _run(
         )
     done = prepare_output(output, kind, resume=resume, overwrite=overwrite) or {}
     os.makedirs(output, exist_ok=True)
+    inputs = list(inputs)
+    if done and next(iter_manifest(inputs, 1, done), None) is None:
+        # a resumed run with nothing left to do: no cluster to join or start for it
+        _check_complete(output, len(done))
+        return {"ok": 0, "failed": 0, "skipped": len(done), "images_per_second": None}
     # the actors' CPUs, and one for the decode tasks
     cpus = (os.cpu_count() or 1) if workers is None else workers * threads
     with connect(address, num_cpus=cpus + 1):
