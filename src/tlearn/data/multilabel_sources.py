@@ -92,6 +92,17 @@ def _once(fields: list[str], names: list[str], path: str) -> None:
                 )
 
 
+def _indicator(per_image: list[list[str]], path: str) -> tuple[list[Any], np.ndarray]:
+    """The sorted label names of ``per_image`` and its indicator matrix (bounded first)."""
+    names = sorted(set().union(*map(set, per_image)))
+    _bounded(len(per_image), len(names), path)
+    index = {c: j for j, c in enumerate(names)}
+    M = np.zeros((len(per_image), len(names)), np.int8)
+    for i, labels in enumerate(per_image):
+        M[i, [index[c] for c in labels]] = 1
+    return names, M
+
+
 def _bounded(n_images: int, n_labels: int, path: str) -> None:
     if n_labels > MAX_LABELS or n_images * n_labels > MAX_CELLS:
         raise DataError(
@@ -169,12 +180,7 @@ def load_multilabel_csv(
         per_image = [split_labels(row.get(lcol) or "", f"{path!r} line {line}")
                      for line, row in rows]  # fmt: skip
         _once(fields, [lcol], path)
-        names = sorted(set().union(*map(set, per_image)))
-        _bounded(len(rows), len(names), path)
-        index = {c: j for j, c in enumerate(names)}
-        M = np.zeros((len(rows), len(names)), np.int8)
-        for i, labels in enumerate(per_image):
-            M[i, [index[c] for c in labels]] = 1
+        names, M = _indicator(per_image, path)
     if M.shape[1] == 0 or not M.any():
         raise DataError(f"no image in {path!r} has a label")
     return Bunch(
@@ -253,12 +259,7 @@ def load_hf_metadata(path: str | os.PathLike[str]) -> Bunch:
                 f"{where}: {column!r} must be a list of labels, not {_shown(repr(value))}"
             )
         per_image.append(split_labels(json.dumps(value or []), where))
-    names = sorted(set().union(*map(set, per_image)))
-    _bounded(len(rows), len(names), path)
-    index = {c: j for j, c in enumerate(names)}
-    M = np.zeros((len(rows), len(names)), np.int8)
-    for i, labels in enumerate(per_image):
-        M[i, [index[c] for c in labels]] = 1
+    names, M = _indicator(per_image, path)
     if not M.any():
         raise DataError(f"no image in {path!r} has a label")
     return Bunch(filenames=np.array(filenames, dtype=object), target=M, target_names=names,

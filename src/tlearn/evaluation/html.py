@@ -18,7 +18,14 @@ from tlearn.evaluation.metrics import Metrics
 from tlearn.evaluation.plots import write_plots
 from tlearn.exceptions import ImageReadError
 
-__all__ = ["PAGE_CSS", "html_table", "image_data_uri", "render_html", "save_report"]
+__all__ = [
+    "PAGE_CSS",
+    "failed_section",
+    "html_table",
+    "image_data_uri",
+    "render_html",
+    "save_report",
+]
 
 
 def _png_data_uri(path: str | os.PathLike[str]) -> str:
@@ -104,13 +111,17 @@ def render_html(report: Metrics, title: str, plots: dict[str, str] | None = None
         *(_mistake(report, m) for m in report.confident_mistakes),
         "</div>",
     ]
-    if report.failed:
-        out.append("<h2>Images that could not be read</h2>")
-        out.append(
-            html_table(["path", "reason"], [[f["path"], f["reason"]] for f in report.failed])
-        )
+    out += failed_section(report.failed)
     out.append("</body></html>")
     return "\n".join(out)
+
+
+def failed_section(failed: list[dict[str, str]]) -> list[str]:
+    """The page's list of images that could not be read (nothing when none)."""
+    if not failed:
+        return []
+    rows = [[f["path"], f["reason"]] for f in failed]
+    return ["<h2>Images that could not be read</h2>", html_table(["path", "reason"], rows)]
 
 
 def _cards(report: Metrics) -> list[tuple[str, float]]:

@@ -110,11 +110,7 @@ class Metrics:
         }
 
     def to_json(self, path: str | os.PathLike[str] | None = None, indent: int = 2) -> str:
-        text = json.dumps(self.to_dict(), indent=indent)
-        if path is not None:
-            with open(path, "w", encoding="utf-8") as f:
-                f.write(text + "\n")
-        return text
+        return json_text(self.to_dict(), path, indent)
 
     def __rich__(self) -> Any:
         from rich.table import Table
@@ -137,6 +133,15 @@ class Metrics:
             table.add_row(str(row["class"]), *(f"{row[c]:.3f}" for c in cols),
                           f"{row['f1']:.3f}", str(row["support"]))  # fmt: skip
         return table
+
+
+def json_text(data: dict[str, Any], path: str | os.PathLike[str] | None, indent: int) -> str:
+    """A report's figures as JSON text, written to ``path`` too when given."""
+    text = json.dumps(data, indent=indent)
+    if path is not None:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text + "\n")
+    return text
 
 
 def compute_metrics(

@@ -17,6 +17,7 @@ from sklearn.metrics import average_precision_score, f1_score, precision_recall_
 
 from tlearn._io import python_value as _py
 from tlearn.calibration import ece_of, reliability
+from tlearn.evaluation.metrics import json_text
 from tlearn.plotting import plain_text
 
 __all__ = ["MultiLabelReport", "compute_multilabel_metrics"]
@@ -110,10 +111,7 @@ class MultiLabelReport:
         }
 
     def to_json(self, path: str | os.PathLike[str] | None = None, indent: int = 2) -> str:
-        text = json.dumps(self.to_dict(), indent=indent)
-        if path is not None:
-            Path(path).write_text(text + "\n", encoding="utf-8")
-        return text
+        return json_text(self.to_dict(), path, indent)
 
     def __rich__(self) -> Any:
         from rich.table import Table
@@ -252,7 +250,7 @@ def _plot_pr(report: MultiLabelReport, path: Path) -> str:
 
 
 def _render(report: MultiLabelReport, title: str, curves: str) -> str:
-    from tlearn.evaluation.html import PAGE_CSS, _png_data_uri, html_table
+    from tlearn.evaluation.html import PAGE_CSS, _png_data_uri, failed_section, html_table
 
     e = html.escape
     cards = [("mAP", report.mean_average_precision), ("macro F1", report.macro_f1),
@@ -295,11 +293,7 @@ def _render(report: MultiLabelReport, title: str, curves: str) -> str:
         *(_item(report, m) for m in report.worst_images),
         "</div>",
     ]
-    if report.failed:
-        out.append("<h2>Images that could not be read</h2>")
-        out.append(
-            html_table(["path", "reason"], [[f["path"], f["reason"]] for f in report.failed])
-        )
+    out += failed_section(report.failed)
     out.append("</body></html>")
     return "\n".join(out)
 
