@@ -170,6 +170,18 @@ def _features(data: _Set, X: Any, X_test: Any, params: dict[str, Any]) -> np.nda
     return np.concatenate([est.transform(p) for p in parts if len(p)])
 
 
+def _checked_inputs(X: Any, y: Any, y_test: Any, near_threshold: float | None) -> float:
+    """Refuse what the arguments alone show to be wrong (labels that do not match the
+    images, several labels per image, a bad threshold); returns the near threshold."""
+    if y is not None and len(y) != len(X):
+        raise DataError(f"{len(X)} training images but {len(y)} labels")
+    for labels in (y, y_test):
+        refuse_label_sets(labels, "the doctor")
+    threshold = NEAR_THRESHOLD if near_threshold is None else near_threshold
+    check_thresholds(threshold)
+    return threshold
+
+
 def inspect(
     X: Any,
     y: Any = None,
@@ -219,13 +231,7 @@ def inspect(
         ``summary`` (with labels, ``label_check`` says which classes the label check
         covered: those of 2 or more readable images, when there are two such classes).
     """
-    if y is not None and len(y) != len(X):
-        raise DataError(f"{len(X)} training images but {len(y)} labels")
-    for labels in (y, y_test):
-        refuse_label_sets(labels, "the doctor")
-    if near_threshold is None:
-        near_threshold = NEAR_THRESHOLD
-    check_thresholds(near_threshold)  # before minutes of reading
+    near_threshold = _checked_inputs(X, y, y_test, near_threshold)  # before minutes of reading
     label_backbones = _label_backbones(label_backbones, feature_params) if y is not None else []
     _load_backbones(feature_params, label_backbones)
     clock = _Clock()
