@@ -138,7 +138,8 @@ def test_cli_writes_the_report_changes_nothing_and_its_clean_csv_trains(planted,
     out, clean = tmp_path / "report", tmp_path / "clean.csv"
     r = run_tlearn("doctor", str(train), "--test", str(test), "--out", str(out),
                    "--write-clean", str(clean), "--relabel",
-                   "--label-backbone", "efficientnet_lite1")  # fmt: skip
+                   "--label-backbone", "efficientnet_lite1", "--image-size", "128",
+                   "--engine", "torch")  # fmt: skip  # no conversion to OpenVINO for 100 images
     assert r.returncode == 0, r.stderr
     assert _snapshot(train.parent) == before  # nothing moved, deleted or written there
     rows = list(csv.DictReader((out / "issues.csv").read_text().splitlines()))
@@ -151,10 +152,15 @@ def test_cli_writes_the_report_changes_nothing_and_its_clean_csv_trains(planted,
     kept = {row["path"] for row in cleaned}
     assert not (truth["unreadable"] & kept)
     assert all(len(pair & kept) <= 1 for pair in truth["exact"])  # never both copies
+    # --relabel keeps each label issue with its suggested class (whether the suggestions are
+    # right, at the backbones' own resolution, is test_every_planted_problem_is_found's)
     relabelled = {row["path"]: row["label"] for row in cleaned}
-    assert any(relabelled.get(p) == a for p, a in truth["flipped"])
+    suggested = {row["path"]: row["suggested_label"] for row in rows
+                 if row["issue"] == "label_issue" and row["split"] == "train"}  # fmt: skip
+    assert suggested.keys() & relabelled.keys()
+    assert all(relabelled[p] == s for p, s in suggested.items() if p in relabelled)
     fit = run_tlearn("fit", str(clean), "--method", "probe", "--image-size", "96",
-                     "--out", str(tmp_path / "m.safetensors"))  # fmt: skip
+                     "--engine", "torch", "--out", str(tmp_path / "m.safetensors"))  # fmt: skip
     assert fit.returncode == 0, fit.stderr
     _renders_in_chromium(out / "report.html", summary["issues"], tmp_path)
 
@@ -171,15 +177,14 @@ def test_label_backbones_average_each_backbones_out_of_fold_probabilities(cifar_
     # small and quick; one feature cache: each backbone featurises the images once, however
     # many of the runs below read its features
     params = {"engine": "torch", "image_size": 96, "verbose": 0, "cache_dir": str(tmp_path)}
-    alone = inspect(X, y, label_backbones=(), say=lambda s: None, **params)
     both = inspect(X, y, label_backbones=["efficientnet_lite1"], say=lambda s: None, **params)
     codes = np.unique(y, return_inverse=True)[1]
     views = [PretrainedFeatures(backbone=b, **params).fit(X).transform(X)
              for b in ("efficientnet_lite0", "efficientnet_lite1")]  # fmt: skip
-    expected = np.mean([out_of_fold_proba(V, codes) for V in views], axis=0)
+    each = [out_of_fold_proba(V, codes)[np.arange(len(y)), codes] for V in views]
     got = np.array([both.label_quality[str(p)] for p in X])
-    np.testing.assert_allclose(got, expected[np.arange(len(y)), codes], atol=1e-6)
-    assert not np.allclose(got, [alone.label_quality[str(p)] for p in X], atol=1e-3)
+    np.testing.assert_allclose(got, np.mean(each, axis=0), atol=1e-6)
+    assert not np.allclose(got, each[0], atol=1e-3)  # not the main backbone's alone
 
 
 def test_the_label_check_adds_the_larger_embedded_backbone_by_default(findings):

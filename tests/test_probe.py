@@ -367,3 +367,33 @@ def test_class_weight_balanced_or_by_label_raises_the_small_class_recall(shapes3
         LinearProbe(image_size=32, Cs=[1.0], class_weight={"rockett": 3.0}).fit(X, labels)
     with pytest.raises(InvalidParameterError, match="class_weight"):
         LinearProbe(class_weight="balance").fit(X, labels)
+
+
+def test_the_C_search_scores_a_fold_that_holds_no_image_of_a_class():
+    """Folds of the caller's (a splitter of theirs, or the outer folds) can leave a small
+    class out of one: scikit-learn's ``neg_log_loss`` scored that fold NaN, and every C
+    with it (the smallest C won by default, with a warning). Every fold is scored over
+    every class, as scikit-learn scores it when given the labels."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import log_loss, make_scorer
+    from sklearn.model_selection import cross_val_score
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from tlearn.probe import _search_C
+
+    rng = np.random.default_rng(0)
+    y = np.array([0, 1] * 12 + [2] * 2)  # the 2s: rows 24 and 25, in folds 0 and 1 only
+    F = rng.normal(size=(len(y), 8))
+    F[:, 0] += 3 * y
+    rows = np.arange(len(y))
+    folds = [(rows[rows % 3 != k], rows[rows % 3 == k]) for k in range(3)]
+    pipe = Pipeline([("scaler", StandardScaler()), ("clf", LogisticRegression(max_iter=1000))])
+    Cs = (0.001, 1.0, 100.0)
+    C, results = _search_C(pipe, F, y, Cs, folds, 0, None)
+    scorer = make_scorer(log_loss, greater_is_better=False, response_method="predict_proba",
+                         labels=[0, 1, 2])  # fmt: skip
+    want = [-cross_val_score(pipe.set_params(clf__C=c), F, y, cv=folds, scoring=scorer).mean()
+            for c in Cs]  # fmt: skip
+    np.testing.assert_allclose(results["mean_log_loss"], want, rtol=1e-9)
+    assert np.isfinite(results["mean_accuracy"]).all() and Cs[int(np.argmin(want))] == C

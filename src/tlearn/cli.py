@@ -526,6 +526,14 @@ def doctor(
         ),
     ] = None,
     max_per_class: int | None = None,
+    image_size: Annotated[
+        int | None,
+        typer.Option(
+            help="Featurise at this size (pixels) instead of each backbone's own: smaller is "
+            "faster, and ranks label errors less well."
+        ),
+    ] = None,
+    engine: Annotated[str | None, typer.Option(help=engine_help() + " Default: auto.")] = None,
     cache_dir: Annotated[str | None, typer.Option(help="Feature cache folder.")] = None,
     near_threshold: Annotated[
         float | None,
@@ -571,9 +579,11 @@ def doctor(
 
     for labels in (y, y_test):  # before minutes of features
         refuse_label_sets(labels, "the doctor")
+    given: dict[str, Any] = {"image_size": image_size, "engine": engine}
     findings = inspect(X, y, X_test, y_test, near_threshold=near_threshold,
                        label_backbones=_label_backbones(label_backbone), backbone=backbone,
-                       cache_dir=cache_dir, say=console.print)  # fmt: skip
+                       cache_dir=cache_dir, say=console.print,
+                       **{k: v for k, v in given.items() if v is not None})  # fmt: skip
     paths = write_report(findings, out, title=f"tlearn doctor: {data}")
     table = Table("issue", "images", title=f"{findings.summary['images']} images checked")
     for issue, n in findings.counts().items():
