@@ -348,3 +348,17 @@ def test_the_doctors_issue_types_come_from_the_one_table():
             assert f"{issue.threshold:g}" in named[name], (name, named[name])
     assert list(ISSUE_TYPES) == list(ISSUES)
     assert set(LEFT_OUT) == {"unreadable", "exact_duplicate", "near_duplicate", "label_issue"}
+
+
+def test_engines_and_extractors_are_used_through_their_public_faces():
+    """Issue 28: the model file imported OpenVINO's engine class to rebuild a carried int8
+    engine, and four modules built feature extractors through their private methods. An
+    engine says what bytes it carries (``Engine.carried``), and an extractor is built on a
+    loaded backbone by ``PretrainedFeatures.from_backbone``."""
+    engine_classes = {"tlearn.runtime.openvino_engine", "tlearn.runtime.onnx_engine"}
+    tree = ast.parse((SRC / "persistence.py").read_text())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert not imported & engine_classes
+    private = re.compile(r"\.(_install|_engine|_calibration_images|_preprocessing)\b")
+    users = [p for p in SRC.rglob("*.py") if p.name != "features.py"]
+    assert not [str(p.relative_to(SRC)) for p in users if private.search(p.read_text())]

@@ -104,7 +104,8 @@ def test_an_unpickled_int8_estimator_needs_no_calibration_images(calibration_set
     probe = LinearProbe(image_size=32, Cs=[1.0], engine="openvino-int8").fit(X, y)
     restored = pickle.loads(pickle.dumps(probe))
     # the calibrated engine travelled with it: the same bytes, not a new calibration
-    assert restored.features_._engine.ir == probe.features_._engine.ir
+    carried = probe.features_.runner_.carried()
+    assert carried and restored.features_.runner_.carried() == carried
     np.testing.assert_array_equal(restored.predict_proba(X[:8]), probe.predict_proba(X[:8]))
 
 
@@ -132,18 +133,44 @@ def test_cross_val_predict_proba_over_paths(name, shapes3):
     assert (np.unique(y)[proba.argmax(1)] == y).mean() >= 0.6  # out of fold, 3 classes
 
 
-def test_runtime_settings_after_fit_reach_the_feature_extractor(fitted, shapes3):
-    from tlearn import InvalidParameterError
+def test_set_params_stores_and_the_engine_is_chosen_when_loading(
+    fitted, shapes3, tmp_path, monkeypatch
+):
+    """Issue 28: ``set_params`` only stores values, as in scikit-learn (it rebuilt the
+    engine on a fitted model); a parameter read each time images are still reaches the
+    fitted extractor; another engine comes from loading (built once: an ``--engine``
+    override built the recorded engine first, then a second) or from a predictor, which
+    leaves the model as it was."""
+    import tlearn
+    from tlearn import load_predictor
+    from tlearn.data.loader import load_preprocessed
+    from tlearn.runtime import engines
 
     probe = clone(fitted["LinearProbe"]).fit(shapes3[0], shapes3[1])
     expected = probe.predict_proba(shapes3[2])
-    probe.set_params(engine="openvino")
-    assert probe.features_.engine == "openvino" and probe.features_.engine_ == "openvino"
-    assert np.abs(probe.predict_proba(shapes3[2]) - expected).max() < 1e-3
-    probe.set_params(batch_size=3)
-    assert probe.features_.batch_size == 3
-    with pytest.raises(InvalidParameterError, match="no CUDA GPU"):
-        probe.set_params(device="cuda")
+    runner, fitted_on = probe.features_.runner_, probe.features_.engine_
+    probe.set_params(engine="onnxruntime", device="cuda", batch_size=3)  # no GPU: stored only
+    assert probe.features_.runner_ is runner and probe.features_.engine_ == fitted_on
+    assert probe.features_.batch_size == 3 and probe.features_.engine == "auto"
+    probe.set_params(engine="auto", device="auto")
+    path = tlearn.save(probe, tmp_path / "probe.safetensors")
+    built = []
+    real = engines.build_engine
+    monkeypatch.setattr(engines, "build_engine", lambda name, *a, **k: built.append(name)
+                        or real(name, *a, **k))  # fmt: skip
+    loaded = tlearn.load(path, engine="onnxruntime")
+    assert built == ["onnxruntime"] and loaded.features_.engine_ == "onnxruntime"
+    assert loaded.features_.engine == "onnxruntime"  # recorded: a save keeps it
+    assert np.abs(loaded.predict_proba(shapes3[2]) - expected).max() < 1e-3
+    predictor = load_predictor(probe, engine="torch")
+    assert predictor.parts.engine.name == "torch" and probe.features_.runner_ is runner
+    pre = probe.features_.preprocessing_
+    pixels = np.stack([load_preprocessed(list(shapes3[2]), i, pre) for i in range(4)])
+    np.testing.assert_allclose(predictor.predict_pixels(pixels), expected[:4], atol=1e-3)
+    with pytest.raises(tlearn.EngineError, match="calibrated for int8"):
+        tlearn.load(path, engine="openvino-int8")
+    with pytest.raises(tlearn.InvalidParameterError, match="Did you mean 'openvino'"):
+        tlearn.load(path, engine="openvno")
 
 
 def test_a_fine_tuned_model_records_its_own_weights(fitted, tmp_path):

@@ -19,6 +19,7 @@ import torch
 from tests.cli_runner import run_tlearn
 from tlearn import PretrainedFeatures
 from tlearn.data.loader import check_images
+from tlearn.features import calibration_images
 from tlearn.runtime import engines, onnx_engine, openvino_engine
 
 
@@ -63,7 +64,7 @@ def _a_copied_cache(engine: str, suffixes: list[str], tmp_path, monkeypatch):
     earlier test's), and then $TLEARN_HOME moved to an empty folder holding a copy of its
     files, as another machine's cache would; returns the copy of the first file."""
     est = PretrainedFeatures(image_size=64, engine=engine).fit()
-    files = [est._engine.path.with_suffix(suffix) for suffix in suffixes]
+    files = [est.runner_.path.with_suffix(suffix) for suffix in suffixes]
     assert all(f.parent == engines.engine_cache_dir() and f.is_file() for f in files)
     monkeypatch.setenv("TLEARN_HOME", str(tmp_path))
     (tmp_path / "engines").mkdir()
@@ -102,7 +103,7 @@ def test_openvino_runs_fixed_chunks_then_the_rest_in_order(reference):
 
     paths, expected = reference
     est = PretrainedFeatures(image_size=64, engine="openvino").fit()
-    assert est._engine._run.chunk == STATIC_BATCH
+    assert est.runner_._run.chunk == STATIC_BATCH
     many, want = paths * 3, np.concatenate([expected] * 3)  # 36: 4 chunks of 8 + 4 left
     for batch_size in (1, 5, STATIC_BATCH, 12, 2 * STATIC_BATCH, 20, 36):
         got = est.set_params(batch_size=batch_size).transform(many)
@@ -117,7 +118,7 @@ def test_onnx_export_is_cached_and_a_corrupt_cache_rebuilt(reference, tmp_path, 
     onnx = _a_copied_cache("onnxruntime", [".onnx"], tmp_path, monkeypatch)
     done = len(exports)
     est = PretrainedFeatures(image_size=64, engine="onnxruntime").fit()  # loaded, not exported
-    assert len(exports) == done and est._engine.path == onnx
+    assert len(exports) == done and est.runner_.path == onnx
     onnx.write_bytes(b"not an onnx model")
     engines.forget_engines()
     with pytest.warns(UserWarning, match="unreadable and is rebuilt"):
@@ -181,7 +182,7 @@ def test_openvino_engine_is_cached_and_a_corrupt_cache_rebuilt(reference, tmp_pa
     xml = _a_copied_cache("openvino", [".xml", ".bin"], tmp_path, monkeypatch)
     done = len(conversions)
     est = PretrainedFeatures(image_size=64, engine="openvino").fit()  # loaded, not converted
-    assert len(conversions) == done and est._engine.path == xml
+    assert len(conversions) == done and est.runner_.path == xml
     assert cosine(est.transform(paths), expected) >= 0.9999
     xml.write_text("<broken")
     engines.forget_engines()
@@ -208,14 +209,14 @@ def test_openvino_int8_calibrates_on_fit_images_and_keeps_the_features(
     # int8 is not bit-faithful: every image still points the same way, and on average closely
     # (on these small photo crops; real data is checked in test_accuracy.py)
     assert cos.min() > 0.9 and cos.mean() >= 0.97
-    assert est.engine_ == "openvino-int8" and est._engine.precision == "int8"
+    assert est.engine_ == "openvino-int8" and est.runner_.precision == "int8"
     # the quantised model is cached, keyed by the calibration images: the same images again
     # load the file, without a calibration
-    first = est._engine.path
+    first = est.runner_.path
     assert first.is_file() and first.with_suffix(".bin").is_file()
     done = len(calibrations)
     again = PretrainedFeatures(image_size=32, engine="openvino-int8").fit(X)
-    assert len(calibrations) == done and again._engine.path == first
+    assert len(calibrations) == done and again.runner_.path == first
     # other images are calibrated on, exactly those, into a file of another name. NNCF's
     # quantisation is stood in for by the model as converted (a real one cost 10-20 s here
     # and says nothing more about the key), in an empty cache: what it writes is no int8
@@ -228,9 +229,9 @@ def test_openvino_int8_calibrates_on_fit_images_and_keeps_the_features(
     )
     other = PretrainedFeatures(image_size=32, engine="openvino-int8").fit(X[::-1])
     assert len(calibrations) == done + 1
-    fit_images = est._calibration_images(check_images(X), est.preprocessing_, len(X))
+    fit_images = calibration_images(check_images(X), est.preprocessing_, len(X))
     np.testing.assert_array_equal(calibrations[-1][1], fit_images[::-1])
-    assert other._engine.path.name != first.name and other._engine.path.is_file()
+    assert other.runner_.path.name != first.name and other.runner_.path.is_file()
 
 
 def test_int8_with_too_few_images_says_how_many_are_needed(calibration_set):
@@ -281,7 +282,7 @@ def test_a_saved_int8_model_carries_its_calibrated_engine(calibration_set, tmp_p
     # the engine keeps its own bytes: a cache without the file does not stop a save (the
     # session's cache, shared by the later int8 tests: its file is moved away and back,
     # where deleting it cost the next one a calibration)
-    weights = probe.features_._engine.path.with_suffix(".bin")
+    weights = probe.features_.runner_.path.with_suffix(".bin")
     shutil.move(weights, tmp_path / "away.bin")
     try:
         tlearn.save(probe, tmp_path / "again.safetensors")
@@ -334,12 +335,12 @@ def test_clones_with_the_same_settings_reuse_the_engine_and_auto_verdict(shapes3
     second = clone(first).fit(X[40:])  # another fold's images
     assert len(checks) == 1 and first.engine_ == second.engine_
     if first.engine_ != "torch":  # a compiled copy of the weights: shared
-        assert first._engine is second._engine
+        assert first.runner_ is second.runner_
     np.testing.assert_allclose(first.transform(X[:4]), second.transform(X[:4]), atol=1e-5)
     # another network: checked (64 px, whose OpenVINO conversion this module's other tests
     # leave in the session's engine cache; any other size proves the same)
     other = PretrainedFeatures(image_size=64).fit(X[:40])
-    assert len(checks) == 2 and other._engine is not first._engine
+    assert len(checks) == 2 and other.runner_ is not first.runner_
 
 
 def test_threads_fitting_at_once_convert_each_network_once(tmp_path, monkeypatch):
@@ -364,8 +365,8 @@ def test_threads_fitting_at_once_convert_each_network_once(tmp_path, monkeypatch
         )
     assert sorted(builds) == [32, 40]
     assert (
-        len({id(f._engine) for f in fitted[0::2]})
-        == len({id(f._engine) for f in fitted[1::2]})
+        len({id(f.runner_) for f in fitted[0::2]})
+        == len({id(f.runner_) for f in fitted[1::2]})
         == 1
     )
 

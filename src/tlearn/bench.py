@@ -140,7 +140,7 @@ def _engine_row(
     except EngineError as e:
         report(f"{name:<22}cannot run: {e}")
         return None
-    model_only = _model_only(est._engine, batch)
+    model_only = _model_only(est.runner_, batch)
     e2e = _timed(partial(est.transform, list(paths)), len(paths))
     label = name if name != "auto" else f"auto={est.engine_}"
     report(

@@ -37,6 +37,8 @@ __all__ = [
     "FeatureErrors",
     "ForwardsFeatureParams",
     "PretrainedFeatures",
+    "calibration_images",
+    "effective_preprocessing",
     "synthetic_check_images",
 ]
 
@@ -45,9 +47,36 @@ __all__ = [
 FINE_TUNED = "fine-tuned"
 #: ``(position in X, path, reason)`` of each image that could not be read.
 FeatureErrors = list[tuple[int, str, str]]
-#: Parameters that change how features are computed, not what they are: after ``fit`` they
-#: take effect at once (the engine is rebuilt when ``engine`` or ``device`` change).
-RUNTIME_PARAMS = ("batch_size", "device", "n_workers", "cache_dir", "on_error", "engine", "verbose")
+#: Parameters that change how features are computed, not what they are, and are read each
+#: time images are: set on a fitted estimator, they reach its feature extractor at once.
+#: ``engine`` and ``device`` are not among them: the engine is built when fitting or
+#: loading (``tlearn.load(path, engine=...)``, :meth:`PretrainedFeatures.with_engine`).
+RUNTIME_PARAMS = ("batch_size", "n_workers", "cache_dir", "on_error", "verbose")
+
+
+def effective_preprocessing(backbone: Backbone, image_size: int | None, crop: str) -> Preprocessing:
+    """What the network is given: the backbone's preprocessing at ``image_size`` (``None``:
+    its own), small images centred when ``crop`` is ``"center"``."""
+    pre = backbone.preprocessing.with_size(image_size)
+    return dataclasses.replace(pre, crop_small=crop == "center")
+
+
+def calibration_images(
+    images: ImageInput, pre: Preprocessing, k: int, n_workers: int | None = None
+) -> np.ndarray:
+    """Up to ``k`` readable images spread over ``images``, preprocessed by ``pre``:
+    ``(n, size, size, 3)`` uint8, for the engines that calibrate on images (int8) or check
+    their agreement on them (``auto``)."""
+    idx = sample_indices(len(images), k)
+    subset: ImageInput = images[idx] if isinstance(images, np.ndarray) else [images[i] for i in idx]
+    arrays = [
+        b.images
+        for b in iter_batches(subset, pre, 64, n_workers=n_workers, on_error="skip")
+        if len(b.images)
+    ]
+    if not arrays:
+        return np.empty((0, pre.input_size, pre.input_size, 3), np.uint8)
+    return np.concatenate(arrays)
 
 
 def synthetic_check_images(size: int, n: int = 16, seed: int = 0) -> np.ndarray:
@@ -174,6 +203,8 @@ class PretrainedFeatures(TransformerMixin, BaseEstimator):
         The engine that runs (what ``auto`` chose, or the one asked for).
     engine_reason_ : str
         Why (for ``auto``: the agreement figure).
+    runner_ : Engine
+        The engine itself: uint8 pixels in, features out, from any number of threads.
     network_ : FeatureNet
         The module the engine runs (backbone, pooled stages, flip averaging).
 
@@ -255,9 +286,62 @@ class PretrainedFeatures(TransformerMixin, BaseEstimator):
         if X is not None and self.engine in ("auto", "openvino-int8"):
             # auto needs the 32 images of its agreement check; int8 quantises on up to 300
             k = CALIBRATION_IMAGES if self.engine == "openvino-int8" else 32
-            calibration = self._calibration_images(check_images(X), pre, k)
+            calibration = calibration_images(check_images(X), pre, k, self.n_workers)
         self._install(backbone, calibration=calibration)
         return self
+
+    @classmethod
+    def from_backbone(
+        cls,
+        loaded: Backbone,
+        *,
+        runtime: str | Engine | None = None,
+        calibration: np.ndarray | None = None,
+        **params: Any,
+    ) -> PretrainedFeatures:
+        """A fitted extractor on a backbone already loaded (a model file's, or one that
+        fine-tuning trained), its engine built once.
+
+        Parameters
+        ----------
+        loaded : Backbone
+            The network, its weights and preprocessing.
+        runtime : str or Engine, optional
+            The engine to run: a name (default: the ``engine`` parameter; a model file
+            gives the one ``auto`` chose at fit), or a ready engine (one a model file
+            carries).
+        calibration : ndarray of uint8, optional
+            Preprocessed images for the engines that calibrate (int8) or check (``auto``).
+        **params
+            The constructor's parameters (``backbone`` defaults to the loaded one's name).
+        """
+        features = cls(**{"backbone": loaded.name, **params})
+        features._validate_params()
+        if runtime is None or isinstance(runtime, str):
+            features._install(loaded, calibration=calibration, engine_name=runtime)
+        else:
+            features._install(loaded, engine=runtime)
+        return features
+
+    def with_engine(
+        self, engine: str | None = None, device: str | None = None
+    ) -> PretrainedFeatures:
+        """This fitted extractor on another engine or device: a new one, sharing the
+        backbone, its engine built and warmed up once; ``self`` is unchanged (a predictor
+        may be using it). The int8 engine is calibrated on training images when fitting,
+        so only an extractor already running it can keep it."""
+        check_is_fitted(self, "backbone_")
+        params = self.get_params()
+        params.update({k: v for k, v in (("engine", engine), ("device", device)) if v})
+        if params["engine"] == "openvino-int8":
+            if self.engine_ != "openvino-int8":
+                raise EngineError(
+                    "engine='openvino-int8' calibrates on training images, so it is chosen at "
+                    "fit time: fit with engine='openvino-int8' (CLI: tlearn fit ... --engine "
+                    "openvino-int8) and the calibrated engine is kept in the model file"
+                )
+            return type(self).from_backbone(self.backbone_, runtime=self.runner_, **params)
+        return type(self).from_backbone(self.backbone_, **params)
 
     def _validate_params(self) -> Any:
         """Check every parameter (and that the device is there); returns the device."""
@@ -275,22 +359,6 @@ class PretrainedFeatures(TransformerMixin, BaseEstimator):
                 "weights='pretrained'"
             )
         return fitted
-
-    def _calibration_images(self, images: ImageInput, pre: Preprocessing, k: int) -> np.ndarray:
-        """Up to ``k`` readable images spread over ``images``, preprocessed:
-        ``(n, size, size, 3)`` uint8."""
-        idx = sample_indices(len(images), k)
-        subset: ImageInput = (
-            images[idx] if isinstance(images, np.ndarray) else [images[i] for i in idx]
-        )
-        arrays = [
-            b.images
-            for b in iter_batches(subset, pre, 64, n_workers=self.n_workers, on_error="skip")
-            if len(b.images)
-        ]
-        if not arrays:
-            return np.empty((0, pre.input_size, pre.input_size, 3), np.uint8)
-        return np.concatenate(arrays)
 
     def _install(
         self,
@@ -336,36 +404,14 @@ class PretrainedFeatures(TransformerMixin, BaseEstimator):
                 (1, self.preprocessing_.input_size, self.preprocessing_.input_size, 3), np.uint8
             )
         )
-        self._engine, self.engine_, self.engine_reason_ = engine, engine.name, reason
+        self.runner_: Engine = engine
+        self.engine_, self.engine_reason_ = engine.name, reason
         if self.verbose and self.engine == "auto":
             ensure_handler()
             logger.info("tlearn: %s", reason)
 
-    def set_params(self, **params: Any) -> PretrainedFeatures:
-        """Set parameters; on a fitted instance a new ``engine`` or ``device`` takes effect
-        at once (the engine is rebuilt and warmed up)."""
-        before = (self.engine, self.device)
-        super().set_params(**params)
-        if hasattr(self, "backbone_") and (self.engine, self.device) != before:
-            self._rebuild_engine()
-        return self
-
-    def _rebuild_engine(self) -> None:
-        self._validate_params()
-        current = getattr(self, "_engine", None)
-        if self.engine == "openvino-int8":
-            if current is not None and current.name == "openvino-int8":
-                return  # the engine calibrated at fit (or carried by the model file)
-            raise EngineError(
-                "engine='openvino-int8' calibrates on training images, so it is chosen at fit "
-                "time: fit with engine='openvino-int8' (CLI: tlearn fit ... --engine "
-                "openvino-int8) and the calibrated engine is kept in the model file"
-            )
-        self._install(self.backbone_)
-
     def _preprocessing(self, backbone: Backbone) -> Preprocessing:
-        pre = backbone.preprocessing.with_size(self.image_size)
-        return dataclasses.replace(pre, crop_small=self.crop == "center")
+        return effective_preprocessing(backbone, self.image_size, self.crop)
 
     def _stages(self, backbone: Backbone) -> tuple[tuple[int, ...], int]:
         """The feature-pyramid stages to pool, and how many features they add."""
@@ -406,7 +452,7 @@ class PretrainedFeatures(TransformerMixin, BaseEstimator):
     def _cache_key(self) -> dict[str, Any]:
         """What features depend on: the model and the engine that actually ran."""
         key = {**self._model_key(), "engine": self.engine_}
-        ir = getattr(self._engine, "ir", None)
+        ir = getattr(self.runner_, "ir", None)
         if ir is not None:  # a calibrated engine: its own quantisation
             import hashlib
 
@@ -463,7 +509,7 @@ class PretrainedFeatures(TransformerMixin, BaseEstimator):
         yield from iter_engine(
             images,
             self.preprocessing_,
-            self._engine,
+            self.runner_,
             int(batch_size or self.batch_size),
             positions=positions,
             n_workers=self.n_workers,
@@ -520,8 +566,12 @@ def warn_skipped(errors: FeatureErrors, n: int) -> None:
 
 class ForwardsFeatureParams:
     """For estimators holding a fitted :class:`PretrainedFeatures` in ``features_``:
-    ``set_params`` of a runtime parameter (device, engine, batch size, ...) after ``fit`` or
-    ``load`` reaches the feature extractor at once instead of going stale."""
+    ``set_params`` of a parameter read each time images are (:data:`RUNTIME_PARAMS`: batch
+    size, decoding threads, ...) after ``fit`` or ``load`` reaches the feature extractor at
+    once instead of going stale. ``engine`` and ``device`` are stored, as scikit-learn
+    stores every parameter, and used by the next ``fit``; a fitted model runs elsewhere
+    through ``tlearn.load(path, engine=..., device=...)`` or ``Predictor(model,
+    engine=...)``."""
 
     def set_params(self, **params: Any) -> Any:
         super().set_params(**params)  # type: ignore[misc]

@@ -138,7 +138,7 @@ def split_model(model: Any) -> ModelParts:
     features = kind.features(model)
     return ModelParts(
         preprocessing=features.preprocessing_,
-        engine=features._engine,
+        engine=features.runner_,
         head=kind.head(model),
         classes=np.asarray(kind.classes(model)),
         features=features,
@@ -610,7 +610,7 @@ def imagenet_parts(name: str, **params: Any) -> ModelParts:
 
     return ModelParts(
         features.preprocessing_,
-        features._engine,
+        features.runner_,
         predict_proba,
         classes,
         features,

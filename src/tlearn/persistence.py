@@ -95,9 +95,9 @@ from tlearn._model_file import (
 )
 from tlearn.backbones import Backbone, build_backbone, state_dict_sha256
 from tlearn.exceptions import EngineError, ModelFileError
-from tlearn.features import PretrainedFeatures
+from tlearn.features import PretrainedFeatures, effective_preprocessing
 from tlearn.models import model_kind
-from tlearn.runtime.openvino_engine import OpenVinoEngine
+from tlearn.runtime.engines import Engine, check_engine_name, engine_from_carried
 
 __all__ = [
     "CROP_PCT",
@@ -203,12 +203,11 @@ def _to_tensors(
     }
     for k, v in arrays.items():
         tensors[k] = torch.from_numpy(np.ascontiguousarray(v))
-    ir = getattr(features._engine, "ir", None)
-    if ir is not None:
+    carried = features.runner_.carried()
+    for name, data in carried.items():
         # a calibrated engine cannot be rebuilt without its training images: keep its bytes
-        tensors["engine.xml"] = torch.frombuffer(bytearray(ir[0]), dtype=torch.uint8)
-        tensors["engine.bin"] = torch.frombuffer(bytearray(ir[1]), dtype=torch.uint8)
-    meta["engine"] = None if ir is None else features.engine_
+        tensors[f"engine.{name}"] = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+    meta["engine"] = features.engine_ if carried else None
     return tensors, meta
 
 
@@ -264,47 +263,59 @@ def _load_backbone(plan: Plan, tensors: dict[str, torch.Tensor], where: str) -> 
     return bb
 
 
-def _features(plan: Plan, tensors: dict[str, torch.Tensor], where: str) -> PretrainedFeatures:
-    """The fitted feature extractor, running the engine recorded at fit (what ``auto``
-    chose, or the calibrated int8 engine carried by the file)."""
-    meta, bmeta = plan.meta, plan.meta["backbone"]
-    weights = "fine-tuned" if plan.kind.trains_backbone else "pretrained"
-    features = PretrainedFeatures(bmeta["name"], weights=weights, **plan.feature_params)
+def _features(
+    plan: Plan, tensors: dict[str, torch.Tensor], where: str, runtime: dict[str, str]
+) -> PretrainedFeatures:
+    """The fitted feature extractor, its engine built once: the one asked for in
+    ``runtime`` (``engine``, ``device``), else the one recorded at fit (what ``auto``
+    chose, or the calibrated int8 engine the file carries)."""
+    bmeta = plan.meta["backbone"]
+    params = {**plan.feature_params, **runtime, "backbone": bmeta["name"],
+              "weights": "fine-tuned" if plan.kind.trains_backbone else "pretrained"}  # fmt: skip
     backbone = _load_backbone(plan, tensors, where)
-    recorded = bmeta.get("engine_")
-    if meta.get("engine"):
-        if _install_carried(plan, tensors, features, backbone, where):
-            return features
-        features.set_params(engine="torch")
-        recorded = "torch"
+    carried_name, asked = plan.meta.get("engine"), runtime.get("engine")
+    wanted = asked or bmeta.get("engine_")
+    if carried_name and asked in (None, carried_name):
+        engine = _carried(plan, tensors, backbone, params, where)
+        if engine is not None:
+            return PretrainedFeatures.from_backbone(backbone, runtime=engine, **params)
+        wanted = params["engine"] = "torch"
+    elif wanted == "openvino-int8":
+        raise EngineError(
+            f"{where} has no engine calibrated for int8 (it was fitted with "
+            f"{bmeta.get('engine_')!r}): int8 calibrates on training images, so fit with "
+            "engine='openvino-int8' (CLI: tlearn fit ... --engine openvino-int8)"
+        )
     try:
-        features._install(backbone, engine_name=recorded)
+        return PretrainedFeatures.from_backbone(backbone, runtime=wanted, **params)
     except EngineError as e:
+        if runtime.get("engine"):
+            raise  # asked for by name: say why it cannot run
         warnings.warn(
-            f"{where} was fitted with engine {recorded!r}, which cannot run here "
+            f"{where} was fitted with engine {wanted!r}, which cannot run here "
             f"({str(e)[:160]}); using fp32 torch",
             UserWarning,
             stacklevel=4,
         )
-        features._install(backbone, engine_name="torch")
-    return features
+        return PretrainedFeatures.from_backbone(backbone, runtime="torch", **params)
 
 
-def _install_carried(
+def _carried(
     plan: Plan,
     tensors: dict[str, torch.Tensor],
-    features: PretrainedFeatures,
     backbone: Backbone,
+    params: dict[str, Any],
     where: str,
-) -> bool:
-    """Install the calibrated engine the file carries, checked first; ``False`` (warned
-    about) where OpenVINO cannot run it."""
+) -> Engine | None:
+    """The calibrated engine the file carries, checked first; ``None`` (warned about)
+    where its runtime cannot run it."""
     name = plan.meta["engine"]
-    xml, weights = tensors["engine.xml"].numpy().tobytes(), tensors["engine.bin"].numpy().tobytes()
-    pre = features._preprocessing(backbone)
-    check_carried_engine(xml, weights, pre.input_size, plan.n_features, where)
+    carried = {k[len("engine.") :]: v.numpy().tobytes() for k, v in tensors.items()
+               if k.startswith("engine.")}  # fmt: skip
+    pre = effective_preprocessing(backbone, params.get("image_size"), params.get("crop", "auto"))
+    check_carried_engine(carried["xml"], carried["bin"], pre.input_size, plan.n_features, where)
     try:
-        features._install(backbone, engine=OpenVinoEngine.from_ir(xml, weights, pre, name))
+        return engine_from_carried(name, carried, pre)
     except EngineError as e:
         warnings.warn(
             f"{where} carries an {name} engine calibrated on its training images, which "
@@ -313,17 +324,18 @@ def _install_carried(
             UserWarning,
             stacklevel=5,
         )
-        return False
-    return True
+        return None
 
 
-def _build(plan: Plan, tensors: dict[str, torch.Tensor], where: str) -> Any:
+def _build(
+    plan: Plan, tensors: dict[str, torch.Tensor], where: str, runtime: dict[str, str]
+) -> Any:
     arrays = {k: v.numpy() for k, v in tensors.items() if k.startswith("head.")}
     for name, array in arrays.items():
         # bounded so that scores stay finite: tlearn's heads hold values far smaller
         ok = bool((np.abs(array) <= MAX_HEAD_VALUE).all())  # False for NaN
         need(ok, where, f"tensor {name!r}", f"finite, within +-{MAX_HEAD_VALUE:g}", "more")
-    features = _features(plan, tensors, where)
+    features = _features(plan, tensors, where, runtime)
     if features.n_features_out_ != plan.n_features:
         raise refused(
             where,
@@ -336,9 +348,16 @@ def _build(plan: Plan, tensors: dict[str, torch.Tensor], where: str) -> Any:
         raise refused(where, str(e)) from None
 
 
-def loads(data: bytes, where: str = "the model bytes") -> Any:
+def loads(
+    data: bytes,
+    where: str = "the model bytes",
+    *,
+    engine: str | None = None,
+    device: str | None = None,
+) -> Any:
     """A model from the bytes of a model file; it predicts exactly what the saved one did.
-    See the module's docstring for what is checked and what loading costs."""
+    ``engine``/``device`` as for :func:`load`. See the module's docstring for what is
+    checked and what loading costs."""
     from safetensors.torch import load
 
     plan = check_file(parse_header(data, where), where)
@@ -346,11 +365,25 @@ def loads(data: bytes, where: str = "the model bytes") -> Any:
         tensors = load(data)
     except Exception as e:
         raise ModelFileError(f"{where} is damaged: cannot read its tensors ({e})") from None
-    return _build(plan, tensors, where)
+    return _build(plan, tensors, where, _runtime(engine, device))
 
 
-def load(path: str | os.PathLike[str]) -> Any:
+def _runtime(engine: str | None, device: str | None) -> dict[str, str]:
+    """The engine and device asked for, checked before the file is read."""
+    runtime = {k: v for k, v in (("engine", engine), ("device", device)) if v is not None}
+    if "engine" in runtime:
+        check_engine_name(runtime["engine"])
+    return runtime
+
+
+def load(
+    path: str | os.PathLike[str], *, engine: str | None = None, device: str | None = None
+) -> Any:
     """Load a model written by :func:`save`; it predicts exactly what the saved one did.
+
+    ``engine`` and ``device`` run it on another engine or device than the one it was
+    fitted with, built once as the model loads (``"openvino-int8"`` only where the file
+    carries the engine calibrated at fit); the model's parameters record them.
 
     The file is data: see the module's docstring for what is checked, what loading costs,
     and the parameters that name paths on the machine that saved it, which come back as
@@ -360,9 +393,10 @@ def load(path: str | os.PathLike[str]) -> Any:
     from safetensors.torch import load_file
 
     path = os.fspath(path)
+    runtime = _runtime(engine, device)
     plan = check_file(read_header(path), repr(path))
     try:
         tensors = load_file(path)
     except Exception as e:
         raise ModelFileError(f"{path!r} is damaged: cannot read its tensors ({e})") from None
-    return _build(plan, tensors, repr(path))
+    return _build(plan, tensors, repr(path), runtime)

@@ -21,6 +21,7 @@ Three entry points, from the lowest level up:
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import time
@@ -64,6 +65,9 @@ class Predictor:
         Decoding threads for :meth:`iter_predict`.
     warmup : bool, default=True
         Run one batch at once, so the first request does not pay for it.
+    engine, device : str, optional
+        Run the model's feature extractor on this engine or device instead of its own
+        (built once, here; the model itself is not changed).
 
     Examples
     --------
@@ -78,10 +82,13 @@ class Predictor:
         batch_size: int | None = None,
         n_workers: int | None = None,
         warmup: bool = True,
+        engine: str | None = None,
+        device: str | None = None,
         _recipe: tuple[Any, ...] | None = None,
-        _options: dict[str, Any] | None = None,
     ) -> None:
-        self.parts: ModelParts = split_model(model)
+        #: the engine and device asked for, which a pickle of the model carries along
+        self._options = {k: v for k, v in (("engine", engine), ("device", device)) if v}
+        self.parts: ModelParts = _on_runtime(split_model(model), self._options)
         #: the kind of row its predictions make (one label, or several: multi-label)
         self.rows: RowKind = ROW_KINDS[self.parts.rows]
         features = self.parts.features
@@ -89,7 +96,6 @@ class Predictor:
         self.n_workers = n_workers
         self.model = None if isinstance(model, ModelParts) else model
         self._recipe = _recipe
-        self._options = _options or {}
         self.warmup_seconds = 0.0
         if warmup:
             t0 = time.perf_counter()
@@ -130,10 +136,9 @@ class Predictor:
             return cls(load_exported(source), **options)
         from tlearn.persistence import load
 
-        model = load(source)
-        _use_runtime(model, runtime)
+        model = load(source, **runtime)  # the engine asked for, built once
         recipe = ("path", source, runtime) if ship == "path" else None
-        return cls(model, _recipe=recipe, _options=runtime, **options)
+        return cls(model, _recipe=recipe, **options)
 
     def __reduce__(self) -> tuple[Any, ...]:
         options = {"batch_size": self.batch_size, "n_workers": self.n_workers}
@@ -146,7 +151,7 @@ class Predictor:
                 recipe = ("bytes", dumps(self.model), self._options)
                 return (_restore, (recipe, options))
             except TypeError:  # a kind the file format cannot hold: pickle the estimator
-                return (_restore, (("estimator", self.model, {}), options))
+                return (_restore, (("estimator", self.model, self._options), options))
         return (_restore, (("parts", self.parts, {}), options))
 
     # -- describing -------------------------------------------------------------------
@@ -369,10 +374,8 @@ def _restore(recipe: tuple[Any, ...], options: dict[str, Any]) -> Predictor:
     if kind == "bytes":
         from tlearn.persistence import loads
 
-        model = loads(payload)
-        _use_runtime(model, runtime)
-        return Predictor(model, _options=runtime, **options)
-    return Predictor(payload, **options)
+        return Predictor(loads(payload, **runtime), **options)
+    return Predictor(payload, **runtime, **options)
 
 
 def load_predictor(source: Any, **options: Any) -> Predictor:
@@ -382,19 +385,13 @@ def load_predictor(source: Any, **options: Any) -> Predictor:
         return source
     if isinstance(source, (str, os.PathLike)):
         return Predictor.load(source, **options)
-    runtime: dict[str, Any] = {}
-    for key in ("engine", "device"):
-        value = options.pop(key, None)
-        if value is not None:
-            runtime[key] = value
-    if not isinstance(source, ModelParts):
-        _use_runtime(source, runtime)
     return Predictor(source, **options)
 
 
-def _use_runtime(model: Any, runtime: dict[str, Any]) -> None:
-    """Run a fitted model's feature extractor on another engine or device."""
-    if runtime:
-        features = split_model(model).features
-        assert features is not None
-        features.set_params(**runtime)
+def _on_runtime(parts: ModelParts, runtime: dict[str, Any]) -> ModelParts:
+    """``parts`` with their feature extractor on another engine or device (a new one:
+    the model's own is left as it is); an export's parts have none and run as they are."""
+    if not runtime or parts.features is None:
+        return parts
+    features = parts.features.with_engine(**runtime)
+    return dataclasses.replace(parts, engine=features.runner_, features=features)

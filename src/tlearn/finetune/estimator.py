@@ -24,7 +24,13 @@ from tlearn.calibration import expected_calibration_error, fit_temperature, soft
 from tlearn.data.images import Preprocessing
 from tlearn.data.loader import ImageInput, check_images, iter_batches, median_short_side
 from tlearn.exceptions import DataError, InvalidParameterError
-from tlearn.features import FINE_TUNED, ForwardsFeatureParams, PretrainedFeatures
+from tlearn.features import (
+    FINE_TUNED,
+    ForwardsFeatureParams,
+    PretrainedFeatures,
+    calibration_images,
+    effective_preprocessing,
+)
 from tlearn.finetune.augment import AUGMENTATIONS
 from tlearn.finetune.callbacks import default_callbacks
 from tlearn.finetune.distributed import DistInfo, dist_info
@@ -306,9 +312,7 @@ class FineTuneClassifier(ForwardsFeatureParams, ScoresNamedTargets, BaseEstimato
         self.image_size_ = self.image_size or (
             SMALL_INPUT if median_short_side(images) < SMALL_IMAGES else None
         )
-        pre_eval = replace(
-            bb.preprocessing.with_size(self.image_size_), crop_small=self.crop == "center"
-        )
+        pre_eval = effective_preprocessing(bb, self.image_size_, self.crop)
         self._check_size(bb, pre_eval.input_size)
         keep, self.skipped_ = self._check_images_readable(images, pre_eval)
         X_tr, y_tr, X_v, y_v, rows_v = self._split(
@@ -499,13 +503,9 @@ class FineTuneClassifier(ForwardsFeatureParams, ScoresNamedTargets, BaseEstimato
         bb.weights_source = "fine-tuned"
         calibration = None
         if self.engine in ("auto", "openvino-int8"):  # engines that calibrate on images
-            pre = replace(
-                bb.preprocessing.with_size(self.image_size_), crop_small=self.crop == "center"
-            )
-            calibration = PretrainedFeatures(n_workers=self.n_workers)._calibration_images(
-                X, pre, CALIBRATION_IMAGES
-            )
-        self._install(
+            pre = effective_preprocessing(bb, self.image_size_, self.crop)
+            calibration = calibration_images(X, pre, CALIBRATION_IMAGES, self.n_workers)
+        self._set_fitted(
             bb,
             classes,
             net.head.weight.detach().cpu().numpy(),
@@ -516,18 +516,20 @@ class FineTuneClassifier(ForwardsFeatureParams, ScoresNamedTargets, BaseEstimato
         self.best_epoch_ = state.best_epoch
         self.stopped_early_ = state.stop
 
-    def _install(
+    def _set_fitted(
         self,
         bb: Backbone,
         classes: np.ndarray,
         weight: np.ndarray,
         bias: np.ndarray,
-        **engine: Any,
+        calibration: np.ndarray | None = None,
     ) -> None:
-        """Set the fitted state (used by fit and when loading a model file). The feature
-        extractor records that its weights are the fine-tuned ones."""
-        features = PretrainedFeatures(
-            self.backbone,
+        """Set the fitted state after training. The feature extractor records that its
+        weights are the fine-tuned ones."""
+        features = PretrainedFeatures.from_backbone(
+            bb,
+            calibration=calibration,
+            backbone=self.backbone,
             weights=FINE_TUNED,
             image_size=getattr(self, "image_size_", self.image_size),
             crop=self.crop,
@@ -539,7 +541,6 @@ class FineTuneClassifier(ForwardsFeatureParams, ScoresNamedTargets, BaseEstimato
             on_error=self.on_error,
             engine=self.engine,
         )
-        features._install(bb, **engine)
         self.features_ = features
         self.classes_ = classes
         self.head_weight_ = weight.astype(np.float32)

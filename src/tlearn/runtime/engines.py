@@ -62,6 +62,7 @@ __all__ = [
     "build_engine",
     "check_calibration",
     "engine_cache_dir",
+    "engine_from_carried",
     "engine_help",
     "forget_engines",
     "make_engine",
@@ -79,6 +80,23 @@ class Engine(Protocol):
     precision: str
 
     def __call__(self, images: np.ndarray) -> np.ndarray: ...
+
+    def carried(self) -> dict[str, bytes]:
+        """The bytes this engine cannot be rebuilt without, by name (an int8 engine
+        calibrated on images that are gone: its graph), which a model file keeps and
+        :func:`engine_from_carried` runs again; empty when the network rebuilds it."""
+        ...
+
+
+def engine_from_carried(name: str, carried: dict[str, bytes], pre: Preprocessing) -> Engine:
+    """Run again the engine ``name`` from the bytes its :meth:`Engine.carried` gave;
+    :class:`EngineError` when its runtime cannot (not installed, or refuses them)."""
+    spec = ENGINE_TABLE[check_engine_name(name)]
+    if spec.runtime == "openvino" and {"xml", "bin"} <= carried.keys():
+        return OpenVinoEngine.from_ir(carried["xml"], carried["bin"], pre, name)
+    if spec.runtime == "onnxruntime" and "onnx" in carried:
+        return OnnxRuntimeEngine.from_bytes(carried["onnx"], pre)
+    raise EngineError(f"engine {name!r} cannot run from the bytes {sorted(carried)}")
 
 
 @functools.cache

@@ -129,6 +129,10 @@ class OnnxRuntimeEngine:
             raise EngineError(f"ONNX Runtime cannot load this model ({str(e)[:200]})") from None
         return engine
 
+    def carried(self) -> dict[str, bytes]:
+        """An export's bytes; empty for an engine converted from a network."""
+        return {} if self.onnx_bytes is None else {"onnx": self.onnx_bytes}
+
     def __reduce__(self) -> tuple[Any, ...]:
         if self.onnx_bytes is not None:
             return (OnnxRuntimeEngine.from_bytes, (self.onnx_bytes, self.pre))

@@ -354,6 +354,10 @@ class OpenVinoEngine:
             raise EngineError(f"OpenVINO cannot load this model ({str(e)[:200]})") from None
         return engine
 
+    def carried(self) -> dict[str, bytes]:
+        """An int8 engine's graph (calibrated on images that are gone), or an export's."""
+        return {} if self.ir is None else {"xml": self.ir[0], "bin": self.ir[1]}
+
     def __reduce__(self) -> tuple[Any, ...]:
         if self.ir is not None:
             return (OpenVinoEngine.from_ir, (*self.ir, self.pre, self.name))

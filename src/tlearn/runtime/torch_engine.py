@@ -88,6 +88,10 @@ class TorchEngine:
         self.pre = pre
         self.model = model.to(self.device).eval().to(memory_format=torch.channels_last)
 
+    def carried(self) -> dict[str, bytes]:
+        """Nothing: the network rebuilds it."""
+        return {}
+
     def __reduce__(self) -> tuple[Any, ...]:
         return (
             TorchEngine,
