@@ -150,14 +150,14 @@ def _spy_on_choices(monkeypatch):
     searches, scorings = [], []
     search, score = probe_module._search_C, probe_module._scores_at
 
-    def spy_search(pipe, F, y, Cs, cv, random_state, n_jobs):
-        C, results = search(pipe, F, y, Cs, cv, random_state, n_jobs)
+    def spy_search(pipe, F, y, Cs, cv, random_state, n_jobs, w=None):
+        C, results = search(pipe, F, y, Cs, cv, random_state, n_jobs, w)
         searches.append((set(F[:, 0].astype(int)), C))
         return C, results
 
-    def spy_score(pipe, F, y, train, test, C):
+    def spy_score(pipe, F, y, train, test, C, w=None):
         scorings.append((set(F[test, 0].astype(int)), C, len(searches)))
-        return score(pipe, F, y, train, test, C)
+        return score(pipe, F, y, train, test, C, w)
 
     monkeypatch.setattr(probe_module, "_search_C", spy_search)
     monkeypatch.setattr(probe_module, "_scores_at", spy_score)
@@ -397,3 +397,71 @@ def test_the_C_search_scores_a_fold_that_holds_no_image_of_a_class():
             for c in Cs]  # fmt: skip
     np.testing.assert_allclose(results["mean_log_loss"], want, rtol=1e-9)
     assert np.isfinite(results["mean_accuracy"]).all() and Cs[int(np.argmin(want))] == C
+
+
+def test_sample_weight_counts_an_image_as_often_as_its_weight():
+    """Issue 28: sample weights. An integer weight is the image repeated, in the refit;
+    the C search weights each fold's fit and its held-out loss, as a hand-written loop
+    over the same folds does with ``clf__sample_weight`` and a weighted log loss."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import log_loss
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from tlearn.probe import _search_C
+
+    rng = np.random.default_rng(1)
+    y = np.arange(60) % 3
+    F = rng.normal(size=(60, 6)) + y[:, None] * 0.7
+    w = rng.integers(1, 4, size=60).astype(float)
+    head = tune_linear_head(F, y, Cs=(0.5,), calibrate=False, sample_weight=w)
+    rep = np.repeat(np.arange(60), w.astype(int))
+    plain = tune_linear_head(F[rep], y[rep], Cs=(0.5,), calibrate=False)
+    np.testing.assert_allclose(head.classifier.coef_, plain.classifier.coef_, atol=1e-3)
+
+    fold = (np.arange(60) // 3) % 3  # every class in every fold
+    folds = [(np.flatnonzero(fold != k), np.flatnonzero(fold == k)) for k in range(3)]
+    pipe = Pipeline([("scaler", StandardScaler()), ("clf", LogisticRegression(max_iter=1000))])
+    Cs = (0.01, 1.0)
+    _, results = _search_C(pipe, F, y, Cs, folds, 0, None, w)
+    want = []
+    for C in Cs:
+        losses = []
+        for tr, te in folds:
+            fitted = clone(pipe).set_params(clf__C=C)
+            fitted.fit(F[tr], y[tr], scaler__sample_weight=w[tr], clf__sample_weight=w[tr])
+            losses.append(log_loss(y[te], fitted.predict_proba(F[te]), sample_weight=w[te]))
+        want.append(np.mean(losses))
+    np.testing.assert_allclose(results["mean_log_loss"], want, rtol=1e-9)
+
+
+@pytest.mark.parametrize(
+    "weights, said",
+    [
+        ([1.0] * 5, "5 values for"),
+        ("negative", ">= 0"),
+        ("nan", "not finite"),
+        ("zeros", "not all zero"),
+    ],
+)
+def test_bad_sample_weights_are_one_clear_error(weights, said, shapes3):
+    X, y = shapes3[0], shapes3[1]
+    w = {"negative": -np.ones(len(y)), "nan": np.full(len(y), np.nan), "zeros": np.zeros(len(y))}
+    given = w[weights] if isinstance(weights, str) else weights
+    with pytest.raises(DataError, match=said):
+        LinearProbe(image_size=32, Cs=[1.0]).fit(X, y, sample_weight=given)
+
+
+def test_a_heavier_class_is_predicted_more_often(shapes3):
+    X, y, X_test, _ = shapes3
+    probe = LinearProbe(image_size=32, Cs=[0.01], engine="torch")
+    same = clone(probe).fit(X, y, sample_weight=np.ones(len(y)))
+    np.testing.assert_allclose(
+        same.predict_proba(X_test), clone(probe).fit(X, y).predict_proba(X_test)
+    )
+    heavy = np.where(np.asarray(y) == y[0], 20.0, 1.0)
+    weighted = clone(probe).fit(X, y, sample_weight=heavy)
+    share = lambda m: (m.predict(X_test) == y[0]).mean()  # noqa: E731
+    assert weighted.predict_proba(X_test)[:, list(weighted.classes_).index(y[0])].mean() > (
+        same.predict_proba(X_test)[:, list(same.classes_).index(y[0])].mean()
+    ) and share(weighted) >= share(same)

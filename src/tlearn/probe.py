@@ -36,6 +36,7 @@ __all__ = [
     "LinearProbe",
     "ScoresNamedTargets",
     "TunedHead",
+    "check_sample_weight",
     "make_probe",
     "tune_block_heads",
     "tune_linear_head",
@@ -123,10 +124,25 @@ def _subset_cv(cv: Any, folds: int) -> Any:
     return min(cv, folds) if isinstance(cv, (int, np.integer)) else folds
 
 
-def _scores_at(pipe: Any, F: np.ndarray, y: np.ndarray, train: Any, test: Any, C: float) -> Any:
+def _weights(w: np.ndarray | None, rows: Any) -> dict[str, Any]:
+    """The pipeline's fit parameters for ``rows``: their sample weights, if any, for the
+    scaler and the classifier (an image of weight 2 counts as that image twice)."""
+    return {} if w is None else {"scaler__sample_weight": w[rows], "clf__sample_weight": w[rows]}
+
+
+def _scores_at(
+    pipe: Any,
+    F: np.ndarray,
+    y: np.ndarray,
+    train: Any,
+    test: Any,
+    C: float,
+    w: np.ndarray | None = None,
+) -> Any:
     from sklearn.base import clone
 
-    return clone(pipe).set_params(clf__C=C).fit(F[train], y[train]).decision_function(F[test])
+    fitted = clone(pipe).set_params(clf__C=C).fit(F[train], y[train], **_weights(w, train))
+    return fitted.decision_function(F[test])
 
 
 def _assemble(index: list[np.ndarray], scores: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -142,6 +158,7 @@ def _search_C(
     cv: Any,
     random_state: int | None,
     n_jobs: int | None,
+    w: np.ndarray | None = None,
 ) -> tuple[float, dict[str, Any]]:
     """``GridSearchCV`` over ``Cs`` on all of ``F``, scored by mean log loss across
     folds (``cv``: as :func:`_splitter` takes it, or a list of splits), without its
@@ -150,14 +167,15 @@ def _search_C(
     are separable, it stops elsewhere and scores C differently), and the log loss counts
     every class, also one that a small fold holds none of (``neg_log_loss`` scored that
     fold NaN, and every C with it). On the doctor's 30-image folds GridSearchCV's own
-    cost was a third of the search."""
+    cost was a third of the search. Sample weights ``w`` weight each fold's fit and its
+    held-out loss and accuracy."""
     from sklearn.utils.parallel import Parallel, delayed
 
     splitter = cv if isinstance(cv, list) else _splitter(cv, len(y), np.bincount(y), random_state)
     splits = splitter if isinstance(splitter, list) else list(splitter.split(F, y))
     grid = sorted(Cs)  # ascending: a tie goes to the smaller C, seen first
     folds = Parallel(n_jobs=n_jobs)(
-        delayed(_fold_scores)(pipe, F, y, grid, train, test) for train, test in splits
+        delayed(_fold_scores)(pipe, F, y, grid, (train, test), w) for train, test in splits
     )
     loss = np.array([[s[0] for s in fold] for fold in folds])  # folds x Cs
     accuracy = np.array([[s[1] for s in fold] for fold in folds])
@@ -173,20 +191,30 @@ def _search_C(
 
 
 def _fold_scores(
-    pipe: Any, F: np.ndarray, y: np.ndarray, grid: list[float], train: Any, test: Any
+    pipe: Any,
+    F: np.ndarray,
+    y: np.ndarray,
+    grid: list[float],
+    fold: tuple[Any, Any],
+    w: np.ndarray | None,
 ) -> list[tuple[float, float]]:
-    """Log loss and accuracy on one fold's held-out rows at each ``C`` of ``grid``."""
+    """Log loss and accuracy on one fold's held-out rows at each ``C`` of ``grid``,
+    weighted by ``w`` where given (and where the held-out rows weigh anything)."""
+    train, test = fold
+    fit_w = None if w is None else w[train]
+    test_w = None if w is None or not w[test].sum() > 0 else w[test]
     from sklearn.base import clone
     from sklearn.metrics import log_loss
 
-    scaler = clone(pipe["scaler"]).fit(F[train])
+    scaler = clone(pipe["scaler"]).fit(F[train], sample_weight=fit_w)
     A, B = scaler.transform(F[train]), scaler.transform(F[test])
     scores = []
     for C in grid:
-        clf = clone(pipe["clf"]).set_params(C=C).fit(A, y[train])
+        clf = clone(pipe["clf"]).set_params(C=C).fit(A, y[train], sample_weight=fit_w)
         proba = clf.predict_proba(B)
         correct = clf.classes_[proba.argmax(1)] == y[test]
-        scores.append((float(log_loss(y[test], proba, labels=clf.classes_)), float(correct.mean())))
+        loss = log_loss(y[test], proba, labels=clf.classes_, sample_weight=test_w)
+        scores.append((float(loss), float(np.average(correct, weights=test_w))))
     return scores
 
 
@@ -199,19 +227,23 @@ def _nested(
     pipe: Any, F: np.ndarray, y: np.ndarray, Cs: tuple[float, ...], cv: Any, options: Any
 ) -> tuple[float, dict[str, Any], np.ndarray, np.ndarray]:
     """Nested cross-validation: in each outer fold (``options``: the random state, the
-    jobs and the outer splits) ``C`` is searched on its training images alone (an inner
-    stratified k-fold) and the held-out images are scored at that ``C``, so no score
-    comes from a choice that saw its image. The model's own ``C`` minimises the inner
-    searches' log loss averaged over the outer folds (every image took part in choosing
-    it). Returns ``C``, the averaged results, and the out-of-fold scores and rows."""
-    random_state, n_jobs, outer = options
+    jobs, the outer splits and the sample weights or ``None``) ``C`` is searched on its
+    training images alone (an inner stratified k-fold) and the held-out images are
+    scored at that ``C``, so no score comes from a choice that saw its image. The
+    model's own ``C`` minimises the inner searches' log loss averaged over the outer
+    folds (every image took part in choosing it). Returns ``C``, the averaged results,
+    and the out-of-fold scores and rows."""
+    random_state, n_jobs, outer, w = options
     runs, index, scores = [], [], []
     inner = _subset_cv(cv, INNER_FOLDS)
     for train, test in outer:
-        C_fold, results = _search_C(pipe, F[train], y[train], Cs, inner, random_state, n_jobs)
+        w_train = None if w is None else w[train]
+        C_fold, results = _search_C(
+            pipe, F[train], y[train], Cs, inner, random_state, n_jobs, w_train
+        )
         runs.append(results)
         index.append(test)
-        scores.append(_scores_at(pipe, F, y, train, test, C_fold))
+        scores.append(_scores_at(pipe, F, y, train, test, C_fold, w))
     merged: dict[str, Any] = {"C": runs[0]["C"], "n_images": len(y), "nested": True,
                               "fold_C": [_best_C(r) for r in runs]}  # fmt: skip
     for key in ("mean_log_loss", "mean_accuracy"):
@@ -222,11 +254,16 @@ def _nested(
 
 
 def _oof_at(
-    pipe: Any, F: np.ndarray, y: np.ndarray, C: float, outer: list[tuple[Any, Any]]
+    pipe: Any,
+    F: np.ndarray,
+    y: np.ndarray,
+    C: float,
+    outer: list[tuple[Any, Any]],
+    w: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Out-of-fold scores at one ``C`` on the ``outer`` splits, and their rows."""
     return _assemble(
-        [te for _, te in outer], [_scores_at(pipe, F, y, tr, te, C) for tr, te in outer]
+        [te for _, te in outer], [_scores_at(pipe, F, y, tr, te, C, w) for tr, te in outer]
     )
 
 
@@ -262,15 +299,18 @@ def _sampled_search(
     out-of-fold scores at that ``C`` are honest on every image outside the sample. With
     k-fold the sample takes at most half of the images, so that the other half (not one
     image, at SEARCH_SAMPLES + 1) is left for the estimate."""
-    random_state, n_jobs, outer = options
+    random_state, n_jobs, outer, w = options
     pool = outer[0][0] if len(outer) == 1 else np.arange(len(y))
     size = SEARCH_SAMPLES if len(outer) == 1 else min(SEARCH_SAMPLES, len(y) // 2)
     searched = pool
     if len(pool) > size:
         searched = _stratified_sample(pool, y, size, random_state)
     search_cv = _subset_cv(cv, 5)
-    C, results = _search_C(pipe, F[searched], y[searched], Cs, search_cv, random_state, n_jobs)
-    oof, rows = _oof_at(pipe, F, y, C, outer)
+    w_searched = None if w is None else w[searched]
+    C, results = _search_C(
+        pipe, F[searched], y[searched], Cs, search_cv, random_state, n_jobs, w_searched
+    )
+    oof, rows = _oof_at(pipe, F, y, C, outer, w)
     return C, results, oof, rows, ~np.isin(rows, searched)
 
 
@@ -286,6 +326,7 @@ def tune_linear_head(
     n_jobs: int | None = None,
     refit: bool = True,
     class_weight: Any = None,
+    sample_weight: np.ndarray | None = None,
 ) -> TunedHead:
     """Choose ``C`` for StandardScaler + LogisticRegression on features ``F``, scored by
     mean log loss across stratified folds (it separates values of C that accuracy ties;
@@ -298,28 +339,31 @@ def tune_linear_head(
     cross-validation (:func:`_nested`), so they are an honest estimate; above, from k-fold
     (one 20% hold-out above :data:`HOLDOUT_ABOVE`) at a C searched on a sample, honest on
     the images outside it. Without calibration there are no out-of-fold scores: C is
-    searched once (or simply taken, when ``Cs`` has one value)."""
+    searched once (or simply taken, when ``Cs`` has one value). ``sample_weight`` weights
+    every fit and every held-out loss and accuracy of the search (not the temperature,
+    which is fitted on the images as they are)."""
     from sklearn.pipeline import Pipeline
 
     clf = LogisticRegression(max_iter=max_iter, class_weight=class_weight)
     pipe = Pipeline([("scaler", StandardScaler()), ("clf", clf)])
     oof = index = honest = None
     estimate = ""
+    w = None if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
     with warnings.catch_warnings(), one_blas_thread():
         warnings.simplefilter("ignore", ConvergenceWarning)
         if not calibrate:
             C, results = float(Cs[0]), {"C": [float(Cs[0])]}
             if len(Cs) > 1:
-                C, results = _search_C(pipe, F, y, Cs, cv, random_state, n_jobs)
+                C, results = _search_C(pipe, F, y, Cs, cv, random_state, n_jobs, w)
         else:
             outer = _outer_splits(cv, y, random_state)
             C, results, oof, index, honest, kind = _heldout_scores(
-                pipe, F, y, Cs, cv, (random_state, n_jobs, outer)
+                pipe, F, y, Cs, cv, (random_state, n_jobs, outer, w)
             )
             estimate = _describe_estimate(cv, outer, len(y), kind)
         pipe.set_params(clf__C=C)
         if refit:
-            pipe.fit(F, y)
+            pipe.fit(F, y, **_weights(w, slice(None)))
     temperature, calibration = _calibrate(oof, index, y)
     return TunedHead(pipe["scaler"], pipe["clf"], C, results, temperature, oof, index,
                      calibration, honest, estimate)  # fmt: skip
@@ -329,19 +373,19 @@ def _heldout_scores(
     pipe: Any, F: np.ndarray, y: np.ndarray, Cs: tuple[float, ...], cv: Any, options: Any
 ) -> tuple[float, dict[str, Any], np.ndarray, np.ndarray, np.ndarray, str]:
     """``C``, the search's results, the out-of-fold scores on the outer splits of
-    ``options`` (random state, jobs, splits), their rows, which rows are honest, and what
-    kind of estimate that is (for :func:`_describe_estimate`)."""
-    random_state, n_jobs, outer = options
+    ``options`` (random state, jobs, splits, sample weights), their rows, which rows are
+    honest, and what kind of estimate that is (for :func:`_describe_estimate`)."""
+    random_state, n_jobs, outer, w = options
     if len(Cs) == 1:  # no choice to hide from the scores
         C, results = float(Cs[0]), {"C": [float(Cs[0])]}
-        oof, index = _oof_at(pipe, F, y, C, outer)
+        oof, index = _oof_at(pipe, F, y, C, outer, w)
         return C, results, oof, index, np.ones(len(index), bool), "given"
     if len(y) <= SEARCH_SAMPLES and _can_nest(outer, y):
         C, results, oof, index = _nested(pipe, F, y, Cs, cv, options)
         return C, results, oof, index, np.ones(len(index), bool), "nested"
     if len(y) <= SEARCH_SAMPLES:  # too few images per class to nest: say so
-        C, results = _search_C(pipe, F, y, Cs, outer, random_state, n_jobs)
-        oof, index = _oof_at(pipe, F, y, C, outer)
+        C, results = _search_C(pipe, F, y, Cs, outer, random_state, n_jobs, w)
+        oof, index = _oof_at(pipe, F, y, C, outer, w)
         return C, results, oof, index, np.zeros(len(index), bool), "same folds"
     C, results, oof, index, honest = _sampled_search(pipe, F, y, Cs, cv, options)
     return C, results, oof, index, honest, f"outside {int(honest.sum())}"
@@ -609,12 +653,15 @@ class LinearProbe(ForwardsFeatureParams, ScoresNamedTargets, BaseEstimator):
         params = PretrainedFeatures().get_params()
         return PretrainedFeatures(**{k: getattr(self, k) for k in params})
 
-    def fit(self, X: object, y: object) -> LinearProbe:
+    def fit(self, X: object, y: object, sample_weight: object = None) -> LinearProbe:
         """Compute features, choose ``C`` by cross-validation, refit on everything, and
-        calibrate on the out-of-fold scores."""
+            calibrate on the out-of-fold scores. ``sample_weight`` (one non-negative number per
+            image) weights each image in every fit (the scaler's too: an image of weight 2 counts
+        as that image twice) and in the search's held-out loss."""
         self._validate_params()
         features = self._make_features()
         classes, y_enc = check_labels(y, len(check_images(X)))
+        w = check_sample_weight(sample_weight, len(y_enc))
         features.fit(X)
         F, self.skipped_ = features.extract(X)
         ok = ~np.isnan(F).any(axis=1)
@@ -630,6 +677,7 @@ class LinearProbe(ForwardsFeatureParams, ScoresNamedTargets, BaseEstimator):
             calibrate=self.calibrate,
             random_state=self.random_state,
             class_weight=_encoded_weights(self.class_weight, classes),
+            sample_weight=None if w is None else w[ok],
         )
         self.classes_, self.features_ = classes, features
         self.scaler_, self.classifier_, self.C_ = head.scaler, head.classifier, head.C
@@ -678,6 +726,24 @@ class LinearProbe(ForwardsFeatureParams, ScoresNamedTargets, BaseEstimator):
         tags = super().__sklearn_tags__()
         tags.input_tags.two_d_array = False
         return tags
+
+
+def check_sample_weight(sample_weight: object, n: int) -> np.ndarray | None:
+    """``sample_weight`` as float64, one finite non-negative number per image and not all
+    zero; ``None`` stays ``None``."""
+    if sample_weight is None:
+        return None
+    w = np.asarray(sample_weight, dtype=np.float64).reshape(-1)
+    if len(w) != n:
+        raise DataError(f"sample_weight has {len(w)} values for {n} images: give one per image")
+    finite = np.isfinite(w)
+    if not finite.all() or (w < 0).any() or not w.sum() > 0:
+        low = float(w[finite].min()) if finite.any() else None
+        raise DataError(
+            f"sample_weight must hold finite numbers >= 0, not all zero (got minimum {low}, "
+            f"{int((~finite).sum())} not finite)"
+        )
+    return w
 
 
 def _encoded_weights(class_weight: Any, classes: np.ndarray) -> Any:
