@@ -112,6 +112,8 @@ MISTAKES = [
     (["export", "model.safetensors", "-o", "m.onnx", "--format", "onx"],
      "--format must be one of 'onnx', 'openvino'. Got 'onx' instead. Did you mean 'onnx'?"),
     (["doctor", "data", "--near-threshold", "2"], "--near-threshold must be a float"),
+    (["doctor", "data", "--image-size", "4"], "--image-size must be an int in the range"),
+    (["doctor", "data", "--engine", "openvno"], "Did you mean 'openvino'?"),
     (["bench", "data", "--n", "0"], "--n must be an int"),
     (["demo", "--per-class", "0"], "--per-class must be an int"),
     # backbone names: the registries are read from source, not imported

@@ -571,29 +571,41 @@ def doctor(
     make_folder_for(write_clean, "--write-clean")
     from tlearn.doctor import inspect, write_report
     from tlearn.doctor import write_clean as clean_csv
-    from tlearn.training import load_labelled
 
-    X, y = load_labelled(data, max_per_class, seed)
-    X_test, y_test = load_labelled(test, None, seed) if test else (None, None)
-    from tlearn.data.targets import refuse_label_sets
-
-    for labels in (y, y_test):  # before minutes of features
-        refuse_label_sets(labels, "the doctor")
+    X, y, X_test, y_test = _doctor_inputs(data, test, max_per_class, seed)
     given: dict[str, Any] = {"image_size": image_size, "engine": engine}
     findings = inspect(X, y, X_test, y_test, near_threshold=near_threshold,
                        label_backbones=_label_backbones(label_backbone), backbone=backbone,
                        cache_dir=cache_dir, say=console.print,
                        **{k: v for k, v in given.items() if v is not None})  # fmt: skip
     paths = write_report(findings, out, title=f"tlearn doctor: {data}")
-    table = Table("issue", "images", title=f"{findings.summary['images']} images checked")
-    for issue, n in findings.counts().items():
-        table.add_row(issue, str(n))
-    console.print(table)
+    _doctor_said(findings, paths)
     if write_clean is not None:
         counts = clean_csv(findings, list(X), list(y), str(write_clean), relabel)
         clean = escape(str(write_clean))
         console.print(f"clean CSV: {counts['kept']} images kept, {counts['left_out']} left out, "
                       f"{counts['relabelled']} relabelled -> {clean}")  # fmt: skip
+
+
+def _doctor_inputs(data: str, test: str | None, max_per_class: int | None, seed: int) -> Any:
+    """The images and labels the doctor checks (refusing several labels per image before
+    minutes of features): ``X, y, X_test, y_test``."""
+    from tlearn.data.targets import refuse_label_sets
+    from tlearn.training import load_labelled
+
+    X, y = load_labelled(data, max_per_class, seed)
+    X_test, y_test = load_labelled(test, None, seed) if test else (None, None)
+    for labels in (y, y_test):
+        refuse_label_sets(labels, "the doctor")
+    return X, y, X_test, y_test
+
+
+def _doctor_said(findings: Any, paths: dict[str, str]) -> None:
+    """The doctor's table of issues and where its reports are."""
+    table = Table("issue", "images", title=f"{findings.summary['images']} images checked")
+    for issue, n in findings.counts().items():
+        table.add_row(issue, str(n))
+    console.print(table)
     console.print(f"report written to {escape(paths['report.html'])}, issues to "
                   f"{escape(paths['issues.csv'])}")  # fmt: skip
 
