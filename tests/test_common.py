@@ -186,3 +186,29 @@ def test_a_fine_tuned_model_records_its_own_weights(fitted, tmp_path):
     # refitting the extractor keeps the fine-tuned weights rather than loading pretrained ones
     features = loaded.features_.fit()
     assert features.backbone_.weights_sha256 == ft.features_.backbone_.weights_sha256
+
+
+def test_another_device_gets_its_own_copy_of_the_network(fitted, monkeypatch):
+    """Found by the review of issue 28: ``with_engine`` (and so ``Predictor(model,
+    device=...)``) built on the estimator's own network, which the torch engine then moved
+    to the new device in place: the estimator's weights left its own device. A second
+    device is simulated (this machine has none): "cuda" resolves to another device object
+    than the model's, and the engines run on the CPU."""
+    import torch
+
+    import tlearn.features
+    from tlearn.runtime import engines, torch_engine
+
+    probe = fitted["LinearProbe"]
+    cpu, other = torch.device("cpu"), torch.device("cpu", 1)
+    monkeypatch.setattr(tlearn.features, "resolve_device",
+                        lambda d: other if str(d) == "cuda" else cpu)  # fmt: skip
+    for module in (torch_engine, engines):
+        monkeypatch.setattr(module, "resolve_device", lambda d: cpu)
+    ours = list(probe.features_.backbone_.model.parameters())
+
+    def shares(features):
+        return any(p is q for p, q in zip(ours, features.backbone_.model.parameters(), strict=True))
+
+    assert not shares(probe.features_.with_engine("torch", device="cuda"))
+    assert shares(probe.features_.with_engine("torch"))  # the same device: one network

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import warnings
@@ -333,6 +334,10 @@ class PretrainedFeatures(TransformerMixin, BaseEstimator):
         check_is_fitted(self, "backbone_")
         params = self.get_params()
         params.update({k: v for k, v in (("engine", engine), ("device", device)) if v})
+        loaded = self.backbone_
+        if resolve_device(params["device"]) != resolve_device(self.device):
+            # the torch engine moves its network to its device: a copy, not ours
+            loaded = copy.deepcopy(loaded)
         if params["engine"] == "openvino-int8":
             if self.engine_ != "openvino-int8":
                 raise EngineError(
@@ -340,8 +345,8 @@ class PretrainedFeatures(TransformerMixin, BaseEstimator):
                     "fit time: fit with engine='openvino-int8' (CLI: tlearn fit ... --engine "
                     "openvino-int8) and the calibrated engine is kept in the model file"
                 )
-            return type(self).from_backbone(self.backbone_, runtime=self.runner_, **params)
-        return type(self).from_backbone(self.backbone_, **params)
+            return type(self).from_backbone(loaded, runtime=self.runner_, **params)
+        return type(self).from_backbone(loaded, **params)
 
     def _validate_params(self) -> Any:
         """Check every parameter (and that the device is there); returns the device."""

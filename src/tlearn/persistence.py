@@ -372,7 +372,7 @@ def _runtime(engine: str | None, device: str | None) -> dict[str, str]:
     """The engine and device asked for, checked before the file is read."""
     runtime = {k: v for k, v in (("engine", engine), ("device", device)) if v is not None}
     if "engine" in runtime:
-        check_engine_name(runtime["engine"])
+        check_engine_name(runtime["engine"], "load")
     return runtime
 
 

@@ -48,6 +48,9 @@ DEFAULT_CS = tuple(float(c) for c in np.logspace(-4, 2, 13))
 HOLDOUT_ABOVE = 20_000
 #: C is searched on a stratified sample of at most this many images.
 SEARCH_SAMPLES = 5_000
+#: The largest sample weight taken: weights are relative, and larger ones overflow the
+#: scaler's weighted variance.
+MAX_SAMPLE_WEIGHT = 1e12
 #: Folds of nested cross-validation's inner search (each outer fold's C): 3 folds cost
 #: half of 5 and choose the same C but for noise (measured in benchmarks/honest.py).
 INNER_FOLDS = 3
@@ -127,7 +130,20 @@ def _subset_cv(cv: Any, folds: int) -> Any:
 def _weights(w: np.ndarray | None, rows: Any) -> dict[str, Any]:
     """The pipeline's fit parameters for ``rows``: their sample weights, if any, for the
     scaler and the classifier (an image of weight 2 counts as that image twice)."""
-    return {} if w is None else {"scaler__sample_weight": w[rows], "clf__sample_weight": w[rows]}
+    if w is None:
+        return {}
+    taken = _weighing(w[rows], "the images of a fit")
+    return {"scaler__sample_weight": taken, "clf__sample_weight": taken}
+
+
+def _weighing(w: np.ndarray, what: str) -> np.ndarray:
+    """``w`` when it weighs something, else a :class:`DataError` naming ``what``."""
+    if not w.sum() > 0:
+        raise DataError(
+            f"{what} all weigh 0: too few images carry weight to hold images out; give "
+            "weight to more images (of every class), or fit with fewer folds (cv)"
+        )
+    return w
 
 
 def _scores_at(
@@ -179,6 +195,10 @@ def _search_C(
     )
     loss = np.array([[s[0] for s in fold] for fold in folds])  # folds x Cs
     accuracy = np.array([[s[1] for s in fold] for fold in folds])
+    if np.isnan(loss).all():
+        raise DataError("the C search's held-out images all weigh 0: give weight to more images")
+    scored = ~np.isnan(loss[:, 0])  # folds whose held-out images weigh something
+    loss, accuracy = loss[scored], accuracy[scored]
     results: dict[str, Any] = {
         "C": [float(c) for c in grid],
         "mean_log_loss": loss.mean(0).tolist(),
@@ -199,12 +219,25 @@ def _fold_scores(
     w: np.ndarray | None,
 ) -> list[tuple[float, float]]:
     """Log loss and accuracy on one fold's held-out rows at each ``C`` of ``grid``,
-    weighted by ``w`` where given (and where the held-out rows weigh anything)."""
+    weighted by ``w`` where given; NaN where the held-out rows weigh nothing (the fold
+    then has no say in the choice)."""
     train, test = fold
-    fit_w = None if w is None else w[train]
-    test_w = None if w is None or not w[test].sum() > 0 else w[test]
     from sklearn.base import clone
     from sklearn.metrics import log_loss
+
+    missing = np.setdiff1d(y[test], y[train])
+    if len(missing):
+        raise DataError(
+            f"a fold of the C search has no training images of class index {missing[:5].tolist()}"
+            ": every class needs images on the training side of every fold (use a stratified "
+            "splitter, or more images of that class)"
+        )
+    fit_w = (
+        None if w is None else _weighing(w[train], "the images of a training fold of the C search")
+    )
+    if w is not None and not w[test].sum() > 0:
+        return [(float("nan"), float("nan"))] * len(grid)
+    test_w = None if w is None else w[test]
 
     scaler = clone(pipe["scaler"]).fit(F[train], sample_weight=fit_w)
     A, B = scaler.transform(F[train]), scaler.transform(F[test])
@@ -348,7 +381,7 @@ def tune_linear_head(
     pipe = Pipeline([("scaler", StandardScaler()), ("clf", clf)])
     oof = index = honest = None
     estimate = ""
-    w = None if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
+    w = check_sample_weight(sample_weight, len(y))
     with warnings.catch_warnings(), one_blas_thread():
         warnings.simplefilter("ignore", ConvergenceWarning)
         if not calibrate:
@@ -677,7 +710,7 @@ class LinearProbe(ForwardsFeatureParams, ScoresNamedTargets, BaseEstimator):
             calibrate=self.calibrate,
             random_state=self.random_state,
             class_weight=_encoded_weights(self.class_weight, classes),
-            sample_weight=None if w is None else w[ok],
+            sample_weight=None if w is None else _weighing(w[ok], "the readable images"),
         )
         self.classes_, self.features_ = classes, features
         self.scaler_, self.classifier_, self.C_ = head.scaler, head.classifier, head.C
@@ -733,15 +766,21 @@ def check_sample_weight(sample_weight: object, n: int) -> np.ndarray | None:
     zero; ``None`` stays ``None``."""
     if sample_weight is None:
         return None
-    w = np.asarray(sample_weight, dtype=np.float64).reshape(-1)
-    if len(w) != n:
-        raise DataError(f"sample_weight has {len(w)} values for {n} images: give one per image")
+    try:
+        w = np.asarray(sample_weight, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise DataError("sample_weight must hold numbers, one per image") from None
+    if w.ndim == 2 and w.shape[1] == 1:
+        w = w[:, 0]
+    if w.ndim != 1 or len(w) != n:
+        raise DataError(f"sample_weight has shape {w.shape} for {n} images: give one per image")
     finite = np.isfinite(w)
-    if not finite.all() or (w < 0).any() or not w.sum() > 0:
+    if not finite.all() or (w < 0).any() or not w.sum() > 0 or w.max() > MAX_SAMPLE_WEIGHT:
         low = float(w[finite].min()) if finite.any() else None
+        high = float(w[finite].max()) if finite.any() else None
         raise DataError(
-            f"sample_weight must hold finite numbers >= 0, not all zero (got minimum {low}, "
-            f"{int((~finite).sum())} not finite)"
+            f"sample_weight must hold finite numbers from 0 to {MAX_SAMPLE_WEIGHT:g}, not all 0 "
+            f"(got {low} to {high}, {int((~finite).sum())} not finite)"
         )
     return w
 
