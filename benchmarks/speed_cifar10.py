@@ -140,7 +140,7 @@ def probe_agreement(args, est, torch_now, F_test_new, X, y, X_test, y_test):
 
 def model_only(args, est):
     """3. Model-only images/s of the chosen engine, batch 32 at the backbone's size."""
-    engine = est._engine
+    engine = est.runner_
     size = est.preprocessing_.input_size
     batch = np.random.default_rng(0).integers(0, 256, (32, size, size, 3), dtype=np.uint8)
     engine(batch)
