@@ -226,6 +226,8 @@ def train(
         took = time.perf_counter() - t_epoch
         print(f"epoch {epoch}: {took:.0f} s, loss {loss.item() / bs:.3f}, held-out {val_acc:.4f}",
               flush=True)  # fmt: skip
+    if step % 5:  # the steps since the lookahead's last pull
+        pull(net, slow, 0.95**5 * (step / total) ** 3)
     pull(net, slow, 1.0)  # decay 1: the slow copy stays, and the weights become it
     return time.perf_counter() - t_train
 
