@@ -34,6 +34,7 @@ from tlearn.runtime.engines import (
 
 __all__ = [
     "FINE_TUNED",
+    "INT8_AT_FIT",
     "iter_engine",
     "FeatureErrors",
     "ForwardsFeatureParams",
@@ -48,6 +49,12 @@ __all__ = [
 FINE_TUNED = "fine-tuned"
 #: ``(position in X, path, reason)`` of each image that could not be read.
 FeatureErrors = list[tuple[int, str, str]]
+#: Why an extractor without an int8 engine cannot be given one after fitting.
+INT8_AT_FIT = (
+    "int8 calibrates on training images, so it is chosen at fit time: fit with "
+    "engine='openvino-int8' (CLI: tlearn fit ... --engine openvino-int8) and the calibrated "
+    "engine is kept in the model file"
+)
 #: Parameters that change how features are computed, not what they are, and are read each
 #: time images are: set on a fitted estimator, they reach its feature extractor at once.
 #: ``engine`` and ``device`` are not among them: the engine is built when fitting or
@@ -328,9 +335,10 @@ class PretrainedFeatures(TransformerMixin, BaseEstimator):
         self, engine: str | None = None, device: str | None = None
     ) -> PretrainedFeatures:
         """This fitted extractor on another engine or device: a new one, sharing the
-        backbone, its engine built and warmed up once; ``self`` is unchanged (a predictor
-        may be using it). The int8 engine is calibrated on training images when fitting,
-        so only an extractor already running it can keep it."""
+        backbone (a copy of it on another device), its engine built and warmed up once;
+        ``self`` is unchanged (a predictor may be using it). The int8 engine is calibrated
+        on training images when fitting, so only an extractor already running it can keep
+        it."""
         check_is_fitted(self, "backbone_")
         params = self.get_params()
         params.update({k: v for k, v in (("engine", engine), ("device", device)) if v})
@@ -340,11 +348,7 @@ class PretrainedFeatures(TransformerMixin, BaseEstimator):
             loaded = copy.deepcopy(loaded)
         if params["engine"] == "openvino-int8":
             if self.engine_ != "openvino-int8":
-                raise EngineError(
-                    "engine='openvino-int8' calibrates on training images, so it is chosen at "
-                    "fit time: fit with engine='openvino-int8' (CLI: tlearn fit ... --engine "
-                    "openvino-int8) and the calibrated engine is kept in the model file"
-                )
+                raise EngineError(f"this extractor runs {self.engine_!r}: {INT8_AT_FIT}")
             return type(self).from_backbone(loaded, runtime=self.runner_, **params)
         return type(self).from_backbone(loaded, **params)
 
@@ -457,11 +461,11 @@ class PretrainedFeatures(TransformerMixin, BaseEstimator):
     def _cache_key(self) -> dict[str, Any]:
         """What features depend on: the model and the engine that actually ran."""
         key = {**self._model_key(), "engine": self.engine_}
-        ir = getattr(self.runner_, "ir", None)
-        if ir is not None:  # a calibrated engine: its own quantisation
+        carried = self.runner_.carried()
+        if carried:  # a calibrated engine: its own quantisation
             import hashlib
 
-            key["engine_sha256"] = hashlib.sha256(ir[0] + ir[1]).hexdigest()[:16]
+            key["engine_sha256"] = hashlib.sha256(b"".join(carried.values())).hexdigest()[:16]
         return key
 
     # -- transforming -------------------------------------------------------------------

@@ -95,7 +95,7 @@ from tlearn._model_file import (
 )
 from tlearn.backbones import Backbone, build_backbone, state_dict_sha256
 from tlearn.exceptions import EngineError, ModelFileError
-from tlearn.features import PretrainedFeatures, effective_preprocessing
+from tlearn.features import INT8_AT_FIT, PretrainedFeatures, effective_preprocessing
 from tlearn.models import model_kind
 from tlearn.runtime.engines import Engine, check_engine_name, engine_from_carried
 
@@ -283,8 +283,7 @@ def _features(
     elif wanted == "openvino-int8":
         raise EngineError(
             f"{where} has no engine calibrated for int8 (it was fitted with "
-            f"{bmeta.get('engine_')!r}): int8 calibrates on training images, so fit with "
-            "engine='openvino-int8' (CLI: tlearn fit ... --engine openvino-int8)"
+            f"{bmeta.get('engine_')!r}): {INT8_AT_FIT}"
         )
     try:
         return PretrainedFeatures.from_backbone(backbone, runtime=wanted, **params)

@@ -221,10 +221,10 @@ def _fold_scores(
     """Log loss and accuracy on one fold's held-out rows at each ``C`` of ``grid``,
     weighted by ``w`` where given; NaN where the held-out rows weigh nothing (the fold
     then has no say in the choice)."""
-    train, test = fold
     from sklearn.base import clone
     from sklearn.metrics import log_loss
 
+    train, test = fold
     missing = np.setdiff1d(y[test], y[train])
     if len(missing):
         raise DataError(
@@ -688,9 +688,9 @@ class LinearProbe(ForwardsFeatureParams, ScoresNamedTargets, BaseEstimator):
 
     def fit(self, X: object, y: object, sample_weight: object = None) -> LinearProbe:
         """Compute features, choose ``C`` by cross-validation, refit on everything, and
-            calibrate on the out-of-fold scores. ``sample_weight`` (one non-negative number per
-            image) weights each image in every fit (the scaler's too: an image of weight 2 counts
-        as that image twice) and in the search's held-out loss."""
+        calibrate on the out-of-fold scores. ``sample_weight`` (one non-negative number per
+        image) weights each image in every fit (the scaler's too: an image of weight 2
+        counts as that image twice) and in the search's held-out loss."""
         self._validate_params()
         features = self._make_features()
         classes, y_enc = check_labels(y, len(check_images(X)))
