@@ -61,7 +61,7 @@ def launch(playwright: Any) -> Any:
 
 
 def test_the_page_classifies_dropped_chosen_and_pasted_images(server, tmp_path):
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
 
     photo = jpeg((400, 300), seed=5)
     assert SHARED_LIMITS["top_k"] == 3 and SHARED_LIMITS["max_body_mb"] == 10
@@ -74,7 +74,9 @@ def test_the_page_classifies_dropped_chosen_and_pasted_images(server, tmp_path):
         assert page.is_visible("#key")  # auth is on: the key field shows
         page.fill("#key", KEY)
         page.press("#key", "Tab")  # the key is used at once: the model's line fills in
-        page.wait_for_function("document.getElementById('model').textContent.includes('3 classes')")
+        # Playwright's wait_for_function polls with eval, which the page's CSP forbids
+        # (it passes only when the first try already holds): expect polls without it
+        expect(page.locator("#model")).to_contain_text("3 classes", timeout=30_000)
 
         def predicted() -> list[str]:
             page.wait_for_selector("#bars .bar", timeout=30_000)
@@ -102,7 +104,7 @@ def test_the_page_classifies_dropped_chosen_and_pasted_images(server, tmp_path):
         big = b"\xff\xd8\xff\xe0" + bytes(12_000_000)
         page.set_input_files("#file", files=[
             {"name": "huge.jpg", "mimeType": "image/jpeg", "buffer": big}])  # fmt: skip
-        page.wait_for_function("document.getElementById('message').textContent.includes('up to')")
+        expect(page.locator("#message")).to_contain_text("up to", timeout=30_000)
         assert "10.0 MB" in page.inner_text("#message")
         assert sum(1 for m, _ in requests if m == "POST") == posts  # nothing was uploaded
         browser.close()
