@@ -17,11 +17,17 @@ from typing import Any
 
 from tlearn.exceptions import DataError, InvalidParameterError
 
+#: The largest sample weight taken: weights are relative, and larger ones overflow the
+#: scaler's weighted variance.
+MAX_SAMPLE_WEIGHT = 1e12
+
 __all__ = [
     "Interval",
     "Options",
     "Predicate",
     "check_labels",
+    "check_sample_weight",
+    "encode_class_weight",
     "check_option",
     "invalid_message",
     "validate_params",
@@ -217,3 +223,48 @@ def check_labels(y: object, n_samples: int, *, min_per_class: int = 1) -> tuple[
             f"{min_per_class} per class) or remove the class"
         )
     return classes, encoded.astype(np.int64)
+
+
+def check_sample_weight(sample_weight: object, n: int) -> Any:
+    """``sample_weight`` as float64, one finite non-negative number per image and not all
+    zero; ``None`` stays ``None``."""
+    import numpy as np
+
+    if sample_weight is None:
+        return None
+    try:
+        w = np.asarray(sample_weight, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise DataError("sample_weight must hold numbers, one per image") from None
+    if w.ndim == 2 and w.shape[1] == 1:
+        w = w[:, 0]
+    if w.ndim != 1 or len(w) != n:
+        raise DataError(f"sample_weight has shape {w.shape} for {n} images: give one per image")
+    finite = np.isfinite(w)
+    if not finite.all() or (w < 0).any() or not w.sum() > 0 or w.max() > MAX_SAMPLE_WEIGHT:
+        low = float(w[finite].min()) if finite.any() else None
+        high = float(w[finite].max()) if finite.any() else None
+        raise DataError(
+            f"sample_weight must hold finite numbers from 0 to {MAX_SAMPLE_WEIGHT:g}, not all 0 "
+            f"(got {low} to {high}, {int((~finite).sum())} not finite)"
+        )
+    return w
+
+
+def encode_class_weight(class_weight: Any, classes: Any) -> Any:
+    """``class_weight`` for the classifier, which is trained on class indices: a dict of
+    class labels becomes one of indices (a label not among the classes is an error)."""
+    if not isinstance(class_weight, dict):
+        return class_weight
+    index = {str(c): i for i, c in enumerate(classes)}  # a file's JSON keys are text
+    index.update({c.item() if hasattr(c, "item") else c: i for i, c in enumerate(classes)})
+    unknown = [k for k in class_weight if k not in index]
+    if unknown:
+        raise DataError(
+            f"class_weight names {unknown[:5]}, which are not classes of y "
+            f"({[str(c) for c in classes[:10]]})"
+        )
+    bad = [k for k, w in class_weight.items() if not (isinstance(w, (int, float)) and w > 0)]
+    if bad:
+        raise DataError(f"class_weight of {bad[:5]} must be a positive number")
+    return {index[k]: float(w) for k, w in class_weight.items()}

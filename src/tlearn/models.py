@@ -89,9 +89,9 @@ class ModelKind:
     #: its honest held-out probabilities (NaN rows: none for that image) and how they
     #: were made, in one line; ``None``: the kind makes none (give test data)
     heldout: Callable[[Any], tuple[Array, str]] | None = None
-    #: the model fitted again on every image ``(model, X, y, say)``; ``None``: a fitted
-    #: model has already seen every image
-    refit: Callable[[Any, Array, Array, Callable[[str], None]], Any] | None = None
+    #: the model fitted again on every image ``(model, X, y, say, sample_weight)``;
+    #: ``None``: a fitted model has already seen every image
+    refit: Callable[[Any, Array, Array, Callable[[str], None], Array | None], Any] | None = None
     #: its backbone's weights are its own (trained), not the pretrained ones
     trains_backbone: bool = False
     #: its files before 0.2 kept its parameters in ``head.params`` (the feature

@@ -26,7 +26,7 @@ from sklearn.model_selection import KFold
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.validation import check_is_fitted
 
-from tlearn._validation import Interval, Predicate, validate_params
+from tlearn._validation import Interval, Predicate, check_sample_weight, validate_params
 from tlearn.backbones.policy import DEFAULT_BACKBONE
 from tlearn.data.loader import check_images
 from tlearn.exceptions import DataError
@@ -140,49 +140,60 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * z))  # stable for large |z|
 
 
-def _log_loss(p: np.ndarray, y: np.ndarray) -> float:
+def _log_loss(p: np.ndarray, y: np.ndarray, w: np.ndarray | None = None) -> float:
     p = np.clip(p, 1e-7, 1 - 1e-7)
-    return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+    return float(-np.average(y * np.log(p) + (1 - y) * np.log(1 - p), weights=w))
 
 
-def _fit_label(F: np.ndarray, y: np.ndarray, C: float, max_iter: int) -> tuple[np.ndarray, float]:
-    """One label's logistic regression on standardised features: ``(coef, intercept)``;
-    a label constant on these images gets the prior's log odds and no weights."""
+def _fit_label(
+    F: np.ndarray, y: np.ndarray, C: float, max_iter: int, w: np.ndarray | None = None
+) -> tuple[np.ndarray, float]:
+    """One label's logistic regression on standardised features (an image of weight 2
+    counting twice): ``(coef, intercept)``; a label constant on these images gets the
+    prior's log odds and no weights."""
     if y.min() == y.max():
         prior = np.clip(y.mean(), 1e-3, 1 - 1e-3)
         return np.zeros(F.shape[1]), float(np.log(prior / (1 - prior)))
-    clf = LogisticRegression(C=C, max_iter=max_iter).fit(F, y)
+    clf = LogisticRegression(C=C, max_iter=max_iter).fit(F, y, sample_weight=w)
     return clf.coef_[0], float(clf.intercept_[0])
 
 
 def _fit_all(
-    F: np.ndarray, Y: np.ndarray, C: float, max_iter: int
+    F: np.ndarray, Y: np.ndarray, C: float, max_iter: int, w: np.ndarray | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    fitted = [_fit_label(F, Y[:, j], C, max_iter) for j in range(Y.shape[1])]
+    fitted = [_fit_label(F, Y[:, j], C, max_iter, w) for j in range(Y.shape[1])]
     return np.stack([c for c, _ in fitted]), np.array([b for _, b in fitted])
 
 
-def _platt(scores: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+def _platt(scores: np.ndarray, y: np.ndarray, w: np.ndarray | None = None) -> tuple[float, float]:
     """Slope and offset mapping one label's scores to calibrated log odds."""
     if y.min() == y.max():
         return 1.0, 0.0
-    clf = LogisticRegression(C=1e4, max_iter=1000).fit(scores[:, None], y)
+    clf = LogisticRegression(C=1e4, max_iter=1000).fit(scores[:, None], y, sample_weight=w)
     return float(clf.coef_[0, 0]), float(clf.intercept_[0])
 
 
-def _best_threshold(p: np.ndarray, y: np.ndarray, target: str) -> float:
+def _best_threshold(
+    p: np.ndarray, y: np.ndarray, target: str, w: np.ndarray | None = None
+) -> float:
     """The threshold on one label's probabilities that meets ``target`` ("f1", or
-    "precision=x" at the most recall, or "recall=x" at the most precision)."""
-    if y.sum() == 0:
+    "precision=x" at the most recall, or "recall=x" at the most precision), each image
+    counting its weight ``w``."""
+    if w is not None:  # an image of weight 0 is not there
+        p, y, w = p[w > 0], y[w > 0], w[w > 0]
+    w = np.ones(len(y)) if w is None else w
+    if (w * y).sum() == 0:
         return 1.0  # never seen positive: predict it only when certain
     order = np.argsort(-p, kind="stable")
-    ps, ys = p[order], y[order]
-    tp = np.cumsum(ys)
-    k = np.arange(1, len(ys) + 1)
+    ps, ys, ws = p[order], y[order], w[order]
+    tp = np.cumsum(ws * ys)
+    k = np.cumsum(ws)
+    positives = tp[-1]
     last = np.r_[ps[1:] != ps[:-1], True]  # thresholds between distinct values only
-    precision, recall = tp / k, tp / ys.sum()
+    precision = np.divide(tp, k, out=np.zeros(len(k)), where=k > 0)
+    recall = tp / positives
     if target == "f1":
-        score = np.where(last, 2 * tp / (k + ys.sum()), -1.0)
+        score = np.where(last, 2 * tp / (k + positives), -1.0)
     else:
         what, value = target.split("=")
         goal = float(value)
@@ -196,9 +207,17 @@ def _best_threshold(p: np.ndarray, y: np.ndarray, target: str) -> float:
     return float((ps[i] + below) / 2)
 
 
-def choose_thresholds(P: np.ndarray, Y: np.ndarray, target: str = "f1") -> np.ndarray:
+def _part(w: np.ndarray | None, rows: Any) -> np.ndarray | None:
+    return None if w is None else w[rows]
+
+
+def choose_thresholds(
+    P: np.ndarray, Y: np.ndarray, target: str = "f1", sample_weight: np.ndarray | None = None
+) -> np.ndarray:
     """One threshold per label on held-out probabilities ``P`` for targets ``Y``."""
-    return np.array([_best_threshold(P[:, j], Y[:, j], target) for j in range(Y.shape[1])])
+    return np.array(
+        [_best_threshold(P[:, j], Y[:, j], target, sample_weight) for j in range(Y.shape[1])]
+    )
 
 
 class MultiLabelProbe(ForwardsFeatureParams, ClassifierMixin, BaseEstimator):
@@ -310,23 +329,30 @@ class MultiLabelProbe(ForwardsFeatureParams, ClassifierMixin, BaseEstimator):
         params = PretrainedFeatures().get_params()
         return PretrainedFeatures(**{k: getattr(self, k) for k in params})
 
-    def fit(self, X: object, Y: object) -> MultiLabelProbe:
+    def fit(self, X: object, Y: object, sample_weight: object = None) -> MultiLabelProbe:
         """Compute features, choose ``C`` by cross-validation, calibrate each label and
-        choose its threshold on the out-of-fold probabilities, refit on everything."""
+        choose its threshold on the out-of-fold probabilities, refit on everything.
+        ``sample_weight``: an image of weight 2 counts as that image twice in every one
+        of these steps; one of weight 0 is left out."""
         self._validate_params()
-        classes, M = check_multilabel(Y, len(check_images(X)))
+        n = len(check_images(X))
+        classes, M = check_multilabel(Y, n)
+        w = check_sample_weight(sample_weight, n)
         features = self._make_features().fit(X)
         F, self.skipped_ = features.extract(X)
-        ok = ~np.isnan(F).any(axis=1)
+        ok = ~np.isnan(F).any(axis=1) & (True if w is None else w > 0)
         if ok.sum() < self.cv:
-            raise DataError(f"{int(ok.sum())} readable images; cv={self.cv} needs at least that")
+            what = "readable images" if w is None else "readable images of weight above 0"
+            raise DataError(f"{int(ok.sum())} {what}; cv={self.cv} needs at least that")
         with one_blas_thread():
-            self._fit_head(F[ok], M[ok], np.flatnonzero(ok), len(F))
+            self._fit_head(F[ok], M[ok], np.flatnonzero(ok), len(F), None if w is None else w[ok])
         self.classes_, self.features_, self.n_features_in_ = classes, features, F.shape[1]
         return self
 
-    def _fit_head(self, F: np.ndarray, M: np.ndarray, rows: np.ndarray, n: int) -> None:
-        scaler = StandardScaler().fit(F)
+    def _fit_head(
+        self, F: np.ndarray, M: np.ndarray, rows: np.ndarray, n: int, w: np.ndarray | None
+    ) -> None:
+        scaler = StandardScaler().fit(F, sample_weight=w)
         Z = scaler.transform(F)
         folds = list(KFold(self.cv, shuffle=True, random_state=self.random_state).split(Z))
         Cs = MULTILABEL_CS if self.Cs is None else tuple(float(c) for c in self.Cs)
@@ -334,9 +360,9 @@ class MultiLabelProbe(ForwardsFeatureParams, ClassifierMixin, BaseEstimator):
         for C in Cs:
             scores = np.empty(M.shape, np.float64)
             for train, test in folds:
-                coef, b = _fit_all(Z[train], M[train], C, self.max_iter)
+                coef, b = _fit_all(Z[train], M[train], C, self.max_iter, _part(w, train))
                 scores[test] = Z[test] @ coef.T + b
-            loss = float(np.mean([_log_loss(_sigmoid(scores[:, j]), M[:, j])
+            loss = float(np.mean([_log_loss(_sigmoid(scores[:, j]), M[:, j], w)
                                   for j in range(M.shape[1])]))  # fmt: skip
             results.append({"C": C, "mean_log_loss": loss})
             if best is None or loss < best[0]:
@@ -345,16 +371,16 @@ class MultiLabelProbe(ForwardsFeatureParams, ClassifierMixin, BaseEstimator):
         _, self.C_, oof = best
         self.cv_results_ = {"C": [r["C"] for r in results],
                             "mean_log_loss": [r["mean_log_loss"] for r in results]}  # fmt: skip
-        platt = [_platt(oof[:, j], M[:, j]) for j in range(M.shape[1])]
+        platt = [_platt(oof[:, j], M[:, j], w) for j in range(M.shape[1])]
         self.calibration_slope_ = np.array([a for a, _ in platt])
         self.calibration_offset_ = np.array([c for _, c in platt])
         oof_p = _sigmoid(oof * self.calibration_slope_ + self.calibration_offset_)
-        self.thresholds_ = choose_thresholds(oof_p, M, self.threshold_for)
+        self.thresholds_ = choose_thresholds(oof_p, M, self.threshold_for, w)
         self.scaler_ = scaler
-        self.coef_, self.intercept_ = _fit_all(Z, M, self.C_, self.max_iter)
+        self.coef_, self.intercept_ = _fit_all(Z, M, self.C_, self.max_iter, w)
         self.oof_proba_ = np.full((n, M.shape[1]), np.nan)
         self.oof_proba_[rows] = oof_p
-        proba, labels = self._crossfit(oof, M)
+        proba, labels = self._crossfit(oof, M, w)
         self.heldout_proba_ = np.full((n, M.shape[1]), np.nan)
         self.heldout_proba_[rows] = proba
         self.heldout_labels_ = np.full((n, M.shape[1]), -1, np.int8)
@@ -364,19 +390,22 @@ class MultiLabelProbe(ForwardsFeatureParams, ClassifierMixin, BaseEstimator):
             "each label's calibration and threshold cross-fitted between two halves)"
         )
 
-    def _crossfit(self, scores: np.ndarray, M: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _crossfit(
+        self, scores: np.ndarray, M: np.ndarray, w: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Held-out probabilities and predicted labels: each half of the images calibrated,
         and thresholded, by what the other half's out-of-fold scores chose."""
         half = np.random.default_rng(self.random_state).permutation(len(M)) % 2 == 0
         proba, labels = np.empty(M.shape), np.zeros(M.shape, np.int8)
         for part in (half, ~half):
             other = ~part
+            wo = _part(w, other)
             for j in range(M.shape[1]):
-                a, c = _platt(scores[other, j], M[other, j]) if other.any() else (1.0, 0.0)
+                a, c = _platt(scores[other, j], M[other, j], wo) if other.any() else (1.0, 0.0)
                 proba[part, j] = _sigmoid(a * scores[part, j] + c)
                 chosen = (
                     _best_threshold(
-                        _sigmoid(a * scores[other, j] + c), M[other, j], self.threshold_for
+                        _sigmoid(a * scores[other, j] + c), M[other, j], self.threshold_for, wo
                     )  # fmt: skip
                     if other.any()
                     else 0.5
@@ -406,11 +435,16 @@ class MultiLabelProbe(ForwardsFeatureParams, ClassifierMixin, BaseEstimator):
         return (self.predict_proba(X) >= self.thresholds_).astype(np.int8)
 
     def score(self, X: object, Y: object, sample_weight: object = None) -> float:
-        """Macro-averaged F1 of :meth:`predict` against ``Y``."""
+        """Macro-averaged F1 of :meth:`predict` against ``Y`` (weighted by
+        ``sample_weight``)."""
         from sklearn.metrics import f1_score
 
-        _, M = check_multilabel(Y, len(check_images(X)), self.classes_)
-        return float(f1_score(M, self.predict(X), average="macro", zero_division=0))
+        n = len(check_images(X))
+        _, M = check_multilabel(Y, n, self.classes_)
+        w = check_sample_weight(sample_weight, n)
+        return float(
+            f1_score(M, self.predict(X), average="macro", zero_division=0, sample_weight=w)
+        )
 
     def __sklearn_tags__(self) -> Any:
         tags = super().__sklearn_tags__()

@@ -17,7 +17,15 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.validation import check_is_fitted
 
-from tlearn._validation import Interval, Options, Predicate, check_labels, validate_params
+from tlearn._validation import (
+    Interval,
+    Options,
+    Predicate,
+    check_labels,
+    check_sample_weight,
+    encode_class_weight,
+    validate_params,
+)
 from tlearn.backbones import DEFAULT_BACKBONE
 from tlearn.calibration import (
     crossfit_softmax,
@@ -48,9 +56,6 @@ DEFAULT_CS = tuple(float(c) for c in np.logspace(-4, 2, 13))
 HOLDOUT_ABOVE = 20_000
 #: C is searched on a stratified sample of at most this many images.
 SEARCH_SAMPLES = 5_000
-#: The largest sample weight taken: weights are relative, and larger ones overflow the
-#: scaler's weighted variance.
-MAX_SAMPLE_WEIGHT = 1e12
 #: Folds of nested cross-validation's inner search (each outer fold's C): 3 folds cost
 #: half of 5 and choose the same C but for noise (measured in benchmarks/honest.py).
 INNER_FOLDS = 3
@@ -709,7 +714,7 @@ class LinearProbe(ForwardsFeatureParams, ScoresNamedTargets, BaseEstimator):
             max_iter=self.max_iter,
             calibrate=self.calibrate,
             random_state=self.random_state,
-            class_weight=_encoded_weights(self.class_weight, classes),
+            class_weight=encode_class_weight(self.class_weight, classes),
             sample_weight=None if w is None else _weighing(w[ok], "the readable images"),
         )
         self.classes_, self.features_ = classes, features
@@ -759,49 +764,6 @@ class LinearProbe(ForwardsFeatureParams, ScoresNamedTargets, BaseEstimator):
         tags = super().__sklearn_tags__()
         tags.input_tags.two_d_array = False
         return tags
-
-
-def check_sample_weight(sample_weight: object, n: int) -> np.ndarray | None:
-    """``sample_weight`` as float64, one finite non-negative number per image and not all
-    zero; ``None`` stays ``None``."""
-    if sample_weight is None:
-        return None
-    try:
-        w = np.asarray(sample_weight, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise DataError("sample_weight must hold numbers, one per image") from None
-    if w.ndim == 2 and w.shape[1] == 1:
-        w = w[:, 0]
-    if w.ndim != 1 or len(w) != n:
-        raise DataError(f"sample_weight has shape {w.shape} for {n} images: give one per image")
-    finite = np.isfinite(w)
-    if not finite.all() or (w < 0).any() or not w.sum() > 0 or w.max() > MAX_SAMPLE_WEIGHT:
-        low = float(w[finite].min()) if finite.any() else None
-        high = float(w[finite].max()) if finite.any() else None
-        raise DataError(
-            f"sample_weight must hold finite numbers from 0 to {MAX_SAMPLE_WEIGHT:g}, not all 0 "
-            f"(got {low} to {high}, {int((~finite).sum())} not finite)"
-        )
-    return w
-
-
-def _encoded_weights(class_weight: Any, classes: np.ndarray) -> Any:
-    """``class_weight`` for the classifier, which is trained on class indices: a dict of
-    class labels becomes one of indices (a label not among the classes is an error)."""
-    if not isinstance(class_weight, dict):
-        return class_weight
-    index = {str(c): i for i, c in enumerate(classes)}  # a file's JSON keys are text
-    index.update({c.item() if hasattr(c, "item") else c: i for i, c in enumerate(classes)})
-    unknown = [k for k in class_weight if k not in index]
-    if unknown:
-        raise DataError(
-            f"class_weight names {unknown[:5]}, which are not classes of y "
-            f"({[str(c) for c in classes[:10]]})"
-        )
-    bad = [k for k, w in class_weight.items() if not (isinstance(w, (int, float)) and w > 0)]
-    if bad:
-        raise DataError(f"class_weight of {bad[:5]} must be a positive number")
-    return {index[k]: float(w) for k, w in class_weight.items()}
 
 
 def _warn_left_out(skipped: list[tuple[int, str, str]], y_kept: np.ndarray, n_classes: int) -> None:

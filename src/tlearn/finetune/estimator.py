@@ -4,6 +4,7 @@ scikit-learn classifier over image paths or uint8 arrays."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import replace
 from numbers import Integral, Real
@@ -17,7 +18,15 @@ from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.validation import check_is_fitted
 
 from tlearn._log import ensure_handler
-from tlearn._validation import Interval, Options, check_labels, validate_params
+from tlearn._validation import (
+    Interval,
+    Options,
+    Predicate,
+    check_labels,
+    check_sample_weight,
+    encode_class_weight,
+    validate_params,
+)
 from tlearn.backbones import Backbone, load_backbone, state_dict_sha256
 from tlearn.backbones.policy import DEFAULT_BACKBONE, SMALL_IMAGES, SMALL_INPUT
 from tlearn.calibration import expected_calibration_error, fit_temperature, softmax
@@ -48,6 +57,45 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 def _subset(X: ImageInput, idx: np.ndarray) -> ImageInput:
     return X[idx] if isinstance(X, np.ndarray) else [X[i] for i in idx]
+
+
+def _need_images(y: np.ndarray, classes: np.ndarray) -> None:
+    """Every class keeps an image of weight above 0."""
+    missing = [str(c) for c in classes[np.bincount(y, minlength=len(classes)) == 0]]
+    if missing:
+        raise DataError(
+            f"every image of class(es) {missing[:10]} has sample_weight 0 (or cannot be "
+            "read): give them a weight above 0, or leave the class out"
+        )
+
+
+def _split_weights(
+    sw: np.ndarray | None, keep: np.ndarray, rows_v: np.ndarray | None
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The training and validation images' sample weights (``keep``: the images used;
+    ``rows_v``: the validation split's positions among them, ``None`` without a split)."""
+    if sw is None:
+        return None, None
+    w = sw[keep]
+    if rows_v is None:
+        return w, None
+    train = np.ones(len(w), bool)
+    train[rows_v] = False
+    return w[train], w[rows_v]
+
+
+def _training_weights(
+    w: np.ndarray | None, y: np.ndarray, class_weights: list[float] | None
+) -> np.ndarray | None:
+    """Per training image, its sample weight times its class's weight, scaled to mean 1
+    (then a batch's loss is the mean of its weighted losses and the learning rate means
+    what it means unweighted); ``None`` without sample weights (the class weights, if any,
+    weigh the loss as PyTorch's ``weight=`` does)."""
+    if w is None:
+        return None
+    if class_weights is not None:
+        w = w * np.asarray(class_weights)[y]
+    return (w / w.mean()).astype(np.float32)
 
 
 class FineTuneClassifier(ForwardsFeatureParams, ScoresNamedTargets, BaseEstimator):
@@ -84,8 +132,9 @@ class FineTuneClassifier(ForwardsFeatureParams, ScoresNamedTargets, BaseEstimato
         Linear warm-up, in epochs.
     label_smoothing : float, default=0.1
         Label smoothing of the cross-entropy loss.
-    class_weight : None or "balanced"
-        Weigh the loss by inverse class frequency.
+    class_weight : "balanced", dict or None, default=None
+        Weigh each class's loss: ``"balanced"`` by inverse class frequency, a dict of
+        class -> weight as given (a class not named weighs 1).
     augmentation : {"flip_crop", "flip", "none", "trivialaugment", "randaugment"}
         Training-time augmentation. Random crops (``flip_crop`` and the policies on top of
         it) take the input size out of the image resized to ``input_size / crop_pct``; a
@@ -164,7 +213,7 @@ class FineTuneClassifier(ForwardsFeatureParams, ScoresNamedTargets, BaseEstimato
         schedule: str = "cosine",
         warmup_epochs: float = 0.5,
         label_smoothing: float = 0.1,
-        class_weight: str | None = None,
+        class_weight: str | dict[Any, float] | None = None,
         augmentation: str = "flip_crop",
         image_size: int | None = None,
         crop: str = "auto",
@@ -227,7 +276,11 @@ class FineTuneClassifier(ForwardsFeatureParams, ScoresNamedTargets, BaseEstimato
         "schedule": [Options(("cosine", "constant"))],
         "warmup_epochs": [Interval(Real, 0.0, 10_000)],
         "label_smoothing": [Interval(Real, 0.0, 0.99)],
-        "class_weight": [Options((None, "balanced"))],
+        "class_weight": [
+            Options({"balanced"}),
+            Predicate(lambda v: isinstance(v, dict), "a dict of class -> weight"),
+            None,
+        ],
         "augmentation": [Options(AUGMENTATIONS)],
         "image_size": [Interval(Integral, 8, 4096), None],
         "crop": [Options(("auto", "center"))],
@@ -294,18 +347,23 @@ class FineTuneClassifier(ForwardsFeatureParams, ScoresNamedTargets, BaseEstimato
         self,
         X: object,
         y: object,
+        sample_weight: object = None,
         *,
         X_val: object = None,
         y_val: object = None,
         resume: bool = False,
     ) -> FineTuneClassifier:
-        """Train. ``X_val``/``y_val`` replace the automatic validation split; ``resume``
-        continues from ``checkpoint_dir``'s last complete epoch."""
+        """Train. ``sample_weight`` weighs each image's loss (with ``class_weight``'s, if
+        any), and the validation accuracy and loss that choose the epoch; an image of
+        weight 0 is left out. ``X_val``/``y_val`` replace the automatic validation split
+        (their images weigh the same); ``resume`` continues from ``checkpoint_dir``'s last
+        complete epoch."""
         self._validate_params()
         if self.verbose:
             ensure_handler()
         images = check_images(X)
         classes, y_enc = check_labels(y, len(images))
+        sw = check_sample_weight(sample_weight, len(images))
         device, info = self._device()
         torch.manual_seed(self.random_state)
         bb = load_backbone(self.backbone, self.weights)
@@ -315,6 +373,9 @@ class FineTuneClassifier(ForwardsFeatureParams, ScoresNamedTargets, BaseEstimato
         pre_eval = effective_preprocessing(bb, self.image_size_, self.crop)
         self._check_size(bb, pre_eval.input_size)
         keep, self.skipped_ = self._check_images_readable(images, pre_eval)
+        if sw is not None:
+            keep = keep[sw[keep] > 0]  # weight 0: as if the image were not given
+            _need_images(y_enc[keep], classes)
         X_tr, y_tr, X_v, y_v, rows_v = self._split(
             _subset(images, keep), y_enc[keep], classes, X_val, y_val
         )
@@ -322,22 +383,30 @@ class FineTuneClassifier(ForwardsFeatureParams, ScoresNamedTargets, BaseEstimato
         net = Classifier(bb.model, bb.n_features, len(classes)).to(device)
         if self.channels_last:
             net = net.to(memory_format=torch.channels_last)
+        w_tr, w_v = _split_weights(sw, keep, rows_v)
         cfg = self._loop_config(
-            device, y_tr, classes, self._fingerprint(bb, classes, pre_eval, len(y_tr))
+            device, y_tr, classes, self._fingerprint(bb, classes, pre_eval, len(y_tr), w_tr)
         )
         if cfg.checkpoint_dir and info.is_main:
             os.makedirs(cfg.checkpoint_dir, exist_ok=True)
-        data = LoopData(X_tr, y_tr, X_v, y_v, self._train_preprocessing(pre_eval), pre_eval)
+        data = LoopData(X_tr, y_tr, X_v, y_v, self._train_preprocessing(pre_eval), pre_eval,
+                        _training_weights(w_tr, y_tr, cfg.class_weights), w_v)  # fmt: skip
         state = fit_loop(net, data, cfg, info, device, default_callbacks(cfg, info, device, resume))
         self._finish(bb, net, classes, state, X_tr)
         self._calibrate(X_v, y_v)
         self.validation_ = None if X_v is None or y_v is None else (X_v, classes[y_v])
-        rows = None if rows_v is None else keep[rows_v]  # keep: the readable rows' indices
-        self._held_out(state, len(images), y_v, rows, len(X_tr))
+        rows = None if rows_v is None else keep[rows_v]  # keep: the used rows' indices
+        self._held_out(state, len(images), y_v, rows, len(X_tr), w_v)
         return self
 
     def _held_out(
-        self, state: Any, n: int, y_v: np.ndarray | None, rows: np.ndarray | None, n_tr: int
+        self,
+        state: Any,
+        n: int,
+        y_v: np.ndarray | None,
+        rows: np.ndarray | None,
+        n_tr: int,
+        w_v: np.ndarray | None = None,
     ) -> None:
         """``heldout_proba_`` over the images given to ``fit`` (NaN but the validation
         split's rows): each half of the split scored by the epoch the other half chose
@@ -355,7 +424,9 @@ class FineTuneClassifier(ForwardsFeatureParams, ScoresNamedTargets, BaseEstimato
             self.heldout_proba_[rows] = softmax(logits, self.temperature_)
             self.heldout_method_ = f"{size} that also chose the epoch (a resumed run)"
             return
-        self.heldout_proba_[rows], _ = crossfit_epochs(state.val_logits, y_v, self.random_state)
+        self.heldout_proba_[rows], _ = crossfit_epochs(
+            state.val_logits, y_v, self.random_state, w_v
+        )
         self.heldout_method_ = (
             f"{size}, each half judged at the epoch the other half chose (cross-fitted)"
         )
@@ -405,11 +476,13 @@ class FineTuneClassifier(ForwardsFeatureParams, ScoresNamedTargets, BaseEstimato
         classes: np.ndarray,
         fingerprint: dict[str, Any],
     ) -> LoopConfig:
-        weights = (
-            compute_class_weight("balanced", classes=np.arange(len(classes)), y=y_tr).tolist()
-            if self.class_weight == "balanced"
-            else None
-        )
+        weights = None
+        if self.class_weight == "balanced":
+            indices = np.arange(len(classes))
+            weights = compute_class_weight("balanced", classes=indices, y=y_tr).tolist()
+        elif isinstance(self.class_weight, dict):  # a class not named weighs 1
+            given = encode_class_weight(self.class_weight, classes)
+            weights = [given.get(i, 1.0) for i in range(len(classes))]
         self.epochs_ = self.epochs or int(np.clip(round(30_000 / max(1, len(y_tr))), 3, 15))
         if self.epochs is None and (self.head_epochs >= self.epochs_):
             raise InvalidParameterError(
@@ -469,7 +542,12 @@ class FineTuneClassifier(ForwardsFeatureParams, ScoresNamedTargets, BaseEstimato
         return _subset(X, idx_tr), y[idx_tr], _subset(X, idx_v), y[idx_v], idx_v
 
     def _fingerprint(
-        self, bb: Backbone, classes: np.ndarray, pre: Preprocessing, n_train: int
+        self,
+        bb: Backbone,
+        classes: np.ndarray,
+        pre: Preprocessing,
+        n_train: int,
+        weights: np.ndarray | None = None,
     ) -> dict[str, Any]:
         params = {
             k: v
@@ -486,7 +564,7 @@ class FineTuneClassifier(ForwardsFeatureParams, ScoresNamedTargets, BaseEstimato
             )
         }
         params["weights"] = None if params["weights"] is None else str(params["weights"])
-        return {
+        found = {
             "architecture": bb.architecture,
             "weights_sha256": bb.weights_sha256,
             "classes": [str(c) for c in classes],
@@ -494,6 +572,10 @@ class FineTuneClassifier(ForwardsFeatureParams, ScoresNamedTargets, BaseEstimato
             "n_train": int(n_train),
             "params": params,
         }
+        if weights is not None:  # resumed with other sample weights, it is another run
+            digest = hashlib.sha256(np.ascontiguousarray(weights, np.float64).tobytes())
+            found["sample_weight_sha256"] = digest.hexdigest()
+        return found
 
     def _finish(
         self, bb: Backbone, net: Classifier, classes: np.ndarray, state: Any, X: ImageInput
@@ -569,12 +651,16 @@ class FineTuneClassifier(ForwardsFeatureParams, ScoresNamedTargets, BaseEstimato
 
 
 def refit_on_all(
-    model: FineTuneClassifier, X: ImageInput, y: Any, say: Any = lambda line: None
+    model: FineTuneClassifier,
+    X: ImageInput,
+    y: Any,
+    say: Any = lambda line: None,
+    sample_weight: Any = None,
 ) -> FineTuneClassifier:
-    """The fine-tuned ``model`` trained again on every image, for its best number of
-    epochs, keeping the temperature of the validation run (the refit of
-    :class:`tlearn.models.ModelKind`). A model trained without a validation split already
-    saw every image and is returned as it is."""
+    """The fine-tuned ``model`` trained again on every image (weighing ``sample_weight``),
+    for its best number of epochs, keeping the temperature of the validation run (the
+    refit of :class:`tlearn.models.ModelKind`). A model trained without a validation split
+    already saw every image and is returned as it is."""
     import warnings
 
     from sklearn.base import clone
@@ -588,6 +674,6 @@ def refit_on_all(
         final.set_params(head_epochs=epochs)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # bad files are listed by the caller
-        final.fit(X, y)
+        final.fit(X, y, sample_weight)
     final.temperature_, final.calibration_ = model.temperature_, model.calibration_
     return final

@@ -17,26 +17,34 @@ from tlearn.calibration import crossfit_softmax
 __all__ = ["crossfit_epochs"]
 
 
-def _key(logits: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    """(accuracy, -mean cross-entropy) of ``logits`` for labels ``y``."""
+def _key(logits: np.ndarray, y: np.ndarray, w: np.ndarray) -> tuple[float, float]:
+    """(accuracy, -mean cross-entropy) of ``logits`` for labels ``y``, weighted by ``w``."""
     z = logits.astype(np.float64)
     z = z - z.max(axis=1, keepdims=True)
     log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
-    return float((z.argmax(1) == y).mean()), float(log_p[np.arange(len(y)), y].mean())
+    right = z.argmax(1) == y
+    return float(np.average(right, weights=w)), float(
+        np.average(log_p[np.arange(len(y)), y], weights=w)
+    )
 
 
 def crossfit_epochs(
-    val_logits: list[np.ndarray], y: np.ndarray, random_state: int | None = 0
+    val_logits: list[np.ndarray],
+    y: np.ndarray,
+    random_state: int | None = 0,
+    sample_weight: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Honest probabilities of the validation images ``(n_val, n_classes)`` from the
-    logits of every epoch, and the epoch (1-based) that scored each image."""
+    logits of every epoch, and the epoch (1-based) that scored each image; each half's
+    epoch chosen by the other half's accuracy and loss weighted by ``sample_weight``."""
     y = np.asarray(y, dtype=np.int64)
+    w = np.ones(len(y)) if sample_weight is None else np.asarray(sample_weight, np.float64)
     half = np.arange(len(y)) % 2 == 0
     logits = np.empty_like(val_logits[0], dtype=np.float64)
     epoch = np.zeros(len(y), np.int64)
     for part in (half, ~half):
-        chooser = ~part if (~part).any() else part
-        keys = [_key(z[chooser], y[chooser]) for z in val_logits]
+        chooser = ~part if (~part).any() and w[~part].sum() > 0 else part
+        keys = [_key(z[chooser], y[chooser], w[chooser]) for z in val_logits]
         best = max(range(len(keys)), key=lambda e: (keys[e], -e))
         logits[part], epoch[part] = val_logits[best][part], best + 1
     return crossfit_softmax(logits, y, random_state), epoch

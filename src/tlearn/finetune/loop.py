@@ -92,7 +92,9 @@ class LoopConfig:
 @dataclass
 class LoopData:
     """What the loop trains on: images and integer labels, and the two preprocessings
-    (training images are decoded larger for random crops)."""
+    (training images are decoded larger for random crops); per-image weights of the
+    training images (``w``: mean 1, the class weights folded in) and of the validation
+    images (``w_val``), or ``None`` for equal weights."""
 
     X: ImageInput
     y: np.ndarray
@@ -100,6 +102,8 @@ class LoopData:
     y_val: np.ndarray | None
     pre_train: Preprocessing
     pre_eval: Preprocessing
+    w: np.ndarray | None = None
+    w_val: np.ndarray | None = None
 
 
 @dataclass
@@ -130,15 +134,27 @@ def train_step(
     cfg: LoopConfig,
     weight: torch.Tensor | None,
     scaler: Any,
+    sample_weight: torch.Tensor | None = None,
 ) -> float:
-    """One optimisation step; returns the batch's loss."""
+    """One optimisation step; returns the batch's loss. ``sample_weight`` (per image, mean
+    1 over the training set, class weights folded in) replaces ``weight`` (per class): the
+    batch's loss is then the mean of the weighted losses, so a batch of light images
+    moves the weights less."""
     with torch.autocast(
         x.device.type,
         dtype=cfg.autocast_dtype or torch.float32,
         enabled=cfg.autocast_dtype is not None,
     ):
         logits = net(x)
-    loss = F.cross_entropy(logits.float(), y, weight=weight, label_smoothing=cfg.label_smoothing)
+    if sample_weight is None:
+        loss = F.cross_entropy(
+            logits.float(), y, weight=weight, label_smoothing=cfg.label_smoothing
+        )
+    else:
+        each = F.cross_entropy(
+            logits.float(), y, reduction="none", label_smoothing=cfg.label_smoothing
+        )
+        loss = (each * sample_weight).mean()
     optimizer.zero_grad(set_to_none=True)
     if scaler is not None:
         scaler.scale(loss).backward()
@@ -168,9 +184,12 @@ def _step_safely(
     cfg: LoopConfig,
     weight: torch.Tensor | None,
     scaler: Any,
+    sample_weight: torch.Tensor | None = None,
 ) -> float:
     try:
-        return train_step(state.model, state.optimizer, x, target, cfg, weight, scaler)
+        return train_step(
+            state.model, state.optimizer, x, target, cfg, weight, scaler, sample_weight
+        )
     except torch.OutOfMemoryError as e:
         raise _oom(e, cfg.batch_size) from None
     except RuntimeError as e:
@@ -205,8 +224,10 @@ def run_epoch(
         images = torch.from_numpy(batch.images).permute(0, 3, 1, 2)
         crops = augment_batch(images, cfg.augmentation, data.pre_eval.input_size)
         x = normalise_torch(crops.to(device), data.pre_eval, cfg.channels_last)
-        target = torch.from_numpy(data.y[shard[batch.indices]]).to(device)
-        losses.append(_step_safely(state, x, target, cfg, weight, state.scaler))
+        rows = shard[batch.indices]
+        target = torch.from_numpy(data.y[rows]).to(device)
+        w = None if data.w is None else torch.from_numpy(data.w[rows]).float().to(device)
+        losses.append(_step_safely(state, x, target, cfg, weight, state.scaler, w))
         state.step += 1
         seen += len(batch.indices)
     total_loss, total_n = all_reduce_sum([float(np.sum(losses)), float(len(losses))], info)
@@ -222,13 +243,15 @@ def validate(
     info: DistInfo,
     pre_eval: Preprocessing,
     device: torch.device,
+    w: np.ndarray | None = None,
 ) -> tuple[float, float, np.ndarray]:
     """(mean cross-entropy, accuracy, logits) on the validation images, summed over
-    processes; the logits ``(n_val, n_classes)`` let the caller choose an epoch on some of
-    the images and judge it on the others."""
+    processes (means weighted by ``w``, when given); the logits ``(n_val, n_classes)``
+    let the caller choose an epoch on some of the images and judge it on the others."""
     net.eval()
     idx = np.arange(len(y))[info.rank :: info.world_size]
     X_part = X[idx] if isinstance(X, np.ndarray) else [X[i] for i in idx]
+    w = np.ones(len(y)) if w is None else np.asarray(w, dtype=np.float64)
     loss_sum, correct = 0.0, 0.0
     all_logits = np.zeros((len(y), net.head.out_features), np.float32)
     for batch in iter_batches(X_part, pre_eval, max(1, cfg.batch_size), n_workers=cfg.n_workers):
@@ -241,11 +264,13 @@ def validate(
         ):
             logits = net(x).float()
         target = torch.from_numpy(y[idx[batch.indices]]).to(x.device)
-        loss_sum += float(F.cross_entropy(logits, target, reduction="sum"))
-        correct += float((logits.argmax(1) == target).sum())
+        each = torch.from_numpy(w[idx[batch.indices]]).to(x.device)
+        loss_sum += float((F.cross_entropy(logits, target, reduction="none") * each).sum())
+        correct += float(((logits.argmax(1) == target) * each).sum())
         all_logits[idx[batch.indices]] = logits.cpu().numpy()
-    loss_sum, correct, n = all_reduce_sum([loss_sum, correct, float(len(idx))], info)
-    return loss_sum / max(1.0, n), correct / max(1.0, n), all_reduce_array(all_logits, info)
+    loss_sum, correct, n = all_reduce_sum([loss_sum, correct, float(w[idx].sum())], info)
+    n = n if n > 0 else 1.0
+    return loss_sum / n, correct / n, all_reduce_array(all_logits, info)
 
 
 def notify(callbacks: Sequence[Callback], event: str, state: LoopState) -> None:
@@ -261,7 +286,7 @@ def run_validation(
     if data.X_val is None or data.y_val is None or not len(data.y_val):
         return float("nan"), float("nan")
     loss, accuracy, logits = validate(
-        state.net, data.X_val, data.y_val, cfg, info, data.pre_eval, device
+        state.net, data.X_val, data.y_val, cfg, info, data.pre_eval, device, data.w_val
     )
     state.val_logits.append(logits)
     return loss, accuracy
