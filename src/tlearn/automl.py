@@ -145,7 +145,8 @@ def _held_out(model: Any, y: np.ndarray, weights: np.ndarray) -> tuple[float | N
     correct = _correct(model, y)
     ok = ~np.isnan(correct)
     n = int(ok.sum())
-    return (float(np.average(correct[ok], weights=weights[ok])) if n else None), n
+    weighs = n and weights[ok].sum() > 0
+    return (float(np.average(correct[ok], weights=weights[ok])) if weighs else None), n
 
 
 def class_balancing_weights(y: np.ndarray) -> np.ndarray:
@@ -172,11 +173,15 @@ def fit_auto(
     budget: float | None,
     say: Callable[[str], None],
     balanced: bool = False,
+    sample_weight: np.ndarray | None = None,
 ) -> tuple[Any, list[dict[str, Any]]]:
     """The best model found within ``budget`` seconds, and the leaderboard; ``balanced``:
-    judged by balanced accuracy (imbalanced classes), else by accuracy."""
+    judged by balanced accuracy (imbalanced classes), else by accuracy; each image
+    weighing its ``sample_weight`` too, when given (every candidate is fitted with it)."""
     explicit = budget is not None
     weights = class_balancing_weights(y) if balanced else np.ones(len(y))
+    judged = weights if sample_weight is None else weights * sample_weight
+    weighed = {} if sample_weight is None else {"sample_weight": sample_weight}
     budget = float(budget or DEFAULT_TIME_BUDGET)
     t0 = time.perf_counter()
     small = median_short_side(X) < SMALL_IMAGES
@@ -196,7 +201,7 @@ def fit_auto(
         say(f"auto: {candidate.name} (about {_seconds(cost)}; {_seconds(left)} left)")
         t0 = time.perf_counter()
         try:
-            model = make_estimator(candidate.method, **candidate.params).fit(X, y)
+            model = make_estimator(candidate.method, **candidate.params).fit(X, y, **weighed)
         except DataError as e:  # a later candidate the data cannot take: keep the others
             if not fitted:
                 raise
@@ -204,8 +209,10 @@ def fit_auto(
             rows.append({**_skipped(candidate.name, 0.0, 0.0), "note": f"skipped: {e}"})
             continue
         rows.append(_row(candidate.name, model, y, time.perf_counter() - t0, weights))
+        if sample_weight is not None:  # what the choice was judged by
+            rows[-1]["weighted_accuracy"] = _held_out(model, y, judged)[0]
         fitted.append((model, rows[-1]))
-    return _choose(fitted, y, weights, int(common.get("random_state") or 0)), rows
+    return _choose(fitted, y, judged, int(common.get("random_state") or 0)), rows
 
 
 def _choose(
@@ -243,9 +250,9 @@ def _select(correct: np.ndarray, rows: np.ndarray, weights: np.ndarray) -> int:
     for i in range(1, len(correct)):
         both = rows & ~np.isnan(correct[i]) & ~np.isnan(correct[best])
         w = weights[both]
-        n = float(w.sum() ** 2 / (w**2).sum()) if both.any() else 0
-        if n == 0:
+        if not w.sum() > 0:  # no image both predicted carries weight
             continue
+        n = float(w.sum() ** 2 / (w**2).sum())
         acc = np.average(correct[i][both], weights=w)
         incumbent = np.average(correct[best][both], weights=w)
         margin = math.sqrt(max(acc * (1 - acc), 1e-4) / n)

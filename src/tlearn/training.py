@@ -68,6 +68,15 @@ def load_labelled(
     a CSV of several labels per image (:func:`~tlearn.data.multilabel_sources.is_multilabel_csv`),
     or a folder whose Hugging Face ``metadata.jsonl``/``metadata.csv`` lists them, gives each
     image a tuple of labels (see :func:`is_multilabel`)."""
+    X, y, _ = load_weighted(source, max_per_class, seed)
+    return X, y
+
+
+def load_weighted(
+    source: str | os.PathLike[str], max_per_class: int | None = None, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """:func:`load_labelled`'s ``(paths, labels)`` and the images' sample weights: a CSV's
+    ``weight`` column (:data:`~tlearn.data.sources.WEIGHT_COLUMNS`), else ``None``."""
     from tlearn.data import load_dataset
     from tlearn.data import multilabel_sources as ml
 
@@ -82,7 +91,9 @@ def load_labelled(
         several = ml.load_hf_metadata(metadata)  # Hugging Face's imagefolder, lists of labels
     if several is not None:
         keep = _per_label_sample(several.target, max_per_class, seed)
-        return several.filenames[keep], _label_tuples(several.target[keep], several.target_names)
+        w = several.get("sample_weight")
+        return (several.filenames[keep], _label_tuples(several.target[keep], several.target_names),
+                None if w is None else w[keep])  # fmt: skip
     data = load_dataset(source, max_per_class=max_per_class, random_state=seed)
     if data.target is None:
         raise DataError(
@@ -90,7 +101,7 @@ def load_labelled(
             "label column"
         )
     names = np.asarray(data.target_names, dtype=object)
-    return np.asarray(data.filenames, dtype=object), names[data.target]
+    return np.asarray(data.filenames, dtype=object), names[data.target], data.get("sample_weight")
 
 
 def _label_tuples(M: np.ndarray, names: list[Any]) -> np.ndarray:
@@ -197,10 +208,13 @@ def _held_out_multilabel(
     return report, {**evaluation, **{k: figures[k] for k in _MULTILABEL_FIGURES}}
 
 
-def _fit(model: Any, X: np.ndarray, y: np.ndarray, resume: bool = False) -> Any:
+def _fit(
+    model: Any, X: np.ndarray, y: np.ndarray, resume: bool = False, w: np.ndarray | None = None
+) -> Any:
+    weighed = {} if w is None else {"sample_weight": w}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # bad files are listed by the caller
-        return model.fit(X, y, resume=True) if resume else model.fit(X, y)
+        return model.fit(X, y, resume=True, **weighed) if resume else model.fit(X, y, **weighed)
 
 
 @dataclass
@@ -255,17 +269,21 @@ def train(data: str | os.PathLike[str], **options: Any) -> TrainResult:
         make_estimator("lp-ft", **req.common, **req.params)
     if req.resume and "strategy" not in model.get_params():
         raise DataError("resume continues an interrupted fine-tuning run; the probe has none")
-    X, y = load_labelled(req.data, req.max_per_class, req.seed)
+    X, y, w = load_weighted(req.data, req.max_per_class, req.seed)
     _check_task_params(req.params, is_multilabel(y))
     if is_multilabel(y):  # several labels per image: the multi-label probe
         model = make_estimator(req.method, multilabel=True, **req.common, **req.params)
-    split = _split(X, y, req.test, req.test_size, req.test_max_per_class, req.seed)
+    split, w_fit = _split(X, y, req.test, req.test_size, req.test_max_per_class, req.seed, w)
     balanced = _balance(req, split[1])
     if balanced:
         model = make_estimator(req.method, **req.common, **req.params)
     req.say(_plan(model, req.method, y, split, req.test, "backbone" in req.params))
+    if w is not None:
+        req.say(_weights_line(w))
     with _feature_cache(req, model) as temporary:
-        model, report, evaluation, leaderboard = _fit_and_evaluate(req, model, X, y, split)
+        model, report, evaluation, leaderboard = _fit_and_evaluate(
+            req, model, (X, y, w), split, w_fit
+        )
         if temporary and "cache_dir" in model.get_params():  # the model made (a refit,
             model.set_params(cache_dir=None)  # auto's winner) must not keep the folder
     if os.environ.get("RANK", "0") != "0":  # torchrun: only the main process goes on
@@ -297,24 +315,43 @@ def _feature_cache(req: TrainRequest, model: Any) -> Iterator[bool]:
 
 
 def _fit_and_evaluate(
-    req: TrainRequest, model: Any, X: np.ndarray, y: np.ndarray, split: Any
+    req: TrainRequest,
+    model: Any,
+    data: tuple[np.ndarray, np.ndarray, np.ndarray | None],
+    split: Any,
+    w_fit: np.ndarray | None,
 ) -> tuple[Any, Any, dict[str, Any], list[dict[str, Any]]]:
+    """Fit on ``split``'s first part (weighing ``w_fit``), evaluate, and refit on every
+    image of ``data`` ``(X, y, sample weights)`` when nothing else tests it."""
+    X, y, w = data
     leaderboard: list[dict[str, Any]] = []
     if req.method == "auto" and not is_multilabel(y):
         from tlearn.automl import fit_auto
 
         balanced = req.params.get("class_weight") == "balanced"
         model, leaderboard = fit_auto(
-            split[0], split[1], req.common, req.params, req.time_budget, req.say, balanced
-        )
+            split[0], split[1], req.common, req.params, req.time_budget, req.say, balanced,
+            sample_weight=w_fit,
+        )  # fmt: skip
     else:
-        model = _fit(model, split[0], split[1], req.resume)
+        model = _fit(model, split[0], split[1], req.resume, w_fit)
     if os.environ.get("RANK", "0") != "0":
         return model, None, {}, leaderboard
     report, evaluation = _evaluate(model, split, req.test, req.test_size)
+    if w_fit is not None:
+        evaluation["sample_weight"] = "fitted weighing the CSV's weight column; figures per image"
     if req.refit and req.test is None:
-        model = _refit(model, X, y, req.test_size, req.say)
+        model = _refit(model, X, y, req.test_size, req.say, w)
     return model, report, evaluation, leaderboard
+
+
+def _weights_line(w: np.ndarray) -> str:
+    zero = int((w == 0).sum())
+    left = f"; {zero} of weight 0 left out" if zero else ""
+    return (
+        f"sample weights from the CSV's weight column: {w.min():g} to {w.max():g}{left} "
+        "(they weigh the fit and its choices; the figures reported count each image once)"
+    )
 
 
 def _check_task_params(params: dict[str, Any], several: bool) -> None:
@@ -356,20 +393,23 @@ def _split(
     test_size: float | None,
     test_max_per_class: int | None,
     seed: int,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
-    """``(X_fit, y_fit, X_test, y_test)``: the test data, a held-out split, or none."""
+    w: np.ndarray | None = None,
+) -> tuple[tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None], Any]:
+    """``(X_fit, y_fit, X_test, y_test)``: the test data, a held-out split, or none; and
+    the fitted images' sample weights (``w``'s rows of ``X_fit``)."""
     if test is not None:
-        return (X, y, *_test_data(test, test_max_per_class, seed, _classes_of(y)))
+        return (X, y, *_test_data(test, test_max_per_class, seed, _classes_of(y))), w
     if test_size is None:
-        return X, y, None, None
+        return (X, y, None, None), w
     from sklearn.model_selection import train_test_split
 
     if not 0 < test_size < 1:
         raise DataError(f"test_size must be between 0 and 1, got {test_size}")
-    X_tr, X_te, y_tr, y_te = train_test_split(
-        X, y, test_size=test_size, stratify=None if is_multilabel(y) else y, random_state=seed
+    rows = np.arange(len(y))
+    tr, te = train_test_split(
+        rows, test_size=test_size, stratify=None if is_multilabel(y) else y, random_state=seed
     )
-    return X_tr, y_tr, X_te, y_te
+    return (X[tr], y[tr], X[te], y[te]), None if w is None else w[tr]
 
 
 def _plan(model: Any, method: str, y: np.ndarray, split: Any, test: Any, named: bool) -> str:
@@ -415,20 +455,25 @@ def _evaluate(
 
 
 def _refit(
-    model: Any, X: np.ndarray, y: np.ndarray, test_size: float | None, say: Callable[[str], None]
+    model: Any,
+    X: np.ndarray,
+    y: np.ndarray,
+    test_size: float | None,
+    say: Callable[[str], None],
+    w: np.ndarray | None = None,
 ) -> Any:
     """The model to save: fitted on every image (the test split too, when one was held
-    out), as its kind refits it."""
+    out; weighing ``w``), as its kind refits it."""
     from tlearn.models import model_kind
 
     if test_size is not None:  # a test split was held out: fit again with it
         from sklearn.base import clone
 
         say(f"refitting on all {len(y)} images (the test split included)")
-        model = _fit(clone(model), X, y)
+        model = _fit(clone(model), X, y, w=w)
     refit = model_kind(model).refit
     if refit is not None:
-        return refit(model, X, y, say)
+        return refit(model, X, y, say, w)
     if test_size is None:
         say(f"the saved model is fitted on all {len(y)} images")
     return model

@@ -24,7 +24,15 @@ from typing import Any
 import numpy as np
 from sklearn.utils import Bunch
 
-from tlearn.data.sources import _PATH_COLUMNS, _column, _pick_column, _read_csv, _shown
+from tlearn.data.sources import (
+    _PATH_COLUMNS,
+    _column,
+    _pick_column,
+    _read_csv,
+    _shown,
+    read_weights,
+    weight_column_of,
+)
 from tlearn.exceptions import DataError
 
 __all__ = ["is_multilabel_csv", "load_multilabel_csv", "split_labels"]
@@ -66,9 +74,12 @@ def split_labels(cell: str, where: str) -> list[str]:
 
 
 def _indicator_columns(
-    fields: list[str], rows: list[tuple[int, dict[str, str]]], pcol: str
+    fields: list[str], rows: list[tuple[int, dict[str, str]]], pcol: str, path: str
 ) -> list[str] | None:
-    others = [f for f in fields if f != pcol]
+    """The 0/1 columns, one per class (every column but the path's and the weight's), or
+    ``None`` when some cell is neither 0 nor 1."""
+    wcol = weight_column_of(fields, path)
+    others = [f for f in fields if f not in (pcol, wcol)]
     if not others:
         return None
     if len(others) == 1 and others[0].lower().strip() in _LABELS_COLUMNS:
@@ -127,7 +138,7 @@ def is_multilabel_csv(path: str | os.PathLike[str]) -> bool:
     path = os.fspath(path)
     fields, rows = _read_csv(path)
     pcol = _pick_column(fields, None, _PATH_COLUMNS, "path", path) or fields[0]
-    indicators = _indicator_columns(fields, rows, pcol)
+    indicators = _indicator_columns(fields, rows, pcol, path)
     if indicators is not None and len(indicators) >= 2:
         return True
     lcol = _pick_column(fields, None, _LABELS_COLUMNS, "labels", path)
@@ -164,7 +175,7 @@ def load_multilabel_csv(
     cells = _column(rows, pcol, path)
     filenames = np.array([c if os.path.isabs(c) else os.path.join(folder, c) for c in cells],
                          dtype=object)  # fmt: skip
-    columns = None if labels_column else _indicator_columns(fields, rows, pcol)
+    columns = None if labels_column else _indicator_columns(fields, rows, pcol, path)
     if columns is not None:
         _once(fields, columns, path)
         _bounded(len(rows), len(columns), path)
@@ -188,6 +199,7 @@ def load_multilabel_csv(
         target=M,
         target_names=list(names),
         ignored=[],
+        sample_weight=read_weights(fields, rows, path),
         DESCR=f"Images listed in {path!r}: {len(M)} images, {M.shape[1]} labels, "
         f"{M.sum(axis=1).mean():.2f} per image on average.",
     )

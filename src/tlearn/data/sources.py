@@ -49,6 +49,8 @@ __all__ = [
 _LAYOUT_HINT = "expected {root}/<class name>/<image files>, as for torchvision's ImageFolder"
 _PATH_COLUMNS = ("path", "filepath", "file_path", "filename", "file", "image", "image_path")
 _LABEL_COLUMNS = ("label", "target", "class", "class_name", "category", "y")
+#: A column of per-image sample weights is found under one of these names.
+WEIGHT_COLUMNS = ("weight", "sample_weight", "weights")
 
 
 class _Listing(NamedTuple):
@@ -357,6 +359,7 @@ def load_image_csv(
     path: str | os.PathLike[str],
     path_column: str | None = None,
     label_column: str | None = None,
+    weight_column: str | None = None,
 ) -> Bunch:
     """Load a CSV file listing image paths and (optionally) their labels.
 
@@ -364,7 +367,8 @@ def load_image_csv(
     tabs (read off its header line). Column names are detected (``path``/``filename``/
     ``image``... and ``label``/``class``/``target``...), or the first two columns are
     used. Relative paths are taken from the CSV file's folder. Without a label column
-    ``target`` is ``None``.
+    ``target`` is ``None``. A column ``weight`` (or ``sample_weight``, or named by
+    ``weight_column``) gives ``sample_weight``, one number per image (else ``None``).
 
     The file is UTF-8 (with or without a byte-order mark) or, with their mark, UTF-16 or
     UTF-32 (Excel's "Unicode Text"). Anything else (another encoding, a NUL character, a
@@ -375,8 +379,11 @@ def load_image_csv(
     fields, rows = _read_csv(path)
     pcol = _pick_column(fields, path_column, _PATH_COLUMNS, "path", path) or fields[0]
     lcol = _pick_column(fields, label_column, _LABEL_COLUMNS, "label", path)
+    wcol = weight_column_of(fields, path, weight_column)
     if lcol is None and label_column is None and len(fields) == 2:
         lcol = fields[1] if fields[1] != pcol else fields[0]
+        lcol = None if lcol == wcol else lcol  # path,weight: unlabelled, weighed
+    weights = read_weights(fields, rows, path, weight_column)
     for column in (pcol, lcol or pcol):
         if fields.count(column) > 1:  # the reader would keep one of them, silently
             raise DataError(
@@ -388,6 +395,7 @@ def load_image_csv(
                          dtype=object)  # fmt: skip
     if lcol is None:
         return Bunch(filenames=filenames, target=None, target_names=None, ignored=[],
+                     sample_weight=weights,
                      DESCR=f"Unlabelled images listed in {path!r}.")  # fmt: skip
     labels = _column(rows, lcol, path)
     target_names = sorted(set(labels))
@@ -397,8 +405,47 @@ def load_image_csv(
         target=np.array([index[c] for c in labels], dtype=np.int64),
         target_names=target_names,
         ignored=[],
+        sample_weight=weights,
         DESCR=f"Images listed in {path!r}: {len(labels)} images in {len(target_names)} classes.",
     )
+
+
+def weight_column_of(fields: list[str], path: str, wanted: str | None = None) -> str | None:
+    """The CSV's sample-weight column (:data:`WEIGHT_COLUMNS`, or ``wanted``), or ``None``."""
+    return _pick_column(fields, wanted, WEIGHT_COLUMNS, "weight", path)
+
+
+def read_weights(
+    fields: list[str],
+    rows: list[tuple[int, dict[str, str]]],
+    path: str,
+    wanted: str | None = None,
+) -> np.ndarray | None:
+    """The sample-weight column's numbers, or ``None`` without one; a cell that is not a
+    finite number from 0 to :data:`~tlearn._validation.MAX_SAMPLE_WEIGHT` is an error
+    naming its line (an empty one too: leave an image out with weight 0)."""
+    from tlearn._validation import MAX_SAMPLE_WEIGHT
+
+    column = weight_column_of(fields, path, wanted)
+    if column is None:
+        return None
+    if fields.count(column) > 1:
+        raise DataError(f"the CSV {path!r} has {fields.count(column)} columns named {column!r}")
+    weights = np.empty(len(rows), np.float64)
+    for i, ((line, _), cell) in enumerate(zip(rows, _column(rows, column, path), strict=True)):
+        try:
+            value = float(cell)
+        except ValueError:
+            value = float("nan")
+        if not 0 <= value <= MAX_SAMPLE_WEIGHT:  # NaN fails too
+            raise DataError(
+                f"the CSV {path!r} has weight {_shown(cell)} on line {line}: a weight is a "
+                f"number from 0 to {MAX_SAMPLE_WEIGHT:g} (0 leaves the image out)"
+            )
+        weights[i] = value
+    if not weights.sum() > 0:
+        raise DataError(f"every weight in the CSV {path!r} is 0: give some images weight")
+    return weights
 
 
 def _read_csv(path: str) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
@@ -455,6 +502,8 @@ def load_dataset(
         if max_per_class is not None and data.target is not None:
             keep = subsample_per_class(data.target, max_per_class, random_state)
             data.filenames, data.target = data.filenames[keep], data.target[keep]
+            if data.sample_weight is not None:
+                data.sample_weight = data.sample_weight[keep]
         return data
     if not os.path.exists(source) and split_zip_path(source) is None:
         raise DataError(f"no such folder, zip archive or CSV file: {source!r}")
