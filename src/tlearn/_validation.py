@@ -264,7 +264,15 @@ def encode_class_weight(class_weight: Any, classes: Any) -> Any:
             f"class_weight names {unknown[:5]}, which are not classes of y "
             f"({[str(c) for c in classes[:10]]})"
         )
-    bad = [k for k, w in class_weight.items() if not (isinstance(w, (int, float)) and w > 0)]
+    bad = [
+        k
+        for k, w in class_weight.items()
+        if isinstance(w, bool)
+        or not isinstance(w, (int, float))
+        or not 0 < w <= MAX_SAMPLE_WEIGHT  # NaN fails too
+    ]
     if bad:
-        raise DataError(f"class_weight of {bad[:5]} must be a positive number")
+        raise DataError(
+            f"class_weight of {bad[:5]} must be a positive number up to {MAX_SAMPLE_WEIGHT:g}"
+        )
     return {index[k]: float(w) for k, w in class_weight.items()}

@@ -113,20 +113,24 @@ def _probe_seconds(n: int, rate: float, heads: int = 1) -> float:
 def _row(
     name: str, model: Any, y: np.ndarray, seconds: float, weights: np.ndarray
 ) -> dict[str, Any]:
-    from tlearn.predictor import Predictor
-
     acc, n = _held_out(model, y, np.ones(len(y)))
     balanced, _ = _held_out(model, y, weights)
+    return {"candidate": name, "accuracy": acc, "balanced_accuracy": balanced,
+            "n_held_out": n, "seconds": seconds, "images_per_second": _predict_rate(model),
+            "note": model.heldout_method_}  # fmt: skip
+
+
+def _predict_rate(model: Any) -> float:
+    """Images per second the fitted ``model`` predicts here (32 images, after 4)."""
+    from tlearn.predictor import Predictor
+
     predictor = Predictor(model, warmup=False)
     size = predictor.preprocessing.input_size
     pixels = np.zeros((32, size, size, 3), np.uint8)
     predictor.predict_pixels(pixels[:4])
     t0 = time.perf_counter()
     predictor.predict_pixels(pixels)
-    rate = 32 / max(1e-6, time.perf_counter() - t0)
-    return {"candidate": name, "accuracy": acc, "balanced_accuracy": balanced,
-            "n_held_out": n, "seconds": seconds, "images_per_second": rate,
-            "note": model.heldout_method_}  # fmt: skip
+    return 32 / max(1e-6, time.perf_counter() - t0)
 
 
 def _correct(model: Any, y: np.ndarray) -> np.ndarray:
@@ -149,10 +153,13 @@ def _held_out(model: Any, y: np.ndarray, weights: np.ndarray) -> tuple[float | N
     return (float(np.average(correct[ok], weights=weights[ok])) if weighs else None), n
 
 
-def class_balancing_weights(y: np.ndarray) -> np.ndarray:
-    """Per image, one over its class's count: a mean weighted so is balanced accuracy."""
-    _, index, counts = np.unique(y, return_inverse=True, return_counts=True)
-    return 1.0 / counts[index]
+def class_balancing_weights(y: np.ndarray, sample_weight: np.ndarray | None = None) -> np.ndarray:
+    """Per image, one over its class's count (its weight over its class's total weight,
+    with ``sample_weight``): a mean weighted so is (weighted) balanced accuracy."""
+    _, index = np.unique(y, return_inverse=True)
+    w = np.ones(len(y)) if sample_weight is None else np.asarray(sample_weight, np.float64)
+    totals = np.bincount(index, weights=w)
+    return w / np.where(totals > 0, totals, 1.0)[index]
 
 
 @dataclass
@@ -180,7 +187,9 @@ def fit_auto(
     weighing its ``sample_weight`` too, when given (every candidate is fitted with it)."""
     explicit = budget is not None
     weights = class_balancing_weights(y) if balanced else np.ones(len(y))
-    judged = weights if sample_weight is None else weights * sample_weight
+    judged = weights if sample_weight is None else sample_weight
+    if balanced and sample_weight is not None:  # each class's images weigh 1 in all
+        judged = class_balancing_weights(y, sample_weight)
     weighed = {} if sample_weight is None else {"sample_weight": sample_weight}
     budget = float(budget or DEFAULT_TIME_BUDGET)
     t0 = time.perf_counter()
@@ -456,3 +465,125 @@ def _finetune_seconds(backbone: str, size: int, n: int, epochs: int) -> float:
     """A validation run on 90% plus the refit on all of it, plus evaluation passes."""
     rate = train_rate(backbone, size)
     return 1.1 * (0.9 * n * epochs + n * epochs) / rate
+
+
+# -- several labels per image: judged by mean average precision -----------------------------
+def fit_auto_multilabel(
+    X: np.ndarray,
+    y: np.ndarray,
+    common: dict[str, Any],
+    params: dict[str, Any],
+    budget: float | None,
+    say: Callable[[str], None],
+    sample_weight: np.ndarray | None = None,
+) -> tuple[Any, list[dict[str, Any]]]:
+    """Several labels per image: the multi-label probe, then LP-FT fine-tuning at a reduced
+    input size when its measured cost fits what is left of ``budget``; the one with the
+    better held-out mean average precision is kept (a later one must win by more than the
+    bootstrap standard error of the difference on the images both predicted), the choice
+    cross-fitted between two halves as :func:`_choose` does. Returns the model and the
+    leaderboard (``mean_average_precision`` where one label's rows have ``accuracy``)."""
+    deadline = time.perf_counter() + float(budget or DEFAULT_TIME_BUDGET)
+    weighed = {} if sample_weight is None else {"sample_weight": sample_weight}
+    backbone = params.get("backbone", DEFAULT)
+    ft = {**common, "verbose": 0, **params}
+    small = median_short_side(X) < SMALL_IMAGES
+    size = ft["image_size"] = int(ft.get("image_size") or (128 if small else 160))
+    epochs = ft["epochs"] = int(ft.get("epochs") or 6)
+    candidates = [
+        Candidate(f"multi-label probe {backbone}", "probe", {**common, **params}, _known(0.0)),
+        Candidate(f"lp-ft {backbone} at {size} px", "lp-ft", ft,
+                  lambda: _finetune_seconds(backbone, size, len(X), epochs)),
+    ]  # fmt: skip
+    fitted: list[tuple[Any, dict[str, Any]]] = []
+    rows: list[dict[str, Any]] = []
+    for candidate in candidates:
+        left, cost = deadline - time.perf_counter(), candidate.estimate()
+        if fitted and cost > left:
+            rows.append(_skipped(candidate.name, cost, left))
+            say(f"auto: {candidate.name} skipped (about {_seconds(cost)}; {_seconds(left)} left)")
+            continue
+        say(f"auto: {candidate.name}" + (f" (about {_seconds(cost)}; {_seconds(left)} left)"
+                                         if fitted else ""))  # fmt: skip
+        t0 = time.perf_counter()
+        model = make_estimator(candidate.method, multilabel=True, **candidate.params)
+        model.fit(X, y, **weighed)
+        rows.append(_multilabel_row(candidate.name, model, y, time.perf_counter() - t0,
+                                    sample_weight))  # fmt: skip
+        fitted.append((model, rows[-1]))
+    return _choose_multilabel(fitted, y, sample_weight, int(common.get("random_state") or 0)), rows
+
+
+def _indicator(model: Any, y: np.ndarray) -> np.ndarray:
+    from tlearn.multilabel import check_multilabel
+
+    return check_multilabel(list(y), len(y), model.classes_)[1]
+
+
+def _multilabel_row(
+    name: str, model: Any, y: np.ndarray, seconds: float, w: np.ndarray | None
+) -> dict[str, Any]:
+    from tlearn.finetune.multilabel import mean_average_precision
+
+    ok = ~np.isnan(model.heldout_proba_).any(axis=1)
+    M = _indicator(model, y)
+    figure = mean_average_precision(model.heldout_proba_[ok], M[ok], None if w is None else w[ok])
+    return {"candidate": name, "accuracy": None, "mean_average_precision": figure,
+            "n_held_out": int(ok.sum()), "seconds": seconds,
+            "images_per_second": _predict_rate(model), "note": model.heldout_method_}  # fmt: skip
+
+
+def _choose_multilabel(
+    fitted: list[tuple[Any, dict[str, Any]]], y: np.ndarray, w: np.ndarray | None, seed: int
+) -> Any:
+    """:func:`_choose` by mean average precision: the winner on every image, and its
+    held-out probabilities and labels cross-fitted between two halves."""
+    M = _indicator(fitted[0][0], y)
+    probas = [model.heldout_proba_ for model, _ in fitted]
+    weights = np.ones(len(y)) if w is None else w
+    winner = _select_map(probas, M, np.ones(len(y), bool), weights, seed)
+    for i, (_, row) in enumerate(fitted):
+        row["chosen"] = i == winner
+    model = fitted[winner][0]
+    if len(fitted) == 1:
+        return model
+    half = np.random.default_rng(seed).permutation(len(y)) % 2 == 0
+    proba, labels = np.full_like(model.heldout_proba_, np.nan), np.full(M.shape, -1, np.int8)
+    for part in (half, ~half):
+        chosen = fitted[_select_map(probas, M, ~part, weights, seed)][0]
+        proba[part], labels[part] = chosen.heldout_proba_[part], chosen.heldout_labels_[part]
+    model.heldout_proba_, model.heldout_labels_ = proba, labels
+    if hasattr(model, "oof_proba_"):  # the ranking the report's AP reads: the same rows'
+        model.oof_proba_ = proba
+    model.heldout_method_ += (
+        f"; auto's choice among {len(fitted)} candidates cross-fitted between two halves"
+    )
+    return model
+
+
+def _select_map(
+    probas: list[np.ndarray], M: np.ndarray, rows: np.ndarray, w: np.ndarray, seed: int
+) -> int:
+    """Which candidate to keep, judged on ``rows``: the first, unless a later one's mean
+    average precision on the images both predicted beats the best so far's by more than
+    the bootstrap standard error of the difference (100 paired resamples)."""
+    from tlearn.finetune.multilabel import mean_average_precision
+
+    best = 0
+    for i in range(1, len(probas)):
+        both = np.flatnonzero(
+            rows & ~np.isnan(probas[i]).any(axis=1) & ~np.isnan(probas[best]).any(axis=1)
+        )
+        if len(both) < 2 or not w[both].sum() > 0:
+            continue
+
+        def gap(idx: np.ndarray, a: int = i, b: int = best) -> float:
+            return mean_average_precision(probas[a][idx], M[idx], w[idx]) - (
+                mean_average_precision(probas[b][idx], M[idx], w[idx])
+            )
+
+        rng = np.random.default_rng(seed)
+        spread = np.nanstd([gap(rng.choice(both, len(both))) for _ in range(100)])
+        if gap(both) > spread:
+            best = i
+    return best

@@ -406,11 +406,17 @@ def _seconds(text: str | None) -> float | None:
 
 
 def _leaderboard_table(rows: list[dict[str, Any]]) -> Table:
-    table = Table(title="candidates (the best on held-out accuracy is kept)")
-    for col in ("candidate", "held-out accuracy", "fit time", "predict images/s", "note"):
+    figure = (
+        "mean_average_precision"
+        if any("mean_average_precision" in r for r in rows)
+        else ("accuracy")
+    )
+    what = "held-out mAP" if figure != "accuracy" else "held-out accuracy"
+    table = Table(title=f"candidates (the best on {what} is kept)")
+    for col in ("candidate", what, "fit time", "predict images/s", "note"):
         table.add_column(col, justify="left" if col in ("candidate", "note") else "right")
     for r in rows:
-        acc = "" if r.get("accuracy") is None else f"{r['accuracy']:.4f}"
+        acc = "" if r.get(figure) is None else f"{r[figure]:.4f}"
         table.add_row(r["candidate"], acc, f"{r.get('seconds', 0):.0f} s",
                       f"{r.get('images_per_second', 0):.0f}", r.get("note", ""))  # fmt: skip
     return table

@@ -7,7 +7,6 @@ from __future__ import annotations
 from typing import Any
 
 from tlearn._validation import check_option
-from tlearn.exceptions import DataError
 
 __all__ = ["METHODS", "estimator_class", "make_estimator"]
 
@@ -28,13 +27,9 @@ def estimator_class(method: str) -> type:
 
 def make_estimator(method: str, multilabel: bool = False, **params: Any) -> Any:
     """The estimator for ``method`` with the parameters it takes (validated now, so a bad
-    value fails before any image is read); ``multilabel``: several labels per image."""
-    if multilabel:
-        if method in ("finetune", "lp-ft"):
-            raise DataError(
-                "fine-tuning takes one label per image so far; this data gives several: use "
-                "--method probe (or auto), the multi-label probe"
-            )
+    value fails before any image is read); ``multilabel``: several labels per image (the
+    multi-label probe; fine-tuning takes either, as its ``y`` says)."""
+    if multilabel and method in ("probe", "auto"):
         from tlearn.multilabel import MultiLabelProbe
 
         cls: type = MultiLabelProbe

@@ -24,6 +24,7 @@ from tlearn.exceptions import ModelFileError
 from tlearn.features import PretrainedFeatures
 from tlearn.finetune import FineTuneClassifier
 from tlearn.finetune.estimator import refit_on_all
+from tlearn.finetune.multilabel import linear_head as finetune_linear_head
 from tlearn.multilabel import MultiLabelProbe
 from tlearn.probe import LinearProbe, nominal_C
 from tlearn.runtime.engines import Engine
@@ -443,7 +444,56 @@ def _finetune_from_file(
     model.calibration_ = head.get("calibration", {})
     model.image_size_ = features.preprocessing_.input_size
     model.epochs_ = len(model.history_)
+    model.multilabel_ = False
     return model
+
+
+# -- fine-tuning with several labels per image: a sigmoid per label, calibrated ----------
+_CALIBRATED = ("head.slope", "head.offset", "head.thresholds")
+
+
+def _is_multilabel_finetune(model: Any) -> bool:
+    return isinstance(model, FineTuneClassifier) and getattr(model, "multilabel_", False)
+
+
+def _multilabel_finetune_to_file(
+    model: FineTuneClassifier,
+) -> tuple[dict[str, Array], dict[str, Any]]:
+    arrays, meta = _finetune_to_file(model)
+    arrays.update({"head.slope": model.calibration_slope_, "head.offset": model.calibration_offset_,
+                   "head.thresholds": model.thresholds_})  # fmt: skip
+    return arrays, {**meta, "type": "linear_sigmoid"}
+
+
+def _check_multilabel_finetune_file(
+    head: dict[str, Any], shapes: dict[str, tuple[int, ...]], n_classes: int
+) -> int:
+    linear = {k: v for k, v in shapes.items() if k not in _CALIBRATED}
+    n_features = _check_finetune_file(head, linear, n_classes)
+    for name in _CALIBRATED:
+        _tensor(shapes, name, (n_classes,))
+    return n_features
+
+
+def _multilabel_finetune_from_file(
+    head: dict[str, Any],
+    arrays: dict[str, Array],
+    features: PretrainedFeatures,
+    classes: Array,
+    params: dict[str, Any],
+) -> FineTuneClassifier:
+    model = _finetune_from_file(head, arrays, features, classes, params)
+    model.thresholds_ = _probabilities(arrays["head.thresholds"], "head.thresholds")
+    model.calibration_slope_ = arrays["head.slope"].astype(np.float64)
+    model.calibration_offset_ = arrays["head.offset"].astype(np.float64)
+    model.multilabel_ = True
+    return model
+
+
+def _probabilities(values: Array, name: str) -> Array:
+    if not ((values >= 0) & (values <= 1)).all():
+        raise ValueError(f"the tensor {name!r} must hold probabilities in [0, 1]")
+    return values
 
 
 register_model_kind(
@@ -460,6 +510,27 @@ register_model_kind(
         estimator=LinearProbe,
         heldout=lambda m: (m.heldout_proba_, m.heldout_method_),
         params_in_head_before_0_2=True,
+    )
+)
+register_model_kind(  # before "finetune", which takes every FineTuneClassifier
+    ModelKind(
+        name="multilabel_finetune",
+        matches=_is_multilabel_finetune,
+        features=lambda m: m.features_,
+        head=lambda m: m.predict_proba_features,
+        linear_head=lambda m: finetune_linear_head(
+            m.head_weight_, m.head_bias_, m.calibration_slope_, m.calibration_offset_
+        ),
+        to_file=_multilabel_finetune_to_file,
+        check_file=_check_multilabel_finetune_file,
+        from_file=_multilabel_finetune_from_file,
+        is_fitted=lambda m: hasattr(m, "head_weight_"),
+        estimator=FineTuneClassifier,
+        heldout=lambda m: (m.heldout_proba_, m.heldout_method_),
+        refit=refit_on_all,
+        trains_backbone=True,
+        activation="sigmoid",
+        thresholds=lambda m: m.thresholds_,
     )
 )
 register_model_kind(
@@ -540,9 +611,7 @@ def _multilabel_from_file(
 ) -> MultiLabelProbe:
     from sklearn.preprocessing import StandardScaler
 
-    thresholds = arrays["head.thresholds"]
-    if not ((thresholds >= 0) & (thresholds <= 1)).all():
-        raise ValueError("the tensor 'head.thresholds' must hold probabilities in [0, 1]")
+    thresholds = _probabilities(arrays["head.thresholds"], "head.thresholds")
     model = MultiLabelProbe(**params)
     scaler = StandardScaler()
     scaler.mean_, scaler.scale_ = arrays["head.scaler_mean"], arrays["head.scaler_scale"]

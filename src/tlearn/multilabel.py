@@ -34,11 +34,28 @@ from tlearn.features import ForwardsFeatureParams, PretrainedFeatures
 from tlearn.probe import one_blas_thread
 from tlearn.runtime import resolve_device
 
-__all__ = ["MULTILABEL_CS", "MultiLabelProbe", "check_multilabel", "choose_thresholds"]
+__all__ = [
+    "MULTILABEL_CS",
+    "MultiLabelProbe",
+    "check_multilabel",
+    "choose_thresholds",
+    "crossfit_labels",
+    "is_multilabel_target",
+    "platt_scaling",
+    "sigmoid",
+]
 
 #: C values tried by default: each costs one fit per label and fold.
 MULTILABEL_CS = tuple(float(c) for c in np.logspace(-4, 1, 6))
 _TARGET = re.compile(r"^(f1|(precision|recall)=(0?\.\d+|1(\.0*)?))$")
+#: What ``threshold_for`` may say, in :func:`valid_threshold_target`'s words.
+THRESHOLD_TARGETS = "'f1', 'precision=0.9' or 'recall=0.9' (a value in (0, 1])"
+
+
+def valid_threshold_target(value: object) -> bool:
+    """Whether ``value`` is a ``threshold_for``: ``"f1"``, ``"precision=x"`` or
+    ``"recall=x"`` with x in (0, 1]."""
+    return isinstance(value, str) and bool(_TARGET.match(value))
 
 
 def check_multilabel(
@@ -136,7 +153,7 @@ def _is_matrix(Y: Any) -> bool:
     return M.dtype == bool or np.issubdtype(M.dtype, np.number)
 
 
-def _sigmoid(z: np.ndarray) -> np.ndarray:
+def sigmoid(z: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * z))  # stable for large |z|
 
 
@@ -165,7 +182,9 @@ def _fit_all(
     return np.stack([c for c, _ in fitted]), np.array([b for _, b in fitted])
 
 
-def _platt(scores: np.ndarray, y: np.ndarray, w: np.ndarray | None = None) -> tuple[float, float]:
+def platt_scaling(
+    scores: np.ndarray, y: np.ndarray, w: np.ndarray | None = None
+) -> tuple[float, float]:
     """Slope and offset mapping one label's scores to calibrated log odds."""
     if y.min() == y.max():
         return 1.0, 0.0
@@ -179,8 +198,9 @@ def _best_threshold(
     """The threshold on one label's probabilities that meets ``target`` ("f1", or
     "precision=x" at the most recall, or "recall=x" at the most precision), each image
     counting its weight ``w``."""
-    if w is not None:  # an image of weight 0 is not there
+    if w is not None:  # an image of weight 0 is not there; weights are relative
         p, y, w = p[w > 0], y[w > 0], w[w > 0]
+        w = w / w.mean() if len(w) else w
     w = np.ones(len(y)) if w is None else w
     if (w * y).sum() == 0:
         return 1.0  # never seen positive: predict it only when certain
@@ -209,6 +229,44 @@ def _best_threshold(
 
 def _part(w: np.ndarray | None, rows: Any) -> np.ndarray | None:
     return None if w is None else w[rows]
+
+
+def crossfit_labels(
+    scores: np.ndarray,
+    M: np.ndarray,
+    w: np.ndarray | None,
+    target: str,
+    random_state: int | None = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Held-out probabilities and predicted labels from held-out ``scores`` (log odds):
+    the images split in two random halves, each half calibrated (Platt) and thresholded
+    (for ``target``) per label by what the other half's scores chose."""
+    half = np.random.default_rng(random_state).permutation(len(M)) % 2 == 0
+    proba, labels = np.empty(M.shape), np.zeros(M.shape, np.int8)
+    for part in (half, ~half):
+        other = ~part
+        wo = _part(w, other)
+        for j in range(M.shape[1]):
+            a, c = platt_scaling(scores[other, j], M[other, j], wo) if other.any() else (1.0, 0.0)
+            proba[part, j] = sigmoid(a * scores[part, j] + c)
+            chosen = (
+                _best_threshold(sigmoid(a * scores[other, j] + c), M[other, j], target, wo)
+                if other.any()
+                else 0.5
+            )
+            labels[part, j] = proba[part, j] >= chosen
+    return proba, labels
+
+
+def is_multilabel_target(y: Any) -> bool:
+    """Whether ``y`` gives several labels per image: an indicator matrix of two columns or
+    more, or one collection (list, tuple, set) of labels per image."""
+    if _is_matrix(y):
+        return np.asarray(y).shape[1] >= 2
+    if isinstance(y, (str, bytes)) or not hasattr(y, "__len__") or not len(y):
+        return False
+    first = y[0] if hasattr(y, "__getitem__") else next(iter(y))
+    return isinstance(first, (list, tuple, set, frozenset))
 
 
 def choose_thresholds(
@@ -271,12 +329,7 @@ class MultiLabelProbe(ForwardsFeatureParams, ClassifierMixin, BaseEstimator):
         ],
         "cv": [Interval(Integral, 2, None)],
         "max_iter": [Interval(Integral, 1, None)],
-        "threshold_for": [
-            Predicate(
-                lambda v: isinstance(v, str) and bool(_TARGET.match(v)),
-                "'f1', 'precision=0.9' or 'recall=0.9' (a value in (0, 1])",
-            )
-        ],
+        "threshold_for": [Predicate(valid_threshold_target, THRESHOLD_TARGETS)],
         "random_state": ["random_state", None],
     }
 
@@ -362,7 +415,7 @@ class MultiLabelProbe(ForwardsFeatureParams, ClassifierMixin, BaseEstimator):
             for train, test in folds:
                 coef, b = _fit_all(Z[train], M[train], C, self.max_iter, _part(w, train))
                 scores[test] = Z[test] @ coef.T + b
-            loss = float(np.mean([_log_loss(_sigmoid(scores[:, j]), M[:, j], w)
+            loss = float(np.mean([_log_loss(sigmoid(scores[:, j]), M[:, j], w)
                                   for j in range(M.shape[1])]))  # fmt: skip
             results.append({"C": C, "mean_log_loss": loss})
             if best is None or loss < best[0]:
@@ -371,16 +424,16 @@ class MultiLabelProbe(ForwardsFeatureParams, ClassifierMixin, BaseEstimator):
         _, self.C_, oof = best
         self.cv_results_ = {"C": [r["C"] for r in results],
                             "mean_log_loss": [r["mean_log_loss"] for r in results]}  # fmt: skip
-        platt = [_platt(oof[:, j], M[:, j], w) for j in range(M.shape[1])]
+        platt = [platt_scaling(oof[:, j], M[:, j], w) for j in range(M.shape[1])]
         self.calibration_slope_ = np.array([a for a, _ in platt])
         self.calibration_offset_ = np.array([c for _, c in platt])
-        oof_p = _sigmoid(oof * self.calibration_slope_ + self.calibration_offset_)
+        oof_p = sigmoid(oof * self.calibration_slope_ + self.calibration_offset_)
         self.thresholds_ = choose_thresholds(oof_p, M, self.threshold_for, w)
         self.scaler_ = scaler
         self.coef_, self.intercept_ = _fit_all(Z, M, self.C_, self.max_iter, w)
         self.oof_proba_ = np.full((n, M.shape[1]), np.nan)
         self.oof_proba_[rows] = oof_p
-        proba, labels = self._crossfit(oof, M, w)
+        proba, labels = crossfit_labels(oof, M, w, self.threshold_for, self.random_state)
         self.heldout_proba_ = np.full((n, M.shape[1]), np.nan)
         self.heldout_proba_[rows] = proba
         self.heldout_labels_ = np.full((n, M.shape[1]), -1, np.int8)
@@ -390,29 +443,6 @@ class MultiLabelProbe(ForwardsFeatureParams, ClassifierMixin, BaseEstimator):
             "each label's calibration and threshold cross-fitted between two halves)"
         )
 
-    def _crossfit(
-        self, scores: np.ndarray, M: np.ndarray, w: np.ndarray | None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Held-out probabilities and predicted labels: each half of the images calibrated,
-        and thresholded, by what the other half's out-of-fold scores chose."""
-        half = np.random.default_rng(self.random_state).permutation(len(M)) % 2 == 0
-        proba, labels = np.empty(M.shape), np.zeros(M.shape, np.int8)
-        for part in (half, ~half):
-            other = ~part
-            wo = _part(w, other)
-            for j in range(M.shape[1]):
-                a, c = _platt(scores[other, j], M[other, j], wo) if other.any() else (1.0, 0.0)
-                proba[part, j] = _sigmoid(a * scores[part, j] + c)
-                chosen = (
-                    _best_threshold(
-                        _sigmoid(a * scores[other, j] + c), M[other, j], self.threshold_for, wo
-                    )  # fmt: skip
-                    if other.any()
-                    else 0.5
-                )
-                labels[part, j] = proba[part, j] >= chosen
-        return proba, labels
-
     def decision_function_features(self, F: np.ndarray) -> np.ndarray:
         """Calibrated log odds ``(n, n_labels)`` from precomputed features."""
         check_is_fitted(self, "coef_")
@@ -421,7 +451,7 @@ class MultiLabelProbe(ForwardsFeatureParams, ClassifierMixin, BaseEstimator):
 
     def predict_proba_features(self, F: np.ndarray) -> np.ndarray:
         """Each label's calibrated probability ``(n, n_labels)`` from features."""
-        return _sigmoid(self.decision_function_features(F))
+        return sigmoid(self.decision_function_features(F))
 
     def predict_proba(self, X: object) -> np.ndarray:
         """Each label's calibrated probability ``(n_samples, n_labels)``, columns in

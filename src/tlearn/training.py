@@ -67,8 +67,8 @@ def load_labelled(
     """``(paths, labels)`` of a class-folder tree, a zip of one, or a CSV of path,label;
     a CSV of several labels per image (:func:`~tlearn.data.multilabel_sources.is_multilabel_csv`),
     or a folder whose Hugging Face ``metadata.jsonl``/``metadata.csv`` lists them, gives each
-    image a tuple of labels (see :func:`is_multilabel`)."""
-    X, y, _ = load_weighted(source, max_per_class, seed)
+    image a tuple of labels (see :func:`is_multilabel`). A weight column is not read."""
+    X, y, _, _ = _load(source, max_per_class, seed, weights=False)
     return X, y
 
 
@@ -76,32 +76,50 @@ def load_weighted(
     source: str | os.PathLike[str], max_per_class: int | None = None, seed: int = 0
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """:func:`load_labelled`'s ``(paths, labels)`` and the images' sample weights: a CSV's
-    ``weight`` column (:data:`~tlearn.data.sources.WEIGHT_COLUMNS`), else ``None``."""
-    from tlearn.data import load_dataset
+    (or Hugging Face metadata's) ``weight`` column (:data:`~tlearn.data.sources.WEIGHT_COLUMNS`),
+    else ``None``. Images of weight 0 are left out, before ``max_per_class`` samples."""
+    X, y, w, _ = _load(source, max_per_class, seed, weights=True)
+    return X, y, w
+
+
+def _load(
+    source: str | os.PathLike[str], max_per_class: int | None, seed: int, weights: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, int]:
+    """``(paths, labels, weights, how many images of weight 0 were left out)``."""
+    from tlearn.data import load_dataset, load_image_csv
     from tlearn.data import multilabel_sources as ml
+    from tlearn.data.sources import subsample_per_class
 
     text, several = os.fspath(source), None
-    if (
-        text.lower().endswith((".csv", ".tsv"))
-        and os.path.isfile(text)
-        and ml.is_multilabel_csv(text)
-    ):
-        several = ml.load_multilabel_csv(text)
+    is_csv = text.lower().endswith((".csv", ".tsv")) and os.path.isfile(text)
+    if is_csv and ml.is_multilabel_csv(text):
+        several = ml.load_multilabel_csv(text, read_weights=weights)
     elif os.path.isdir(text) and (metadata := ml.find_hf_metadata(text)) is not None:
         several = ml.load_hf_metadata(metadata)  # Hugging Face's imagefolder, lists of labels
     if several is not None:
-        keep = _per_label_sample(several.target, max_per_class, seed)
-        w = several.get("sample_weight")
+        w = several.get("sample_weight") if weights else None
+        rows = np.arange(len(several.target)) if w is None else np.flatnonzero(w > 0)
+        keep = rows[_per_label_sample(several.target[rows], max_per_class, seed)]
         return (several.filenames[keep], _label_tuples(several.target[keep], several.target_names),
-                None if w is None else w[keep])  # fmt: skip
-    data = load_dataset(source, max_per_class=max_per_class, random_state=seed)
+                None if w is None else w[keep], len(several.target) - len(rows))  # fmt: skip
+    if is_csv and weights:
+        data = load_image_csv(text, read_weights=True)
+    else:
+        data = load_dataset(source, max_per_class=max_per_class, random_state=seed)
     if data.target is None:
         raise DataError(
             f"{os.fspath(source)!r} has no labels: a CSV for fitting or evaluating needs a "
             "label column"
         )
+    w, keep = data.get("sample_weight"), np.arange(len(data.target))
+    if is_csv and weights:
+        keep = keep if w is None else np.flatnonzero(w > 0)
+        if max_per_class is not None:
+            keep = keep[subsample_per_class(data.target[keep], max_per_class, seed)]
     names = np.asarray(data.target_names, dtype=object)
-    return np.asarray(data.filenames, dtype=object), names[data.target], data.get("sample_weight")
+    dropped = 0 if w is None else int((w == 0).sum())
+    return (np.asarray(data.filenames, dtype=object)[keep], names[data.target[keep]],
+            None if w is None else w[keep], dropped)  # fmt: skip
 
 
 def _label_tuples(M: np.ndarray, names: list[Any]) -> np.ndarray:
@@ -269,7 +287,7 @@ def train(data: str | os.PathLike[str], **options: Any) -> TrainResult:
         make_estimator("lp-ft", **req.common, **req.params)
     if req.resume and "strategy" not in model.get_params():
         raise DataError("resume continues an interrupted fine-tuning run; the probe has none")
-    X, y, w = load_weighted(req.data, req.max_per_class, req.seed)
+    X, y, w, dropped = _load(req.data, req.max_per_class, req.seed, weights=True)
     _check_task_params(req.params, is_multilabel(y))
     if is_multilabel(y):  # several labels per image: the multi-label probe
         model = make_estimator(req.method, multilabel=True, **req.common, **req.params)
@@ -279,7 +297,7 @@ def train(data: str | os.PathLike[str], **options: Any) -> TrainResult:
         model = make_estimator(req.method, **req.common, **req.params)
     req.say(_plan(model, req.method, y, split, req.test, "backbone" in req.params))
     if w is not None:
-        req.say(_weights_line(w))
+        req.say(_weights_line(w, dropped))
     with _feature_cache(req, model) as temporary:
         model, report, evaluation, leaderboard = _fit_and_evaluate(
             req, model, (X, y, w), split, w_fit
@@ -325,7 +343,13 @@ def _fit_and_evaluate(
     image of ``data`` ``(X, y, sample weights)`` when nothing else tests it."""
     X, y, w = data
     leaderboard: list[dict[str, Any]] = []
-    if req.method == "auto" and not is_multilabel(y):
+    if req.method == "auto" and is_multilabel(y):
+        from tlearn.automl import fit_auto_multilabel
+
+        model, leaderboard = fit_auto_multilabel(
+            split[0], split[1], req.common, req.params, req.time_budget, req.say, w_fit
+        )
+    elif req.method == "auto":
         from tlearn.automl import fit_auto
 
         balanced = req.params.get("class_weight") == "balanced"
@@ -345,9 +369,8 @@ def _fit_and_evaluate(
     return model, report, evaluation, leaderboard
 
 
-def _weights_line(w: np.ndarray) -> str:
-    zero = int((w == 0).sum())
-    left = f"; {zero} of weight 0 left out" if zero else ""
+def _weights_line(w: np.ndarray, zero: int) -> str:
+    left = f"; {zero} image(s) of weight 0 left out" if zero else ""
     return (
         f"sample weights from the CSV's weight column: {w.min():g} to {w.max():g}{left} "
         "(they weigh the fit and its choices; the figures reported count each image once)"
@@ -424,7 +447,12 @@ def _plan(model: Any, method: str, y: np.ndarray, split: Any, test: Any, named: 
     )
     if several:  # auto's other candidates take one label per image so far
         what = f"{len(_classes_of(y))} labels (several per image)"
-        method = "probe (multi-label: one-vs-rest, a threshold per label)"
+        method = {
+            "finetune": "finetune (multi-label: a sigmoid per label, a threshold per label)",
+            "lp-ft": "lp-ft (multi-label: a sigmoid per label, a threshold per label)",
+            "auto": "auto (multi-label: the probe, then LP-FT if the budget allows, the better "
+            "held-out mAP kept)",
+        }.get(method, "probe (multi-label: one-vs-rest, a threshold per label)")
     else:
         what = f"{len(set(y))} classes"
     return (

@@ -30,7 +30,7 @@ from tlearn.data.sources import (
     _pick_column,
     _read_csv,
     _shown,
-    read_weights,
+    column_weights,
     weight_column_of,
 )
 from tlearn.exceptions import DataError
@@ -163,10 +163,13 @@ def load_multilabel_csv(
     path: str | os.PathLike[str],
     path_column: str | None = None,
     labels_column: str | None = None,
+    *,
+    read_weights: bool = False,
 ) -> Bunch:
     """Load a CSV or TSV of image paths and their labels, several per image (see the
     module's docstring for the two layouts). Relative paths are taken from the file's
-    folder."""
+    folder. With ``read_weights``, a ``weight`` column gives ``sample_weight`` (see
+    :func:`tlearn.data.load_image_csv`); a weight column is never a label."""
     path = os.fspath(path)
     fields, rows = _read_csv(path)
     pcol = _pick_column(fields, path_column, _PATH_COLUMNS, "path", path) or fields[0]
@@ -199,7 +202,7 @@ def load_multilabel_csv(
         target=M,
         target_names=list(names),
         ignored=[],
-        sample_weight=read_weights(fields, rows, path),
+        sample_weight=column_weights(fields, rows, path) if read_weights else None,
         DESCR=f"Images listed in {path!r}: {len(M)} images, {M.shape[1]} labels, "
         f"{M.sum(axis=1).mean():.2f} per image on average.",
     )
@@ -252,7 +255,7 @@ def load_hf_metadata(path: str | os.PathLike[str]) -> Bunch:
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     if path.endswith(".csv"):
-        data = load_multilabel_csv(path, path_column="file_name")
+        data = load_multilabel_csv(path, path_column="file_name", read_weights=True)
         _, rows_csv = _read_csv(path)
         for (line, row), _ in zip(rows_csv, data.filenames, strict=True):
             _inside(folder, (row.get("file_name") or "").strip(), f"{path!r} line {line}")
@@ -275,8 +278,17 @@ def load_hf_metadata(path: str | os.PathLike[str]) -> Bunch:
     if not M.any():
         raise DataError(f"no image in {path!r} has a label")
     return Bunch(filenames=np.array(filenames, dtype=object), target=M, target_names=names,
-                 ignored=[], DESCR=f"Images listed in {path!r}: {len(M)} images, "
+                 ignored=[], sample_weight=_jsonl_weights(rows, path),
+                 DESCR=f"Images listed in {path!r}: {len(M)} images, "
                  f"{M.shape[1]} labels.")  # fmt: skip
+
+
+def _jsonl_weights(rows: list[tuple[int, dict[str, Any]]], path: str) -> np.ndarray | None:
+    """A ``weight`` (or ``sample_weight``) key's numbers, read as a CSV's weight column."""
+    fields = sorted({k for _, row in rows for k in row})
+    texts = [(line, {k: "" if v is None else json.dumps(v) for k, v in row.items()})
+             for line, row in rows]  # fmt: skip
+    return column_weights(fields, texts, path)
 
 
 def _jsonl_rows(path: str) -> list[tuple[int, dict[str, Any]]]:

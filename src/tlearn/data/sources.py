@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import warnings
 import zipfile
 from collections.abc import Iterable, Iterator, Sequence
@@ -360,6 +361,8 @@ def load_image_csv(
     path_column: str | None = None,
     label_column: str | None = None,
     weight_column: str | None = None,
+    *,
+    read_weights: bool = False,
 ) -> Bunch:
     """Load a CSV file listing image paths and (optionally) their labels.
 
@@ -367,8 +370,9 @@ def load_image_csv(
     tabs (read off its header line). Column names are detected (``path``/``filename``/
     ``image``... and ``label``/``class``/``target``...), or the first two columns are
     used. Relative paths are taken from the CSV file's folder. Without a label column
-    ``target`` is ``None``. A column ``weight`` (or ``sample_weight``, or named by
-    ``weight_column``) gives ``sample_weight``, one number per image (else ``None``).
+    ``target`` is ``None``. With ``read_weights``, a column ``weight`` (or
+    ``sample_weight``, or the one named by ``weight_column``) gives ``sample_weight``, one
+    number per image (else, and without it, ``None``: a prediction does not read them).
 
     The file is UTF-8 (with or without a byte-order mark) or, with their mark, UTF-16 or
     UTF-32 (Excel's "Unicode Text"). Anything else (another encoding, a NUL character, a
@@ -383,7 +387,8 @@ def load_image_csv(
     if lcol is None and label_column is None and len(fields) == 2:
         lcol = fields[1] if fields[1] != pcol else fields[0]
         lcol = None if lcol == wcol else lcol  # path,weight: unlabelled, weighed
-    weights = read_weights(fields, rows, path, weight_column)
+    wanted = read_weights or weight_column is not None
+    weights = column_weights(fields, rows, path, weight_column) if wanted else None
     for column in (pcol, lcol or pcol):
         if fields.count(column) > 1:  # the reader would keep one of them, silently
             raise DataError(
@@ -411,19 +416,33 @@ def load_image_csv(
 
 
 def weight_column_of(fields: list[str], path: str, wanted: str | None = None) -> str | None:
-    """The CSV's sample-weight column (:data:`WEIGHT_COLUMNS`, or ``wanted``), or ``None``."""
-    return _pick_column(fields, wanted, WEIGHT_COLUMNS, "weight", path)
+    """The CSV's sample-weight column (``wanted``, or the one named as
+    :data:`WEIGHT_COLUMNS` are, whatever the case), or ``None``; two such columns are an
+    error (which one weighs would be a guess)."""
+    if wanted is not None:
+        return _pick_column(fields, wanted, WEIGHT_COLUMNS, "weight", path)
+    found = [f for f in fields if f.lower().strip() in WEIGHT_COLUMNS]
+    if len(found) > 1:
+        raise DataError(
+            f"the CSV {path!r} has {len(found)} weight columns ({', '.join(map(_shown, found))}); "
+            "keep one"
+        )
+    return found[0] if found else None
 
 
-def read_weights(
+#: A weight cell: a plain decimal number (no ``_`` separators, no digits of other scripts).
+_NUMBER = re.compile(r"[+]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?", re.ASCII)
+
+
+def column_weights(
     fields: list[str],
     rows: list[tuple[int, dict[str, str]]],
     path: str,
     wanted: str | None = None,
 ) -> np.ndarray | None:
     """The sample-weight column's numbers, or ``None`` without one; a cell that is not a
-    finite number from 0 to :data:`~tlearn._validation.MAX_SAMPLE_WEIGHT` is an error
-    naming its line (an empty one too: leave an image out with weight 0)."""
+    plain decimal number from 0 to :data:`~tlearn._validation.MAX_SAMPLE_WEIGHT` is an
+    error naming its line (an empty one too: leave an image out with weight 0)."""
     from tlearn._validation import MAX_SAMPLE_WEIGHT
 
     column = weight_column_of(fields, path, wanted)
@@ -433,10 +452,7 @@ def read_weights(
         raise DataError(f"the CSV {path!r} has {fields.count(column)} columns named {column!r}")
     weights = np.empty(len(rows), np.float64)
     for i, ((line, _), cell) in enumerate(zip(rows, _column(rows, column, path), strict=True)):
-        try:
-            value = float(cell)
-        except ValueError:
-            value = float("nan")
+        value = float(cell) if _NUMBER.fullmatch(cell) else float("nan")
         if not 0 <= value <= MAX_SAMPLE_WEIGHT:  # NaN fails too
             raise DataError(
                 f"the CSV {path!r} has weight {_shown(cell)} on line {line}: a weight is a "

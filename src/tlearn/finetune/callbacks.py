@@ -104,7 +104,8 @@ class Unfreeze(Callback):
 
 
 def _score(row: dict[str, float]) -> tuple[float, float]:
-    """Validation accuracy, then lower loss; without validation, the latest epoch."""
+    """Validation accuracy (mean average precision with several labels per image), then
+    lower loss; without validation, the latest epoch."""
     if math.isnan(row["val_accuracy"]):
         return float(row["epoch"]), 0.0
     return row["val_accuracy"], -row["val_loss"]
@@ -241,7 +242,8 @@ class ProgressLog(Callback):
         left = elapsed / max(1, state.epoch - self.first_epoch) * (epochs - state.epoch)
         logger.info(
             f"epoch {state.epoch}/{epochs}  train loss {row['train_loss']:.4f}  "
-            f"val loss {row['val_loss']:.4f}  val acc {row['val_accuracy']:.4f}  "
+            f"val loss {row['val_loss']:.4f}  val {'mAP' if self.cfg.multilabel else 'acc'} "
+            f"{row['val_accuracy']:.4f}  "
             f"{row['images_per_second']:.0f} img/s  {row['seconds']:.0f} s"
             + ("" if state.stop else f"  ~{left:.0f} s left")
         )

@@ -45,6 +45,14 @@ from tlearn.finetune.callbacks import default_callbacks
 from tlearn.finetune.distributed import DistInfo, dist_info
 from tlearn.finetune.heldout import crossfit_epochs
 from tlearn.finetune.loop import Classifier, LoopConfig, LoopData, fit_loop
+from tlearn.finetune.multilabel import calibrate_labels, crossfit_label_epochs
+from tlearn.multilabel import (
+    THRESHOLD_TARGETS,
+    check_multilabel,
+    is_multilabel_target,
+    sigmoid,
+    valid_threshold_target,
+)
 from tlearn.probe import ScoresNamedTargets
 from tlearn.runtime import resolve_device
 from tlearn.runtime.engines import CALIBRATION_IMAGES, ENGINES
@@ -87,12 +95,12 @@ def _split_weights(
 def _training_weights(
     w: np.ndarray | None, y: np.ndarray, class_weights: list[float] | None
 ) -> np.ndarray | None:
-    """Per training image, its sample weight times its class's weight, scaled to mean 1
-    (then a batch's loss is the mean of its weighted losses and the learning rate means
-    what it means unweighted); ``None`` without sample weights (the class weights, if any,
-    weigh the loss as PyTorch's ``weight=`` does)."""
-    if w is None:
+    """Per training image, its sample weight times its class's weight (scikit-learn's
+    convention), scaled to mean 1: then a batch's loss is the mean of its weighted losses
+    and the learning rate means what it means unweighted; ``None`` when nothing weighs."""
+    if w is None and class_weights is None:
         return None
+    w = np.ones(len(y)) if w is None else w
     if class_weights is not None:
         w = w * np.asarray(class_weights)[y]
     return (w / w.mean()).astype(np.float32)
@@ -135,6 +143,10 @@ class FineTuneClassifier(ForwardsFeatureParams, ScoresNamedTargets, BaseEstimato
     class_weight : "balanced", dict or None, default=None
         Weigh each class's loss: ``"balanced"`` by inverse class frequency, a dict of
         class -> weight as given (a class not named weighs 1).
+    threshold_for : str, default="f1"
+        With several labels per image: what each label's threshold maximises on the
+        validation images, ``"f1"``, or ``"precision=0.9"`` (the most recall at that
+        precision) or ``"recall=0.9"``.
     augmentation : {"flip_crop", "flip", "none", "trivialaugment", "randaugment"}
         Training-time augmentation. Random crops (``flip_crop`` and the policies on top of
         it) take the input size out of the image resized to ``input_size / crop_pct``; a
@@ -214,6 +226,7 @@ class FineTuneClassifier(ForwardsFeatureParams, ScoresNamedTargets, BaseEstimato
         warmup_epochs: float = 0.5,
         label_smoothing: float = 0.1,
         class_weight: str | dict[Any, float] | None = None,
+        threshold_for: str = "f1",
         augmentation: str = "flip_crop",
         image_size: int | None = None,
         crop: str = "auto",
@@ -245,6 +258,7 @@ class FineTuneClassifier(ForwardsFeatureParams, ScoresNamedTargets, BaseEstimato
         self.warmup_epochs = warmup_epochs
         self.label_smoothing = label_smoothing
         self.class_weight = class_weight
+        self.threshold_for = threshold_for
         self.augmentation = augmentation
         self.image_size = image_size
         self.crop = crop
@@ -276,6 +290,7 @@ class FineTuneClassifier(ForwardsFeatureParams, ScoresNamedTargets, BaseEstimato
         "schedule": [Options(("cosine", "constant"))],
         "warmup_epochs": [Interval(Real, 0.0, 10_000)],
         "label_smoothing": [Interval(Real, 0.0, 0.99)],
+        "threshold_for": [Predicate(valid_threshold_target, THRESHOLD_TARGETS)],
         "class_weight": [
             Options({"balanced"}),
             Predicate(lambda v: isinstance(v, dict), "a dict of class -> weight"),
@@ -362,7 +377,7 @@ class FineTuneClassifier(ForwardsFeatureParams, ScoresNamedTargets, BaseEstimato
         if self.verbose:
             ensure_handler()
         images = check_images(X)
-        classes, y_enc = check_labels(y, len(images))
+        classes, y_enc = self._targets(y, len(images))
         sw = check_sample_weight(sample_weight, len(images))
         device, info = self._device()
         torch.manual_seed(self.random_state)
@@ -375,7 +390,8 @@ class FineTuneClassifier(ForwardsFeatureParams, ScoresNamedTargets, BaseEstimato
         keep, self.skipped_ = self._check_images_readable(images, pre_eval)
         if sw is not None:
             keep = keep[sw[keep] > 0]  # weight 0: as if the image were not given
-            _need_images(y_enc[keep], classes)
+            if not self.multilabel_:
+                _need_images(y_enc[keep], classes)
         X_tr, y_tr, X_v, y_v, rows_v = self._split(
             _subset(images, keep), y_enc[keep], classes, X_val, y_val
         )
@@ -384,8 +400,9 @@ class FineTuneClassifier(ForwardsFeatureParams, ScoresNamedTargets, BaseEstimato
         if self.channels_last:
             net = net.to(memory_format=torch.channels_last)
         w_tr, w_v = _split_weights(sw, keep, rows_v)
+        used = None if sw is None else sw[keep]  # the training and validation images'
         cfg = self._loop_config(
-            device, y_tr, classes, self._fingerprint(bb, classes, pre_eval, len(y_tr), w_tr)
+            device, y_tr, classes, self._fingerprint(bb, classes, pre_eval, len(y_tr), used)
         )
         if cfg.checkpoint_dir and info.is_main:
             os.makedirs(cfg.checkpoint_dir, exist_ok=True)
@@ -393,11 +410,25 @@ class FineTuneClassifier(ForwardsFeatureParams, ScoresNamedTargets, BaseEstimato
                         _training_weights(w_tr, y_tr, cfg.class_weights), w_v)  # fmt: skip
         state = fit_loop(net, data, cfg, info, device, default_callbacks(cfg, info, device, resume))
         self._finish(bb, net, classes, state, X_tr)
-        self._calibrate(X_v, y_v)
-        self.validation_ = None if X_v is None or y_v is None else (X_v, classes[y_v])
+        self._calibrate(X_v, y_v, w_v)
+        labels_v = y_v if self.multilabel_ or y_v is None else classes[y_v]
+        self.validation_ = None if X_v is None or y_v is None else (X_v, labels_v)
         rows = None if rows_v is None else keep[rows_v]  # keep: the used rows' indices
         self._held_out(state, len(images), y_v, rows, len(X_tr), w_v)
         return self
+
+    def _targets(self, y: object, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(classes, encoded targets)``: class indices, or an indicator matrix when ``y``
+        gives several labels per image (then ``multilabel_`` is set)."""
+        self.multilabel_ = is_multilabel_target(y)
+        if not self.multilabel_:
+            return check_labels(y, n)
+        if self.class_weight is not None:
+            raise DataError(
+                "class_weight weighs the classes of one label per image; y gives several per "
+                "image (multi-label): leave it out, or give sample_weight"
+            )
+        return check_multilabel(y, n)
 
     def _held_out(
         self,
@@ -415,14 +446,27 @@ class FineTuneClassifier(ForwardsFeatureParams, ScoresNamedTargets, BaseEstimato
         had every epoch), so it says it is optimistic."""
         self.heldout_proba_ = np.full((n, len(self.classes_)), np.nan)
         self.heldout_method_ = ""
+        if self.multilabel_:
+            self.heldout_labels_ = np.full((n, len(self.classes_)), -1, np.int8)
         if rows is None or y_v is None or not len(y_v):
             return
         size = f"held-out {len(rows) / (len(rows) + n_tr):.0%} validation split"
         if len(state.val_logits) != len(state.history) and self.validation_ is not None:
             F, _ = self.features_.extract(self.validation_[0], on_error="skip")
-            logits = F @ self.head_weight_.T + self.head_bias_
-            self.heldout_proba_[rows] = softmax(logits, self.temperature_)
+            self.heldout_proba_[rows] = self.predict_proba_features(F)
+            if self.multilabel_:
+                self.heldout_labels_[rows] = self.heldout_proba_[rows] >= self.thresholds_
             self.heldout_method_ = f"{size} that also chose the epoch (a resumed run)"
+            return
+        if self.multilabel_:
+            proba, labels, _ = crossfit_label_epochs(
+                state.val_logits, y_v, self.threshold_for, self.random_state, w_v
+            )
+            self.heldout_proba_[rows], self.heldout_labels_[rows] = proba, labels
+            self.heldout_method_ = (
+                f"{size}, each half judged at the epoch, calibration and thresholds the "
+                "other half chose (cross-fitted)"
+            )
             return
         self.heldout_proba_[rows], _ = crossfit_epochs(
             state.val_logits, y_v, self.random_state, w_v
@@ -431,13 +475,32 @@ class FineTuneClassifier(ForwardsFeatureParams, ScoresNamedTargets, BaseEstimato
             f"{size}, each half judged at the epoch the other half chose (cross-fitted)"
         )
 
-    def _calibrate(self, X_val: ImageInput | None, y_val: np.ndarray | None) -> None:
+    def _calibrate(
+        self, X_val: ImageInput | None, y_val: np.ndarray | None, w_val: np.ndarray | None
+    ) -> None:
         """Temperature scaling on the validation images (label smoothing leaves a
-        fine-tuned model under-confident); without validation images, none."""
-        self.temperature_, self.calibration_ = 1.0, {}
+        fine-tuned model under-confident); without validation images, none. With several
+        labels per image: each label's Platt scaling and threshold (0.5 without them)."""
+        self.temperature_ = 1.0
+        self.calibration_: dict[str, Any] = {}
+        if self.multilabel_:
+            n_labels = len(self.classes_)
+            self.calibration_slope_ = np.ones(n_labels)
+            self.calibration_offset_ = np.zeros(n_labels)
+            self.thresholds_ = np.full(n_labels, 0.5)
         if X_val is None or y_val is None or not len(y_val):
             return
         F, errors = self.features_.extract(X_val, on_error="skip")
+        if self.multilabel_:
+            ok = ~np.isnan(F).any(axis=1)
+            logits = F[ok] @ self.head_weight_.T + self.head_bias_
+            w = None if w_val is None else w_val[ok]
+            slope, offset, thresholds, self.calibration_ = calibrate_labels(
+                logits, y_val[ok], w, self.threshold_for
+            )
+            self.calibration_slope_, self.calibration_offset_ = slope, offset
+            self.thresholds_ = thresholds
+            return
         ok = ~np.isnan(F).any(axis=1)
         logits = F[ok] @ self.head_weight_.T + self.head_bias_
         self.temperature_ = fit_temperature(logits, y_val[ok])
@@ -491,6 +554,7 @@ class FineTuneClassifier(ForwardsFeatureParams, ScoresNamedTargets, BaseEstimato
             )
         return LoopConfig.from_params(
             self.get_params(),
+            multilabel=self.multilabel_,
             epochs=self.epochs_,
             class_weights=weights,
             autocast_dtype=self._autocast_dtype(device),
@@ -514,6 +578,9 @@ class FineTuneClassifier(ForwardsFeatureParams, ScoresNamedTargets, BaseEstimato
         """Training and validation images and labels, and the validation rows' positions
         in ``X`` (``None`` when the validation images were given apart, or there are
         none)."""
+        if X_val is not None and self.multilabel_:
+            Xv = check_images(X_val)
+            return X, y, Xv, check_multilabel(y_val, len(Xv), classes)[1], None
         if X_val is not None:
             Xv = check_images(X_val)
             yv = np.asarray(y_val)
@@ -523,6 +590,12 @@ class FineTuneClassifier(ForwardsFeatureParams, ScoresNamedTargets, BaseEstimato
             return X, y, Xv, np.searchsorted(classes, yv).astype(np.int64), None
         if self.validation_size == 0:
             return X, y, None, None, None
+        if self.multilabel_:  # several labels per image: a random split
+            idx_tr, idx_v = train_test_split(
+                np.arange(len(y)), test_size=self.validation_size, random_state=self.random_state
+            )
+            idx_tr, idx_v = np.sort(idx_tr), np.sort(idx_v)
+            return _subset(X, idx_tr), y[idx_tr], _subset(X, idx_v), y[idx_v], idx_v
         counts = np.bincount(y, minlength=len(classes))
         need = max(2, int(np.ceil(1 / self.validation_size)))
         if counts.min() < need:
@@ -564,6 +637,9 @@ class FineTuneClassifier(ForwardsFeatureParams, ScoresNamedTargets, BaseEstimato
             )
         }
         params["weights"] = None if params["weights"] is None else str(params["weights"])
+        if isinstance(params["class_weight"], dict):  # as JSON keeps it: text keys, in order
+            given = {str(k): float(v) for k, v in params["class_weight"].items()}
+            params["class_weight"] = dict(sorted(given.items()))
         found = {
             "architecture": bb.architecture,
             "weights_sha256": bb.weights_sha256,
@@ -573,7 +649,8 @@ class FineTuneClassifier(ForwardsFeatureParams, ScoresNamedTargets, BaseEstimato
             "params": params,
         }
         if weights is not None:  # resumed with other sample weights, it is another run
-            digest = hashlib.sha256(np.ascontiguousarray(weights, np.float64).tobytes())
+            relative = weights / weights.mean()  # (all of them doubled is the same run)
+            digest = hashlib.sha256(np.ascontiguousarray(relative, np.float64).tobytes())
             found["sample_weight_sha256"] = digest.hexdigest()
         return found
 
@@ -633,16 +710,38 @@ class FineTuneClassifier(ForwardsFeatureParams, ScoresNamedTargets, BaseEstimato
     def predict_proba_features(self, F: np.ndarray) -> np.ndarray:
         check_is_fitted(self, "head_weight_")
         logits = F.astype(np.float32) @ self.head_weight_.T + self.head_bias_
+        if getattr(self, "multilabel_", False):  # each label's calibrated probability
+            return sigmoid(logits * self.calibration_slope_ + self.calibration_offset_)
         return softmax(logits, getattr(self, "temperature_", 1.0))
 
     def predict_proba(self, X: object) -> np.ndarray:
-        """Class probabilities ``(n_samples, n_classes)`` in ``classes_`` order."""
+        """Class probabilities ``(n_samples, n_classes)`` in ``classes_`` order (with
+        several labels per image, each label's own: they need not sum to 1)."""
         check_is_fitted(self, "head_weight_")
         return self.predict_proba_features(self.features_.transform(X))
 
     def predict(self, X: object) -> np.ndarray:
+        """The best class of each image; with several labels per image, the indicator
+        matrix ``(n_samples, n_labels)``: 1 where a label's probability reaches its
+        threshold."""
         check_is_fitted(self, "head_weight_")
+        if getattr(self, "multilabel_", False):
+            return (self.predict_proba(X) >= self.thresholds_).astype(np.int8)
         return self.classes_[self.predict_proba(X).argmax(axis=1)]
+
+    def score(self, X: object, y: object, sample_weight: object = None) -> float:
+        """Accuracy; with several labels per image, macro-averaged F1 of :meth:`predict`."""
+        check_is_fitted(self, "head_weight_")
+        if not getattr(self, "multilabel_", False):
+            return super().score(X, y, sample_weight)
+        from sklearn.metrics import f1_score
+
+        n = len(check_images(X))
+        _, M = check_multilabel(y, n, self.classes_)
+        w = check_sample_weight(sample_weight, n)
+        return float(
+            f1_score(M, self.predict(X), average="macro", zero_division=0, sample_weight=w)
+        )
 
     def __sklearn_tags__(self) -> Any:
         tags = super().__sklearn_tags__()
@@ -676,4 +775,8 @@ def refit_on_all(
         warnings.simplefilter("ignore", UserWarning)  # bad files are listed by the caller
         final.fit(X, y, sample_weight)
     final.temperature_, final.calibration_ = model.temperature_, model.calibration_
+    if getattr(model, "multilabel_", False):  # the validation run's calibration, thresholds
+        final.calibration_slope_ = model.calibration_slope_
+        final.calibration_offset_ = model.calibration_offset_
+        final.thresholds_ = model.thresholds_
     return final

@@ -28,6 +28,7 @@ from tlearn.data.loader import ImageInput, iter_batches
 from tlearn.exceptions import TrainingError
 from tlearn.finetune.augment import augment_batch
 from tlearn.finetune.distributed import DistInfo, all_reduce_array, all_reduce_sum
+from tlearn.finetune.multilabel import bce_per_image, mean_average_precision
 from tlearn.finetune.optim import lr_factor, make_optimizer
 from tlearn.runtime.normalise import normalise_torch
 
@@ -78,6 +79,7 @@ class LoopConfig:
     n_workers: int | None = None
     verbose: int = 1
     # derived by the estimator
+    multilabel: bool = False  # several labels per image: a sigmoid each, binary CE
     class_weights: list[float] | None = None
     autocast_dtype: torch.dtype | None = None
     checkpoint_dir: str | None = None
@@ -146,7 +148,10 @@ def train_step(
         enabled=cfg.autocast_dtype is not None,
     ):
         logits = net(x)
-    if sample_weight is None:
+    if cfg.multilabel:
+        each = bce_per_image(logits, y, cfg.label_smoothing)
+        loss = each.mean() if sample_weight is None else (each * sample_weight).mean()
+    elif sample_weight is None:
         loss = F.cross_entropy(
             logits.float(), y, weight=weight, label_smoothing=cfg.label_smoothing
         )
@@ -211,9 +216,9 @@ def run_epoch(
         shard = shard[:-1]  # a batch of one image breaks BatchNorm's batch statistics
     X = data.X[shard] if isinstance(data.X, np.ndarray) else [data.X[i] for i in shard]
     warmup = int(round(cfg.warmup_epochs * state.total_steps / max(1, cfg.epochs)))
-    weight = (
+    weight = (  # per class, when no per-image weights (which fold them in) are given
         None
-        if cfg.class_weights is None
+        if cfg.class_weights is None or data.w is not None
         else torch.tensor(cfg.class_weights, dtype=torch.float32, device=device)
     )
     losses, seen = [], 0
@@ -247,7 +252,9 @@ def validate(
 ) -> tuple[float, float, np.ndarray]:
     """(mean cross-entropy, accuracy, logits) on the validation images, summed over
     processes (means weighted by ``w``, when given); the logits ``(n_val, n_classes)``
-    let the caller choose an epoch on some of the images and judge it on the others."""
+    let the caller choose an epoch on some of the images and judge it on the others. With
+    several labels per image (``y`` an indicator matrix) the loss is the binary
+    cross-entropy and the accuracy the mean average precision."""
     net.eval()
     idx = np.arange(len(y))[info.rank :: info.world_size]
     X_part = X[idx] if isinstance(X, np.ndarray) else [X[i] for i in idx]
@@ -265,12 +272,18 @@ def validate(
             logits = net(x).float()
         target = torch.from_numpy(y[idx[batch.indices]]).to(x.device)
         each = torch.from_numpy(w[idx[batch.indices]]).to(x.device)
-        loss_sum += float((F.cross_entropy(logits, target, reduction="none") * each).sum())
-        correct += float(((logits.argmax(1) == target) * each).sum())
+        if cfg.multilabel:
+            loss_sum += float((bce_per_image(logits, target, 0.0) * each).sum())
+        else:
+            loss_sum += float((F.cross_entropy(logits, target, reduction="none") * each).sum())
+            correct += float(((logits.argmax(1) == target) * each).sum())
         all_logits[idx[batch.indices]] = logits.cpu().numpy()
     loss_sum, correct, n = all_reduce_sum([loss_sum, correct, float(w[idx].sum())], info)
     n = n if n > 0 else 1.0
-    return loss_sum / n, correct / n, all_reduce_array(all_logits, info)
+    logits_all = all_reduce_array(all_logits, info)
+    if cfg.multilabel:  # every process holds every image's logits now
+        return loss_sum / n, mean_average_precision(logits_all, y, w), logits_all
+    return loss_sum / n, correct / n, logits_all
 
 
 def notify(callbacks: Sequence[Callback], event: str, state: LoopState) -> None:

@@ -1,0 +1,131 @@
+"""Fine-tuning with several labels per image (issue 28): what changes from one label.
+
+The head gives one logit per label, each label a sigmoid of its own, trained with binary
+cross-entropy (targets smoothed toward 1/2 by ``label_smoothing / 2``). The validation
+images choose the epoch by their mean average precision (then lower loss), as one label's
+choose it by accuracy. After training each label is calibrated (Platt scaling of its
+logit) and thresholded on the validation images, as :class:`~tlearn.multilabel.MultiLabelProbe`
+does on its out-of-fold scores; the held-out estimate is cross-fitted between two halves of
+the validation split, each half judged at the epoch, calibration and threshold the other
+half chose.
+
+:class:`~tlearn.finetune.FineTuneClassifier` takes this road when ``y`` is an indicator
+matrix or gives each image a collection of labels, as scikit-learn's ``MLPClassifier``
+does.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from tlearn.multilabel import (
+    choose_thresholds,
+    crossfit_labels,
+    platt_scaling,
+    sigmoid,
+)
+
+__all__ = [
+    "average_precision",
+    "bce_per_image",
+    "calibrate_labels",
+    "crossfit_label_epochs",
+    "mean_average_precision",
+]
+
+
+def bce_per_image(logits: torch.Tensor, target: torch.Tensor, smoothing: float) -> torch.Tensor:
+    """Each image's binary cross-entropy, the mean over its labels; targets smoothed
+    toward 1/2 by ``smoothing / 2``."""
+    t = target.float() * (1.0 - smoothing) + smoothing / 2
+    return F.binary_cross_entropy_with_logits(logits.float(), t, reduction="none").mean(1)
+
+
+def average_precision(scores: np.ndarray, y: np.ndarray, w: np.ndarray | None = None) -> float:
+    """One label's average precision, as scikit-learn's ``average_precision_score``
+    defines it (precision at each distinct score, weighted by the recall it adds), without
+    its checks: the bootstrap of auto's choice calls it thousands of times."""
+    w = np.ones(len(y)) if w is None else w
+    order = np.argsort(-scores, kind="mergesort")
+    s, yw = scores[order], (w * y)[order]
+    tp, seen = np.cumsum(yw), np.cumsum(w[order])
+    last = np.r_[s[1:] != s[:-1], True]  # a threshold between distinct scores only
+    tp, seen = tp[last], seen[last]
+    precision = np.divide(tp, seen, out=np.zeros(len(tp)), where=seen > 0)
+    return float(np.sum(np.diff(np.r_[0.0, tp / tp[-1]]) * precision))
+
+
+def mean_average_precision(scores: np.ndarray, Y: np.ndarray, w: np.ndarray | None = None) -> float:
+    """The mean over labels that have a positive image (of weight above 0) of each one's
+    average precision of ``scores``; NaN when no label has one."""
+    weights = np.ones(len(Y)) if w is None else np.asarray(w, np.float64)
+    aps = [
+        average_precision(scores[:, j], Y[:, j], weights)
+        for j in range(Y.shape[1])
+        if (weights * Y[:, j]).sum() > 0
+    ]
+    return float(np.mean(aps)) if aps else float("nan")
+
+
+def _key(logits: np.ndarray, Y: np.ndarray, w: np.ndarray) -> tuple[float, float]:
+    """(mAP, -mean binary cross-entropy) of ``logits``, weighted by ``w``."""
+    z = logits.astype(np.float64)
+    each = (np.logaddexp(0, z) - Y * z).mean(1)
+    return mean_average_precision(z, Y, w), -float(np.average(each, weights=w))
+
+
+def crossfit_label_epochs(
+    val_logits: list[np.ndarray],
+    Y: np.ndarray,
+    target: str,
+    random_state: int | None = 0,
+    sample_weight: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Honest probabilities and labels of the validation images ``(n_val, n_labels)`` from
+    every epoch's logits, and the epoch (1-based) that scored each image: each half of the
+    images takes the epoch the other half's mAP chose, then each label is calibrated and
+    thresholded (for ``target``) by the other half of a second split
+    (:func:`~tlearn.multilabel.crossfit_labels`)."""
+    w = np.ones(len(Y)) if sample_weight is None else np.asarray(sample_weight, np.float64)
+    half = np.arange(len(Y)) % 2 == 0
+    logits = np.empty_like(val_logits[0], dtype=np.float64)
+    epoch = np.zeros(len(Y), np.int64)
+    for part in (half, ~half):
+        chooser = ~part if (~part).any() and w[~part].sum() > 0 else part
+        keys = [_key(z[chooser], Y[chooser], w[chooser]) for z in val_logits]
+        best = max(range(len(keys)), key=lambda e: (_finite(keys[e]), -e))
+        logits[part], epoch[part] = val_logits[best][part], best + 1
+    proba, labels = crossfit_labels(logits, Y, sample_weight, target, random_state)
+    return proba, labels, epoch
+
+
+def _finite(key: tuple[float, float]) -> tuple[float, float]:
+    """A key that compares: a NaN mAP (no positive label among the images) ranks last."""
+    return (-1.0 if np.isnan(key[0]) else key[0], key[1])
+
+
+def calibrate_labels(
+    logits: np.ndarray, Y: np.ndarray, w: np.ndarray | None, target: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+    """Each label's Platt slope and offset and its threshold for ``target``, fitted on the
+    validation images' ``logits``; and what it measured there."""
+    platt = [platt_scaling(logits[:, j], Y[:, j], w) for j in range(Y.shape[1])]
+    slope, offset = np.array([a for a, _ in platt]), np.array([c for _, c in platt])
+    proba = sigmoid(logits * slope + offset)
+    thresholds = choose_thresholds(proba, Y, target, w)
+    measured = {
+        "val_mean_average_precision": mean_average_precision(logits, Y, w),
+        "n_val": len(Y),
+    }
+    return slope, offset, thresholds, measured
+
+
+def linear_head(
+    weight: np.ndarray, bias: np.ndarray, slope: np.ndarray, offset: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The calibrated log odds as one linear layer on the features."""
+    return weight * slope[:, None], bias * slope + offset
