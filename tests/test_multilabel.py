@@ -183,7 +183,7 @@ def test_fit_on_a_csv_of_several_labels_reports_held_out_map_and_saves_the_probe
     # 240 mosaics at 96 px, each fold's model on 4/5 of them: chance is about 0.25, and
     # the model of all 240 scores about 0.57 on fresh mosaics
     assert 0.42 < figures["mean_average_precision"] <= 1
-    assert "threshold cross-fitted" in figures["evaluation"]["method"]
+    assert "thresholds chosen by the other half" in figures["evaluation"]["method"]
     loaded = load(model)
     assert type(loaded).__name__ == "MultiLabelProbe"
     assert len(loaded.classes_) == 10 and loaded.thresholds_.shape == (10,)
@@ -548,3 +548,19 @@ def test_flags_of_the_other_task_and_damaged_export_thresholds_are_refused(tmp_p
     for damaged in ({"thresholds": [True, False]}, {"thresholds": None}):
         with pytest.raises(ModelFileError, match="damaged"):
             _check_fits({**meta, **damaged}, "x", [1, 3, 32, 32], [1, 2])
+
+
+def test_each_half_is_judged_at_the_C_the_other_half_chose():
+    """The C search is a choice: a C whose out-of-fold scores are right on one half only
+    must not score that half (issue 28's honest numbers)."""
+    from tlearn.multilabel import _crossfit_C
+
+    rng = np.random.default_rng(0)
+    M = (rng.random((40, 2)) < 0.5).astype(np.int8)
+    half = np.random.default_rng(3).permutation(40) % 2 == 0  # _crossfit_C's halves, seed 3
+    right, noise = (2 * M - 1) * 4.0, rng.normal(size=M.shape)
+    a = np.where(half[:, None], right, noise)  # right on the first half only
+    b = np.where(half[:, None], noise, right)
+    held = _crossfit_C([a, b], M, None, 3)
+    np.testing.assert_array_equal(held[half], b[half])
+    np.testing.assert_array_equal(held[~half], a[~half])

@@ -231,6 +231,27 @@ def _part(w: np.ndarray | None, rows: Any) -> np.ndarray | None:
     return None if w is None else w[rows]
 
 
+def _mean_log_loss(scores: np.ndarray, M: np.ndarray, w: np.ndarray | None) -> float:
+    """The mean over labels of each one's log loss of ``sigmoid(scores)``."""
+    return float(np.mean([_log_loss(sigmoid(scores[:, j]), M[:, j], w) for j in range(M.shape[1])]))
+
+
+def _crossfit_C(
+    per_C: list[np.ndarray], M: np.ndarray, w: np.ndarray | None, random_state: int | None
+) -> np.ndarray:
+    """Out-of-fold scores with each half of the images (the halves of
+    :func:`crossfit_labels`) at the C the other half's mean log loss chose: the C search
+    is a choice too, so the held-out figures must not be judged on the images it was made
+    on."""
+    half = np.random.default_rng(random_state).permutation(len(M)) % 2 == 0
+    held = np.empty(M.shape, np.float64)
+    for part in (half, ~half):
+        other = ~part if (~part).any() else part
+        losses = [_mean_log_loss(s[other], M[other], _part(w, other)) for s in per_C]
+        held[part] = per_C[int(np.argmin(losses))][part]
+    return held
+
+
 def crossfit_labels(
     scores: np.ndarray,
     M: np.ndarray,
@@ -409,19 +430,16 @@ class MultiLabelProbe(ForwardsFeatureParams, ClassifierMixin, BaseEstimator):
         Z = scaler.transform(F)
         folds = list(KFold(self.cv, shuffle=True, random_state=self.random_state).split(Z))
         Cs = MULTILABEL_CS if self.Cs is None else tuple(float(c) for c in self.Cs)
-        results, best = [], None
+        results, per_C = [], []
         for C in Cs:
             scores = np.empty(M.shape, np.float64)
             for train, test in folds:
                 coef, b = _fit_all(Z[train], M[train], C, self.max_iter, _part(w, train))
                 scores[test] = Z[test] @ coef.T + b
-            loss = float(np.mean([_log_loss(sigmoid(scores[:, j]), M[:, j], w)
-                                  for j in range(M.shape[1])]))  # fmt: skip
-            results.append({"C": C, "mean_log_loss": loss})
-            if best is None or loss < best[0]:
-                best = (loss, C, scores)
-        assert best is not None
-        _, self.C_, oof = best
+            results.append({"C": C, "mean_log_loss": _mean_log_loss(scores, M, w)})
+            per_C.append(scores)
+        best = int(np.argmin([r["mean_log_loss"] for r in results]))
+        self.C_, oof = Cs[best], per_C[best]
         self.cv_results_ = {"C": [r["C"] for r in results],
                             "mean_log_loss": [r["mean_log_loss"] for r in results]}  # fmt: skip
         platt = [platt_scaling(oof[:, j], M[:, j], w) for j in range(M.shape[1])]
@@ -433,14 +451,15 @@ class MultiLabelProbe(ForwardsFeatureParams, ClassifierMixin, BaseEstimator):
         self.coef_, self.intercept_ = _fit_all(Z, M, self.C_, self.max_iter, w)
         self.oof_proba_ = np.full((n, M.shape[1]), np.nan)
         self.oof_proba_[rows] = oof_p
-        proba, labels = crossfit_labels(oof, M, w, self.threshold_for, self.random_state)
+        held = _crossfit_C(per_C, M, w, self.random_state)  # C chosen by the other half too
+        proba, labels = crossfit_labels(held, M, w, self.threshold_for, self.random_state)
         self.heldout_proba_ = np.full((n, M.shape[1]), np.nan)
         self.heldout_proba_[rows] = proba
         self.heldout_labels_ = np.full((n, M.shape[1]), -1, np.int8)
         self.heldout_labels_[rows] = labels
         self.heldout_method_ = (
-            f"{self.cv}-fold out-of-fold probabilities (C chosen on them among {len(Cs)}; "
-            "each label's calibration and threshold cross-fitted between two halves)"
+            f"{self.cv}-fold out-of-fold probabilities (each half's C among {len(Cs)}, "
+            "calibration and thresholds chosen by the other half: cross-fitted)"
         )
 
     def decision_function_features(self, F: np.ndarray) -> np.ndarray:
