@@ -92,13 +92,15 @@ def baseline(F: np.ndarray, Y: np.ndarray, F_test: np.ndarray) -> tuple[np.ndarr
     return P, (P >= 0.5).astype(np.int8)
 
 
-def _finetune(csv_path: Path, folder: Path, X_test: list[str], Y_test: np.ndarray) -> dict:
+def _finetune(
+    csv_path: Path, folder: Path, X_test: list[str], Y_test: np.ndarray, settings: dict
+) -> dict:
     """``tlearn fit --method lp-ft`` with its defaults: the test mosaics' figures, the
     held-out ones it reported, and its seconds."""
     from tlearn import train
 
     t0 = time.perf_counter()
-    fitted = train(csv_path, method="lp-ft", out=folder / "finetuned.safetensors")
+    fitted = train(csv_path, method="lp-ft", out=folder / "finetuned.safetensors", **settings)
     seconds = time.perf_counter() - t0
     model = fitted.model
     P = model.predict_proba(X_test)
@@ -115,6 +117,8 @@ def main() -> None:
     ap.add_argument("--test", type=int, default=500)
     ap.add_argument("--folder", default="/tmp/tlearn-mosaics")
     ap.add_argument("--out")
+    ap.add_argument("--ft-epochs", type=int, help="fine-tuning's epochs (default: its own)")
+    ap.add_argument("--ft-image-size", type=int, help="fine-tuning's input size (default: its own)")
     ap.add_argument(
         "--finetune",
         action="store_true",
@@ -156,7 +160,9 @@ def main() -> None:
               "tlearn_fit_seconds": fit_s, "baseline_head_seconds": base_s,
               "C": probe.C_, "thresholds": probe.thresholds_.round(3).tolist()}  # fmt: skip
     if args.finetune:
-        result["finetune"] = _finetune(csv_path, folder, X_test, Y_test)
+        settings = {"epochs": args.ft_epochs, "image_size": args.ft_image_size}
+        settings = {k: v for k, v in settings.items() if v is not None}
+        result["finetune"] = _finetune(csv_path, folder, X_test, Y_test, settings)
     print(json.dumps(result, indent=2))
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2))

@@ -430,3 +430,14 @@ def test_the_documented_pandas_recipe_reads_labels_back_as_written(tmp_path):
         assert [list(v) for v in table["top_labels"]] == [[c] for c in want[:4]] + [[]]
         assert table["probability"].isna().tolist() == [False] * 4 + [True]
         assert table["error"].tolist() == ["", "", "", "", "bad"]
+
+
+def test_predict_to_file_refuses_an_existing_output_before_loading_the_model(tmp_path):
+    from tlearn.exceptions import DataError
+    from tlearn.inference import predict_to_file
+
+    out = tmp_path / "preds.csv"
+    out.write_text("kept\n")
+    with pytest.raises(DataError, match="--overwrite"):  # the model is not even a file
+        predict_to_file(tmp_path / "no-such-model.safetensors", ["a.jpg"], out)
+    assert out.read_text() == "kept\n"

@@ -14,7 +14,14 @@ import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
-from tlearn.outputs import FORMATS, prepare_output, read_done_paths, read_done_rows, write_rows
+from tlearn.outputs import (
+    FORMATS,
+    prepare_output,
+    read_done_paths,
+    read_done_rows,
+    refuse_to_replace,
+    write_rows,
+)
 from tlearn.predictor import load_predictor
 
 __all__ = [
@@ -87,6 +94,7 @@ def predict_to_file(
     ``failed`` and ``skipped`` (already done by an earlier run, with ``resume``: its
     complete rows, by row id, so an image listed twice is done twice)."""
     output = os.fspath(output)
+    refuse_to_replace(output, resume=resume, overwrite=overwrite)  # before the model loads
     predictor = load_predictor(model)
     kind = predictor.rows.name  # one label a row, or several
     done = prepare_output(output, kind, resume=resume, overwrite=overwrite)

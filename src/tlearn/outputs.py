@@ -36,6 +36,7 @@ __all__ = [
     "cut_torn_tail",
     "output_format",
     "prepare_output",
+    "refuse_to_replace",
     "read_done_paths",
     "read_done_rows",
     "rows_table",
@@ -76,6 +77,16 @@ def check_output(output: str) -> None:
         raise DataError(f"cannot write {output!r}: the folder {folder!r} is not writable")
 
 
+def refuse_to_replace(output: str, *, resume: bool, overwrite: bool) -> None:
+    """An existing ``output`` is neither resumed nor replaced unless asked: a
+    :class:`DataError` saying how, before anything is loaded."""
+    if os.path.exists(output) and not resume and not overwrite:
+        raise DataError(
+            f"the output {output!r} exists; pass --overwrite to replace it or "
+            "--resume to continue an interrupted run"
+        )
+
+
 def prepare_output(
     output: str, kind: str, *, resume: bool, overwrite: bool
 ) -> dict[int, str] | None:
@@ -89,11 +100,7 @@ def prepare_output(
             done = cut_torn_tail(output)
             _check_columns(output, output_format(output, kind), kind)
             return done
-        if not overwrite:
-            raise DataError(
-                f"the output {output!r} exists; pass --overwrite to replace it or "
-                "--resume to continue an interrupted run"
-            )
+        refuse_to_replace(output, resume=resume, overwrite=overwrite)
         if os.path.isdir(output):
             shutil.rmtree(output)
         else:
