@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import pickle
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ from sklearn.base import clone
 from tests.cli_runner import run_tlearn
 from tests.synthetic import make_folder
 from tlearn import DataError, FineTuneClassifier, load, save
+from tlearn.exceptions import CheckpointError
 from tlearn.finetune.multilabel import bce_per_image, crossfit_label_epochs
 from tlearn.models import model_kind
 
@@ -110,7 +112,8 @@ def test_what_one_label_takes_and_several_do_not(tagged):
         [x for x, v in zip(X, val, strict=True) if v],
         [y for y, v in zip(Y, val, strict=True) if v],
     )
-    given = FineTuneClassifier(**{**SMALL, "epochs": 1}).fit(X_tr, Y_tr, X_val=X_v, y_val=Y_v)
+    with pytest.warns(UserWarning, match="framed"):  # no validation image is framed
+        given = FineTuneClassifier(**{**SMALL, "epochs": 1}).fit(X_tr, Y_tr, X_val=X_v, y_val=Y_v)
     assert given.calibration_["n_val"] == 12
     with pytest.raises(DataError, match="not fitted on"):
         FineTuneClassifier(**SMALL).fit(X_tr, Y_tr, X_val=X_v, y_val=[["nope"]] * 12)
@@ -184,8 +187,10 @@ def test_auto_tries_the_probe_and_fine_tuning_and_keeps_the_better_map(tagged, t
     _, X, Y = tagged
     data = _write(tmp_path / "tags.csv", X, Y)
     said: list[str] = []
-    result = tlearn.train(data, image_size=32, epochs=2, batch_size=8, Cs=[0.1, 1.0],
-                          engine="torch", say=said.append)  # fmt: skip
+    with warnings.catch_warnings():  # LP-FT's 4 validation images may lack a label
+        warnings.simplefilter("ignore", UserWarning)
+        result = tlearn.train(data, image_size=32, epochs=2, batch_size=8, Cs=[0.1, 1.0],
+                              engine="torch", say=said.append)  # fmt: skip
     rows = result.leaderboard
     assert [r["candidate"].split()[0] for r in rows] == ["multi-label", "lp-ft"]
     assert all(0 <= r["mean_average_precision"] <= 1 for r in rows)
@@ -228,3 +233,56 @@ def test_average_precision_is_scikit_learns():
         assert average_precision(scores, y, w) == pytest.approx(
             average_precision_score(y, scores, sample_weight=w)
         )
+
+
+# -- what an adversarial review found --------------------------------------------------------
+def test_a_label_the_validation_images_show_one_side_of_keeps_one_half(tagged):
+    """A random split can leave a label with no positive (or no negative) validation image:
+    its threshold must not become 1.0 (never predicted) or 0 (always)."""
+    from tlearn.finetune.multilabel import calibrate_labels
+
+    Y = np.array([[1, 0, 1], [0, 0, 1], [1, 0, 1], [0, 0, 1]])  # label 1 never, 2 always
+    logits = np.array([[2.0, -1, 3], [-2, -2, 1], [1, 0, 2], [-1, 1, 4]])
+    with pytest.warns(UserWarning, match=r"\['b', 'c'\] have no image with them"):
+        slope, offset, thresholds, measured = calibrate_labels(logits, Y, None, "f1", list("abc"))
+    assert thresholds[1:].tolist() == [0.5, 0.5] and slope[1:].tolist() == [1.0, 1.0]
+    assert measured["uncalibrated_labels"] == ["b", "c"] and 0 < thresholds[0] < 1
+
+
+def test_platt_scaling_takes_relative_weights():
+    from tlearn.multilabel import platt_scaling
+
+    rng = np.random.default_rng(4)
+    y = (rng.random(50) < 0.5).astype(int)
+    scores = (2 * y - 1) + rng.normal(size=50)
+    w = rng.integers(1, 4, 50).astype(float)
+    a, c = platt_scaling(scores, y, w)
+    for scale in (1e-6, 1e6):
+        assert platt_scaling(scores, y, w * scale) == pytest.approx((a, c), rel=1e-3)
+
+
+def test_a_checkpoint_of_the_other_task_is_not_resumed(tagged, tmp_path):
+    _, X, Y = tagged
+    # one label each, of the same class names: only the task tells the two runs apart
+    single = ["framed" if "framed" in labels else labels[0] for labels in Y]
+    names = sorted(set().union(*map(set, Y)))
+    assert sorted(set(single)) == names
+    run = {**SMALL, "epochs": 1, "validation_size": 0.25, "checkpoint_dir": tmp_path / "ck"}
+    FineTuneClassifier(**run).fit(X, single)
+    with pytest.raises(CheckpointError, match="differs in \\['multilabel'\\]"):
+        FineTuneClassifier(**run).fit(X, Y, resume=True)
+
+
+def test_labels_of_a_filtered_pandas_series_and_a_failed_fit(fitted, tagged):
+    pd = pytest.importorskip("pandas")
+    from tlearn.multilabel import is_multilabel_target
+
+    _, X, Y = tagged
+    assert is_multilabel_target(pd.Series(Y, index=range(100, 136)))
+    assert not is_multilabel_target(pd.Series([y[0] for y in Y], index=range(5, 41)))
+    assert is_multilabel_target([np.array(y) for y in Y])
+    model = pickle.loads(pickle.dumps(fitted))
+    before = model.predict_proba(X[:4])
+    with pytest.raises(DataError):
+        model.fit(X, [() for _ in X])  # no image has a label
+    np.testing.assert_array_equal(model.predict_proba(X[:4]), before)  # the model stands

@@ -185,9 +185,12 @@ def _fit_all(
 def platt_scaling(
     scores: np.ndarray, y: np.ndarray, w: np.ndarray | None = None
 ) -> tuple[float, float]:
-    """Slope and offset mapping one label's scores to calibrated log odds."""
+    """Slope and offset mapping one label's scores to calibrated log odds (weights are
+    relative: scaled to mean 1, since the regularisation is not)."""
     if y.min() == y.max():
         return 1.0, 0.0
+    if w is not None and w.sum() > 0:
+        w = w / w[w > 0].mean()
     clf = LogisticRegression(C=1e4, max_iter=1000).fit(scores[:, None], y, sample_weight=w)
     return float(clf.coef_[0, 0]), float(clf.intercept_[0])
 
@@ -286,8 +289,8 @@ def is_multilabel_target(y: Any) -> bool:
         return np.asarray(y).shape[1] >= 2
     if isinstance(y, (str, bytes)) or not hasattr(y, "__len__") or not len(y):
         return False
-    first = y[0] if hasattr(y, "__getitem__") else next(iter(y))
-    return isinstance(first, (list, tuple, set, frozenset))
+    first = next(iter(y))  # by position: a pandas Series' index need not hold 0
+    return isinstance(first, (list, tuple, set, frozenset, np.ndarray))
 
 
 def choose_thresholds(

@@ -420,15 +420,15 @@ class FineTuneClassifier(ForwardsFeatureParams, ScoresNamedTargets, BaseEstimato
     def _targets(self, y: object, n: int) -> tuple[np.ndarray, np.ndarray]:
         """``(classes, encoded targets)``: class indices, or an indicator matrix when ``y``
         gives several labels per image (then ``multilabel_`` is set)."""
-        self.multilabel_ = is_multilabel_target(y)
-        if not self.multilabel_:
-            return check_labels(y, n)
-        if self.class_weight is not None:
+        several = is_multilabel_target(y)
+        if several and self.class_weight is not None:
             raise DataError(
                 "class_weight weighs the classes of one label per image; y gives several per "
                 "image (multi-label): leave it out, or give sample_weight"
             )
-        return check_multilabel(y, n)
+        classes, encoded = check_multilabel(y, n) if several else check_labels(y, n)
+        self.multilabel_ = several  # once y is known good: a failed fit leaves the last model
+        return classes, encoded
 
     def _held_out(
         self,
@@ -496,7 +496,7 @@ class FineTuneClassifier(ForwardsFeatureParams, ScoresNamedTargets, BaseEstimato
             logits = F[ok] @ self.head_weight_.T + self.head_bias_
             w = None if w_val is None else w_val[ok]
             slope, offset, thresholds, self.calibration_ = calibrate_labels(
-                logits, y_val[ok], w, self.threshold_for
+                logits, y_val[ok], w, self.threshold_for, self.classes_
             )
             self.calibration_slope_, self.calibration_offset_ = slope, offset
             self.thresholds_ = thresholds
@@ -648,6 +648,8 @@ class FineTuneClassifier(ForwardsFeatureParams, ScoresNamedTargets, BaseEstimato
             "n_train": int(n_train),
             "params": params,
         }
+        if self.multilabel_:  # a run of the other task's loss and scores is another run
+            found["multilabel"] = True
         if weights is not None:  # resumed with other sample weights, it is another run
             relative = weights / weights.mean()  # (all of them doubled is the same run)
             digest = hashlib.sha256(np.ascontiguousarray(relative, np.float64).tobytes())

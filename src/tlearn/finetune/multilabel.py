@@ -16,6 +16,7 @@ does.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -109,17 +110,37 @@ def _finite(key: tuple[float, float]) -> tuple[float, float]:
 
 
 def calibrate_labels(
-    logits: np.ndarray, Y: np.ndarray, w: np.ndarray | None, target: str
+    logits: np.ndarray,
+    Y: np.ndarray,
+    w: np.ndarray | None,
+    target: str,
+    names: Any = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
     """Each label's Platt slope and offset and its threshold for ``target``, fitted on the
-    validation images' ``logits``; and what it measured there."""
+    validation images' ``logits``; and what it measured there. A label the validation
+    images show only one side of (no image with it, or none without it) cannot be
+    calibrated or thresholded there: it keeps its sigmoid and 0.5, and a warning names it."""
     platt = [platt_scaling(logits[:, j], Y[:, j], w) for j in range(Y.shape[1])]
     slope, offset = np.array([a for a, _ in platt]), np.array([c for _, c in platt])
     proba = sigmoid(logits * slope + offset)
     thresholds = choose_thresholds(proba, Y, target, w)
+    weights = np.ones(len(Y)) if w is None else w
+    positive = (weights[:, None] * Y).sum(0)
+    one_sided = (positive <= 0) | (positive >= weights.sum())
+    slope[one_sided], offset[one_sided], thresholds[one_sided] = 1.0, 0.0, 0.5
+    named = np.arange(Y.shape[1]) if names is None else np.asarray(names)
+    if one_sided.any():
+        warnings.warn(
+            f"label(s) {[str(c) for c in named[one_sided][:10]]} have no image with them, or "
+            f"none without them, among the {len(Y)} validation images: they keep threshold "
+            "0.5, uncalibrated; give more images of them, or a larger validation_size",
+            UserWarning,
+            stacklevel=3,
+        )
     measured = {
         "val_mean_average_precision": mean_average_precision(logits, Y, w),
         "n_val": len(Y),
+        "uncalibrated_labels": [str(c) for c in named[one_sided]],
     }
     return slope, offset, thresholds, measured
 
