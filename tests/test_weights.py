@@ -283,6 +283,7 @@ def test_a_resumed_runs_fingerprint_keeps_class_weight_keys_and_relative_weights
 
     def printed(class_weight, weights=None):
         est = FineTuneClassifier(class_weight=class_weight)
+        est.multilabel_ = False  # what fit sets from y before it configures the loop
         return json.dumps(est._fingerprint(bb, classes, pre, 4, weights), sort_keys=True)
 
     assert printed({np.int64(0): 2.0}) == printed({0: 2}) == printed({"0": 2.0})

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from tlearn.finetune.heldout import epochs_chosen_by_the_other_half
 from tlearn.multilabel import (
     choose_thresholds,
     crossfit_labels,
@@ -73,10 +74,12 @@ def mean_average_precision(scores: np.ndarray, Y: np.ndarray, w: np.ndarray | No
 
 
 def _key(logits: np.ndarray, Y: np.ndarray, w: np.ndarray) -> tuple[float, float]:
-    """(mAP, -mean binary cross-entropy) of ``logits``, weighted by ``w``."""
+    """(mAP, -mean binary cross-entropy) of ``logits``, weighted by ``w``; a NaN mAP (no
+    label with a positive among the images) ranks last."""
     z = logits.astype(np.float64)
     each = (np.logaddexp(0, z) - Y * z).mean(1)
-    return mean_average_precision(z, Y, w), -float(np.average(each, weights=w))
+    score = mean_average_precision(z, Y, w)
+    return (-1.0 if np.isnan(score) else score), -float(np.average(each, weights=w))
 
 
 def crossfit_label_epochs(
@@ -91,22 +94,9 @@ def crossfit_label_epochs(
     images takes the epoch the other half's mAP chose, then each label is calibrated and
     thresholded (for ``target``) by the other half of a second split
     (:func:`~tlearn.multilabel.crossfit_labels`)."""
-    w = np.ones(len(Y)) if sample_weight is None else np.asarray(sample_weight, np.float64)
-    half = np.arange(len(Y)) % 2 == 0
-    logits = np.empty_like(val_logits[0], dtype=np.float64)
-    epoch = np.zeros(len(Y), np.int64)
-    for part in (half, ~half):
-        chooser = ~part if (~part).any() and w[~part].sum() > 0 else part
-        keys = [_key(z[chooser], Y[chooser], w[chooser]) for z in val_logits]
-        best = max(range(len(keys)), key=lambda e: (_finite(keys[e]), -e))
-        logits[part], epoch[part] = val_logits[best][part], best + 1
+    logits, epoch = epochs_chosen_by_the_other_half(val_logits, Y, sample_weight, _key)
     proba, labels = crossfit_labels(logits, Y, sample_weight, target, random_state)
     return proba, labels, epoch
-
-
-def _finite(key: tuple[float, float]) -> tuple[float, float]:
-    """A key that compares: a NaN mAP (no positive label among the images) ranks last."""
-    return (-1.0 if np.isnan(key[0]) else key[0], key[1])
 
 
 def calibrate_labels(
