@@ -291,17 +291,14 @@ def _probe_from_file(
     classes: Array,
     params: dict[str, Any],
 ) -> LinearProbe:
-    probe = LinearProbe(**params)
     C = head["C"] if isinstance(head["C"], (int, float)) else tuple(head["C"])  # ensembles
     scaler, clf = _logistic_from_arrays(arrays, nominal_C(C), int(params.get("max_iter", 1000)))
     clf.classes_ = np.arange(len(classes))
-    probe.features_, probe.classes_ = features, classes
-    probe.scaler_, probe.classifier_ = scaler, clf
-    probe.C_, probe.cv_results_ = C, head.get("cv_results", {})
-    probe.skipped_, probe.n_features_in_ = [], clf.n_features_in_
-    probe.temperature_ = float(head.get("temperature", 1.0))
-    probe.calibration_ = head.get("calibration", {})
-    return probe
+    return LinearProbe.from_fitted(
+        features, classes, scaler, clf, C=C, cv_results=head.get("cv_results", {}),
+        temperature=head.get("temperature", 1.0), calibration=head.get("calibration", {}),
+        **params,
+    )  # fmt: skip
 
 
 def _pipeline_is_linear(model: Any) -> bool:
@@ -431,21 +428,14 @@ def _finetune_from_file(
     features: PretrainedFeatures,
     classes: Array,
     params: dict[str, Any],
+    multilabel: tuple[Array, Array, Array] | None = None,
 ) -> FineTuneClassifier:
-    model = FineTuneClassifier(**params)
-    model.features_, model.classes_ = features, classes
-    model.head_weight_ = arrays["head.weight"].astype(np.float32)
-    model.head_bias_ = arrays["head.bias"].astype(np.float32)
-    model.n_features_in_ = model.head_weight_.shape[1]
-    model.history_ = head.get("history", [])
-    model.best_epoch_ = head.get("best_epoch", -1)
-    model.stopped_early_, model.skipped_ = False, []
-    model.temperature_ = float(head.get("temperature", 1.0))
-    model.calibration_ = head.get("calibration", {})
-    model.image_size_ = features.preprocessing_.input_size
-    model.epochs_ = len(model.history_)
-    model.multilabel_ = False
-    return model
+    return FineTuneClassifier.from_fitted(
+        features, classes, arrays["head.weight"], arrays["head.bias"],
+        history=head.get("history", []), best_epoch=head.get("best_epoch", -1),
+        temperature=head.get("temperature", 1.0), calibration=head.get("calibration", {}),
+        multilabel=multilabel, **params,
+    )  # fmt: skip
 
 
 # -- fine-tuning with several labels per image: a sigmoid per label, calibrated ----------
@@ -482,12 +472,9 @@ def _multilabel_finetune_from_file(
     classes: Array,
     params: dict[str, Any],
 ) -> FineTuneClassifier:
-    model = _finetune_from_file(head, arrays, features, classes, params)
-    model.thresholds_ = _probabilities(arrays["head.thresholds"], "head.thresholds")
-    model.calibration_slope_ = arrays["head.slope"].astype(np.float64)
-    model.calibration_offset_ = arrays["head.offset"].astype(np.float64)
-    model.multilabel_ = True
-    return model
+    thresholds = _probabilities(arrays["head.thresholds"], "head.thresholds")
+    calibrated = (arrays["head.slope"], arrays["head.offset"], thresholds)
+    return _finetune_from_file(head, arrays, features, classes, params, calibrated)
 
 
 def _probabilities(values: Array, name: str) -> Array:
@@ -612,23 +599,17 @@ def _multilabel_from_file(
     from sklearn.preprocessing import StandardScaler
 
     thresholds = _probabilities(arrays["head.thresholds"], "head.thresholds")
-    model = MultiLabelProbe(**params)
     scaler = StandardScaler()
     scaler.mean_, scaler.scale_ = arrays["head.scaler_mean"], arrays["head.scaler_scale"]
     scaler.var_, scaler.n_features_in_ = arrays["head.scaler_var"], len(arrays["head.scaler_mean"])
     scaler.n_samples_seen_ = np.int64(0)
     if not (scaler.scale_ > 0).all():
         raise ValueError("the tensor 'head.scaler_scale' must be positive")
-    model.features_, model.classes_, model.scaler_ = features, classes, scaler
-    model.coef_, model.intercept_ = arrays["head.coef"], arrays["head.intercept"]
-    model.calibration_slope_, model.calibration_offset_ = (
-        arrays["head.slope"],
-        arrays["head.offset"],
-    )
-    model.thresholds_, model.C_ = thresholds, float(head["C"])
-    model.cv_results_, model.skipped_ = head.get("cv_results", {}), []
-    model.n_features_in_ = model.coef_.shape[1]
-    return model
+    return MultiLabelProbe.from_fitted(
+        features, classes, scaler, (arrays["head.coef"], arrays["head.intercept"]),
+        (arrays["head.slope"], arrays["head.offset"], thresholds), C=float(head["C"]),
+        cv_results=head.get("cv_results", {}), **params,
+    )  # fmt: skip
 
 
 def _multilabel_linear(model: MultiLabelProbe) -> tuple[Array, Array]:

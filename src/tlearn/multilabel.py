@@ -465,6 +465,30 @@ class MultiLabelProbe(ForwardsFeatureParams, ClassifierMixin, BaseEstimator):
             "calibration and thresholds chosen by the other half: cross-fitted)"
         )
 
+    @classmethod
+    def from_fitted(
+        cls,
+        features: PretrainedFeatures,
+        classes: np.ndarray,
+        scaler: Any,
+        linear: tuple[np.ndarray, np.ndarray],
+        calibrated: tuple[np.ndarray, np.ndarray, np.ndarray],
+        *,
+        C: float,
+        cv_results: dict[str, Any] | None = None,
+        **params: Any,
+    ) -> MultiLabelProbe:
+        """A fitted probe from its parts (what a model file holds): the feature extractor,
+        the labels, the fitted scaler, each label's coefficients and intercept
+        (``linear``), and its calibration slope, offset and threshold (``calibrated``)."""
+        model = cls(**params)
+        model.features_, model.classes_, model.scaler_ = features, classes, scaler
+        model.coef_, model.intercept_ = linear
+        model.calibration_slope_, model.calibration_offset_, model.thresholds_ = calibrated
+        model.C_, model.cv_results_, model.skipped_ = C, cv_results or {}, []
+        model.n_features_in_ = model.coef_.shape[1]
+        return model
+
     def decision_function_features(self, F: np.ndarray) -> np.ndarray:
         """Calibrated log odds ``(n, n_labels)`` from precomputed features."""
         check_is_fitted(self, "coef_")

@@ -738,6 +738,31 @@ class LinearProbe(ForwardsFeatureParams, ScoresNamedTargets, BaseEstimator):
         self.n_features_in_ = F.shape[1]
         return self
 
+    @classmethod
+    def from_fitted(
+        cls,
+        features: PretrainedFeatures,
+        classes: np.ndarray,
+        scaler: Any,
+        classifier: Any,
+        *,
+        C: Any,
+        cv_results: dict[str, Any] | None = None,
+        temperature: float = 1.0,
+        calibration: dict[str, Any] | None = None,
+        **params: Any,
+    ) -> LinearProbe:
+        """A fitted probe from its parts (what a model file holds): the feature extractor,
+        the class labels, the fitted scaler and classifier (trained on class indices), the
+        C chosen and its search, the temperature; ``params`` are the probe's own."""
+        probe = cls(**params)
+        probe.features_, probe.classes_ = features, classes
+        probe.scaler_, probe.classifier_ = scaler, classifier
+        probe.C_, probe.cv_results_ = C, cv_results or {}
+        probe.skipped_, probe.n_features_in_ = [], classifier.n_features_in_
+        probe.temperature_, probe.calibration_ = float(temperature), calibration or {}
+        return probe
+
     def predict_proba_features(self, F: np.ndarray) -> np.ndarray:
         """Class probabilities ``(n, n_classes)`` from precomputed features."""
         check_is_fitted(self, "classifier_")

@@ -708,6 +708,43 @@ class FineTuneClassifier(ForwardsFeatureParams, ScoresNamedTargets, BaseEstimato
         self.head_bias_ = bias.astype(np.float32)
         self.n_features_in_ = weight.shape[1]
 
+    @classmethod
+    def from_fitted(
+        cls,
+        features: PretrainedFeatures,
+        classes: np.ndarray,
+        weight: np.ndarray,
+        bias: np.ndarray,
+        *,
+        history: list[dict[str, float]] | None = None,
+        best_epoch: int = -1,
+        temperature: float = 1.0,
+        calibration: dict[str, Any] | None = None,
+        multilabel: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+        **params: Any,
+    ) -> FineTuneClassifier:
+        """A fitted model from its parts (what a model file holds): the feature extractor
+        over the fine-tuned backbone, the class labels, the head's weight and bias, the
+        training history, the temperature; ``multilabel``: each label's calibration slope,
+        offset and threshold (several labels per image); ``params`` are the estimator's."""
+        model = cls(**params)
+        model.features_, model.classes_ = features, classes
+        model.head_weight_ = weight.astype(np.float32)
+        model.head_bias_ = bias.astype(np.float32)
+        model.n_features_in_ = model.head_weight_.shape[1]
+        model.history_, model.best_epoch_ = history or [], best_epoch
+        model.stopped_early_, model.skipped_ = False, []
+        model.temperature_, model.calibration_ = float(temperature), calibration or {}
+        model.image_size_ = features.preprocessing_.input_size
+        model.epochs_ = len(model.history_)
+        model.multilabel_ = multilabel is not None
+        if multilabel is not None:
+            slope, offset, thresholds = multilabel
+            model.calibration_slope_ = slope.astype(np.float64)
+            model.calibration_offset_ = offset.astype(np.float64)
+            model.thresholds_ = thresholds
+        return model
+
     # -- predicting -------------------------------------------------------------------
     def predict_proba_features(self, F: np.ndarray) -> np.ndarray:
         check_is_fitted(self, "head_weight_")
