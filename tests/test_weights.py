@@ -351,3 +351,17 @@ def test_balanced_judging_weighs_each_class_to_one_with_sample_weights():
     always_b = (y == "b").astype(float)
     assert np.average(always_b, weights=judged) == pytest.approx(0.5)
     np.testing.assert_allclose(class_balancing_weights(y), np.full(10, 0.2))
+
+
+def test_only_a_fit_reads_hugging_face_metadata_weights(image_folder):
+    import json
+
+    from tlearn.training import load_labelled
+
+    files = sorted(p.relative_to(image_folder) for p in image_folder.rglob("*.jpg"))
+    lines = [json.dumps({"file_name": str(f), "labels": [f.parent.name], "weight": "heavy"})
+             for f in files]  # fmt: skip
+    (image_folder / "metadata.jsonl").write_text("\n".join(lines) + "\n")
+    assert len(load_labelled(image_folder)[0]) == len(files)  # what evaluate reads
+    with pytest.raises(DataError, match="weight"):
+        load_weighted(image_folder)

@@ -95,7 +95,7 @@ def _load(
     if is_csv and ml.is_multilabel_csv(text):
         several = ml.load_multilabel_csv(text, read_weights=weights)
     elif os.path.isdir(text) and (metadata := ml.find_hf_metadata(text)) is not None:
-        several = ml.load_hf_metadata(metadata)  # Hugging Face's imagefolder, lists of labels
+        several = ml.load_hf_metadata(metadata, read_weights=weights)  # HF's imagefolder
     if several is not None:
         w = several.get("sample_weight") if weights else None
         rows = np.arange(len(several.target)) if w is None else np.flatnonzero(w > 0)

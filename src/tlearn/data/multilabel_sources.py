@@ -247,15 +247,16 @@ def _inside(folder: str, name: Any, where: str) -> str:
     return path
 
 
-def load_hf_metadata(path: str | os.PathLike[str]) -> Bunch:
+def load_hf_metadata(path: str | os.PathLike[str], *, read_weights: bool = False) -> Bunch:
     """The images of an ``imagefolder``'s metadata file and their labels, as
     :func:`load_multilabel_csv` gives them: ``file_name`` is the path (relative to the
     file's folder), the labels a column of lists (``labels``, ``tags``... or the only
-    column of lists)."""
+    column of lists). With ``read_weights``, a ``weight`` column or key gives
+    ``sample_weight`` (else ``None``: only fitting reads it)."""
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     if path.endswith(".csv"):
-        data = load_multilabel_csv(path, path_column="file_name", read_weights=True)
+        data = load_multilabel_csv(path, path_column="file_name", read_weights=read_weights)
         _, rows_csv = _read_csv(path)
         for (line, row), _ in zip(rows_csv, data.filenames, strict=True):
             _inside(folder, (row.get("file_name") or "").strip(), f"{path!r} line {line}")
@@ -278,7 +279,8 @@ def load_hf_metadata(path: str | os.PathLike[str]) -> Bunch:
     if not M.any():
         raise DataError(f"no image in {path!r} has a label")
     return Bunch(filenames=np.array(filenames, dtype=object), target=M, target_names=names,
-                 ignored=[], sample_weight=_jsonl_weights(rows, path),
+                 ignored=[],
+                 sample_weight=_jsonl_weights(rows, path) if read_weights else None,
                  DESCR=f"Images listed in {path!r}: {len(M)} images, "
                  f"{M.shape[1]} labels.")  # fmt: skip
 
