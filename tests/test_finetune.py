@@ -185,3 +185,63 @@ def test_out_of_memory_suggests_a_smaller_batch(shapes3, monkeypatch):
         FineTuneClassifier(
             image_size=32, epochs=1, batch_size=16, validation_size=0, verbose=0
         ).fit(shapes3[0], shapes3[1])
+
+
+# -- a task is one module and one row (issue 28) ------------------------------------------
+class _Tagged(list):
+    """Targets of a task the table does not hold: one label per image, tagged."""
+
+
+def test_a_new_task_is_one_class_and_one_row_of_the_table(shapes3, monkeypatch):
+    """A task added to TASKS (here: one label per image with its loss doubled and a score
+    of its own) is chosen from y, and its loss, validation score, calibration, held-out
+    estimate and predictions are the ones the estimator and the loop use: neither knows
+    which task they run."""
+    from tlearn.finetune import tasks
+    from tlearn.finetune.task import OneLabel
+
+    calls: dict[str, int] = {}
+
+    class Doubled(OneLabel):
+        name = "doubled"
+        score_name = "twice"
+
+        @staticmethod
+        def takes(y):
+            return isinstance(y, _Tagged)
+
+        def loss_per_image(self, logits, target, smoothing):
+            calls["loss"] = calls.get("loss", 0) + 1
+            return 2 * super().loss_per_image(logits, target, smoothing)
+
+        def validation_score(self, logits, y, w, correct, n):
+            calls["score"] = calls.get("score", 0) + 1
+            return super().validation_score(logits, y, w, correct, n)
+
+        def calibrate(self, model, logits, y, w):
+            super().calibrate(model, logits, y, w)
+            model.calibration_["doubled"] = True
+
+        def predict(self, model, proba):
+            return np.char.upper(model.classes_[proba.argmax(axis=1)].astype(str))
+
+        def fingerprint(self):
+            return {"task": "doubled"}
+
+    doubled = Doubled()
+    monkeypatch.setattr(tasks, "TASKS", {"doubled": doubled, **tasks.TASKS})
+    X, y, X_test, _ = shapes3
+    model = FineTuneClassifier(strategy="head", image_size=32, epochs=2, batch_size=16,
+                               augmentation="none", validation_size=0.25, verbose=0)  # fmt: skip
+    model.fit(X, _Tagged(y))
+    assert model.task_ is doubled and not model.multilabel_
+    assert calls["loss"] >= 2 * (len(y) * 3 // 4) // 16 and calls["score"] == 2
+    assert model.calibration_["doubled"]
+    assert set(model.predict(X_test)) <= {c.upper() for c in model.classes_}
+    assert not np.isnan(model.heldout_proba_).all() and "cross-fitted" in model.heldout_method_
+    # the checkpoint's fingerprint names the task: a resumed run of another task is another run
+    bb = load_backbone("efficientnet_lite0")
+    pre = model.features_.preprocessing_
+    assert model._fingerprint(bb, model.classes_, pre, 10)["task"] == "doubled"
+    # and plain labels still take the task of one label per image
+    assert tasks.task_for(list(y)) is tasks.ONE_LABEL

@@ -25,7 +25,7 @@ from tlearn.training import load_weighted, train
 
 
 # -- fine-tuning ---------------------------------------------------------------------------
-def _step(sample_weight, weight=None, seed=0):
+def _step(sample_weight, seed=0):
     torch.manual_seed(seed)
     net = torch.nn.Linear(4, 3)
     opt = torch.optim.SGD(net.parameters(), lr=0.1)
@@ -34,7 +34,7 @@ def _step(sample_weight, weight=None, seed=0):
         torch.tensor([0, 1, 2, 0, 1, 2]),
     )
     cfg = LoopConfig(label_smoothing=0.1)
-    loss = train_step(net, opt, x, y, cfg, weight, None, sample_weight)
+    loss = train_step(net, opt, x, y, cfg, None, sample_weight)
     return loss, net.weight.detach().clone()
 
 

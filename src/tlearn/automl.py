@@ -551,7 +551,9 @@ def _choose_multilabel(
     proba, labels = np.full_like(model.heldout_proba_, np.nan), np.full(M.shape, -1, np.int8)
     for part in (half, ~half):
         chosen = fitted[_select_map(probas, M, ~part, weights, seed)][0]
-        proba[part], labels[part] = chosen.heldout_proba_[part], chosen.heldout_labels_[part]
+        given = getattr(chosen, "heldout_labels_", None)  # None: at its thresholds
+        proba[part] = chosen.heldout_proba_[part]
+        labels[part] = proba[part] >= chosen.thresholds_ if given is None else given[part]
     model.heldout_proba_, model.heldout_labels_ = proba, labels
     if hasattr(model, "oof_proba_"):  # the ranking the report's AP reads: the same rows'
         model.oof_proba_ = proba

@@ -242,7 +242,7 @@ class ProgressLog(Callback):
         left = elapsed / max(1, state.epoch - self.first_epoch) * (epochs - state.epoch)
         logger.info(
             f"epoch {state.epoch}/{epochs}  train loss {row['train_loss']:.4f}  "
-            f"val loss {row['val_loss']:.4f}  val {'mAP' if self.cfg.multilabel else 'acc'} "
+            f"val loss {row['val_loss']:.4f}  val {self.cfg.task.score_name} "
             f"{row['val_accuracy']:.4f}  "
             f"{row['images_per_second']:.0f} img/s  {row['seconds']:.0f} s"
             + ("" if state.stop else f"  ~{left:.0f} s left")

@@ -13,7 +13,6 @@ from typing import Any
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator
-from sklearn.model_selection import train_test_split
 from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.validation import check_is_fitted
 
@@ -22,14 +21,12 @@ from tlearn._validation import (
     Interval,
     Options,
     Predicate,
-    check_labels,
     check_sample_weight,
     encode_class_weight,
     validate_params,
 )
 from tlearn.backbones import Backbone, load_backbone, state_dict_sha256
 from tlearn.backbones.policy import DEFAULT_BACKBONE, SMALL_IMAGES, SMALL_INPUT
-from tlearn.calibration import expected_calibration_error, fit_temperature, softmax
 from tlearn.data.images import Preprocessing
 from tlearn.data.loader import ImageInput, check_images, iter_batches, median_short_side
 from tlearn.exceptions import DataError, InvalidParameterError
@@ -43,16 +40,10 @@ from tlearn.features import (
 from tlearn.finetune.augment import AUGMENTATIONS
 from tlearn.finetune.callbacks import default_callbacks
 from tlearn.finetune.distributed import DistInfo, dist_info
-from tlearn.finetune.heldout import crossfit_epochs
 from tlearn.finetune.loop import Classifier, LoopConfig, LoopData, fit_loop
-from tlearn.finetune.multilabel import calibrate_labels, crossfit_label_epochs
-from tlearn.multilabel import (
-    THRESHOLD_TARGETS,
-    check_multilabel,
-    is_multilabel_target,
-    sigmoid,
-    valid_threshold_target,
-)
+from tlearn.finetune.task import Task
+from tlearn.finetune.tasks import ONE_LABEL, TASKS, task_for
+from tlearn.multilabel import THRESHOLD_TARGETS, valid_threshold_target
 from tlearn.probe import ScoresNamedTargets
 from tlearn.runtime import resolve_device
 from tlearn.runtime.engines import CALIBRATION_IMAGES, ENGINES
@@ -65,16 +56,6 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 def _subset(X: ImageInput, idx: np.ndarray) -> ImageInput:
     return X[idx] if isinstance(X, np.ndarray) else [X[i] for i in idx]
-
-
-def _need_images(y: np.ndarray, classes: np.ndarray) -> None:
-    """Every class keeps an image of weight above 0."""
-    missing = [str(c) for c in classes[np.bincount(y, minlength=len(classes)) == 0]]
-    if missing:
-        raise DataError(
-            f"every image of class(es) {missing[:10]} has sample_weight 0 (or cannot be "
-            "read): give them a weight above 0, or leave the class out"
-        )
 
 
 def _split_weights(
@@ -390,8 +371,7 @@ class FineTuneClassifier(ForwardsFeatureParams, ScoresNamedTargets, BaseEstimato
         keep, self.skipped_ = self._check_images_readable(images, pre_eval)
         if sw is not None:
             keep = keep[sw[keep] > 0]  # weight 0: as if the image were not given
-            if not self.multilabel_:
-                _need_images(y_enc[keep], classes)
+            self.task_.check_trainable(y_enc[keep], classes)
         X_tr, y_tr, X_v, y_v, rows_v = self._split(
             _subset(images, keep), y_enc[keep], classes, X_val, y_val
         )
@@ -411,24 +391,26 @@ class FineTuneClassifier(ForwardsFeatureParams, ScoresNamedTargets, BaseEstimato
         state = fit_loop(net, data, cfg, info, device, default_callbacks(cfg, info, device, resume))
         self._finish(bb, net, classes, state, X_tr)
         self._calibrate(X_v, y_v, w_v)
-        labels_v = y_v if self.multilabel_ or y_v is None else classes[y_v]
-        self.validation_ = None if X_v is None or y_v is None else (X_v, labels_v)
+        self.validation_ = None
+        if X_v is not None and y_v is not None:
+            self.validation_ = (X_v, self.task_.decode(classes, y_v))
         rows = None if rows_v is None else keep[rows_v]  # keep: the used rows' indices
         self._held_out(state, len(images), y_v, rows, len(X_tr), w_v)
         return self
 
     def _targets(self, y: object, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """``(classes, encoded targets)``: class indices, or an indicator matrix when ``y``
-        gives several labels per image (then ``multilabel_`` is set)."""
-        several = is_multilabel_target(y)
-        if several and self.class_weight is not None:
-            raise DataError(
-                "class_weight weighs the classes of one label per image; y gives several per "
-                "image (multi-label): leave it out, or give sample_weight"
-            )
-        classes, encoded = check_multilabel(y, n) if several else check_labels(y, n)
-        self.multilabel_ = several  # once y is known good: a failed fit leaves the last model
+        """``(classes, encoded targets)`` by the task ``y`` calls for (class indices for one
+        label per image; an indicator matrix for several, and ``multilabel_`` is set)."""
+        task = task_for(y)
+        task.check_params(self)
+        classes, encoded = task.encode(y, n)
+        # set once y is known good: a failed fit leaves the last model as it was
+        self.task_, self.multilabel_ = task, task.multilabel
         return classes, encoded
+
+    @property
+    def _task(self) -> Task:
+        return getattr(self, "task_", ONE_LABEL)
 
     def _held_out(
         self,
@@ -440,79 +422,43 @@ class FineTuneClassifier(ForwardsFeatureParams, ScoresNamedTargets, BaseEstimato
         w_v: np.ndarray | None = None,
     ) -> None:
         """``heldout_proba_`` over the images given to ``fit`` (NaN but the validation
-        split's rows): each half of the split scored by the epoch the other half chose
-        (:func:`crossfit_epochs`). Validation images given apart have no rows in ``X``;
-        a resumed run lacks the earlier epochs' logits (all of them when the checkpoint
-        had every epoch), so it says it is optimistic."""
+        split's rows): each half of the split scored by the epoch (and whatever else the
+        task fits) the other half chose (:meth:`Task.held_out`); ``heldout_labels_`` where
+        the task predicts labels apart from the probabilities (-1 outside the split).
+        Validation images given apart have no rows in ``X``; a resumed run lacks the
+        earlier epochs' logits (all of them when the checkpoint had every epoch), so it
+        says it is optimistic."""
         self.heldout_proba_ = np.full((n, len(self.classes_)), np.nan)
         self.heldout_method_ = ""
-        if self.multilabel_:
-            self.heldout_labels_ = np.full((n, len(self.classes_)), -1, np.int8)
+        self.heldout_labels_: np.ndarray | None = None
         if rows is None or y_v is None or not len(y_v):
             return
         size = f"held-out {len(rows) / (len(rows) + n_tr):.0%} validation split"
         if len(state.val_logits) != len(state.history) and self.validation_ is not None:
             F, _ = self.features_.extract(self.validation_[0], on_error="skip")
             self.heldout_proba_[rows] = self.predict_proba_features(F)
-            if self.multilabel_:
-                self.heldout_labels_[rows] = self.heldout_proba_[rows] >= self.thresholds_
             self.heldout_method_ = f"{size} that also chose the epoch (a resumed run)"
             return
-        if self.multilabel_:
-            proba, labels, _ = crossfit_label_epochs(
-                state.val_logits, y_v, self.threshold_for, self.random_state, w_v
-            )
-            self.heldout_proba_[rows], self.heldout_labels_[rows] = proba, labels
-            self.heldout_method_ = (
-                f"{size}, each half judged at the epoch, calibration and thresholds the "
-                "other half chose (cross-fitted)"
-            )
-            return
-        self.heldout_proba_[rows], _ = crossfit_epochs(
-            state.val_logits, y_v, self.random_state, w_v
-        )
-        self.heldout_method_ = (
-            f"{size}, each half judged at the epoch the other half chose (cross-fitted)"
-        )
+        proba, labels, how = self.task_.held_out(self, state.val_logits, y_v, w_v)
+        self.heldout_proba_[rows] = proba
+        if labels is not None:
+            self.heldout_labels_ = np.full(self.heldout_proba_.shape, -1, np.int8)
+            self.heldout_labels_[rows] = labels
+        self.heldout_method_ = f"{size}, {how}"
 
     def _calibrate(
         self, X_val: ImageInput | None, y_val: np.ndarray | None, w_val: np.ndarray | None
     ) -> None:
-        """Temperature scaling on the validation images (label smoothing leaves a
-        fine-tuned model under-confident); without validation images, none. With several
-        labels per image: each label's Platt scaling and threshold (0.5 without them)."""
-        self.temperature_ = 1.0
-        self.calibration_: dict[str, Any] = {}
-        if self.multilabel_:
-            n_labels = len(self.classes_)
-            self.calibration_slope_ = np.ones(n_labels)
-            self.calibration_offset_ = np.zeros(n_labels)
-            self.thresholds_ = np.full(n_labels, 0.5)
+        """The task's calibration on the validation images (temperature scaling for one
+        label, as label smoothing leaves a fine-tuned model under-confident; each label's
+        Platt scaling and threshold for several); without validation images, none."""
+        self.task_.uncalibrated(self)
         if X_val is None or y_val is None or not len(y_val):
             return
-        F, errors = self.features_.extract(X_val, on_error="skip")
-        if self.multilabel_:
-            ok = ~np.isnan(F).any(axis=1)
-            logits = F[ok] @ self.head_weight_.T + self.head_bias_
-            w = None if w_val is None else w_val[ok]
-            slope, offset, thresholds, self.calibration_ = calibrate_labels(
-                logits, y_val[ok], w, self.threshold_for, self.classes_
-            )
-            self.calibration_slope_, self.calibration_offset_ = slope, offset
-            self.thresholds_ = thresholds
-            return
+        F, _ = self.features_.extract(X_val, on_error="skip")
         ok = ~np.isnan(F).any(axis=1)
         logits = F[ok] @ self.head_weight_.T + self.head_bias_
-        self.temperature_ = fit_temperature(logits, y_val[ok])
-        self.calibration_ = {
-            "temperature": self.temperature_,
-            "val_ece_before": expected_calibration_error(softmax(logits), y_val[ok]),
-            "val_ece_after": expected_calibration_error(
-                softmax(logits, self.temperature_), y_val[ok]
-            ),
-            "val_accuracy": float((logits.argmax(1) == y_val[ok]).mean()),
-            "n_val": int(ok.sum()),
-        }
+        self.task_.calibrate(self, logits, y_val[ok], None if w_val is None else w_val[ok])
 
     def _device(self) -> tuple[torch.device, DistInfo]:
         device = resolve_device(self.device)
@@ -554,7 +500,7 @@ class FineTuneClassifier(ForwardsFeatureParams, ScoresNamedTargets, BaseEstimato
             )
         return LoopConfig.from_params(
             self.get_params(),
-            multilabel=self.multilabel_,
+            task=self._task,
             epochs=self.epochs_,
             class_weights=weights,
             autocast_dtype=self._autocast_dtype(device),
@@ -578,40 +524,12 @@ class FineTuneClassifier(ForwardsFeatureParams, ScoresNamedTargets, BaseEstimato
         """Training and validation images and labels, and the validation rows' positions
         in ``X`` (``None`` when the validation images were given apart, or there are
         none)."""
-        if X_val is not None and self.multilabel_:
-            Xv = check_images(X_val)
-            return X, y, Xv, check_multilabel(y_val, len(Xv), classes)[1], None
         if X_val is not None:
             Xv = check_images(X_val)
-            yv = np.asarray(y_val)
-            unknown = sorted({str(v) for v in yv if v not in set(classes.tolist())})
-            if unknown:
-                raise DataError(f"the validation labels {unknown} are not training classes")
-            return X, y, Xv, np.searchsorted(classes, yv).astype(np.int64), None
+            return X, y, Xv, self.task_.encode(y_val, len(Xv), classes)[1], None
         if self.validation_size == 0:
             return X, y, None, None, None
-        if self.multilabel_:  # several labels per image: a random split
-            idx_tr, idx_v = train_test_split(
-                np.arange(len(y)), test_size=self.validation_size, random_state=self.random_state
-            )
-            idx_tr, idx_v = np.sort(idx_tr), np.sort(idx_v)
-            return _subset(X, idx_tr), y[idx_tr], _subset(X, idx_v), y[idx_v], idx_v
-        counts = np.bincount(y, minlength=len(classes))
-        need = max(2, int(np.ceil(1 / self.validation_size)))
-        if counts.min() < need:
-            small = [f"{str(classes[i])!r} ({c})" for i, c in enumerate(counts) if c < need]
-            raise DataError(
-                f"class(es) {', '.join(small[:10])} have too few images for a "
-                f"{self.validation_size:.0%} validation split; give at least {need} images per "
-                "class, or pass validation_size=0 (CLI: --validation-size 0)"
-            )
-        idx_tr, idx_v = train_test_split(
-            np.arange(len(y)),
-            test_size=self.validation_size,
-            stratify=y,
-            random_state=self.random_state,
-        )
-        idx_tr, idx_v = np.sort(idx_tr), np.sort(idx_v)
+        idx_tr, idx_v = self.task_.split(y, classes, self.validation_size, self.random_state)
         return _subset(X, idx_tr), y[idx_tr], _subset(X, idx_v), y[idx_v], idx_v
 
     def _fingerprint(
@@ -648,8 +566,7 @@ class FineTuneClassifier(ForwardsFeatureParams, ScoresNamedTargets, BaseEstimato
             "n_train": int(n_train),
             "params": params,
         }
-        if self.multilabel_:  # a run of the other task's loss and scores is another run
-            found["multilabel"] = True
+        found.update(self._task.fingerprint())  # another task's run is another run
         if weights is not None:  # resumed with other sample weights, it is another run
             relative = weights / weights.mean()  # (all of them doubled is the same run)
             digest = hashlib.sha256(np.ascontiguousarray(relative, np.float64).tobytes())
@@ -737,7 +654,8 @@ class FineTuneClassifier(ForwardsFeatureParams, ScoresNamedTargets, BaseEstimato
         model.temperature_, model.calibration_ = float(temperature), calibration or {}
         model.image_size_ = features.preprocessing_.input_size
         model.epochs_ = len(model.history_)
-        model.multilabel_ = multilabel is not None
+        model.task_ = TASKS["multilabel" if multilabel is not None else "one_label"]
+        model.multilabel_ = model.task_.multilabel
         if multilabel is not None:
             slope, offset, thresholds = multilabel
             model.calibration_slope_ = slope.astype(np.float64)
@@ -749,9 +667,7 @@ class FineTuneClassifier(ForwardsFeatureParams, ScoresNamedTargets, BaseEstimato
     def predict_proba_features(self, F: np.ndarray) -> np.ndarray:
         check_is_fitted(self, "head_weight_")
         logits = F.astype(np.float32) @ self.head_weight_.T + self.head_bias_
-        if getattr(self, "multilabel_", False):  # each label's calibrated probability
-            return sigmoid(logits * self.calibration_slope_ + self.calibration_offset_)
-        return softmax(logits, getattr(self, "temperature_", 1.0))
+        return self._task.proba(self, logits)
 
     def predict_proba(self, X: object) -> np.ndarray:
         """Class probabilities ``(n_samples, n_classes)`` in ``classes_`` order (with
@@ -764,23 +680,12 @@ class FineTuneClassifier(ForwardsFeatureParams, ScoresNamedTargets, BaseEstimato
         matrix ``(n_samples, n_labels)``: 1 where a label's probability reaches its
         threshold."""
         check_is_fitted(self, "head_weight_")
-        if getattr(self, "multilabel_", False):
-            return (self.predict_proba(X) >= self.thresholds_).astype(np.int8)
-        return self.classes_[self.predict_proba(X).argmax(axis=1)]
+        return self._task.predict(self, self.predict_proba(X))
 
     def score(self, X: object, y: object, sample_weight: object = None) -> float:
         """Accuracy; with several labels per image, macro-averaged F1 of :meth:`predict`."""
         check_is_fitted(self, "head_weight_")
-        if not getattr(self, "multilabel_", False):
-            return super().score(X, y, sample_weight)
-        from sklearn.metrics import f1_score
-
-        n = len(check_images(X))
-        _, M = check_multilabel(y, n, self.classes_)
-        w = check_sample_weight(sample_weight, n)
-        return float(
-            f1_score(M, self.predict(X), average="macro", zero_division=0, sample_weight=w)
-        )
+        return self._task.score(self, X, y, sample_weight)
 
     def __sklearn_tags__(self) -> Any:
         tags = super().__sklearn_tags__()
@@ -813,9 +718,6 @@ def refit_on_all(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # bad files are listed by the caller
         final.fit(X, y, sample_weight)
-    final.temperature_, final.calibration_ = model.temperature_, model.calibration_
-    if getattr(model, "multilabel_", False):  # the validation run's calibration, thresholds
-        final.calibration_slope_ = model.calibration_slope_
-        final.calibration_offset_ = model.calibration_offset_
-        final.thresholds_ = model.thresholds_
+    for name in model.task_.fitted:  # the validation run's calibration (and thresholds)
+        setattr(final, name, getattr(model, name))
     return final

@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from tlearn.data.images import Preprocessing
@@ -28,8 +27,9 @@ from tlearn.data.loader import ImageInput, iter_batches
 from tlearn.exceptions import TrainingError
 from tlearn.finetune.augment import augment_batch
 from tlearn.finetune.distributed import DistInfo, all_reduce_array, all_reduce_sum
-from tlearn.finetune.multilabel import bce_per_image, mean_average_precision
 from tlearn.finetune.optim import lr_factor, make_optimizer
+from tlearn.finetune.task import Task
+from tlearn.finetune.tasks import ONE_LABEL
 from tlearn.runtime.normalise import normalise_torch
 
 if TYPE_CHECKING:
@@ -79,7 +79,7 @@ class LoopConfig:
     n_workers: int | None = None
     verbose: int = 1
     # derived by the estimator
-    multilabel: bool = False  # several labels per image: a sigmoid each, binary CE
+    task: Task = ONE_LABEL  # the loss, and the validation score that chooses the epoch
     class_weights: list[float] | None = None
     autocast_dtype: torch.dtype | None = None
     checkpoint_dir: str | None = None
@@ -134,32 +134,20 @@ def train_step(
     x: torch.Tensor,
     y: torch.Tensor,
     cfg: LoopConfig,
-    weight: torch.Tensor | None,
     scaler: Any,
     sample_weight: torch.Tensor | None = None,
 ) -> float:
-    """One optimisation step; returns the batch's loss. ``sample_weight`` (per image, mean
-    1 over the training set, class weights folded in) replaces ``weight`` (per class): the
-    batch's loss is then the mean of the weighted losses, so a batch of light images
-    moves the weights less."""
+    """One optimisation step; returns the batch's loss: the mean of the task's loss per
+    image, each times its ``sample_weight`` (mean 1 over the training set, class weights
+    folded in) when given, so a batch of light images moves the weights less."""
     with torch.autocast(
         x.device.type,
         dtype=cfg.autocast_dtype or torch.float32,
         enabled=cfg.autocast_dtype is not None,
     ):
         logits = net(x)
-    if cfg.multilabel:
-        each = bce_per_image(logits, y, cfg.label_smoothing)
-        loss = each.mean() if sample_weight is None else (each * sample_weight).mean()
-    elif sample_weight is None:
-        loss = F.cross_entropy(
-            logits.float(), y, weight=weight, label_smoothing=cfg.label_smoothing
-        )
-    else:
-        each = F.cross_entropy(
-            logits.float(), y, reduction="none", label_smoothing=cfg.label_smoothing
-        )
-        loss = (each * sample_weight).mean()
+    each = cfg.task.loss_per_image(logits, y, cfg.label_smoothing)
+    loss = each.mean() if sample_weight is None else (each * sample_weight).mean()
     optimizer.zero_grad(set_to_none=True)
     if scaler is not None:
         scaler.scale(loss).backward()
@@ -187,14 +175,11 @@ def _step_safely(
     x: torch.Tensor,
     target: torch.Tensor,
     cfg: LoopConfig,
-    weight: torch.Tensor | None,
     scaler: Any,
     sample_weight: torch.Tensor | None = None,
 ) -> float:
     try:
-        return train_step(
-            state.model, state.optimizer, x, target, cfg, weight, scaler, sample_weight
-        )
+        return train_step(state.model, state.optimizer, x, target, cfg, scaler, sample_weight)
     except torch.OutOfMemoryError as e:
         raise _oom(e, cfg.batch_size) from None
     except RuntimeError as e:
@@ -216,11 +201,6 @@ def run_epoch(
         shard = shard[:-1]  # a batch of one image breaks BatchNorm's batch statistics
     X = data.X[shard] if isinstance(data.X, np.ndarray) else [data.X[i] for i in shard]
     warmup = int(round(cfg.warmup_epochs * state.total_steps / max(1, cfg.epochs)))
-    weight = (  # per class, when no per-image weights (which fold them in) are given
-        None
-        if cfg.class_weights is None or data.w is not None
-        else torch.tensor(cfg.class_weights, dtype=torch.float32, device=device)
-    )
     losses, seen = [], 0
     for batch in iter_batches(X, data.pre_train, per_rank, n_workers=cfg.n_workers):
         factor = lr_factor(state.step, state.total_steps, warmup, cfg.schedule)
@@ -232,7 +212,7 @@ def run_epoch(
         rows = shard[batch.indices]
         target = torch.from_numpy(data.y[rows]).to(device)
         w = None if data.w is None else torch.from_numpy(data.w[rows]).float().to(device)
-        losses.append(_step_safely(state, x, target, cfg, weight, state.scaler, w))
+        losses.append(_step_safely(state, x, target, cfg, state.scaler, w))
         state.step += 1
         seen += len(batch.indices)
     total_loss, total_n = all_reduce_sum([float(np.sum(losses)), float(len(losses))], info)
@@ -272,18 +252,13 @@ def validate(
             logits = net(x).float()
         target = torch.from_numpy(y[idx[batch.indices]]).to(x.device)
         each = torch.from_numpy(w[idx[batch.indices]]).to(x.device)
-        if cfg.multilabel:
-            loss_sum += float((bce_per_image(logits, target, 0.0) * each).sum())
-        else:
-            loss_sum += float((F.cross_entropy(logits, target, reduction="none") * each).sum())
-            correct += float(((logits.argmax(1) == target) * each).sum())
+        loss_sum += float((cfg.task.loss_per_image(logits, target, 0.0) * each).sum())
+        correct += float((cfg.task.correct(logits, target) * each).sum())
         all_logits[idx[batch.indices]] = logits.cpu().numpy()
     loss_sum, correct, n = all_reduce_sum([loss_sum, correct, float(w[idx].sum())], info)
     n = n if n > 0 else 1.0
-    logits_all = all_reduce_array(all_logits, info)
-    if cfg.multilabel:  # every process holds every image's logits now
-        return loss_sum / n, mean_average_precision(logits_all, y, w), logits_all
-    return loss_sum / n, correct / n, logits_all
+    logits_all = all_reduce_array(all_logits, info)  # every process holds them all now
+    return loss_sum / n, cfg.task.validation_score(logits_all, y, w, correct, n), logits_all
 
 
 def notify(callbacks: Sequence[Callback], event: str, state: LoopState) -> None:

@@ -9,9 +9,10 @@ does on its out-of-fold scores; the held-out estimate is cross-fitted between tw
 the validation split, each half judged at the epoch, calibration and threshold the other
 half chose.
 
-:class:`~tlearn.finetune.FineTuneClassifier` takes this road when ``y`` is an indicator
-matrix or gives each image a collection of labels, as scikit-learn's ``MLPClassifier``
-does.
+:class:`SeveralLabels` is this task as :class:`~tlearn.finetune.FineTuneClassifier` and the
+loop use it (one row of :data:`~tlearn.finetune.tasks.TASKS`): the estimator takes it when
+``y`` is an indicator matrix or gives each image a collection of labels, as
+scikit-learn's ``MLPClassifier`` does.
 """
 
 from __future__ import annotations
@@ -22,16 +23,24 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from sklearn.model_selection import train_test_split
 
+from tlearn._validation import check_sample_weight
+from tlearn.data.loader import check_images
+from tlearn.exceptions import DataError
 from tlearn.finetune.heldout import epochs_chosen_by_the_other_half
+from tlearn.finetune.task import Task
 from tlearn.multilabel import (
+    check_multilabel,
     choose_thresholds,
     crossfit_labels,
+    is_multilabel_target,
     platt_scaling,
     sigmoid,
 )
 
 __all__ = [
+    "SeveralLabels",
     "average_precision",
     "bce_per_image",
     "calibrate_labels",
@@ -140,3 +149,101 @@ def linear_head(
 ) -> tuple[np.ndarray, np.ndarray]:
     """The calibrated log odds as one linear layer on the features."""
     return weight * slope[:, None], bias * slope + offset
+
+
+class SeveralLabels(Task):
+    """Several labels per image (or none): a sigmoid per label, binary cross-entropy, the
+    epoch chosen by mean average precision (then loss), each label's Platt scaling and
+    threshold afterwards (for the model's ``threshold_for``)."""
+
+    name = "multilabel"
+    multilabel = True
+    score_name = "mAP"
+    fitted = ("calibration_slope_", "calibration_offset_", "thresholds_", "temperature_",
+              "calibration_")  # fmt: skip
+
+    @staticmethod
+    def takes(y: Any) -> bool:
+        return is_multilabel_target(y)
+
+    def check_params(self, model: Any) -> None:
+        if model.class_weight is not None:
+            raise DataError(
+                "class_weight weighs the classes of one label per image; y gives several per "
+                "image (multi-label): leave it out, or give sample_weight"
+            )
+
+    def encode(
+        self, y: Any, n: int, classes: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        return check_multilabel(y, n, classes)
+
+    def split(
+        self, y: np.ndarray, classes: np.ndarray, size: float, random_state: int | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """A random split (no stratification of label sets)."""
+        idx_tr, idx_v = train_test_split(
+            np.arange(len(y)), test_size=size, random_state=random_state
+        )
+        return np.sort(idx_tr), np.sort(idx_v)
+
+    def loss_per_image(
+        self, logits: torch.Tensor, target: torch.Tensor, smoothing: float
+    ) -> torch.Tensor:
+        return bce_per_image(logits, target, smoothing)
+
+    def validation_score(
+        self, logits: np.ndarray, y: np.ndarray, w: np.ndarray, correct: float, n: float
+    ) -> float:
+        return mean_average_precision(logits, y, w)
+
+    def uncalibrated(self, model: Any) -> None:
+        n_labels = len(model.classes_)
+        model.calibration_slope_ = np.ones(n_labels)
+        model.calibration_offset_ = np.zeros(n_labels)
+        model.thresholds_ = np.full(n_labels, 0.5)
+        model.temperature_, model.calibration_ = 1.0, {}
+
+    def calibrate(
+        self, model: Any, logits: np.ndarray, y: np.ndarray, w: np.ndarray | None
+    ) -> None:
+        slope, offset, thresholds, model.calibration_ = calibrate_labels(
+            logits, y, w, model.threshold_for, model.classes_
+        )
+        model.calibration_slope_, model.calibration_offset_ = slope, offset
+        model.thresholds_ = thresholds
+
+    def held_out(
+        self, model: Any, val_logits: list[np.ndarray], y: np.ndarray, w: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray | None, str]:
+        proba, labels, _ = crossfit_label_epochs(
+            val_logits, y, model.threshold_for, model.random_state, w
+        )
+        return (
+            proba,
+            labels,
+            (
+                "each half judged at the epoch, calibration and thresholds the other half chose "
+                "(cross-fitted)"
+            ),
+        )
+
+    def proba(self, model: Any, logits: np.ndarray) -> np.ndarray:
+        return sigmoid(logits * model.calibration_slope_ + model.calibration_offset_)
+
+    def predict(self, model: Any, proba: np.ndarray) -> np.ndarray:
+        return (proba >= model.thresholds_).astype(np.int8)
+
+    def score(self, model: Any, X: Any, y: Any, sample_weight: Any = None) -> float:
+        """Macro-averaged F1 of ``predict``."""
+        from sklearn.metrics import f1_score
+
+        n = len(check_images(X))
+        _, M = check_multilabel(y, n, model.classes_)
+        w = check_sample_weight(sample_weight, n)
+        return float(
+            f1_score(M, model.predict(X), average="macro", zero_division=0, sample_weight=w)
+        )
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {"multilabel": True}
