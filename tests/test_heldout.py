@@ -207,3 +207,60 @@ def test_validation_sums_reduce_on_the_process_groups_device(backend):
         assert all_reduce_sum([1.5, 2.0], info) == [1.5, 2.0]
     finally:
         dist.destroy_process_group()
+
+
+class _Tagged(np.ndarray):
+    """Targets of a kind no judge of the table takes."""
+
+
+def test_a_new_kind_of_target_is_one_judge_and_one_row(monkeypatch):
+    """fit_auto asks the first judge of JUDGES that takes y for the candidates, the
+    estimators, the leaderboard rows and the choice; a candidate over the budget is
+    skipped (issue 28: one auto, not one per kind of target)."""
+    from tlearn import automl
+
+    class Fitted:
+        def __init__(self, name):
+            self.name = name
+
+        def fit(self, X, y, sample_weight=None):
+            self.seen = (len(X), sample_weight)
+            return self
+
+    class ByName(automl.Judge):
+        @staticmethod
+        def takes(y):
+            return isinstance(y, _Tagged)
+
+        def candidates(self, X, common, params, budget, say):
+            return [automl.Candidate("cheap", "m", {}, automl._known(1.0)),
+                    automl.Candidate("dear", "m", {}, automl._known(1e9)),
+                    automl.Candidate("also", "m", {}, automl._known(2.0))]  # fmt: skip
+
+        def make(self, candidate):
+            return Fitted(candidate.name)
+
+        def row(self, name, model, seconds):
+            return {"candidate": name, "score": len(name)}
+
+        def choose(self, fitted):
+            best = max(range(len(fitted)), key=lambda i: fitted[i][1]["score"])
+            for i, (_, row) in enumerate(fitted):
+                row["chosen"] = i == best
+            return fitted[best][0]
+
+    monkeypatch.setattr(automl, "JUDGES", (ByName, *automl.JUDGES))
+    said: list[str] = []
+    y = np.zeros(6).view(_Tagged)
+    w = np.ones(6)
+    model, rows = automl.fit_auto(np.zeros((6, 2)), y, {}, {}, 60.0, said.append, sample_weight=w)
+    assert model.name == "cheap" and model.seen == (6, w)  # its name is the longest fitted
+    assert [r["candidate"] for r in rows] == ["cheap", "dear", "also"]
+    assert rows[1]["note"].startswith("skipped") and not rows[1]["chosen"]
+    assert [r["chosen"] for r in rows] == [True, False, False]
+    assert any("dear skipped" in line for line in said)
+    # targets the new judge does not take go to the judges that were there
+    assert next(j for j in automl.JUDGES if j.takes(np.array(["a", "b"]))) is automl.ByAccuracy
+    assert next(j for j in automl.JUDGES if j.takes([("a",), ("b", "c")])) is (
+        automl.ByMeanAveragePrecision
+    )

@@ -18,6 +18,11 @@
    several noisy estimates would otherwise flatter it.
 
 When the budget cannot fit even the cheapest probe, it says how long that would take.
+
+What is tried and how candidates compare depends on the targets: a :class:`Judge` per kind
+of target, one row each in :data:`JUDGES` (the steps above are :class:`ByAccuracy`'s;
+several labels per image are :class:`ByMeanAveragePrecision`'s). A new kind of target is
+one judge and one row.
 """
 
 from __future__ import annotations
@@ -37,7 +42,14 @@ from tlearn.exceptions import DataError
 from tlearn.methods import make_estimator
 from tlearn.runtime.table import ENGINE_TABLE
 
-__all__ = ["DEFAULT_TIME_BUDGET", "ensemble_backbone", "fit_auto", "probe_settings"]
+__all__ = [
+    "DEFAULT_TIME_BUDGET",
+    "JUDGES",
+    "Judge",
+    "ensemble_backbone",
+    "fit_auto",
+    "probe_settings",
+]
 
 #: Eight minutes: `tlearn fit` on all 50,000 CIFAR-10 training images (and its test set)
 #: then takes no longer than the 8.8 minutes it took before --method auto.
@@ -182,46 +194,124 @@ def fit_auto(
     balanced: bool = False,
     sample_weight: np.ndarray | None = None,
 ) -> tuple[Any, list[dict[str, Any]]]:
-    """The best model found within ``budget`` seconds, and the leaderboard; ``balanced``:
-    judged by balanced accuracy (imbalanced classes), else by accuracy; each image
-    weighing its ``sample_weight`` too, when given (every candidate is fitted with it)."""
-    explicit = budget is not None
-    weights = class_balancing_weights(y) if balanced else np.ones(len(y))
-    judged = weights if sample_weight is None else sample_weight
-    if balanced and sample_weight is not None:  # each class's images weigh 1 in all
-        judged = class_balancing_weights(y, sample_weight)
+    """The best model found within ``budget`` seconds, and the leaderboard. The judge that
+    ``y`` calls for (:data:`JUDGES`) names the candidates and compares them: by accuracy
+    for one label per image (by balanced accuracy when ``balanced``: imbalanced classes),
+    by mean average precision for several; each image weighing its ``sample_weight`` too,
+    when given (every candidate is fitted with it)."""
+    seed = int(common.get("random_state") or 0)
+    judge = next(j for j in JUDGES if j.takes(y))(y, sample_weight, seed, balanced)
     weighed = {} if sample_weight is None else {"sample_weight": sample_weight}
-    budget = float(budget or DEFAULT_TIME_BUDGET)
     t0 = time.perf_counter()
-    small = median_short_side(X) < SMALL_IMAGES
-    first = _first_probe(X, small, common, params, budget, explicit, say)
-    # the budget is for fitting: measuring the machine (seconds on any set) is not in it
-    say(f"auto: measuring this machine took {_seconds(time.perf_counter() - t0)}")
-    deadline = time.perf_counter() + budget
+    candidates = judge.candidates(X, common, params, budget, say)
+    if time.perf_counter() - t0 > 1.0:
+        # the budget is for fitting: measuring the machine (seconds on any set) is not in it
+        say(f"auto: measuring this machine took {_seconds(time.perf_counter() - t0)}")
+    deadline = time.perf_counter() + float(budget or DEFAULT_TIME_BUDGET)
     fitted: list[tuple[Any, dict[str, Any]]] = []
     rows: list[dict[str, Any]] = []
-    for candidate in [first, *_further(X, y, small, common, params, first)]:
+    for candidate in candidates:
         left = deadline - time.perf_counter()
         cost = candidate.estimate()
         if fitted and cost > left:
             rows.append(_skipped(candidate.name, cost, left))
             say(f"auto: {candidate.name} skipped (about {_seconds(cost)}; {_seconds(left)} left)")
             continue
-        say(f"auto: {candidate.name} (about {_seconds(cost)}; {_seconds(left)} left)")
+        known = f" (about {_seconds(cost)}; {_seconds(left)} left)" if cost > 0 else ""
+        say(f"auto: {candidate.name}{known}")
         t0 = time.perf_counter()
         try:
-            model = make_estimator(candidate.method, **candidate.params).fit(X, y, **weighed)
+            model = judge.make(candidate).fit(X, y, **weighed)
         except DataError as e:  # a later candidate the data cannot take: keep the others
             if not fitted:
                 raise
             say(f"auto: {candidate.name} skipped ({e})")
             rows.append({**_skipped(candidate.name, 0.0, 0.0), "note": f"skipped: {e}"})
             continue
-        rows.append(_row(candidate.name, model, y, time.perf_counter() - t0, weights))
-        if sample_weight is not None:  # what the choice was judged by
-            rows[-1]["weighted_accuracy"] = _held_out(model, y, judged)[0]
+        rows.append(judge.row(candidate.name, model, time.perf_counter() - t0))
         fitted.append((model, rows[-1]))
-    return _choose(fitted, y, judged, int(common.get("random_state") or 0)), rows
+    return judge.choose(fitted), rows
+
+
+class Judge:
+    """What auto tries and how it compares the fitted candidates, for one kind of target.
+    A judge is made for one run's targets ``y`` (and their ``sample_weight``)."""
+
+    def __init__(
+        self, y: np.ndarray, sample_weight: np.ndarray | None, seed: int, balanced: bool
+    ) -> None:
+        self.y, self.sample_weight, self.seed, self.balanced = y, sample_weight, seed, balanced
+
+    @staticmethod
+    def takes(y: np.ndarray) -> bool:
+        """Whether this judge is for targets ``y`` (the first of :data:`JUDGES` that takes
+        them judges the run)."""
+        raise NotImplementedError
+
+    def candidates(
+        self,
+        X: np.ndarray,
+        common: dict[str, Any],
+        params: dict[str, Any],
+        budget: float | None,
+        say: Callable[[str], None],
+    ) -> list[Candidate]:
+        """What to try, in order (the first is always fitted)."""
+        raise NotImplementedError
+
+    def make(self, candidate: Candidate) -> Any:
+        """The unfitted estimator of ``candidate``."""
+        return make_estimator(candidate.method, **candidate.params)
+
+    def row(self, name: str, model: Any, seconds: float) -> dict[str, Any]:
+        """The fitted candidate's leaderboard row: its honest held-out figures."""
+        raise NotImplementedError
+
+    def choose(self, fitted: list[tuple[Any, dict[str, Any]]]) -> Any:
+        """The winner (its row marked ``chosen``), its held-out estimate cross-fitted over
+        the choice."""
+        raise NotImplementedError
+
+
+class ByAccuracy(Judge):
+    """One label per image: the probes and fine-tuning of :func:`_first_probe` and
+    :func:`_further`, compared by held-out accuracy (balanced accuracy for imbalanced
+    classes), a later one winning by more than its standard error (:func:`_select`)."""
+
+    def __init__(
+        self, y: np.ndarray, sample_weight: np.ndarray | None, seed: int, balanced: bool
+    ) -> None:
+        super().__init__(y, sample_weight, seed, balanced)
+        self.weights = class_balancing_weights(y) if balanced else np.ones(len(y))
+        self.judged = self.weights if sample_weight is None else sample_weight
+        if balanced and sample_weight is not None:  # each class's images weigh 1 in all
+            self.judged = class_balancing_weights(y, sample_weight)
+
+    @staticmethod
+    def takes(y: np.ndarray) -> bool:
+        return True  # any target the others do not take
+
+    def candidates(
+        self,
+        X: np.ndarray,
+        common: dict[str, Any],
+        params: dict[str, Any],
+        budget: float | None,
+        say: Callable[[str], None],
+    ) -> list[Candidate]:
+        small = median_short_side(X) < SMALL_IMAGES
+        given = float(budget or DEFAULT_TIME_BUDGET)
+        first = _first_probe(X, small, common, params, given, budget is not None, say)
+        return [first, *_further(X, self.y, small, common, params, first)]
+
+    def row(self, name: str, model: Any, seconds: float) -> dict[str, Any]:
+        row = _row(name, model, self.y, seconds, self.weights)
+        if self.sample_weight is not None:  # what the choice was judged by
+            row["weighted_accuracy"] = _held_out(model, self.y, self.judged)[0]
+        return row
+
+    def choose(self, fitted: list[tuple[Any, dict[str, Any]]]) -> Any:
+        return _choose(fitted, self.y, self.judged, self.seed)
 
 
 def _choose(
@@ -233,9 +323,8 @@ def _choose(
     is not the maximum of several noisy ones (the winner's curse)."""
     correct = np.array([_correct(model, y) for model, _ in fitted])
     winner = _select(correct, np.ones(len(y), bool), weights)
-    fitted[winner][1]["chosen"] = True
-    for _, row in fitted:
-        row.setdefault("chosen", False)
+    for i, (_, row) in enumerate(fitted):
+        row["chosen"] = i == winner
     model = fitted[winner][0]
     if len(fitted) == 1:
         return model
@@ -468,50 +557,51 @@ def _finetune_seconds(backbone: str, size: int, n: int, epochs: int) -> float:
 
 
 # -- several labels per image: judged by mean average precision -----------------------------
-def fit_auto_multilabel(
-    X: np.ndarray,
-    y: np.ndarray,
-    common: dict[str, Any],
-    params: dict[str, Any],
-    budget: float | None,
-    say: Callable[[str], None],
-    sample_weight: np.ndarray | None = None,
-) -> tuple[Any, list[dict[str, Any]]]:
-    """Several labels per image: the multi-label probe, then LP-FT fine-tuning at a reduced
-    input size when its measured cost fits what is left of ``budget``; the one with the
-    better held-out mean average precision is kept (a later one must win by more than the
+class ByMeanAveragePrecision(Judge):
+    """Several labels per image: the multi-label probe, then LP-FT fine-tuning at a
+    reduced input size when its measured cost fits what is left; the one with the better
+    held-out mean average precision is kept (a later one must win by more than the
     bootstrap standard error of the difference on the images both predicted), the choice
-    cross-fitted between two halves as :func:`_choose` does. Returns the model and the
-    leaderboard (``mean_average_precision`` where one label's rows have ``accuracy``)."""
-    deadline = time.perf_counter() + float(budget or DEFAULT_TIME_BUDGET)
-    weighed = {} if sample_weight is None else {"sample_weight": sample_weight}
-    backbone = params.get("backbone", DEFAULT)
-    ft = {**common, "verbose": 0, **params}
-    small = median_short_side(X) < SMALL_IMAGES
-    size = ft["image_size"] = int(ft.get("image_size") or (128 if small else 160))
-    epochs = ft["epochs"] = int(ft.get("epochs") or 6)
-    candidates = [
-        Candidate(f"multi-label probe {backbone}", "probe", {**common, **params}, _known(0.0)),
-        Candidate(f"lp-ft {backbone} at {size} px", "lp-ft", ft,
-                  lambda: _finetune_seconds(backbone, size, len(X), epochs)),
-    ]  # fmt: skip
-    fitted: list[tuple[Any, dict[str, Any]]] = []
-    rows: list[dict[str, Any]] = []
-    for candidate in candidates:
-        left, cost = deadline - time.perf_counter(), candidate.estimate()
-        if fitted and cost > left:
-            rows.append(_skipped(candidate.name, cost, left))
-            say(f"auto: {candidate.name} skipped (about {_seconds(cost)}; {_seconds(left)} left)")
-            continue
-        say(f"auto: {candidate.name}" + (f" (about {_seconds(cost)}; {_seconds(left)} left)"
-                                         if fitted else ""))  # fmt: skip
-        t0 = time.perf_counter()
-        model = make_estimator(candidate.method, multilabel=True, **candidate.params)
-        model.fit(X, y, **weighed)
-        rows.append(_multilabel_row(candidate.name, model, y, time.perf_counter() - t0,
-                                    sample_weight))  # fmt: skip
-        fitted.append((model, rows[-1]))
-    return _choose_multilabel(fitted, y, sample_weight, int(common.get("random_state") or 0)), rows
+    cross-fitted between two halves as :func:`_choose` does. Leaderboard rows have
+    ``mean_average_precision`` where one label's have ``accuracy``."""
+
+    @staticmethod
+    def takes(y: np.ndarray) -> bool:
+        from tlearn.multilabel import is_multilabel_target
+
+        return is_multilabel_target(y)
+
+    def candidates(
+        self,
+        X: np.ndarray,
+        common: dict[str, Any],
+        params: dict[str, Any],
+        budget: float | None,
+        say: Callable[[str], None],
+    ) -> list[Candidate]:
+        backbone = params.get("backbone", DEFAULT)
+        ft = {**common, "verbose": 0, **params}
+        small = median_short_side(X) < SMALL_IMAGES
+        size = ft["image_size"] = int(ft.get("image_size") or (128 if small else 160))
+        epochs = ft["epochs"] = int(ft.get("epochs") or 6)
+        return [
+            Candidate(f"multi-label probe {backbone}", "probe", {**common, **params}, _known(0.0)),
+            Candidate(f"lp-ft {backbone} at {size} px", "lp-ft", ft,
+                      lambda: _finetune_seconds(backbone, size, len(X), epochs)),
+        ]  # fmt: skip
+
+    def make(self, candidate: Candidate) -> Any:
+        return make_estimator(candidate.method, multilabel=True, **candidate.params)
+
+    def row(self, name: str, model: Any, seconds: float) -> dict[str, Any]:
+        return _multilabel_row(name, model, self.y, seconds, self.sample_weight)
+
+    def choose(self, fitted: list[tuple[Any, dict[str, Any]]]) -> Any:
+        return _choose_multilabel(fitted, self.y, self.sample_weight, self.seed)
+
+
+#: The judges, in the order they are tried on a run's targets (the last takes any).
+JUDGES: tuple[type[Judge], ...] = (ByMeanAveragePrecision, ByAccuracy)
 
 
 def _indicator(model: Any, y: np.ndarray) -> np.ndarray:

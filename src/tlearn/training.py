@@ -343,13 +343,7 @@ def _fit_and_evaluate(
     image of ``data`` ``(X, y, sample weights)`` when nothing else tests it."""
     X, y, w = data
     leaderboard: list[dict[str, Any]] = []
-    if req.method == "auto" and is_multilabel(y):
-        from tlearn.automl import fit_auto_multilabel
-
-        model, leaderboard = fit_auto_multilabel(
-            split[0], split[1], req.common, req.params, req.time_budget, req.say, w_fit
-        )
-    elif req.method == "auto":
+    if req.method == "auto":  # the judge y calls for: accuracy, or mAP for several labels
         from tlearn.automl import fit_auto
 
         balanced = req.params.get("class_weight") == "balanced"
