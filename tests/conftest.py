@@ -120,6 +120,30 @@ SLOW_TESTS: dict[str, dict[str, str]] = {
 }
 
 
+#: Test files that share one worker under pytest-xdist (``make test`` runs two): the Ray
+#: tests join one Ray head, started once per worker that needs it.
+_GROUPS = {"test_scale_ray.py": "ray", "test_scale_ray_train.py": "ray"}
+
+#: Each file's seconds in one process on 2 idle cores (``pytest --durations=0``, summed),
+#: from 5 s. Under xdist the files are handed out dearest first (the longest-processing-
+#: time rule), so that no long file starts last while the other worker sits idle: by
+#: default xdist orders them by their number of tests, which put the Ray files (4 tests,
+#: 200 s) at the end. Keep the figures roughly true when a file's cost changes a lot.
+_SECONDS = {
+    "test_scale_ray.py": 140, "test_common.py": 79, "test_engines.py": 77,
+    "test_predictor.py": 64, "test_scale_ray_train.py": 62, "test_doctor.py": 55,
+    "test_cli.py": 49, "test_training.py": 48, "test_multilabel.py": 48,
+    "test_predict_scale.py": 45, "test_finetune_cli.py": 45, "test_cli_errors.py": 41,
+    "test_serve.py": 33, "test_accuracy.py": 33, "test_export.py": 29, "test_docs.py": 22,
+    "test_ensemble.py": 21, "test_doctor_duplicates.py": 20, "test_persistence.py": 19,
+    "test_export_metadata.py": 19, "test_doctor_labels.py": 19, "test_probe.py": 16,
+    "test_features.py": 15, "test_finetune.py": 14, "test_weights.py": 12,
+    "test_architecture.py": 11, "test_serve_limits.py": 10, "test_multilabel_finetune.py": 10,
+    "test_serve_page.py": 9, "test_doctor_edges.py": 8, "test_report.py": 7,
+    "test_evaluation_inference.py": 7, "test_doctor_quality.py": 6,
+}  # fmt: skip
+
+
 @pytest.hookimpl(tryfirst=True)  # before -m deselects by marker
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
@@ -127,12 +151,30 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         test = getattr(item, "originalname", item.name)  # without its parameters
         if name in SLOW_FILES or test in SLOW_TESTS.get(name, {}):
             item.add_marker(pytest.mark.slow)
+        # under `-n 2 --dist loadgroup`, a file's tests run on one worker: its module
+        # fixtures (fitted models, servers) are made once
+        item.add_marker(pytest.mark.xdist_group(_GROUPS.get(name, name)))
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # with --no-loadscope-reorder: dearest first
+        group_seconds: dict[str, int] = {}
+        for name, seconds in _SECONDS.items():
+            group = _GROUPS.get(name, name)
+            group_seconds[group] = group_seconds.get(group, 0) + seconds
+        order = {id(item): i for i, item in enumerate(items)}
+
+        def dearest_first(item: pytest.Item) -> tuple[int, str, int]:
+            group = _GROUPS.get(item.path.name, item.path.name)
+            return -group_seconds.get(group, 0), group, order[id(item)]
+
+        items.sort(key=dearest_first)
 
 
 @pytest.fixture(autouse=True)
 def _isolated_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):
-    """Keep caches out of the user's home, and never wait on a network that is not there."""
-    home = tmp_path_factory.getbasetemp() / "tlearn-home"
+    """Keep caches out of the user's home, and never wait on a network that is not there.
+    The workers of one run (pytest-xdist) share one home: an engine converted or
+    calibrated by one is loaded by the other (each file written atomically)."""
+    base = tmp_path_factory.getbasetemp()
+    home = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "tlearn-home"
     monkeypatch.setenv("TLEARN_HOME", str(home))
     monkeypatch.setenv("TLEARN_OFFLINE", "1")
 
