@@ -51,11 +51,12 @@ typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
 # Two workers (pytest-xdist), each test file on one of them and the dearest files first
-# (tests/conftest.py), each worker with one thread for torch, BLAS and the compiled engines.
-# One process left most of a core idle (subprocess starts, servers, Ray); two workers of two
-# threads each spun against each other (CPU time +55%). One thread each: 1,133 s -> 806 s.
-# `pytest` alone still runs everything in one process.
-PYTEST_THREADS := OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 TLEARN_NUM_THREADS=1
+# (tests/conftest.py), each worker with one OpenMP thread (torch, BLAS). One process left
+# most of a core idle (subprocess starts, servers, Ray); two workers of two OpenMP threads
+# each spun against each other (CPU time +55%). One each: 1,133 s -> 806 s on 2 cores. The
+# compiled engines keep their default threads (the path users run). `pytest` alone still
+# runs everything in one process.
+PYTEST_THREADS := OMP_NUM_THREADS=1
 pytest: setup browser
 	$(PYTEST_THREADS) $(PY) -m pytest -n 2 --dist loadgroup --no-loadscope-reorder
 

@@ -271,6 +271,16 @@ def test_a_saved_int8_model_carries_its_calibrated_engine(calibration_set, tmp_p
 
     X, y = calibration_set
     probe = LinearProbe(image_size=32, engine="openvino-int8", Cs=[0.1]).fit(X, y)
+    # its engine from a private copy of the session's cache: a file is moved away below,
+    # and the session's cache is shared with the other test worker (pytest-xdist)
+    cached = probe.features_.runner_.path
+    (tmp_path / "home" / "engines").mkdir(parents=True)
+    for f in (cached, cached.with_suffix(".bin")):
+        shutil.copyfile(f, tmp_path / "home" / "engines" / f.name)
+    monkeypatch.setenv("TLEARN_HOME", str(tmp_path / "home"))
+    engines.forget_engines()
+    probe = LinearProbe(image_size=32, engine="openvino-int8", Cs=[0.1]).fit(X, y)
+    assert probe.features_.runner_.path == tmp_path / "home" / "engines" / cached.name
     expected = probe.predict_proba(X[:16])
     tlearn.save(probe, tmp_path / "m.safetensors")
     # a fresh cache, as on another machine: the calibration images are not needed again
@@ -279,9 +289,7 @@ def test_a_saved_int8_model_carries_its_calibrated_engine(calibration_set, tmp_p
     assert loaded.features_.engine_ == "openvino-int8"
     assert loaded.features_.engine_reason_ == "engine openvino-int8 (from the model file)"
     np.testing.assert_array_equal(loaded.predict_proba(X[:16]), expected)
-    # the engine keeps its own bytes: a cache without the file does not stop a save (the
-    # session's cache, shared by the later int8 tests: its file is moved away and back,
-    # where deleting it cost the next one a calibration)
+    # the engine keeps its own bytes: a cache without the file does not stop a save
     weights = probe.features_.runner_.path.with_suffix(".bin")
     shutil.move(weights, tmp_path / "away.bin")
     try:

@@ -441,3 +441,20 @@ def test_predict_to_file_refuses_an_existing_output_before_loading_the_model(tmp
     with pytest.raises(DataError, match="--overwrite"):  # the model is not even a file
         predict_to_file(tmp_path / "no-such-model.safetensors", ["a.jpg"], out)
     assert out.read_text() == "kept\n"
+
+
+def test_a_row_built_elsewhere_is_written_as_the_kind_its_columns_say(tmp_path):
+    """write_predictions takes rows from anywhere: the kind is the one whose columns the
+    row has, the most specific first (a multi-label row has every prediction column too)."""
+    from tlearn.rows import kind_of_row
+
+    plain = {"row_id": 0, "path": "a.jpg", "label": "cat", "probability": 0.9,
+             "top_labels": ["cat"], "top_probabilities": [0.9], "error": ""}  # fmt: skip
+    several = {**plain, "above_threshold": ["cat", "dog"]}
+    assert kind_of_row(plain).name == "predictions" and kind_of_row(None).name == "predictions"
+    assert kind_of_row(several).name == "multilabel" and not kind_of_row(several).shows_top_k
+    assert kind_of_row({"path": "a.jpg", "features": [0.5], "error": ""}).name == "features"
+    with pytest.raises(ValueError, match="no kind of row"):
+        kind_of_row({"path": "a.jpg"})
+    write_predictions(iter([several]), tmp_path / "p.jsonl")
+    assert json.loads((tmp_path / "p.jsonl").read_text())["above_threshold"] == ["cat", "dog"]

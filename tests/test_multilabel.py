@@ -564,3 +564,27 @@ def test_each_half_is_judged_at_the_C_the_other_half_chose():
     held = _crossfit_C([a, b], M, None, 3)
     np.testing.assert_array_equal(held[half], b[half])
     np.testing.assert_array_equal(held[~half], a[~half])
+
+
+def test_fit_refuses_what_the_kind_of_target_does_not_take(tmp_path):
+    """Before any image is featurised: class_weight for several labels per image,
+    threshold_for for one; the plan names the labels of a multi-label CSV."""
+    from tests.synthetic import make_folder
+    from tlearn.automl import ByAccuracy, ByMeanAveragePrecision, judge_for
+    from tlearn.training import train
+
+    root = make_folder(tmp_path / "imgs", 2, size=32)
+    paths = sorted(str(p) for p in root.rglob("*.jpg"))
+    several = tmp_path / "several.csv"
+    several.write_text("path,labels\n" + "".join(f"{p},a|b\n" for p in paths))
+    one = tmp_path / "one.csv"
+    one.write_text("path,label\n" + "".join(f"{p},{i % 2}\n" for i, p in enumerate(paths)))
+    with pytest.raises(DataError, match="class_weight weighs the classes of one label"):
+        train(several, method="probe", class_weight="balanced")
+    with pytest.raises(DataError, match="threshold_for sets a multi-label model"):
+        train(one, method="probe", threshold_for="precision=0.9")
+    y_sets = np.empty(2, dtype=object)
+    y_sets[:] = [("a", "b"), ("b",)]
+    assert judge_for(y_sets) is ByMeanAveragePrecision and judge_for(np.array(["a"])) is ByAccuracy
+    assert ByMeanAveragePrecision.classes(y_sets) == {"a", "b"}
+    assert ByMeanAveragePrecision.stratify(y_sets) is None and not ByMeanAveragePrecision.balances

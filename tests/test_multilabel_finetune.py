@@ -286,3 +286,29 @@ def test_labels_of_a_filtered_pandas_series_and_a_failed_fit(fitted, tagged):
     with pytest.raises(DataError):
         model.fit(X, [() for _ in X])  # no image has a label
     np.testing.assert_array_equal(model.predict_proba(X[:4]), before)  # the model stands
+
+
+def test_a_model_pickled_before_tasks_existed_keeps_its_task(fitted, tagged):
+    """A pickle of the last release has ``multilabel_`` and no ``task_``: it still gives
+    each label's sigmoid and the indicator matrix (not a softmax and class names)."""
+    _, X, _ = tagged
+    old = pickle.loads(pickle.dumps(fitted))
+    del old.task_
+    np.testing.assert_array_equal(old.predict_proba(X[:5]), fitted.predict_proba(X[:5]))
+    np.testing.assert_array_equal(old.predict(X[:5]), fitted.predict(X[:5]))
+
+
+def test_a_failed_fit_keeps_the_task_and_says_what_is_wrong(fitted, tagged):
+    """A fit of one label per image that fails before training (a validation split that
+    cannot hold each class, X_val without y_val) leaves the multi-label model as it was,
+    with a one-line DataError rather than scikit-learn's ValueError."""
+    _, X, Y = tagged
+    model = pickle.loads(pickle.dumps(fitted))
+    before = model.predict(X[:4])
+    one_label = [labels[0] for labels in Y]
+    with pytest.raises(DataError, match="validation split of .* cannot hold each"):
+        model.set_params(validation_size=0.95).fit(X, one_label)
+    with pytest.raises(DataError, match="X_val needs y_val"):
+        model.set_params(validation_size=0.3).fit(X, one_label, X_val=X[:3])
+    assert model.multilabel_ and model.task_.multilabel
+    np.testing.assert_array_equal(model.predict(X[:4]), before)

@@ -84,7 +84,7 @@ def test_large_sets_search_C_on_a_sample_and_hold_out_20_percent():
 def test_the_C_search_and_out_of_fold_fits_run_blas_on_one_thread(monkeypatch):
     """Many small solves: BLAS threads cost more than they give (10x per fit on 2 cores).
     Every fit sees one BLAS thread, and the setting is restored afterwards."""
-    from threadpoolctl import threadpool_info
+    from threadpoolctl import threadpool_info, threadpool_limits
 
     from tlearn import probe as probe_module
 
@@ -98,16 +98,19 @@ def test_the_C_search_and_out_of_fold_fits_run_blas_on_one_thread(monkeypatch):
             seen.append(blas_threads())
             return super().fit(X, y, sample_weight)
 
-    before = blas_threads()
     monkeypatch.setattr(probe_module, "LogisticRegression", Spy)
     rng = np.random.default_rng(0)
     y = rng.integers(0, 3, 90)
-    head = tune_linear_head(rng.normal(size=(90, 8)) + y[:, None], y, Cs=(0.01, 1.0))
+    # two BLAS threads around it, whatever the test run's environment (make test's
+    # workers run with one): the fits must still see one
+    with threadpool_limits(limits=2, user_api="blas"):
+        before = blas_threads()
+        head = tune_linear_head(rng.normal(size=(90, 8)) + y[:, None], y, Cs=(0.01, 1.0))
+        assert before == {2} and blas_threads() == before
     assert head.C in (0.01, 1.0)
     # nested: 5 outer folds x (2 Cs x 3 inner folds + the fold's own fit), the refit
     assert len(seen) == 5 * (2 * 3 + 1) + 1
     assert all(threads == {1} for threads in seen), seen
-    assert blas_threads() == before
 
 
 def test_probe_contract(shapes3):

@@ -48,6 +48,7 @@ __all__ = [
     "Judge",
     "ensemble_backbone",
     "fit_auto",
+    "judge_for",
     "probe_settings",
 ]
 
@@ -200,7 +201,7 @@ def fit_auto(
     by mean average precision for several; each image weighing its ``sample_weight`` too,
     when given (every candidate is fitted with it)."""
     seed = int(common.get("random_state") or 0)
-    judge = next(j for j in JUDGES if j.takes(y))(y, sample_weight, seed, balanced)
+    judge = judge_for(y)(y, sample_weight, seed, balanced)
     weighed = {} if sample_weight is None else {"sample_weight": sample_weight}
     t0 = time.perf_counter()
     candidates = judge.candidates(X, common, params, budget, say)
@@ -234,8 +235,15 @@ def fit_auto(
 
 
 class Judge:
-    """What auto tries and how it compares the fitted candidates, for one kind of target.
-    A judge is made for one run's targets ``y`` (and their ``sample_weight``)."""
+    """One kind of target, and what `tlearn fit` does differently for it: which classes
+    the targets name, which parameters and estimators take them, how they are split and
+    described (class methods), and what auto tries and how it compares the fitted
+    candidates (a judge is made for one run's targets ``y`` and their ``sample_weight``)."""
+
+    #: whether imbalanced classes may be weighed (``class_weight="balanced"``)
+    balances: bool = True
+    #: whether auto's candidates try other backbones than the default (or the one named)
+    chooses_backbone: bool = False
 
     def __init__(
         self, y: np.ndarray, sample_weight: np.ndarray | None, seed: int, balanced: bool
@@ -259,9 +267,33 @@ class Judge:
         """What to try, in order (the first is always fitted)."""
         raise NotImplementedError
 
+    @staticmethod
+    def classes(y: np.ndarray) -> set[Any]:
+        """The classes the targets name."""
+        return set(y)
+
+    @staticmethod
+    def check_params(params: dict[str, Any]) -> None:
+        """Refuse what this kind of target does not take, rather than drop it silently."""
+
+    @staticmethod
+    def estimator(method: str, **params: Any) -> Any:
+        """The unfitted estimator of ``method`` for these targets."""
+        return make_estimator(method, **params)
+
+    @staticmethod
+    def stratify(y: np.ndarray) -> np.ndarray | None:
+        """What a held-out test split is stratified by (``None``: a random split)."""
+        return y
+
+    @classmethod
+    def describe(cls, y: np.ndarray, method: str) -> tuple[str, str]:
+        """The targets and the method, in words, for the plan `tlearn fit` prints."""
+        return f"{len(cls.classes(y))} classes", method
+
     def make(self, candidate: Candidate) -> Any:
         """The unfitted estimator of ``candidate``."""
-        return make_estimator(candidate.method, **candidate.params)
+        return self.estimator(candidate.method, **candidate.params)
 
     def row(self, name: str, model: Any, seconds: float) -> dict[str, Any]:
         """The fitted candidate's leaderboard row: its honest held-out figures."""
@@ -287,9 +319,19 @@ class ByAccuracy(Judge):
         if balanced and sample_weight is not None:  # each class's images weigh 1 in all
             self.judged = class_balancing_weights(y, sample_weight)
 
+    chooses_backbone = True  # an ensemble, a second backbone
+
     @staticmethod
     def takes(y: np.ndarray) -> bool:
         return True  # any target the others do not take
+
+    @staticmethod
+    def check_params(params: dict[str, Any]) -> None:
+        if params.get("threshold_for") is not None:
+            raise DataError(
+                "threshold_for sets a multi-label model's thresholds; this data gives one label "
+                "per image: leave it out"
+            )
 
     def candidates(
         self,
@@ -565,11 +607,43 @@ class ByMeanAveragePrecision(Judge):
     cross-fitted between two halves as :func:`_choose` does. Leaderboard rows have
     ``mean_average_precision`` where one label's have ``accuracy``."""
 
+    balances = False  # each label is fitted on its own: class_weight is refused
+
     @staticmethod
     def takes(y: np.ndarray) -> bool:
         from tlearn.multilabel import is_multilabel_target
 
         return is_multilabel_target(y)
+
+    @staticmethod
+    def classes(y: np.ndarray) -> set[Any]:
+        return set().union(*map(set, y))
+
+    @staticmethod
+    def check_params(params: dict[str, Any]) -> None:
+        if params.get("class_weight") is not None:
+            raise DataError(
+                "class_weight weighs the classes of one label per image; this data gives several "
+                "per image (multi-label), whose labels are fitted one by one: leave it out"
+            )
+
+    @staticmethod
+    def estimator(method: str, **params: Any) -> Any:
+        return make_estimator(method, multilabel=True, **params)
+
+    @staticmethod
+    def stratify(y: np.ndarray) -> np.ndarray | None:
+        return None
+
+    @classmethod
+    def describe(cls, y: np.ndarray, method: str) -> tuple[str, str]:
+        how = {
+            "finetune": "finetune (multi-label: a sigmoid per label, a threshold per label)",
+            "lp-ft": "lp-ft (multi-label: a sigmoid per label, a threshold per label)",
+            "auto": "auto (multi-label: the probe, then LP-FT if the budget allows, the better "
+            "held-out mAP kept)",
+        }.get(method, "probe (multi-label: one-vs-rest, a threshold per label)")
+        return f"{len(cls.classes(y))} labels (several per image)", how
 
     def candidates(
         self,
@@ -590,9 +664,6 @@ class ByMeanAveragePrecision(Judge):
                       lambda: _finetune_seconds(backbone, size, len(X), epochs)),
         ]  # fmt: skip
 
-    def make(self, candidate: Candidate) -> Any:
-        return make_estimator(candidate.method, multilabel=True, **candidate.params)
-
     def row(self, name: str, model: Any, seconds: float) -> dict[str, Any]:
         return _multilabel_row(name, model, self.y, seconds, self.sample_weight)
 
@@ -602,6 +673,11 @@ class ByMeanAveragePrecision(Judge):
 
 #: The judges, in the order they are tried on a run's targets (the last takes any).
 JUDGES: tuple[type[Judge], ...] = (ByMeanAveragePrecision, ByAccuracy)
+
+
+def judge_for(y: np.ndarray) -> type[Judge]:
+    """The first judge of :data:`JUDGES` that takes targets ``y``."""
+    return next(judge for judge in JUDGES if judge.takes(y))
 
 
 def _indicator(model: Any, y: np.ndarray) -> np.ndarray:

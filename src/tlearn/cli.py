@@ -693,7 +693,7 @@ def _predict_rows(
     top_k, tta = options["top_k"], options["tta"]
     with progress(total, 1, "predicting") as advance:
         if output is None:  # a multi-label table shows each label that applies, with its score
-            k = None if predictor.rows.name == "multilabel" else top_k
+            k = top_k if predictor.rows.shows_top_k else None
             rows = list(_advancing(predictor.iter_predict(inputs, top_k=k, tta=tta), advance))
         elif str(output) == "-":
             rows = predictor.iter_predict(inputs, top_k=top_k, tta=tta)

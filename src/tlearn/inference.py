@@ -23,6 +23,7 @@ from tlearn.outputs import (
     write_rows,
 )
 from tlearn.predictor import load_predictor
+from tlearn.rows import kind_of_row
 
 __all__ = [
     "FORMATS",
@@ -74,7 +75,7 @@ def write_predictions(
     """
     rows = iter(rows)
     first = next(rows, None)
-    kind = "multilabel" if first is not None and "above_threshold" in first else "predictions"
+    kind = kind_of_row(first).name
     rows = itertools.chain([] if first is None else [first], rows)
     return write_rows(rows, output, kind, append=append, on_row=on_row)
 

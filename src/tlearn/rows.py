@@ -115,6 +115,8 @@ class RowKind:
     build: Callable[..., list[dict[str, Any]]]
     #: what one row describes, for messages
     what: str
+    #: a table on the terminal shows the top k classes (else every label the row has)
+    shows_top_k: bool = True
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -175,6 +177,7 @@ ROW_KINDS: dict[str, RowKind] = {
             {**_NOT_PREDICTED, "above_threshold": []},
             top_k_rows,
             "a multi-label prediction",
+            shows_top_k=False,
         ),
         RowKind(
             "features",
@@ -190,6 +193,17 @@ ROW_KINDS: dict[str, RowKind] = {
 def row_kind(name: str) -> RowKind:
     """The kind of row named ``name``."""
     return ROW_KINDS[name]
+
+
+def kind_of_row(row: dict[str, Any] | None) -> RowKind:
+    """The kind of a row built elsewhere: of the kinds whose columns it all has, the one
+    with the most; a prediction when there is no row."""
+    if row is None:
+        return ROW_KINDS["predictions"]
+    fits = [kind for kind in ROW_KINDS.values() if set(kind.names) - {"row_id"} <= set(row)]
+    if not fits:
+        raise ValueError(f"a row with keys {sorted(row)[:10]} is of no kind of row")
+    return max(fits, key=lambda kind: len(kind.columns))
 
 
 def error_row(reason: str) -> dict[str, Any]:

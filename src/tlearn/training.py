@@ -154,7 +154,9 @@ def is_multilabel(y: np.ndarray) -> bool:
 
 
 def _classes_of(y: np.ndarray) -> set[Any]:
-    return set().union(*map(set, y)) if is_multilabel(y) else set(y)
+    from tlearn.automl import judge_for
+
+    return judge_for(y).classes(y)
 
 
 def _test_data(
@@ -288,13 +290,14 @@ def train(data: str | os.PathLike[str], **options: Any) -> TrainResult:
     if req.resume and "strategy" not in model.get_params():
         raise DataError("resume continues an interrupted fine-tuning run; the probe has none")
     X, y, w, dropped = _load(req.data, req.max_per_class, req.seed, weights=True)
-    _check_task_params(req.params, is_multilabel(y))
-    if is_multilabel(y):  # several labels per image: the multi-label probe
-        model = make_estimator(req.method, multilabel=True, **req.common, **req.params)
+    from tlearn.automl import judge_for
+
+    targets = judge_for(y)  # one label per image, or several: what differs is its
+    targets.check_params(req.params)
     split, w_fit = _split(X, y, req.test, req.test_size, req.test_max_per_class, req.seed, w)
-    balanced = _balance(req, split[1])
-    if balanced:
-        model = make_estimator(req.method, **req.common, **req.params)
+    if targets.balances:
+        _balance(req, split[1])
+    model = targets.estimator(req.method, **req.common, **req.params)
     req.say(_plan(model, req.method, y, split, req.test, "backbone" in req.params))
     if w is not None:
         req.say(_weights_line(w, dropped))
@@ -371,25 +374,11 @@ def _weights_line(w: np.ndarray, zero: int) -> str:
     )
 
 
-def _check_task_params(params: dict[str, Any], several: bool) -> None:
-    """Refuse what the data's task does not take, rather than drop it silently."""
-    if several and params.get("class_weight") is not None:
-        raise DataError(
-            "class_weight weighs the classes of one label per image; this data gives several "
-            "per image (multi-label), whose labels are fitted one by one: leave it out"
-        )
-    if not several and params.get("threshold_for") is not None:
-        raise DataError(
-            "threshold_for sets a multi-label model's thresholds; this data gives one label "
-            "per image: leave it out"
-        )
-
-
 def _balance(req: TrainRequest, y: np.ndarray) -> bool:
     """Imbalanced classes (the smallest under :data:`IMBALANCE_RATIO` of the largest) and
     no ``class_weight`` given: weigh the classes by inverse frequency (the default measured
     better on long-tailed CIFAR-10, docs/accuracy.md), and say so. Returns whether it did."""
-    if is_multilabel(y) or "class_weight" in req.params or not len(y):
+    if "class_weight" in req.params or not len(y):
         return False
     _, counts = np.unique(y, return_counts=True)
     if counts.min() >= IMBALANCE_RATIO * counts.max():
@@ -423,8 +412,10 @@ def _split(
     if not 0 < test_size < 1:
         raise DataError(f"test_size must be between 0 and 1, got {test_size}")
     rows = np.arange(len(y))
+    from tlearn.automl import judge_for
+
     tr, te = train_test_split(
-        rows, test_size=test_size, stratify=None if is_multilabel(y) else y, random_state=seed
+        rows, test_size=test_size, stratify=judge_for(y).stratify(y), random_state=seed
     )
     return (X[tr], y[tr], X[te], y[te]), None if w is None else w[tr]
 
@@ -435,20 +426,12 @@ def _plan(model: Any, method: str, y: np.ndarray, split: Any, test: Any, named: 
         if split[2] is not None
         else "evaluating by its own held-out predictions, then using every image"
     )
-    several = is_multilabel(y)
-    backbone = (
-        "as auto chooses" if method == "auto" and not named and not several else model.backbone
-    )
-    if several:  # auto's other candidates take one label per image so far
-        what = f"{len(_classes_of(y))} labels (several per image)"
-        method = {
-            "finetune": "finetune (multi-label: a sigmoid per label, a threshold per label)",
-            "lp-ft": "lp-ft (multi-label: a sigmoid per label, a threshold per label)",
-            "auto": "auto (multi-label: the probe, then LP-FT if the budget allows, the better "
-            "held-out mAP kept)",
-        }.get(method, "probe (multi-label: one-vs-rest, a threshold per label)")
-    else:
-        what = f"{len(set(y))} classes"
+    from tlearn.automl import judge_for
+
+    targets = judge_for(y)
+    chooses = method == "auto" and not named and targets.chooses_backbone
+    backbone = "as auto chooses" if chooses else model.backbone
+    what, method = targets.describe(y, method)
     return (
         f"training on {len(split[0])} images in {what}, {tested}; backbone {backbone}, "
         f"method {method}"

@@ -42,7 +42,7 @@ from tlearn.finetune.callbacks import default_callbacks
 from tlearn.finetune.distributed import DistInfo, dist_info
 from tlearn.finetune.loop import Classifier, LoopConfig, LoopData, fit_loop
 from tlearn.finetune.task import Task
-from tlearn.finetune.tasks import ONE_LABEL, TASKS, task_for
+from tlearn.finetune.tasks import TASKS, task_for
 from tlearn.multilabel import THRESHOLD_TARGETS, valid_threshold_target
 from tlearn.probe import ScoresNamedTargets
 from tlearn.runtime import resolve_device
@@ -358,7 +358,7 @@ class FineTuneClassifier(ForwardsFeatureParams, ScoresNamedTargets, BaseEstimato
         if self.verbose:
             ensure_handler()
         images = check_images(X)
-        classes, y_enc = self._targets(y, len(images))
+        task, classes, y_enc = self._targets(y, len(images))
         sw = check_sample_weight(sample_weight, len(images))
         device, info = self._device()
         torch.manual_seed(self.random_state)
@@ -371,9 +371,9 @@ class FineTuneClassifier(ForwardsFeatureParams, ScoresNamedTargets, BaseEstimato
         keep, self.skipped_ = self._check_images_readable(images, pre_eval)
         if sw is not None:
             keep = keep[sw[keep] > 0]  # weight 0: as if the image were not given
-            self.task_.check_trainable(y_enc[keep], classes)
+            task.check_trainable(y_enc[keep], classes)
         X_tr, y_tr, X_v, y_v, rows_v = self._split(
-            _subset(images, keep), y_enc[keep], classes, X_val, y_val
+            task, _subset(images, keep), y_enc[keep], classes, X_val, y_val
         )
         torch.manual_seed(self.random_state)  # the new head starts the same on every process
         net = Classifier(bb.model, bb.n_features, len(classes)).to(device)
@@ -381,14 +381,14 @@ class FineTuneClassifier(ForwardsFeatureParams, ScoresNamedTargets, BaseEstimato
             net = net.to(memory_format=torch.channels_last)
         w_tr, w_v = _split_weights(sw, keep, rows_v)
         used = None if sw is None else sw[keep]  # the training and validation images'
-        cfg = self._loop_config(
-            device, y_tr, classes, self._fingerprint(bb, classes, pre_eval, len(y_tr), used)
-        )
+        fingerprint = self._fingerprint(bb, classes, pre_eval, len(y_tr), used, task)
+        cfg = self._loop_config(device, y_tr, classes, fingerprint, task)
         if cfg.checkpoint_dir and info.is_main:
             os.makedirs(cfg.checkpoint_dir, exist_ok=True)
         data = LoopData(X_tr, y_tr, X_v, y_v, self._train_preprocessing(pre_eval), pre_eval,
                         _training_weights(w_tr, y_tr, cfg.class_weights), w_v)  # fmt: skip
         state = fit_loop(net, data, cfg, info, device, default_callbacks(cfg, info, device, resume))
+        self.task_, self.multilabel_ = task, task.multilabel  # trained: the model is the new one
         self._finish(bb, net, classes, state, X_tr)
         self._calibrate(X_v, y_v, w_v)
         self.validation_ = None
@@ -398,19 +398,22 @@ class FineTuneClassifier(ForwardsFeatureParams, ScoresNamedTargets, BaseEstimato
         self._held_out(state, len(images), y_v, rows, len(X_tr), w_v)
         return self
 
-    def _targets(self, y: object, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """``(classes, encoded targets)`` by the task ``y`` calls for (class indices for one
-        label per image; an indicator matrix for several, and ``multilabel_`` is set)."""
+    def _targets(self, y: object, n: int) -> tuple[Task, np.ndarray, np.ndarray]:
+        """``(task, classes, encoded targets)``: the task ``y`` calls for, and the targets
+        as it encodes them (class indices for one label per image; an indicator matrix for
+        several). ``task_`` is set once training has ended."""
         task = task_for(y)
         task.check_params(self)
         classes, encoded = task.encode(y, n)
-        # set once y is known good: a failed fit leaves the last model as it was
-        self.task_, self.multilabel_ = task, task.multilabel
-        return classes, encoded
+        return task, classes, encoded
 
     @property
     def _task(self) -> Task:
-        return getattr(self, "task_", ONE_LABEL)
+        """The fitted task; a model pickled before tasks existed has only ``multilabel_``."""
+        task = getattr(self, "task_", None)
+        if task is None:
+            return TASKS["multilabel" if getattr(self, "multilabel_", False) else "one_label"]
+        return task
 
     def _held_out(
         self,
@@ -484,6 +487,7 @@ class FineTuneClassifier(ForwardsFeatureParams, ScoresNamedTargets, BaseEstimato
         y_tr: np.ndarray,
         classes: np.ndarray,
         fingerprint: dict[str, Any],
+        task: Task | None = None,
     ) -> LoopConfig:
         weights = None
         if self.class_weight == "balanced":
@@ -500,7 +504,7 @@ class FineTuneClassifier(ForwardsFeatureParams, ScoresNamedTargets, BaseEstimato
             )
         return LoopConfig.from_params(
             self.get_params(),
-            task=self._task,
+            task=task or self._task,
             epochs=self.epochs_,
             class_weights=weights,
             autocast_dtype=self._autocast_dtype(device),
@@ -519,17 +523,25 @@ class FineTuneClassifier(ForwardsFeatureParams, ScoresNamedTargets, BaseEstimato
             ) from None
 
     def _split(
-        self, X: ImageInput, y: np.ndarray, classes: np.ndarray, X_val: object, y_val: object
+        self,
+        task: Task,
+        X: ImageInput,
+        y: np.ndarray,
+        classes: np.ndarray,
+        X_val: object,
+        y_val: object,
     ) -> tuple[ImageInput, np.ndarray, ImageInput | None, np.ndarray | None, np.ndarray | None]:
         """Training and validation images and labels, and the validation rows' positions
         in ``X`` (``None`` when the validation images were given apart, or there are
         none)."""
         if X_val is not None:
+            if y_val is None:
+                raise DataError("X_val needs y_val: the labels of the validation images")
             Xv = check_images(X_val)
-            return X, y, Xv, self.task_.encode(y_val, len(Xv), classes)[1], None
+            return X, y, Xv, task.encode(y_val, len(Xv), classes)[1], None
         if self.validation_size == 0:
             return X, y, None, None, None
-        idx_tr, idx_v = self.task_.split(y, classes, self.validation_size, self.random_state)
+        idx_tr, idx_v = task.split(y, classes, self.validation_size, self.random_state)
         return _subset(X, idx_tr), y[idx_tr], _subset(X, idx_v), y[idx_v], idx_v
 
     def _fingerprint(
@@ -539,6 +551,7 @@ class FineTuneClassifier(ForwardsFeatureParams, ScoresNamedTargets, BaseEstimato
         pre: Preprocessing,
         n_train: int,
         weights: np.ndarray | None = None,
+        task: Task | None = None,
     ) -> dict[str, Any]:
         params = {
             k: v
@@ -566,7 +579,7 @@ class FineTuneClassifier(ForwardsFeatureParams, ScoresNamedTargets, BaseEstimato
             "n_train": int(n_train),
             "params": params,
         }
-        found.update(self._task.fingerprint())  # another task's run is another run
+        found.update((task or self._task).fingerprint())  # another task's run is another run
         if weights is not None:  # resumed with other sample weights, it is another run
             relative = weights / weights.mean()  # (all of them doubled is the same run)
             digest = hashlib.sha256(np.ascontiguousarray(relative, np.float64).tobytes())
@@ -718,6 +731,6 @@ def refit_on_all(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # bad files are listed by the caller
         final.fit(X, y, sample_weight)
-    for name in model.task_.fitted:  # the validation run's calibration (and thresholds)
+    for name in model._task.fitted:  # the validation run's calibration (and thresholds)
         setattr(final, name, getattr(model, name))
     return final

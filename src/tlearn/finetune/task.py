@@ -175,9 +175,16 @@ class OneLabel(Task):
                 f"{size:.0%} validation split; give at least {need} images per "
                 "class, or pass validation_size=0 (CLI: --validation-size 0)"
             )
-        idx_tr, idx_v = train_test_split(
-            np.arange(len(y)), test_size=size, stratify=y, random_state=random_state
-        )
+        try:
+            idx_tr, idx_v = train_test_split(
+                np.arange(len(y)), test_size=size, stratify=y, random_state=random_state
+            )
+        except ValueError as e:  # a split too small to hold every class on both sides
+            raise DataError(
+                f"a {size:.0%} validation split of {len(y)} images cannot hold each of the "
+                f"{len(classes)} classes on both sides ({e}); give a validation_size nearer "
+                "0.2, or more images"
+            ) from None
         return np.sort(idx_tr), np.sort(idx_v)
 
     def loss_per_image(
