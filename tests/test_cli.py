@@ -265,3 +265,22 @@ def test_the_table_shows_odd_file_names_as_they_are(tmp_path):
     said = " ".join(r.stdout.split())
     assert "y].jpg" in said and "[red]z.jpg" in said and "caf\\xe9.jpg" in said
     assert "3 images predicted, 0 failed" in said
+
+
+def test_a_command_writes_nothing_to_the_temporary_folder(tmp_path):
+    """torch makes /tmp/torchinductor_$USER as soon as torchvision is imported (every
+    backbone build does): the command line keeps it in tlearn's cache instead, so that
+    `tlearn serve` converting its engine on a first run leaves nothing in TMPDIR."""
+    from tests.synthetic import make_folder
+
+    photos = make_folder(tmp_path / "photos", 2, size=32)
+    tmp, home = tmp_path / "tmp", tmp_path / "home"
+    tmp.mkdir()
+    env = {**os.environ, "TMPDIR": str(tmp), "TLEARN_HOME": str(home), "TLEARN_OFFLINE": "1"}
+    env.pop("TORCHINDUCTOR_CACHE_DIR", None)
+    r = subprocess.run([*TLEARN, "featurize", str(photos), "-o", str(tmp_path / "f.jsonl"),
+                        "--engine", "torch"], capture_output=True, text=True, env=env,
+                       timeout=300)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert not list(tmp.iterdir()), "the command wrote temporary files"
+    assert (home / "torch").is_dir()  # torch's cache, in tlearn's
