@@ -284,3 +284,18 @@ def test_a_command_writes_nothing_to_the_temporary_folder(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     assert not list(tmp.iterdir()), "the command wrote temporary files"
     assert (home / "torch").is_dir()  # torch's cache, in tlearn's
+
+
+def test_a_server_app_keeps_torchs_cache_out_of_the_temporary_folder(tmp_path):
+    """tlearn.serve's app, built in Python (tests/served.py starts servers so), sets torch's
+    cache before the model loads: torchvision imported afterwards writes nothing to TMPDIR."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    env = {**os.environ, "TMPDIR": str(tmp), "TLEARN_HOME": str(tmp_path / "home")}
+    env.pop("TORCHINDUCTOR_CACHE_DIR", None)
+    code = ("from tlearn.serve import create_app; create_app('model.safetensors'); "
+            "import torchvision.models")  # fmt: skip
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                       timeout=300)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert not list(tmp.iterdir()) and (tmp_path / "home" / "torch").is_dir()

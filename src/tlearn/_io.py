@@ -25,6 +25,7 @@ __all__ = [
     "atomic_path",
     "python_value",
     "read_safetensors",
+    "torch_cache_in_tlearns",
     "write_atomic",
     "write_safetensors_atomic",
 ]
@@ -117,3 +118,14 @@ def read_safetensors(
         for name in f.keys():  # noqa: SIM118 (safe_open has no __iter__)
             tensors[name] = f.get_tensor(name)
     return tensors, (json.loads(raw) if raw is not None else None)
+
+
+def torch_cache_in_tlearns() -> None:
+    """Keep torch's compiler cache in tlearn's (``$TLEARN_HOME/torch`` or
+    ``~/.cache/tlearn/torch``): torch makes it, by default ``/tmp/torchinductor_$USER``, as
+    soon as torchvision is imported (every backbone build), so a command or a server
+    building its engine on a first run left a folder in the temporary directory. Called by
+    tlearn's entry points (the command line, the server); a ``TORCHINDUCTOR_CACHE_DIR`` the
+    user set is kept."""
+    home = os.environ.get("TLEARN_HOME") or os.path.expanduser("~/.cache/tlearn")
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(home, "torch"))

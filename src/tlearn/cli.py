@@ -1039,24 +1039,14 @@ def demo(
 
 def main(args: list[str] | None = None) -> None:
     """Entry point: run the app; every user error is one ``error:`` line and status 2."""
+    from tlearn._io import torch_cache_in_tlearns
     from tlearn._log import cli_warnings, configure_cli
 
     configure_cli()
-    _torch_cache_in_tlearns()
+    torch_cache_in_tlearns()
     with cli_warnings():
         code = _run(args)
     sys.exit(code)
-
-
-def _torch_cache_in_tlearns() -> None:
-    """A command writes nothing to the temporary folder: torch makes its compiler cache
-    (``TORCHINDUCTOR_CACHE_DIR``, by default ``/tmp/torchinductor_$USER``) as soon as
-    torchvision is imported, so the command line keeps it in tlearn's cache
-    (``$TLEARN_HOME/torch`` or ``~/.cache/tlearn/torch``). A value the user set is kept."""
-    home = os.environ.get("TLEARN_HOME") or os.path.join(
-        os.path.expanduser("~"), ".cache", "tlearn"
-    )
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(home, "torch"))
 
 
 def _click_exceptions() -> Any:

@@ -97,6 +97,9 @@ def create_app(
     >>> outer = FastAPI(lifespan=lifespan)
     >>> outer.mount("/classifier", classifier)
     """
+    from tlearn._io import torch_cache_in_tlearns
+
+    torch_cache_in_tlearns()  # a server writes nothing to the temporary folder
     if config is None or limits:
         config = ServeConfig(**{**(_fields(config) if config else {}), **limits})
     options = {k: v for k, v in (("engine", engine), ("device", device)) if v is not None}
