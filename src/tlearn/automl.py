@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -234,7 +235,7 @@ def fit_auto(
     return judge.choose(fitted), rows
 
 
-class Judge:
+class Judge(ABC):
     """One kind of target, and what `tlearn fit` does differently for it: which classes
     the targets name, which parameters and estimators take them, how they are split and
     described (class methods), and what auto tries and how it compares the fitted
@@ -251,11 +252,12 @@ class Judge:
         self.y, self.sample_weight, self.seed, self.balanced = y, sample_weight, seed, balanced
 
     @staticmethod
+    @abstractmethod
     def takes(y: np.ndarray) -> bool:
         """Whether this judge is for targets ``y`` (the first of :data:`JUDGES` that takes
         them judges the run)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def candidates(
         self,
         X: np.ndarray,
@@ -265,7 +267,6 @@ class Judge:
         say: Callable[[str], None],
     ) -> list[Candidate]:
         """What to try, in order (the first is always fitted)."""
-        raise NotImplementedError
 
     @staticmethod
     def classes(y: np.ndarray) -> set[Any]:
@@ -275,6 +276,7 @@ class Judge:
     @staticmethod
     def check_params(params: dict[str, Any]) -> None:
         """Refuse what this kind of target does not take, rather than drop it silently."""
+        return None  # by default, everything is taken
 
     @staticmethod
     def estimator(method: str, **params: Any) -> Any:
@@ -295,14 +297,14 @@ class Judge:
         """The unfitted estimator of ``candidate``."""
         return self.estimator(candidate.method, **candidate.params)
 
+    @abstractmethod
     def row(self, name: str, model: Any, seconds: float) -> dict[str, Any]:
         """The fitted candidate's leaderboard row: its honest held-out figures."""
-        raise NotImplementedError
 
+    @abstractmethod
     def choose(self, fitted: list[tuple[Any, dict[str, Any]]]) -> Any:
         """The winner (its row marked ``chosen``), its held-out estimate cross-fitted over
         the choice."""
-        raise NotImplementedError
 
 
 class ByAccuracy(Judge):

@@ -11,6 +11,7 @@ per image (softmax, cross-entropy, accuracy, temperature scaling);
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Any, ClassVar
 
 import numpy as np
@@ -26,7 +27,7 @@ from tlearn.finetune.heldout import crossfit_epochs
 __all__ = ["OneLabel", "Task"]
 
 
-class Task:
+class Task(ABC):
     """One kind of target, and everything fine-tuning does that depends on it.
 
     ``model`` arguments are the :class:`~tlearn.finetune.FineTuneClassifier` being fitted
@@ -43,20 +44,21 @@ class Task:
     fitted: ClassVar[tuple[str, ...]]
 
     @staticmethod
+    @abstractmethod
     def takes(y: Any) -> bool:
         """Whether targets ``y`` call for this task (the first row of
         :data:`~tlearn.finetune.tasks.TASKS` that takes ``y`` is chosen)."""
-        raise NotImplementedError
 
     def check_params(self, model: Any) -> None:
         """Refuse the model's parameters that have no meaning for this task."""
+        return None  # by default, everything is taken
 
+    @abstractmethod
     def encode(
         self, y: Any, n: int, classes: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """``(classes, encoded targets)`` of ``n`` images; ``classes``: the training
         ones, which validation targets must be among."""
-        raise NotImplementedError
 
     def decode(self, classes: np.ndarray, encoded: np.ndarray) -> np.ndarray:
         """The targets as the user gives them back, from :meth:`encode`'s."""
@@ -64,62 +66,63 @@ class Task:
 
     def check_trainable(self, y: np.ndarray, classes: np.ndarray) -> None:
         """Refuse targets that cannot be trained on (after weight-0 images are left out)."""
+        return None  # by default, everything is taken
 
+    @abstractmethod
     def split(
         self, y: np.ndarray, classes: np.ndarray, size: float, random_state: int | None
     ) -> tuple[np.ndarray, np.ndarray]:
         """The training and validation rows (sorted) of a ``size`` validation split."""
-        raise NotImplementedError
 
+    @abstractmethod
     def loss_per_image(
         self, logits: torch.Tensor, target: torch.Tensor, smoothing: float
     ) -> torch.Tensor:
         """Each image's training loss, ``(n,)``."""
-        raise NotImplementedError
 
     def correct(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Each image's contribution to a validation score that sums over images, ``(n,)``
         (zeros where the score is computed from all logits at once)."""
         return torch.zeros(len(logits), device=logits.device)
 
+    @abstractmethod
     def validation_score(
         self, logits: np.ndarray, y: np.ndarray, w: np.ndarray, correct: float, n: float
     ) -> float:
         """The score that chooses the epoch (higher is better), from every validation
         image's ``logits`` or from the weighted sum ``correct`` of :meth:`correct` over
         weight ``n``."""
-        raise NotImplementedError
 
+    @abstractmethod
     def uncalibrated(self, model: Any) -> None:
         """Set the :attr:`fitted` attributes of a model with no validation images."""
-        raise NotImplementedError
 
+    @abstractmethod
     def calibrate(
         self, model: Any, logits: np.ndarray, y: np.ndarray, w: np.ndarray | None
     ) -> None:
         """Fit the :attr:`fitted` attributes (and ``model.calibration_``, what was
         measured) on the validation images' ``logits`` of the kept weights."""
-        raise NotImplementedError
 
+    @abstractmethod
     def held_out(
         self, model: Any, val_logits: list[np.ndarray], y: np.ndarray, w: np.ndarray | None
     ) -> tuple[np.ndarray, np.ndarray | None, str]:
         """Honest probabilities of the validation images from every epoch's logits, their
         predicted labels (or ``None`` where they follow from the probabilities), and what
         chose what, in words."""
-        raise NotImplementedError
 
+    @abstractmethod
     def proba(self, model: Any, logits: np.ndarray) -> np.ndarray:
         """The probabilities of ``logits`` under the model's calibration."""
-        raise NotImplementedError
 
+    @abstractmethod
     def predict(self, model: Any, proba: np.ndarray) -> np.ndarray:
         """``predict``'s answer from :meth:`proba`'s probabilities."""
-        raise NotImplementedError
 
+    @abstractmethod
     def score(self, model: Any, X: Any, y: Any, sample_weight: Any = None) -> float:
         """The model's ``score``, scikit-learn's default metric of the task."""
-        raise NotImplementedError
 
     def fingerprint(self) -> dict[str, Any]:
         """What a checkpoint's fingerprint records of the task (a resumed run of another
@@ -147,7 +150,8 @@ class OneLabel(Task):
         given = np.asarray(y)
         if len(given) != n:
             raise DataError(f"{len(given)} validation labels for {n} validation images")
-        unknown = sorted({str(v) for v in given if v not in set(classes.tolist())})
+        known = set(classes.tolist())
+        unknown = sorted({str(v) for v in given if v not in known})
         if unknown:
             raise DataError(f"the validation labels {unknown} are not training classes")
         return classes, np.searchsorted(classes, given).astype(np.int64)
