@@ -138,7 +138,7 @@ def test_engine_names_come_from_the_one_table():
 
 def test_cli_defaults_equal_the_estimators_defaults():
     from tlearn.cli import _estimator_options
-    from tlearn.finetune import FineTuneClassifier
+    from tlearn.finetune import FineTuneClassifier, ScratchClassifier
     from tlearn.multilabel import MultiLabelProbe
     from tlearn.probe import LinearProbe
 
@@ -146,6 +146,7 @@ def test_cli_defaults_equal_the_estimators_defaults():
         "probe": LinearProbe().get_params(),
         "finetune": FineTuneClassifier().get_params(),
         "multilabel": MultiLabelProbe().get_params(),
+        "scratch": ScratchClassifier().get_params(),
     }
     options = _estimator_options()
     assert {"lr", "epochs", "strategy", "engine", "backbone", "image_size", "threshold_for"} <= {

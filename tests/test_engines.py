@@ -173,6 +173,12 @@ def test_bench_command_prints_every_engine_beside_the_naive_loop(shapes_zip):
         row = next(line for line in lines if line.startswith(engine + " "))
         assert row.count("/s") == 2 and "x" in row
     assert "GFLOP/image" in r.stdout
+    # then each training route, as tlearn trains it beside fp32 eager (issue 29)
+    for route in ("scratch compact_s", "scratch compact_m", "lp-ft efficientnet_lite0"):
+        row = next(line for line in lines if line.startswith(route))
+        eager, ours, ratio = row[len(route) :].split()
+        assert float(eager.removesuffix("/s")) > 0 and float(ours.removesuffix("/s")) > 0
+        assert float(ratio.removesuffix("x")) > 0
 
 
 def test_openvino_engine_is_cached_and_a_corrupt_cache_rebuilt(reference, tmp_path, monkeypatch):

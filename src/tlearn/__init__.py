@@ -37,9 +37,10 @@ if TYPE_CHECKING:
         load_image_csv,
         load_image_folder,
     )
-    from tlearn.evaluation import Report, evaluate
+    from tlearn.evaluation import Report
+    from tlearn.evaluation.evaluate import evaluate
     from tlearn.features import PretrainedFeatures
-    from tlearn.finetune import FineTuneClassifier
+    from tlearn.finetune import FineTuneClassifier, ScratchClassifier
     from tlearn.multilabel import MultiLabelProbe
     from tlearn.persistence import load, save
     from tlearn.predictor import Predictor, load_predictor
@@ -61,6 +62,7 @@ _WHERE = {
     "evaluate": "tlearn.evaluation",
     "PretrainedFeatures": "tlearn.features",
     "FineTuneClassifier": "tlearn.finetune",
+    "ScratchClassifier": "tlearn.finetune",
     "load": "tlearn.persistence",
     "save": "tlearn.persistence",
     "Predictor": "tlearn.predictor",
@@ -89,6 +91,7 @@ __all__ = [
     "Preprocessing",
     "PretrainedFeatures",
     "Report",
+    "ScratchClassifier",
     "TlearnError",
     "TrainingError",
     "UnknownBackboneError",

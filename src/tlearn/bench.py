@@ -152,3 +152,69 @@ def _engine_row(
     return {"engine": label, "choice": est.engine_reason_, "end_to_end": e2e,
             "model_only": model_only, "ratio": e2e / naive,
             "gflops": model_only * gflops}  # fmt: skip
+
+
+# -- training: images per second of each route, against fp32 eager ---------------------------
+#: The routes `tlearn fit` trains: (name, backbone, input side, batch size).
+TRAINING_ROUTES = (
+    ("scratch compact_s", "compact_s", 32, 256),
+    ("scratch compact_m", "compact_m", 32, 256),
+    ("lp-ft efficientnet_lite0", "efficientnet_lite0", 128, 32),
+)
+
+
+def training_rate(
+    backbone: str,
+    size: int,
+    batch: int,
+    *,
+    channels_last: bool,
+    autocast: torch.dtype | None,
+    steps: int = 3,
+) -> float:
+    """Training images per second of ``backbone`` with a new 10-class head: forward,
+    cross-entropy, backward and an SGD step on random images, timed after a warm-up step."""
+    from tlearn.finetune.loop import Classifier
+
+    bb = load_backbone(backbone, None)
+    net = Classifier(bb.model, bb.n_features, 10).train()
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    net = net.to(memory_format=fmt)
+    opt = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9)
+    x = torch.randn(batch, 3, size, size).contiguous(memory_format=fmt)
+    y = torch.zeros(batch, dtype=torch.long)
+
+    def step() -> None:
+        with torch.autocast("cpu", dtype=autocast or torch.float32, enabled=autocast is not None):
+            logits = net(x)
+        loss = torch.nn.functional.cross_entropy(logits.float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    step()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return steps * batch / max(1e-9, time.perf_counter() - t0)
+
+
+def run_training_bench(report: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """Each route's training images/s as tlearn trains it (channels-last; bf16 autocast
+    where the CPU computes bf16 natively, as ``--method scratch`` does) beside fp32 eager
+    in the default layout, in one run."""
+    from tlearn.finetune.scratch import _autocast
+
+    bf16 = _autocast("auto", torch.device("cpu"))
+    how = "channels-last, bf16" if bf16 is not None else "channels-last, fp32 (no native bf16)"
+    report(f"training images/s ({torch.get_num_threads()} threads): fp32 eager vs tlearn ({how})")
+    report(f"{'route':<28}{'fp32 eager':>12}{'tlearn':>10}{'ratio':>8}")
+    rows = []
+    for name, backbone, size, batch in TRAINING_ROUTES:
+        # fine-tuning trains fp32 on a CPU (bf16 was slower for EfficientNet: estimator.py)
+        autocast = bf16 if backbone.startswith("compact") else None
+        eager = training_rate(backbone, size, batch, channels_last=False, autocast=None)
+        ours = training_rate(backbone, size, batch, channels_last=True, autocast=autocast)
+        report(f"{name:<28}{eager:>10.0f}/s{ours:>8.0f}/s{ours / eager:>7.2f}x")
+        rows.append({"route": name, "fp32_eager": eager, "tlearn": ours, "ratio": ours / eager})
+    return rows

@@ -225,7 +225,8 @@ _FIT_GENERAL: list[tuple[str, Any, Any]] = [
     ("threads", ThreadsOpt, 1),
 ]  # fmt: skip
 _PANELS = {"both": "Features", "probe": "Probe", "finetune": "Fine-tuning",
-           "multilabel": "Multi-label (a CSV of several labels per image)"}  # fmt: skip
+           "multilabel": "Multi-label (a CSV of several labels per image)",
+           "scratch": "Training from scratch (small images)"}  # fmt: skip
 
 
 #: The estimators whose parameters are fit's flags; "multilabel" is the probe of data with
@@ -234,6 +235,7 @@ _ESTIMATORS = {
     "probe": ("tlearn.probe", "LinearProbe"),
     "finetune": ("tlearn.finetune.estimator", "FineTuneClassifier"),
     "multilabel": ("tlearn.multilabel", "MultiLabelProbe"),
+    "scratch": ("tlearn.finetune.scratch", "ScratchClassifier"),
 }
 
 
@@ -286,7 +288,7 @@ def _fit_settings(ctx: typer.Context, values: dict[str, Any]) -> dict[str, Any]:
         source = ctx.get_parameter_source(option.name)
         explicit = (source is not None and source.name != "DEFAULT") or option.name in from_file
         takes = {"probe" if m == "multilabel" else m for m in option.methods}
-        if explicit and method in ("probe", "finetune") and method not in takes:
+        if explicit and method in ("probe", "finetune", "scratch") and method not in takes:
             _fail(f"{flag(option.name)} applies to --method {' or '.join(sorted(takes))}, "
                   f"not {method}")  # fmt: skip
         value = settings.get(option.name)
@@ -1005,8 +1007,15 @@ def bench(
         str,
         typer.Option(help="'pretrained', a local weights file, or 'none' (random, speed only)."),
     ] = "pretrained",
+    training: Annotated[
+        bool,
+        typer.Option(
+            help="Also training images/s of each route `tlearn fit` trains, beside fp32 eager."
+        ),  # fmt: skip
+    ] = True,
 ) -> None:
-    """Images per second end to end and model-only for each engine, beside the naive loop."""
+    """Images per second end to end and model-only for each engine, beside the naive loop;
+    then training images per second of each route (--method scratch, lp-ft)."""
     check_inputs([data])
     check_backbone(backbone)
     from itertools import islice
@@ -1019,6 +1028,10 @@ def bench(
         _fail(f"no images found in {data!r}")
     run_bench(paths, backbone, engine, batch_size, image_size, device, report=console.print,
               weights=None if weights == "none" else weights)  # fmt: skip
+    if training:
+        from tlearn.bench import run_training_bench
+
+        run_training_bench(report=console.print)
 
 
 @command()

@@ -11,7 +11,7 @@ from tlearn._validation import check_option
 __all__ = ["METHODS", "estimator_class", "make_estimator"]
 
 #: ``method`` -> the estimator that fits it ("auto" chooses among them).
-METHODS = ("auto", "probe", "finetune", "lp-ft")
+METHODS = ("auto", "probe", "finetune", "lp-ft", "scratch")
 
 
 def estimator_class(method: str) -> type:
@@ -20,6 +20,10 @@ def estimator_class(method: str) -> type:
         from tlearn.probe import LinearProbe
 
         return LinearProbe
+    if method == "scratch":  # a compact network trained from scratch (small images)
+        from tlearn.finetune.scratch import ScratchClassifier
+
+        return ScratchClassifier
     from tlearn.finetune import FineTuneClassifier
 
     return FineTuneClassifier

@@ -25,6 +25,7 @@ from tlearn.features import PretrainedFeatures
 from tlearn.finetune import FineTuneClassifier
 from tlearn.finetune.estimator import refit_on_all
 from tlearn.finetune.multilabel import linear_head as finetune_linear_head
+from tlearn.finetune.scratch import ScratchClassifier
 from tlearn.multilabel import MultiLabelProbe
 from tlearn.probe import LinearProbe, nominal_C
 from tlearn.runtime.engines import Engine
@@ -429,8 +430,9 @@ def _finetune_from_file(
     classes: Array,
     params: dict[str, Any],
     multilabel: tuple[Array, Array, Array] | None = None,
+    estimator: type[FineTuneClassifier] = FineTuneClassifier,
 ) -> FineTuneClassifier:
-    return FineTuneClassifier.from_fitted(
+    return estimator.from_fitted(
         features, classes, arrays["head.weight"], arrays["head.bias"],
         history=head.get("history", []), best_epoch=head.get("best_epoch", -1),
         temperature=head.get("temperature", 1.0), calibration=head.get("calibration", {}),
@@ -500,6 +502,27 @@ register_model_kind(
     )
 )
 register_model_kind(  # before "finetune", which takes every FineTuneClassifier
+    ModelKind(
+        name="scratch",
+        matches=lambda m: isinstance(m, ScratchClassifier),
+        features=lambda m: m.features_,
+        head=lambda m: m.predict_proba_features,
+        linear_head=lambda m: (
+            m.head_weight_ / getattr(m, "temperature_", 1.0),
+            m.head_bias_ / getattr(m, "temperature_", 1.0),
+        ),
+        to_file=_finetune_to_file,
+        check_file=_check_finetune_file,
+        from_file=lambda head, arrays, features, classes, params: _finetune_from_file(
+            head, arrays, features, classes, params, estimator=ScratchClassifier
+        ),
+        is_fitted=lambda m: hasattr(m, "head_weight_"),
+        estimator=ScratchClassifier,
+        heldout=lambda m: (m.heldout_proba_, m.heldout_method_),
+        trains_backbone=True,  # no refit: its held-out split calibrates it
+    )
+)
+register_model_kind(
     ModelKind(
         name="multilabel_finetune",
         matches=_is_multilabel_finetune,

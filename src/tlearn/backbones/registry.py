@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from tlearn.backbones.compact import COMPACT, is_compact
 from tlearn.backbones.policy import DEFAULT_BACKBONE
 from tlearn.backbones.weights import (
     EMBEDDED,
@@ -111,6 +112,10 @@ def resolve_name(name: str) -> tuple[str, str]:
     lib, sep, model = name.partition(":")
     if not sep:
         lib, model = "", name
+    if lib in ("", "tlearn") and is_compact(model):
+        return "tlearn", model
+    if lib == "tlearn":
+        raise _unknown(name, set(COMPACT), "tlearn's compact networks")
     if lib in ("", "timm"):
         from timm.models import split_model_name_tag
 
@@ -333,6 +338,8 @@ def build_backbone(
     library, model_name = resolve_name(name)
     if library == "ensemble":
         return _build_ensemble(name, model_name, weights, alias)
+    if library == "tlearn":
+        return _build_compact(name, model_name, weights, alias)
     if library == "timm":
         model, source = _build_timm(model_name, weights)
         pre = _timm_preprocessing(model)
@@ -355,6 +362,35 @@ def build_backbone(
         weights_sha256=state_dict_sha256(model.state_dict()),
         weights_source=source,
         classifier=classifier if isinstance(classifier, nn.Linear) else None,
+    )
+
+
+def _build_compact(
+    name: str, model_name: str, weights: str | os.PathLike[str] | None, alias: str | None
+) -> Backbone:
+    """A compact network (:mod:`tlearn.backbones.compact`): random weights, or a file's."""
+    from tlearn.backbones.compact import CompactNet, compact_preprocessing
+
+    model = CompactNet(COMPACT[model_name])
+    source = "random initialisation"
+    if weights == PRETRAINED:
+        raise WeightsUnavailableError(
+            f"{name!r} is a compact network trained from scratch: it has no pretrained "
+            "weights. Train one with --method scratch (ScratchClassifier), or give "
+            "weights=None for random ones"
+        )
+    if weights is not None:
+        _load_into(model, load_state_dict_file(weights), str(weights))
+        source = str(weights)
+    model.eval()
+    return Backbone(
+        name=alias or name,
+        architecture=f"tlearn:{model_name}",
+        model=model,
+        n_features=model.num_features,
+        preprocessing=compact_preprocessing(),
+        weights_sha256=state_dict_sha256(model.state_dict()),
+        weights_source=source,
     )
 
 

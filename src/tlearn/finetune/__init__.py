@@ -8,11 +8,13 @@ from tlearn._lazy import lazy_exports
 
 if TYPE_CHECKING:
     from tlearn.finetune.estimator import STRATEGIES, FineTuneClassifier
+    from tlearn.finetune.scratch import ScratchClassifier
 
 _WHERE = {
     "STRATEGIES": "tlearn.finetune.estimator",
     "FineTuneClassifier": "tlearn.finetune.estimator",
+    "ScratchClassifier": "tlearn.finetune.scratch",
 }
 __getattr__, __dir__ = lazy_exports(__name__, _WHERE)
 
-__all__ = ["STRATEGIES", "FineTuneClassifier"]
+__all__ = ["STRATEGIES", "FineTuneClassifier", "ScratchClassifier"]

@@ -1,0 +1,126 @@
+"""Training a compact network from scratch (``--method scratch``, issue 29): it learns real
+photos, its model file, pickle and predictor give its predictions, its held-out estimate is
+honest, and its guards (bf16 checked against fp32, the time limit, refusals) hold."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from tlearn import ScratchClassifier, load_image_folder
+from tlearn.backbones import load_backbone
+from tlearn.backbones.compact import CompactNet, Whiten
+from tlearn.exceptions import DataError, UnknownBackboneError, WeightsUnavailableError
+from tlearn.finetune import scratch
+
+CLASSES = ["airplane", "automobile", "bird", "frog", "ship"]
+
+
+@pytest.fixture(scope="module")
+def cifar5(cifar_zip):
+    train = load_image_folder(f"{cifar_zip}/train", categories=CLASSES, max_per_class=150)
+    test = load_image_folder(f"{cifar_zip}/test", categories=CLASSES, max_per_class=60)
+    names = np.asarray(CLASSES, dtype=object)
+    return train.filenames, names[train.target], test.filenames, names[test.target]
+
+
+@pytest.fixture(scope="module")
+def fitted(cifar5):
+    X, y, _, _ = cifar5
+    return ScratchClassifier("compact_s", epochs=12, verbose=0).fit(X, y)
+
+
+@pytest.mark.needs_data
+def test_learns_real_photos_and_measures_itself_honestly(cifar5, fitted):
+    X, y, X_test, y_test = cifar5
+    test_accuracy = fitted.score(X_test, y_test)
+    assert test_accuracy >= 0.55, test_accuracy  # chance is 0.2
+    held = ~np.isnan(fitted.heldout_proba_).any(axis=1)
+    assert held.sum() == round(0.1 * len(X))  # the held-out split, and only it
+    estimate = (fitted.classes_[fitted.heldout_proba_[held].argmax(1)] == y[held]).mean()
+    assert abs(estimate - test_accuracy) < 0.12  # 75 held-out images: a wide interval
+    assert "held-out 10%" in fitted.heldout_method_
+    assert 0.05 < fitted.temperature_ < 20 and fitted.calibration_["n_val"] == held.sum()
+    assert fitted.epochs_ == 12 and len(fitted.history_) == 12
+    assert fitted.features_.backbone_.architecture == "tlearn:compact_s"
+
+
+@pytest.mark.needs_data
+def test_model_file_pickle_and_predictor_give_its_predictions(cifar5, fitted, tmp_path):
+    from tlearn import load, load_predictor, save
+    from tlearn.models import model_kind
+
+    _, _, X_test, _ = cifar5
+    expected = fitted.predict_proba(X_test[:40])
+    path = save(fitted, tmp_path / "scratch.safetensors")
+    loaded = load(path)
+    assert type(loaded) is ScratchClassifier and model_kind(loaded).name == "scratch"
+    assert loaded.get_params() == fitted.get_params()
+    np.testing.assert_allclose(loaded.predict_proba(X_test[:40]), expected, atol=1e-5)
+    again = pickle.loads(pickle.dumps(fitted))
+    np.testing.assert_allclose(again.predict_proba(X_test[:40]), expected, atol=1e-5)
+    rows = list(load_predictor(path).iter_predict(list(X_test[:40])))
+    assert [r["label"] for r in rows] == list(fitted.predict(X_test[:40]))
+
+
+def test_evaluation_averages_mirror_images_and_training_does_not():
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 32, 32)
+    net = CompactNet((8, 16, 16), tta=1).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), net(x.flip(3)), atol=1e-5, rtol=1e-4)
+        assert not torch.allclose(net.features(x), net.features(x.flip(3)), atol=1e-3)
+        shifted = CompactNet((8, 16, 16), tta=2).eval()
+        shifted.load_state_dict(net.state_dict())
+        assert not torch.allclose(shifted(x), net(x), atol=1e-4)  # the shifts count
+
+
+def test_whitening_makes_patches_uncorrelated_with_unit_variance():
+    torch.manual_seed(0)
+    mix = torch.tensor([[1.0, 0.8, 0.3], [0.0, 0.5, 0.4], [0.0, 0.0, 0.2]])
+    x = torch.einsum("ij,njhw->nihw", mix, torch.randn(64, 3, 16, 16))
+    white = Whiten()
+    white.fit(x, eps=0.0)
+    with torch.no_grad():
+        out = torch.nn.functional.conv2d(x, white.weight[:12])  # the + half
+    flat = out.permute(1, 0, 2, 3).reshape(12, -1)
+    torch.testing.assert_close(flat @ flat.T / flat.shape[1], torch.eye(12), atol=0.05, rtol=0)
+
+
+def test_compact_names_resolve_and_have_no_pretrained_weights():
+    assert load_backbone("tlearn:compact_m", None).n_features == 256
+    with pytest.raises(WeightsUnavailableError, match="--method scratch"):
+        load_backbone("compact_m")
+    with pytest.raises(UnknownBackboneError, match="compact_m"):
+        load_backbone("tlearn:compact_n", None)
+
+
+def test_refuses_several_labels_and_a_class_of_one(shapes3):
+    X, y, _, _ = shapes3
+    with pytest.raises(DataError, match="one label per image"):
+        ScratchClassifier(epochs=1, verbose=0).fit(X[:6], [["a", "b"]] * 6)
+    one = np.array(list(y[:-1]) + ["lonely"], dtype=object)
+    with pytest.raises(DataError, match="single image"):
+        ScratchClassifier(epochs=1, verbose=0).fit(X, one)
+
+
+def test_time_limit_shortens_the_run_and_bf16_falls_back_when_it_disagrees(shapes3, monkeypatch):
+    X, y, _, _ = shapes3
+    model = ScratchClassifier("compact_s", epochs=400, batch_size=4, validation_size=0,
+                              time_limit=1.0, precision="bf16", verbose=0)  # fmt: skip
+    exact = scratch._loss
+    calls = []
+
+    def drifting(net, head, x, y, w, smoothing, autocast):  # bf16 off by 10%
+        calls.append(autocast)
+        loss = exact(net, head, x, y, w, smoothing, None)
+        return loss * 1.1 if autocast is not None else loss
+
+    monkeypatch.setattr(scratch, "_loss", drifting)
+    model.fit(X, y)
+    assert model.precision_ == "fp32" and calls[1] is not None and set(calls[2:]) == {None}
+    assert 1 <= model.epochs_ < 400  # 1 s could not hold 400 epochs
+    assert sum(h["seconds"] for h in model.history_) < 10
