@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+import tlearn
 from tlearn import ScratchClassifier, load_image_folder
 from tlearn.backbones import load_backbone
 from tlearn.backbones.compact import CompactNet, Whiten
@@ -124,3 +125,54 @@ def test_time_limit_shortens_the_run_and_bf16_falls_back_when_it_disagrees(shape
     assert model.precision_ == "fp32" and calls[1] is not None and set(calls[2:]) == {None}
     assert 1 <= model.epochs_ < 400  # 1 s could not hold 400 epochs
     assert sum(h["seconds"] for h in model.history_) < 10
+
+
+def _rates(monkeypatch, **rates):
+    monkeypatch.setattr(scratch, "scratch_train_rate", lambda backbone="compact_m": rates[backbone])
+
+
+def test_auto_plans_the_widest_network_that_trains_enough_epochs_in_its_share(monkeypatch):
+    from tlearn import automl
+
+    _rates(monkeypatch, compact_m=100.0, compact_s=400.0)
+    X = np.zeros((2000, 32, 32, 3), np.uint8)
+    y = np.repeat(np.arange(10), 200)
+    # 1,800 training images: an epoch of compact_m 20.7 s here, of compact_s 5.2 s, and
+    # 11.3 s of decoding and predicting; 60% of the budget is the share
+    roomy = automl._scratch(X, y, True, {}, {}, 480.0)
+    assert roomy.params["backbone"] == "compact_m" and roomy.params["epochs"] == 13
+    assert roomy.estimate() == pytest.approx(2000 / 1500 + 10 + 13 * 1800 / 100 * 1.15)
+    assert roomy.params["time_limit"] == pytest.approx(roomy.estimate() - 2000 / 1500 - 10)
+    tight = automl._scratch(X, y, True, {}, {}, 200.0)  # 5 epochs of compact_m: too few
+    assert tight.params["backbone"] == "compact_s" and tight.params["epochs"] == 20
+    long = automl._scratch(X, y, True, {}, {}, 100_000.0)  # no more than twice the default
+    assert long.params["epochs"] == 2 * scratch.scratch_epochs(1800)
+    assert automl._scratch(X, y, True, {}, {}, 30.0) is None  # nothing trains 8 epochs
+    assert automl._scratch(X, y, False, {}, {}, 480.0) is None  # large images
+    assert automl._scratch(X, y, True, {}, {"backbone": "efficientnet_lite0"}, 480.0) is None
+    few = np.repeat(np.arange(10), [200] * 9 + [199])
+    assert automl._scratch(X[: len(few)], few, True, {}, {}, 480.0) is None
+
+
+def test_auto_gives_the_probe_what_training_from_scratch_leaves(monkeypatch):
+    from tlearn import automl
+
+    _rates(monkeypatch, compact_m=100.0, compact_s=400.0)
+    budgets = []
+
+    def first_probe(X, small, common, params, budget, explicit, say):
+        budgets.append(budget)
+        if budget < 150:  # as when not even the cheapest probe fits
+            raise tlearn.DataError("too little")
+        return automl.Candidate("probe", "probe", {}, lambda: budget)
+
+    monkeypatch.setattr(automl, "_first_probe", first_probe)
+    monkeypatch.setattr(automl, "_further", lambda *args: [])
+    X, y = np.zeros((2000, 32, 32, 3), np.uint8), np.repeat(np.arange(10), 200)
+    judge = automl.ByAccuracy(y, None, 0, False)
+    names = [c.method for c in judge.candidates(X, {}, {}, 480.0, print)]
+    # 13 epochs of compact_m (280.4 s) first, the probe the 199.6 s left
+    assert names == ["probe", "scratch"] and budgets == [pytest.approx(199.57, abs=0.01)]
+    budgets.clear()  # at 300 s the probe would get 123 s: the probe alone, with all of it
+    assert [c.method for c in judge.candidates(X, {}, {}, 300.0, print)] == ["probe"]
+    assert budgets[-1] == 300.0

@@ -6,6 +6,11 @@
    scores averaged), then on the default backbone alone; for large sets of tiny images at
    160 px, then without flip averaging, then at 128 px (on 50,000 CIFAR-10 images 160 px
    scored what 224 px did, at half the cost).
+   For small images with at least 200 of each class, a compact network trained from
+   scratch (:func:`_scratch`, ``--method scratch``) is planned first and takes up to 60%
+   of the budget (as many epochs as fit it, at the training rate measured here); the
+   probe gets the rest, or all of it when even the cheapest probe would not fit the rest.
+   The network is fitted after the probe.
 2. With the time left, try what else fits, each estimated from measured throughput first:
    a probe on a second, larger backbone (EfficientNet-Lite2 or Lite1 where installed) when
    the first was not an ensemble, and LP-FT fine-tuning at a reduced input size (its cost
@@ -345,8 +350,18 @@ class ByAccuracy(Judge):
     ) -> list[Candidate]:
         small = median_short_side(X) < SMALL_IMAGES
         given = float(budget or DEFAULT_TIME_BUDGET)
-        first = _first_probe(X, small, common, params, given, budget is not None, say)
-        return [first, *_further(X, self.y, small, common, params, first)]
+        scratch = _scratch(X, self.y, small, common, params, given) if small else None
+        first = None
+        if scratch is not None:  # it takes its share first: the probe the rest, if it can
+            try:
+                first = _first_probe(X, small, common, params, given - scratch.estimate(),
+                                     True, say)  # fmt: skip
+            except DataError:
+                scratch = None
+        if first is None:
+            first = _first_probe(X, small, common, params, given, budget is not None, say)
+        later = _further(X, self.y, small, common, params, first)
+        return [first, *([scratch] if scratch is not None else []), *later]
 
     def row(self, name: str, model: Any, seconds: float) -> dict[str, Any]:
         row = _row(name, model, self.y, seconds, self.weights)
@@ -562,6 +577,53 @@ def _further(
     out.append(Candidate(f"lp-ft {backbone} at {size} px", "lp-ft", ft,
                          lambda: _finetune_seconds(backbone, size, len(X), epochs)))  # fmt: skip
     return out
+
+
+#: The share of the budget a network trained from scratch may take, the widths tried
+#: (widest first) and the fewest epochs worth training (the published runs' 10 reach 94%;
+#: fewer fall off quickly).
+SCRATCH_SHARE, SCRATCH_NETWORKS, SCRATCH_MIN_EPOCHS = 0.6, ("compact_m", "compact_s"), 8
+#: Fewest images per class for training from scratch to be worth trying.
+SCRATCH_MIN_PER_CLASS = 200
+#: Training's images/s on real batches (decoded, augmented, the lookahead) against
+#: :func:`~tlearn.finetune.scratch.scratch_train_rate`'s on random ones.
+SCRATCH_OVERHEAD = 1.15
+
+
+def _scratch(
+    X: np.ndarray,
+    y: np.ndarray,
+    small: bool,
+    common: dict[str, Any],
+    params: dict[str, Any],
+    budget: float,
+) -> Candidate | None:
+    """A compact network trained from scratch, for small images with enough of each class
+    (``None`` when not worth trying, or when the user named a backbone): the widest of
+    :data:`SCRATCH_NETWORKS` that trains :data:`SCRATCH_MIN_EPOCHS` within its share of
+    the budget, for as many epochs as the share allows up to twice its default.
+    Its cost: decoding, the epochs at the training rate measured here, predicting the
+    held-out split."""
+    from tlearn.finetune.scratch import scratch_epochs, scratch_train_rate
+
+    counts = np.unique(y, return_counts=True)[1]
+    if not small or "backbone" in params or counts.min() < SCRATCH_MIN_PER_CLASS:
+        return None
+    validation = float(params.get("validation_size") or 0.1)
+    n_train = int(len(X) * (1 - validation))
+    for network in SCRATCH_NETWORKS:
+        rate = scratch_train_rate(network)
+        fixed = len(X) / 1500 + 10.0  # decoding, the held-out predictions, saving
+        per_epoch = n_train / rate * SCRATCH_OVERHEAD
+        epochs = int((SCRATCH_SHARE * budget - fixed) / per_epoch)
+        if epochs >= SCRATCH_MIN_EPOCHS:
+            epochs = min(epochs, 2 * scratch_epochs(n_train))
+            seconds = fixed + epochs * per_epoch
+            chosen = {**common, "verbose": 1, **params, "backbone": network,
+                      "epochs": epochs, "time_limit": seconds - fixed}  # fmt: skip
+            name = f"scratch {network}, {epochs} epochs"
+            return Candidate(name, "scratch", chosen, _known(seconds))
+    return None
 
 
 def _describe(settings: dict[str, Any]) -> str:
