@@ -219,7 +219,7 @@ def test_predict_with_the_backbones_own_imagenet_head(tmp_path):
         (["--engine", "nope"], "--engine must be one of 'auto'"),
         (
             ["--method", "probe", "--epochs", "3"],
-            "--epochs applies to --method finetune, not probe",
+            "--epochs applies to --method finetune or scratch, not probe",
         ),
         (["--method", "nearest"], "--method must be one of 'auto', 'probe', 'finetune'"),
     ],

@@ -194,7 +194,9 @@ def estimator_options(
     docs: dict[str, str] = {}
     for method, (module, cls) in classes.items():
         params, doc = read_signature(module, cls)
-        docs.update({k: v for k, v in param_docs(doc).items() if "Passed to" not in v})
+        for k, v in param_docs(doc).items():  # the first estimator's words win
+            if "Passed to" not in v and not docs.get(k):
+                docs[k] = v
         for name, annotation, default in params:
             if name in exclude:
                 continue
@@ -483,6 +485,9 @@ def _backbone_verdict(name: str) -> tuple[bool | None, str]:
     not know, an odd ensemble, an unknown library prefix)."""
     timm, tv = registered_models("timm"), registered_models("torchvision")
     embedded = set(read_constant("tlearn.backbones.weights", "EMBEDDED") or ())
+    compact = set(read_constant("tlearn.backbones.compact", "COMPACT") or ())
+    if name.strip().removeprefix("tlearn:") in compact:
+        return True, ""  # a compact network (--method scratch)
     members = [m.strip() for m in name.strip().removeprefix("ensemble:").split("+")]
     if len(timm) < 100 or len(tv) < 10 or not all(members) or len(set(members)) < len(members):
         return None, ""

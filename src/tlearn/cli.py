@@ -307,7 +307,10 @@ def _check_estimator_flag(option: Any, value: Any, method: str) -> None:
     from tlearn._cli_options import read_constraints
 
     takers = {method, "multilabel"} if method == "probe" else {method}
-    for m in [m for m in option.methods if method == "auto" or m in takers]:
+    # auto hands its network trained from scratch only the flags they share (automl._scratch)
+    shared = read_constant("tlearn.automl", "SCRATCH_TAKES") or ()
+    under_auto = [m for m in option.methods if m != "scratch" or option.name in shared]
+    for m in [m for m in option.methods if m in takers] if method != "auto" else under_auto:
         allowed = read_constraints(*_ESTIMATORS[m]).get(option.name)
         check_flags({option.name: value}, {option.name: allowed} if allowed else {})
 

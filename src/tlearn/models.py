@@ -96,6 +96,8 @@ class ModelKind:
     refit: Callable[[Any, Array, Array, Callable[[str], None], Array | None], Any] | None = None
     #: its backbone's weights are its own (trained), not the pretrained ones
     trains_backbone: bool = False
+    #: its held-out images were never trained on, and are not refit on (``refit`` None)
+    keeps_held_out: bool = False
     #: its files before 0.2 kept its parameters in ``head.params`` (the feature
     #: extractor's in ``backbone.params``), not in ``params``
     params_in_head_before_0_2: bool = False
@@ -519,7 +521,8 @@ register_model_kind(  # before "finetune", which takes every FineTuneClassifier
         is_fitted=lambda m: hasattr(m, "head_weight_"),
         estimator=ScratchClassifier,
         heldout=lambda m: (m.heldout_proba_, m.heldout_method_),
-        trains_backbone=True,  # no refit: its held-out split calibrates it
+        trains_backbone=True,
+        keeps_held_out=True,  # no refit: training again would double the time
     )
 )
 register_model_kind(

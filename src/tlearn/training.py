@@ -424,7 +424,7 @@ def _plan(model: Any, method: str, y: np.ndarray, split: Any, test: Any, named: 
     tested = (
         f"testing on {len(split[2])} ({'the test data' if test else 'a held-out split'})"
         if split[2] is not None
-        else "evaluating by its own held-out predictions, then using every image"
+        else "evaluating by its own held-out predictions"
     )
     from tlearn.automl import judge_for
 
@@ -476,10 +476,14 @@ def _refit(
 
         say(f"refitting on all {len(y)} images (the test split included)")
         model = _fit(clone(model), X, y, w=w)
-    refit = model_kind(model).refit
-    if refit is not None:
-        return refit(model, X, y, say, w)
-    if test_size is None:
+    kind = model_kind(model)
+    if kind.refit is not None:
+        return kind.refit(model, X, y, say, w)
+    held = int((~np.isnan(kind.heldout(model)[0]).any(axis=1)).sum()) if kind.keeps_held_out else 0
+    if held:
+        say(f"the saved model is trained on {len(y) - held} of the {len(y)} images; the "
+            f"other {held} stay held out (they calibrate and measure it)")  # fmt: skip
+    elif test_size is None:
         say(f"the saved model is fitted on all {len(y)} images")
     return model
 

@@ -32,13 +32,14 @@ INPUT_SIZE = 32
 
 
 def is_compact(name: str) -> bool:
-    return name in COMPACT
+    """Whether ``name`` (``"compact_m"`` or ``"tlearn:compact_m"``) is a compact network."""
+    return name.removeprefix("tlearn:") in COMPACT
 
 
 def compact_preprocessing(size: int = INPUT_SIZE) -> Preprocessing:
-    """The whole image resized to ``size`` (no crop: small photos keep their border),
-    normalised by ImageNet's statistics (the whitening layer, fitted to the user's images,
-    does the rest)."""
+    """The shorter side resized to ``size`` and the centre square kept (a square image
+    whole, a small one enlarged rather than cropped), normalised by ImageNet's statistics
+    (the whitening layer, fitted to the user's images, does the rest)."""
     return Preprocessing(
         size,
         (0.485, 0.456, 0.406),

@@ -481,6 +481,8 @@ def list_backbones(pattern: str | None = None) -> list[tuple[str, bool]]:
     if pattern:
         pat = pattern.lower()
         rows = [r for r in rows if pat in r[0]]
+        # the compact networks train from scratch (--method scratch): no weights to find
+        rows += [(f"tlearn:{n}", True) for n in COMPACT if pat in f"tlearn:{n}"]
         for n in sorted(_timm_names()):
             if pat in n:
                 rows.append((f"timm:{n}", any(p for _, p in _timm_pretrained_sources(n))))

@@ -35,9 +35,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from tlearn._log import ensure_handler
-from tlearn._validation import Interval, Options, check_sample_weight, validate_params
+from tlearn._validation import (
+    Interval,
+    Options,
+    Predicate,
+    check_sample_weight,
+    encode_class_weight,
+    validate_params,
+)
 from tlearn.backbones.compact import COMPACT, CompactNet
-from tlearn.backbones.registry import load_backbone
+from tlearn.backbones.registry import build_backbone
 from tlearn.data.loader import ImageInput, OnError, check_images, iter_batches
 from tlearn.exceptions import DataError, InvalidParameterError
 from tlearn.finetune.estimator import FineTuneClassifier
@@ -68,7 +75,8 @@ class ScratchClassifier(FineTuneClassifier):
     ----------
     backbone : str, default="compact_m"
         One of :data:`tlearn.backbones.compact.COMPACT`: ``"compact_s"`` (widths
-        64/128/128), ``"compact_m"`` (64/256/256, the published ones), ``"compact_l"``.
+        64/128/128), ``"compact_m"`` (64/256/256, the published ones), ``"compact_l"``;
+        ``"tlearn:compact_m"`` names the same.
     epochs : int or None
         Passes over the training images; ``None``: :func:`scratch_epochs`.
     batch_size : int, default=1024
@@ -76,6 +84,10 @@ class ScratchClassifier(FineTuneClassifier):
     lr, momentum, weight_decay : float
         Nesterov SGD's; ``lr`` and ``weight_decay`` per 1,024-image kilostep.
     label_smoothing : float, default=0.2
+        Of the cross-entropy loss.
+    class_weight : "balanced", dict or None
+        Weigh each class's loss: ``"balanced"`` by inverse class frequency, a dict of
+        class -> weight as given (a class not named weighs 1).
     translate : int, default=2
         Largest random shift, in pixels.
     precision : {"auto", "bf16", "fp32"}
@@ -94,7 +106,6 @@ class ScratchClassifier(FineTuneClassifier):
     #: inherited prediction code reads these; the input size is the network's
     image_size = None
     crop = "auto"  # small images are enlarged whole, as the network was trained
-    class_weight = None
     checkpoint_dir = None
 
     def __init__(
@@ -107,6 +118,7 @@ class ScratchClassifier(FineTuneClassifier):
         momentum: float = 0.85,
         weight_decay: float = 0.0153,
         label_smoothing: float = 0.2,
+        class_weight: str | dict[Any, float] | None = None,
         translate: int = 2,
         precision: str = "auto",
         validation_size: float = 0.1,
@@ -125,6 +137,7 @@ class ScratchClassifier(FineTuneClassifier):
         self.momentum = momentum
         self.weight_decay = weight_decay
         self.label_smoothing = label_smoothing
+        self.class_weight = class_weight
         self.translate = translate
         self.precision = precision
         self.validation_size = validation_size
@@ -137,17 +150,22 @@ class ScratchClassifier(FineTuneClassifier):
         self.verbose = verbose
 
     _parameter_constraints: dict[str, list[Any]] = {
-        "backbone": [Options(tuple(COMPACT))],
+        "backbone": [Options((*COMPACT, *(f"tlearn:{n}" for n in COMPACT)))],
         "epochs": [Interval(Integral, 1, 10_000), None],
         "batch_size": [Interval(Integral, 2, 65_536)],
         "lr": [Interval(Real, 0.0, 1_000.0, closed="neither")],
-        "momentum": [Interval(Real, 0.0, 0.999)],
+        "momentum": [Interval(Real, 0.0, 0.999, closed="right")],  # Nesterov: above 0
         "weight_decay": [Interval(Real, 0.0, 10.0)],
         "label_smoothing": [Interval(Real, 0.0, 0.99)],
+        "class_weight": [
+            Options({"balanced"}),
+            Predicate(lambda v: isinstance(v, dict), "a dict of class -> weight"),
+            None,
+        ],
         "translate": [Interval(Integral, 0, 8)],
         "precision": [Options(("auto", "bf16", "fp32"))],
         "validation_size": [Interval(Real, 0, 0.5, closed="left")],
-        "time_limit": [Interval(Real, 0.0, None, closed="neither"), None],
+        "time_limit": [Interval(Real, 0.0, 1e7, closed="right"), None],
         "engine": [Options(ENGINES)],
         "device": ["str"],
         "n_workers": [Interval(Integral, 1, 256), None],
@@ -192,12 +210,12 @@ class ScratchClassifier(FineTuneClassifier):
         classes, y_enc = task.encode(y, len(images))
         sw = check_sample_weight(sample_weight, len(images))
         device = self._device()[0]
-        bb = load_backbone(self.backbone, None)
+        torch.manual_seed(self.random_state)  # the initial weights, built afresh
+        bb = build_backbone(self.backbone, None)
         pixels, keep, self.skipped_ = self._decode(images, bb.preprocessing)
         if sw is not None:
             keep = keep[sw[keep] > 0]
         tr, va = self._split_rows(y_enc, keep, len(classes))
-        torch.manual_seed(self.random_state)
         net = bb.model
         assert isinstance(net, CompactNet)
         head = nn.Linear(bb.n_features, len(classes), bias=False)
@@ -205,11 +223,27 @@ class ScratchClassifier(FineTuneClassifier):
                             bb.preprocessing)  # fmt: skip
         net.whiten.fit(x)
         run = _Run.plan(self, len(tr), device)
-        w = None if sw is None else torch.as_tensor(sw[tr] / sw[tr].mean(), dtype=torch.float32)
+        w = self._weights(sw, y_enc, tr, classes)
         data = _Data(torch.from_numpy(pixels), tr, torch.as_tensor(y_enc), w, bb.preprocessing)
         state = _train(net, head, data, run, self, device)
         self._fitted(bb, net, head, classes, state, images, keep, va, y_enc, pixels)
         return self
+
+    def _weights(
+        self, sw: np.ndarray | None, y: np.ndarray, tr: np.ndarray, classes: np.ndarray
+    ) -> torch.Tensor | None:
+        """Each training image's loss weight (mean 1): its ``sample_weight`` times its
+        class's weight; ``None`` when all weigh the same."""
+        w = np.ones(len(tr)) if sw is None else sw[tr].astype(np.float64)
+        if self.class_weight is not None:
+            from sklearn.utils.class_weight import compute_class_weight
+
+            wanted = encode_class_weight(self.class_weight, classes)
+            k = np.arange(len(classes))
+            w = w * compute_class_weight(wanted, classes=k, y=y[tr])[y[tr]]
+        if sw is None and self.class_weight is None:
+            return None
+        return torch.as_tensor(w / w.mean(), dtype=torch.float32)
 
     def _decode(
         self, images: ImageInput, pre: Any
@@ -435,9 +469,12 @@ def _check_autocast(
     """bf16 stays on only where its loss on the first batch is within 2% of fp32's."""
     if run.autocast is None:
         return
+    kept = [b.clone() for b in net.buffers()]  # the two passes move BatchNorm's statistics
     with torch.no_grad():
         exact = _loss(net, head, x, y, None, smoothing, None)
         fast = _loss(net, head, x, y, None, smoothing, run.autocast)
+        for b, k in zip(net.buffers(), kept, strict=True):
+            b.copy_(k)
     if not torch.isfinite(fast) or abs(float(fast - exact)) > 0.02 * abs(float(exact)):
         log.info("bf16 disagrees with fp32 on the first batch (loss %.4g vs %.4g): fp32",
                  float(fast), float(exact))  # fmt: skip
@@ -505,7 +542,7 @@ def _train(
 def _shorten(run: _Run, step: int, spent: float, limit: float | None) -> None:
     """When the steps left would overrun ``limit`` seconds, fewer: the schedule is a
     function of the share done, so it ends as planned, only sooner."""
-    if limit is None or step >= run.total:
+    if limit is None or step >= run.total or not math.isfinite(limit):
         return
     affordable = int(step + (limit - spent) * step / max(1e-9, spent))
     if affordable < run.total:
