@@ -479,7 +479,9 @@ def _refit(
     kind = model_kind(model)
     if kind.refit is not None:
         return kind.refit(model, X, y, say, w)
-    held = int((~np.isnan(kind.heldout(model)[0]).any(axis=1)).sum()) if kind.keeps_held_out else 0
+    held = 0
+    if kind.keeps_held_out and kind.heldout is not None:
+        held = int((~np.isnan(kind.heldout(model)[0]).any(axis=1)).sum())
     if held:
         say(f"the saved model is trained on {len(y) - held} of the {len(y)} images; the "
             f"other {held} stay held out (they calibrate and measure it)")  # fmt: skip
