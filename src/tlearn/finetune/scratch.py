@@ -509,22 +509,14 @@ def _train(
             x = _batch(data, rows[pick], flips[pick], model.translate, gen).to(device)
             y = data.y[rows[pick]].to(device)
             w = None if data.weights is None else data.weights[pick].to(device)
-            if step == 0:
-                _check_autocast(net, head, x, y, run, model.label_smoothing)
-            for g in opt.param_groups:
-                g["lr"] = g["base"] * _factor(step, run.total)
-            loss = _loss(net, head, x, y, w, model.label_smoothing, run.autocast)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            loss = _step(net, head, opt, (x, y, w), run, step, model.label_smoothing)
             step += 1
             if step % LOOKAHEAD_EVERY == 0 or step == run.total:
                 ahead.pull(0.95**LOOKAHEAD_EVERY * (step / run.total) ** 3)
         epoch += 1
         took = time.perf_counter() - t_epoch
         nan = float("nan")  # no validation pass between epochs: the schedule is fixed
-        last = float(loss.detach()) / len(x)
-        history.append({"epoch": epoch, "train_loss": last, "val_loss": nan,
+        history.append({"epoch": epoch, "train_loss": loss, "val_loss": nan,
                         "val_accuracy": nan, "seconds": took})  # fmt: skip
         if model.verbose:
             log.info("epoch %d/%d: loss %.3f, %.0f s", epoch, run.epochs,
@@ -537,6 +529,29 @@ def _train(
         rate=step * run.batch / max(1e-9, seconds),
         precision="bf16" if run.autocast is not None else "fp32",
     )  # fmt: skip
+
+
+def _step(
+    net: nn.Module,
+    head: nn.Linear,
+    opt: Any,
+    batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None],
+    run: _Run,
+    step: int,
+    smoothing: float,
+) -> float:
+    """One optimisation step on ``batch`` ``(x, y, weights)`` at the schedule's rate for
+    ``step`` (the first checks bf16 against fp32); returns the loss per image."""
+    x, y, w = batch
+    if step == 0:
+        _check_autocast(net, head, x, y, run, smoothing)
+    for g in opt.param_groups:
+        g["lr"] = g["base"] * _factor(step, run.total)
+    loss = _loss(net, head, x, y, w, smoothing, run.autocast)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return float(loss.detach()) / len(x)
 
 
 def _shorten(run: _Run, step: int, spent: float, limit: float | None) -> None:
