@@ -655,29 +655,11 @@ def _describe(settings: dict[str, Any]) -> str:
 
 
 def train_rate(backbone: str, size: int, batch: int = 16) -> float:
-    """Training images per second here: two optimisation steps, timed after a warm-up."""
-    import torch
+    """Fine-tuning's training images per second here (AdamW, fp32, channels-last)."""
+    from tlearn.finetune.loop import training_rate
 
-    from tlearn.backbones import load_backbone
-    from tlearn.finetune.loop import Classifier
-
-    bb = load_backbone(backbone)
-    net = Classifier(bb.model, bb.n_features, 10).train().to(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(net.parameters(), lr=1e-4)
-    x = torch.randn(batch, 3, size, size).contiguous(memory_format=torch.channels_last)
-    target = torch.zeros(batch, dtype=torch.long)
-
-    def step() -> None:
-        loss = torch.nn.functional.cross_entropy(net(x), target)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-
-    step()
-    t0 = time.perf_counter()
-    for _ in range(2):
-        step()
-    return 2 * batch / max(1e-6, time.perf_counter() - t0)
+    return training_rate(backbone, size, batch, channels_last=True, autocast=None, steps=2,
+                         optimizer="adamw")  # fmt: skip
 
 
 def _finetune_seconds(backbone: str, size: int, n: int, epochs: int) -> float:

@@ -163,46 +163,14 @@ TRAINING_ROUTES = (
 )
 
 
-def training_rate(
-    backbone: str,
-    size: int,
-    batch: int,
-    *,
-    channels_last: bool,
-    autocast: torch.dtype | None,
-    steps: int = 3,
-) -> float:
-    """Training images per second of ``backbone`` with a new 10-class head: forward,
-    cross-entropy, backward and an SGD step on random images, timed after a warm-up step."""
-    from tlearn.finetune.loop import Classifier
-
-    bb = load_backbone(backbone, None)
-    net = Classifier(bb.model, bb.n_features, 10).train()
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    net = net.to(memory_format=fmt)
-    opt = torch.optim.SGD(net.parameters(), lr=1e-3, momentum=0.9)
-    x = torch.randn(batch, 3, size, size).contiguous(memory_format=fmt)
-    y = torch.zeros(batch, dtype=torch.long)
-
-    def step() -> None:
-        with torch.autocast("cpu", dtype=autocast or torch.float32, enabled=autocast is not None):
-            logits = net(x)
-        loss = torch.nn.functional.cross_entropy(logits.float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    step()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return steps * batch / max(1e-9, time.perf_counter() - t0)
-
-
-def run_training_bench(report: Callable[[str], None] = print) -> list[dict[str, Any]]:
+def run_training_bench(
+    report: Callable[[str], None] = print,
+    routes: Sequence[tuple[str, str, int, int]] = TRAINING_ROUTES,
+) -> list[dict[str, Any]]:
     """Each route's training images/s as tlearn trains it (channels-last; bf16 autocast
     where the CPU computes bf16 natively, as ``--method scratch`` does) beside fp32 eager
     in the default layout, in one run."""
+    from tlearn.finetune.loop import training_rate
     from tlearn.finetune.scratch import _autocast
 
     bf16 = _autocast("auto", torch.device("cpu"))
@@ -210,7 +178,7 @@ def run_training_bench(report: Callable[[str], None] = print) -> list[dict[str, 
     report(f"training images/s ({torch.get_num_threads()} threads): fp32 eager vs tlearn ({how})")
     report(f"{'route':<28}{'fp32 eager':>12}{'tlearn':>10}{'ratio':>8}")
     rows = []
-    for name, backbone, size, batch in TRAINING_ROUTES:
+    for name, backbone, size, batch in routes:
         # fine-tuning trains fp32 on a CPU (bf16 was slower for EfficientNet: estimator.py)
         autocast = bf16 if backbone.startswith("compact") else None
         eager = training_rate(backbone, size, batch, channels_last=False, autocast=None)

@@ -421,6 +421,12 @@ def _check_finetune_file(
     return n_features
 
 
+def _tempered_linear_head(model: FineTuneClassifier) -> tuple[Array, Array]:
+    """A fine-tuned head's weight and bias divided by its temperature (for export)."""
+    t = getattr(model, "temperature_", 1.0)
+    return model.head_weight_ / t, model.head_bias_ / t
+
+
 def _is_nan(value: Any) -> bool:
     return isinstance(value, float) and math.isnan(value)
 
@@ -509,10 +515,7 @@ register_model_kind(  # before "finetune", which takes every FineTuneClassifier
         matches=lambda m: isinstance(m, ScratchClassifier),
         features=lambda m: m.features_,
         head=lambda m: m.predict_proba_features,
-        linear_head=lambda m: (
-            m.head_weight_ / getattr(m, "temperature_", 1.0),
-            m.head_bias_ / getattr(m, "temperature_", 1.0),
-        ),
+        linear_head=_tempered_linear_head,
         to_file=_finetune_to_file,
         check_file=_check_finetune_file,
         from_file=lambda head, arrays, features, classes, params: _finetune_from_file(
@@ -552,10 +555,7 @@ register_model_kind(
         matches=lambda m: isinstance(m, FineTuneClassifier),
         features=lambda m: m.features_,
         head=lambda m: m.predict_proba_features,
-        linear_head=lambda m: (
-            m.head_weight_ / getattr(m, "temperature_", 1.0),
-            m.head_bias_ / getattr(m, "temperature_", 1.0),
-        ),
+        linear_head=_tempered_linear_head,
         to_file=_finetune_to_file,
         check_file=_check_finetune_file,
         from_file=_finetune_from_file,

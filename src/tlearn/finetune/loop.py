@@ -35,7 +35,15 @@ from tlearn.runtime.normalise import normalise_torch
 if TYPE_CHECKING:
     from tlearn.finetune.callbacks import Callback
 
-__all__ = ["Classifier", "LoopConfig", "LoopData", "LoopState", "fit_loop", "validate"]
+__all__ = [
+    "Classifier",
+    "LoopConfig",
+    "LoopData",
+    "LoopState",
+    "fit_loop",
+    "training_rate",
+    "validate",
+]
 
 
 class Classifier(nn.Module):
@@ -317,3 +325,44 @@ def fit_loop(
     notify(callbacks, "on_train_end", state)
     net.eval()
     return state
+
+
+def training_rate(
+    backbone: str,
+    size: int,
+    batch: int,
+    *,
+    channels_last: bool,
+    autocast: torch.dtype | None,
+    steps: int = 3,
+    optimizer: str = "sgd",
+) -> float:
+    """Training images per second of ``backbone`` with a new 10-class head: forward,
+    cross-entropy, backward and an optimiser step (SGD with momentum, or AdamW) on random
+    images, timed after a warm-up step (random weights: the cost is the same). What
+    ``tlearn bench``, auto's estimates and :class:`ScratchClassifier`'s plan measure."""
+    from tlearn.backbones import load_backbone
+
+    bb = load_backbone(backbone, None)
+    net = Classifier(bb.model, bb.n_features, 10).train()
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    net = net.to(memory_format=fmt)
+    params = net.parameters()
+    opt = (torch.optim.AdamW(params, lr=1e-4) if optimizer == "adamw"
+           else torch.optim.SGD(params, lr=1e-3, momentum=0.9))  # fmt: skip
+    x = torch.randn(batch, 3, size, size).contiguous(memory_format=fmt)
+    y = torch.zeros(batch, dtype=torch.long)
+
+    def step() -> None:
+        with torch.autocast("cpu", dtype=autocast or torch.float32, enabled=autocast is not None):
+            logits = net(x)
+        loss = torch.nn.functional.cross_entropy(logits.float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    step()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return steps * batch / max(1e-9, time.perf_counter() - t0)

@@ -43,12 +43,12 @@ from tlearn._validation import (
     encode_class_weight,
     validate_params,
 )
-from tlearn.backbones.compact import COMPACT, CompactNet
+from tlearn.backbones.compact import COMPACT, INPUT_SIZE, CompactNet
 from tlearn.backbones.registry import build_backbone
 from tlearn.data.loader import ImageInput, OnError, check_images, iter_batches
 from tlearn.exceptions import DataError, InvalidParameterError
 from tlearn.finetune.estimator import FineTuneClassifier
-from tlearn.finetune.loop import Classifier
+from tlearn.finetune.loop import Classifier, training_rate
 from tlearn.finetune.tasks import ONE_LABEL
 from tlearn.runtime.engines import ENGINES
 from tlearn.runtime.normalise import normalise_torch
@@ -571,22 +571,6 @@ def scratch_train_rate(backbone: str = "compact_m", batch: int = 256, steps: int
     trains it (precision and layout included), timed after a warm-up step."""
     import tlearn.runtime  # noqa: F401  (thread settings)
 
-    device = torch.device("cpu")
-    net = CompactNet(COMPACT[backbone]).to(memory_format=torch.channels_last).train()
-    head = nn.Linear(net.num_features, 10, bias=False)
-    opt = torch.optim.SGD([*net.parameters(), *head.parameters()], lr=1e-3, momentum=0.9)
-    x = torch.randn(batch, 3, 32, 32).contiguous(memory_format=torch.channels_last)
-    y = torch.zeros(batch, dtype=torch.long)
-    autocast = _autocast("auto", device)
-
-    def step() -> None:
-        loss = _loss(net, head, x, y, None, 0.2, autocast)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    step()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return steps * batch / max(1e-9, time.perf_counter() - t0)
+    autocast = _autocast("auto", torch.device("cpu"))
+    return training_rate(backbone, INPUT_SIZE, batch, channels_last=True, autocast=autocast,
+                         steps=steps)  # fmt: skip
