@@ -620,14 +620,14 @@ def _scratch(
     the budget, for as many epochs as the share allows up to twice its default.
     Its cost: decoding, the epochs at the training rate measured here, predicting the
     held-out split."""
-    from tlearn.finetune.scratch import scratch_epochs, scratch_train_rate
+    from tlearn.finetune.scratch import ScratchClassifier, scratch_epochs, scratch_train_rate
 
     counts = np.unique(y, return_counts=True)[1]
     if not small or "backbone" in params or counts.min() < SCRATCH_MIN_PER_CLASS:
         return None
     if params.get("validation_size") == 0:
         return None  # no held-out images: it could never be judged against the probe
-    n_train = int(len(X) * 0.9)  # its own 10% held out
+    n_train = int(len(X) * (1 - ScratchClassifier().validation_size))  # its own held out
     taken = {k: v for k, v in {**common, **params}.items() if k in SCRATCH_TAKES}
     for network in SCRATCH_NETWORKS:
         per_epoch = n_train / scratch_train_rate(network) * SCRATCH_OVERHEAD

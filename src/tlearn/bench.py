@@ -170,6 +170,7 @@ def run_training_bench(
     """Each route's training images/s as tlearn trains it (channels-last; bf16 autocast
     where the CPU computes bf16 natively, as ``--method scratch`` does) beside fp32 eager
     in the default layout, in one run."""
+    from tlearn.backbones.compact import is_compact
     from tlearn.finetune.loop import training_rate
     from tlearn.finetune.scratch import _autocast
 
@@ -180,7 +181,7 @@ def run_training_bench(
     rows = []
     for name, backbone, size, batch in routes:
         # fine-tuning trains fp32 on a CPU (bf16 was slower for EfficientNet: estimator.py)
-        autocast = bf16 if backbone.startswith("compact") else None
+        autocast = bf16 if is_compact(backbone) else None
         eager = training_rate(backbone, size, batch, channels_last=False, autocast=None)
         ours = training_rate(backbone, size, batch, channels_last=True, autocast=autocast)
         report(f"{name:<28}{eager:>10.0f}/s{ours:>8.0f}/s{ours / eager:>7.2f}x")

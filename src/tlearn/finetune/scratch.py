@@ -45,12 +45,12 @@ from tlearn._validation import (
 )
 from tlearn.backbones.compact import COMPACT, INPUT_SIZE, CompactNet
 from tlearn.backbones.registry import build_backbone
-from tlearn.data.loader import ImageInput, OnError, check_images, iter_batches
+from tlearn.data.loader import ImageInput, OnError, check_images, iter_batches, sample_indices
 from tlearn.exceptions import DataError, InvalidParameterError
 from tlearn.finetune.estimator import FineTuneClassifier
 from tlearn.finetune.loop import Classifier, training_rate
-from tlearn.finetune.tasks import ONE_LABEL
-from tlearn.runtime.engines import ENGINES
+from tlearn.finetune.tasks import ONE_LABEL, task_for
+from tlearn.runtime.engines import CALIBRATION_IMAGES, ENGINES
 from tlearn.runtime.normalise import normalise_torch
 
 __all__ = ["ScratchClassifier", "scratch_epochs", "scratch_train_rate"]
@@ -201,8 +201,8 @@ class ScratchClassifier(FineTuneClassifier):
         if self.verbose:
             ensure_handler()
         images = check_images(X)
-        task = ONE_LABEL
-        if not task.takes(y) or np.asarray(y, dtype=object).ndim != 1:
+        task = task_for(y)  # the table's choice, as fine-tuning makes it
+        if task is not ONE_LABEL:
             raise DataError(
                 "ScratchClassifier trains one label per image; for several labels per image "
                 "use the probe or FineTuneClassifier"
@@ -306,7 +306,9 @@ class ScratchClassifier(FineTuneClassifier):
             whole.head.bias.zero_()
         self.task_, self.multilabel_ = ONE_LABEL, False
         self.image_size_ = bb.preprocessing.input_size
-        self._finish(bb, whole, classes, state, _rows(images, keep))
+        # what engines calibrate on: a sample of the decoded images, not the files again
+        sample = keep[sample_indices(len(keep), CALIBRATION_IMAGES)]
+        self._finish(bb, whole, classes, state, pixels[sample])
         self.epochs_ = state.epochs
         self.train_images_per_second_ = state.rate
         self.precision_ = state.precision
@@ -325,10 +327,6 @@ class ScratchClassifier(FineTuneClassifier):
         self.heldout_method_ = (
             f"held-out {share:.0%} split never trained on, each half calibrated on the other"
         )
-
-
-def _rows(images: ImageInput, rows: np.ndarray) -> ImageInput:
-    return images[rows] if isinstance(images, np.ndarray) else [images[i] for i in rows]
 
 
 def _logits(net: nn.Module, x: torch.Tensor, pre: Any, batch: int = 1000) -> np.ndarray:
